@@ -1,0 +1,279 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	libp2pconfig "github.com/libp2p/go-libp2p/config"
+	"github.com/libp2p/go-libp2p/core/connmgr"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/core/transport"
+	"github.com/libp2p/go-libp2p/p2p/host/basic"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
+	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoremem"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	libp2pconnmgr "github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/net/conngater"
+	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+	"github.com/quic-go/quic-go"
+	"go.uber.org/fx"
+
+	"github.com/realmnet/realmnet/swarm"
+)
+
+// Global pool defaults until the connmgr package takes over: LowWater 100,
+// HighWater 400, GracePeriod 20 s, SilencePeriod 10 s (DESIGN.md, the DeP2P
+// desktop preset and go-libp2p's silence period).
+const (
+	defaultLowWater  = 100
+	defaultHighWater = 400
+	// defaultGracePeriod is the global pool's grace period; the silence
+	// period is BasicConnMgr's own default, 10 s.
+	defaultGracePeriod = 20 * time.Second
+)
+
+// UserAgent is what identify reports for realmnet nodes.
+const UserAgent = "realmnet/0.1"
+
+// components lists the node's fx constructors, in dependency order. Each
+// appends its own stop hook, so fx stops them in reverse order. The basic
+// host also closes the peerstore, resource and connection managers and the
+// swarm it was given; their Close methods are safe to call twice.
+func components(cfg *config, key crypto.PrivKey) fx.Option {
+	return fx.Options(
+		fx.Supply(cfg),
+		fx.Supply(fx.Annotate(key, fx.As(new(crypto.PrivKey)))),
+		fx.Provide(
+			peer.IDFromPrivateKey,
+			newPeerstore,
+			newEventBus,
+			newResourceManager,
+			newGater,
+			newConnManager,
+			libp2pconfig.PrivKeyToStatelessResetKey,
+			libp2pconfig.PrivKeyToTokenGeneratorKey,
+			newQUICReuse,
+			newTransport,
+			newSwarm,
+			newHost,
+			newDHT,
+		),
+		fx.Invoke(listen, startHost, bootstrap),
+	)
+}
+
+func newPeerstore(lc fx.Lifecycle, key crypto.PrivKey, id peer.ID) (peerstore.Peerstore, error) {
+	ps, err := pstoremem.NewPeerstore()
+	if err != nil {
+		return nil, fmt.Errorf("node: create peerstore: %w", err)
+	}
+	if err := ps.AddPrivKey(id, key); err != nil {
+		ps.Close()
+		return nil, fmt.Errorf("node: store identity: %w", err)
+	}
+	if err := ps.AddPubKey(id, key.GetPublic()); err != nil {
+		ps.Close()
+		return nil, fmt.Errorf("node: store identity: %w", err)
+	}
+	lc.Append(fx.StopHook(ps.Close))
+	return ps, nil
+}
+
+func newEventBus() event.Bus { return eventbus.NewBus() }
+
+// newResourceManager is go-libp2p's resource manager with its default,
+// auto-scaled limits (until the resource package adds realm scopes).
+func newResourceManager(lc fx.Lifecycle) (network.ResourceManager, error) {
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(rcmgr.DefaultLimits.AutoScale()))
+	if err != nil {
+		return nil, fmt.Errorf("node: create resource manager: %w", err)
+	}
+	lc.Append(fx.StopHook(rm.Close))
+	return rm, nil
+}
+
+// newGater is go-libp2p's BasicConnectionGater with no rules and no
+// datastore: it allows everything until the gater package replaces it.
+func newGater() (connmgr.ConnectionGater, error) {
+	g, err := conngater.NewBasicConnectionGater(nil)
+	if err != nil {
+		return nil, fmt.Errorf("node: create connection gater: %w", err)
+	}
+	return g, nil
+}
+
+// newConnManager is go-libp2p's BasicConnMgr with the global pool defaults,
+// until the connmgr package replaces it.
+func newConnManager(lc fx.Lifecycle) (connmgr.ConnManager, error) {
+	cm, err := libp2pconnmgr.NewConnManager(defaultLowWater, defaultHighWater,
+		libp2pconnmgr.WithGracePeriod(defaultGracePeriod))
+	if err != nil {
+		return nil, fmt.Errorf("node: create connection manager: %w", err)
+	}
+	lc.Append(fx.StopHook(cm.Close))
+	return cm, nil
+}
+
+// newQUICReuse is go-libp2p's QUIC socket manager, wired as libp2p.New wires
+// it: inbound connections are charged to the resource manager before the
+// handshake, and source addresses are verified when it asks.
+func newQUICReuse(lc fx.Lifecycle, resetKey quic.StatelessResetKey, tokenKey quic.TokenGeneratorKey, rm network.ResourceManager) (*quicreuse.ConnManager, error) {
+	cm, err := quicreuse.NewConnManager(resetKey, tokenKey,
+		quicreuse.ConnContext(func(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+			addr, err := quicreuse.ToQuicMultiaddr(info.RemoteAddr, quic.Version1)
+			if err != nil {
+				addr = nil
+			}
+			scope, err := rm.OpenConnection(network.DirInbound, false, addr)
+			if err != nil {
+				return ctx, err
+			}
+			ctx = network.WithConnManagementScope(ctx, scope)
+			context.AfterFunc(ctx, scope.Done)
+			return ctx, nil
+		}),
+		quicreuse.VerifySourceAddress(rm.VerifySourceAddress),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("node: create QUIC socket manager: %w", err)
+	}
+	lc.Append(fx.StopHook(cm.Close))
+	return cm, nil
+}
+
+func newTransport(key crypto.PrivKey, reuse *quicreuse.ConnManager, gater connmgr.ConnectionGater, rm network.ResourceManager) (transport.Transport, error) {
+	t, err := libp2pquic.NewTransport(key, reuse, nil, gater, rm)
+	if err != nil {
+		return nil, fmt.Errorf("node: create QUIC transport: %w", err)
+	}
+	return t, nil
+}
+
+type swarmParams struct {
+	fx.In
+	Lifecycle fx.Lifecycle
+	Config    *config
+	ID        peer.ID
+	Peerstore peerstore.Peerstore
+	Transport transport.Transport
+	Resources network.ResourceManager
+	Gater     connmgr.ConnectionGater
+	Bus       event.Bus
+}
+
+func newSwarm(p swarmParams) (*swarm.Swarm, error) {
+	s, err := swarm.New(swarm.Params{
+		LocalPeer:       p.ID,
+		Peerstore:       p.Peerstore,
+		Transport:       p.Transport,
+		ResourceManager: p.Resources,
+		Gater:           p.Gater,
+		EventBus:        p.Bus,
+		Config:          p.Config.swarm,
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.Lifecycle.Append(fx.StopHook(s.Close))
+	return s, nil
+}
+
+// newHost is libp2p's basic host over our swarm, with identify and ping.
+func newHost(lc fx.Lifecycle, s *swarm.Swarm, bus event.Bus, cm connmgr.ConnManager) (host.Host, error) {
+	h, err := basichost.NewHost(s, &basichost.HostOpts{
+		EventBus:    bus,
+		ConnManager: cm,
+		EnablePing:  true,
+		UserAgent:   UserAgent,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("node: create host: %w", err)
+	}
+	lc.Append(fx.StopHook(h.Close))
+	return h, nil
+}
+
+func startHost(lc fx.Lifecycle, h host.Host) {
+	lc.Append(fx.StartHook(func() {
+		if bh, ok := h.(*basichost.BasicHost); ok {
+			bh.Start()
+		}
+	}))
+}
+
+func listen(lc fx.Lifecycle, cfg *config, s *swarm.Swarm) {
+	lc.Append(fx.StartHook(func() error { return s.Listen(cfg.listenAddrs...) }))
+}
+
+// newDHT is go-libp2p-kad-dht on the host, under the /realmnet protocol
+// prefix.
+func newDHT(lc fx.Lifecycle, cfg *config, h host.Host) (*dht.IpfsDHT, error) {
+	opts := []dht.Option{
+		dht.ProtocolPrefix(protocol.ID(DefaultDHTProtocolPrefix)),
+		dht.Mode(kadMode(cfg.dhtMode)),
+	}
+	if len(cfg.bootstrap) > 0 {
+		opts = append(opts, dht.BootstrapPeers(cfg.bootstrap...))
+	}
+	if !cfg.dhtPrivateAddrs {
+		opts = append(opts,
+			dht.AddressFilter(func(addrs []ma.Multiaddr) []ma.Multiaddr {
+				return ma.FilterAddrs(addrs, manet.IsPublicAddr)
+			}),
+			dht.QueryFilter(dht.PublicQueryFilter),
+			dht.RoutingTableFilter(dht.PublicRoutingTableFilter),
+		)
+	}
+	d, err := dht.New(h, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("node: create DHT: %w", err)
+	}
+	lc.Append(fx.StopHook(d.Close))
+	return d, nil
+}
+
+func kadMode(m DHTRole) dht.ModeOpt {
+	switch m {
+	case DHTServer:
+		return dht.ModeServer
+	case DHTClient:
+		return dht.ModeClient
+	}
+	return dht.ModeAutoServer
+}
+
+// bootstrap connects to the bootstrap peers in parallel when the node
+// starts, waiting at most BootstrapTimeout; a peer that cannot be reached is
+// logged, not fatal (the DHT keeps trying its bootstrap peers while its
+// routing table is empty). It then asks the DHT to refresh its table.
+func bootstrap(lc fx.Lifecycle, cfg *config, h host.Host, d *dht.IpfsDHT) {
+	lc.Append(fx.StartHook(func() {
+		if len(cfg.bootstrap) == 0 {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.bootstrapTimeout)
+		defer cancel()
+		var wg sync.WaitGroup
+		for _, ai := range cfg.bootstrap {
+			wg.Go(func() {
+				if err := h.Connect(ctx, ai); err != nil {
+					log.Warnw("bootstrap peer unreachable", "peer", ai.ID, "addrs", ai.Addrs, "error", err)
+				}
+			})
+		}
+		wg.Wait()
+		_ = d.Bootstrap(ctx)
+	}))
+}

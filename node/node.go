@@ -1,0 +1,216 @@
+// Package node builds a realmnet node and is the SDK's public entry point.
+//
+// New wires the node's components with uber/fx, each from its own
+// constructor — identity, peerstore, event bus, resource manager, connection
+// gater, connection manager, QUIC transport, realmnet's swarm, libp2p's basic
+// host (identify, ping) over that swarm, and the Kademlia DHT — starts them,
+// and returns a *Node. Close stops them in reverse order. Users add or
+// replace components with the Fx option (fx.Provide, fx.Decorate).
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	logging "github.com/ipfs/go-log/v2"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxevent"
+
+	"github.com/realmnet/realmnet/swarm"
+)
+
+var log = logging.Logger("realmnet/node")
+
+// startTimeout bounds New's start of the fx app (listening, bootstrap).
+const startTimeout = 30 * time.Second
+
+// Node is a running realmnet node. Its methods are safe for concurrent use.
+type Node struct {
+	app   *fx.App
+	host  host.Host
+	swarm *swarm.Swarm
+	dht   *dht.IpfsDHT
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New builds and starts a node. With no options it gets a fresh Ed25519
+// identity, listens on DefaultListenAddr, and runs the DHT in DHTAuto mode
+// with no bootstrap peers. It returns an error, and leaves nothing running,
+// when an option is invalid (the error names the bad value), the identity
+// file is unreadable or corrupt (the file is left untouched), a listen
+// address cannot be bound, or a component fails to start.
+func New(opts ...Option) (*Node, error) {
+	cfg := defaultConfig()
+	for _, opt := range opts {
+		if opt == nil {
+			return nil, errors.New("node: nil Option")
+		}
+		if err := opt(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if len(cfg.listenAddrs) == 0 {
+		cfg.listenAddrs = []ma.Multiaddr{ma.StringCast(DefaultListenAddr)}
+	}
+	key, err := identity(&cfg)
+	if err != nil {
+		return nil, err
+	}
+
+	n := &Node{}
+	fxOpts := []fx.Option{
+		fx.WithLogger(func() fxevent.Logger { return &fxevent.ZapLogger{Logger: log.Desugar()} }),
+		components(&cfg, key),
+	}
+	fxOpts = append(fxOpts, cfg.fxOptions...)
+	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.dht))
+	n.app = fx.New(fxOpts...)
+	if err := n.app.Err(); err != nil {
+		return nil, fmt.Errorf("node: build: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	if err := n.app.Start(ctx); err != nil {
+		return nil, fmt.Errorf("node: start: %w", err)
+	}
+	log.Infow("node started", "peer", n.ID(), "addrs", n.Addrs())
+	return n, nil
+}
+
+func identity(cfg *config) (crypto.PrivKey, error) {
+	switch {
+	case cfg.identity != nil && cfg.identityFile != "":
+		return nil, errors.New("node: Identity and IdentityFile are exclusive; give one")
+	case cfg.identity != nil:
+		return cfg.identity, nil
+	case cfg.identityFile != "":
+		return LoadOrCreateIdentity(cfg.identityFile)
+	}
+	key, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		return nil, fmt.Errorf("node: generate identity: %w", err)
+	}
+	return key, nil
+}
+
+// ID returns the node's peer ID.
+func (n *Node) ID() peer.ID { return n.host.ID() }
+
+// Addrs returns the addresses the node advertises (listen addresses with
+// unspecified IPs expanded), without /p2p.
+func (n *Node) Addrs() []ma.Multiaddr { return n.host.Addrs() }
+
+// AddrInfo returns the node's peer ID and advertised addresses, ready to be
+// handed to another node's Connect or Bootstrap.
+func (n *Node) AddrInfo() peer.AddrInfo {
+	return peer.AddrInfo{ID: n.ID(), Addrs: n.Addrs()}
+}
+
+// Host returns the libp2p host that runs over realmnet's swarm: any libp2p
+// protocol can be mounted on it.
+func (n *Node) Host() host.Host { return n.host }
+
+// Swarm returns realmnet's swarm (the host's network.Network), for DialPath
+// and path-level access.
+func (n *Node) Swarm() *swarm.Swarm { return n.swarm }
+
+// DHT returns the node's Kademlia DHT (protocol prefix /realmnet).
+func (n *Node) DHT() *dht.IpfsDHT { return n.dht }
+
+// Connect connects to the peer at the given addresses (added to the
+// peerstore) and waits for identify to complete. It returns nil at once when
+// already connected. Errors are the swarm's dial errors, which name each
+// address tried.
+func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
+	if ai.ID == "" {
+		return errors.New("node: Connect: AddrInfo has no peer ID")
+	}
+	if err := n.host.Connect(ctx, ai); err != nil {
+		return fmt.Errorf("node: connect to %s: %w", ai.ID, err)
+	}
+	return nil
+}
+
+// ConnectPeer connects to p knowing only its peer ID: it dials the addresses
+// already in the peerstore and, when there are none or they fail, looks the
+// peer up in the DHT (FindPeer) and dials what it finds.
+func (n *Node) ConnectPeer(ctx context.Context, p peer.ID) error {
+	if p == "" {
+		return errors.New("node: ConnectPeer: empty peer ID")
+	}
+	if p == n.ID() {
+		return fmt.Errorf("node: ConnectPeer %s: %w", p, swarm.ErrDialToSelf)
+	}
+	if n.host.Network().Connectedness(p) == network.Connected {
+		return nil
+	}
+	var firstErr error
+	if len(n.host.Peerstore().Addrs(p)) > 0 {
+		if firstErr = n.host.Connect(ctx, peer.AddrInfo{ID: p}); firstErr == nil {
+			return nil
+		}
+	}
+	ai, err := n.dht.FindPeer(ctx, p)
+	if err != nil {
+		if firstErr != nil {
+			return fmt.Errorf("node: connect to %s: known addresses failed (%v) and DHT lookup failed: %w", p, firstErr, err)
+		}
+		return fmt.Errorf("node: find %s through the DHT: %w", p, err)
+	}
+	if err := n.host.Connect(ctx, ai); err != nil {
+		return fmt.Errorf("node: connect to %s at DHT addresses %v: %w", p, ai.Addrs, err)
+	}
+	return nil
+}
+
+// NewStream opens a stream to p speaking the first of protocols the peer
+// supports, dialing (ConnectPeer) when not connected.
+func (n *Node) NewStream(ctx context.Context, p peer.ID, protocols ...protocol.ID) (network.Stream, error) {
+	if len(protocols) == 0 {
+		return nil, errors.New("node: NewStream needs at least one protocol ID")
+	}
+	if n.host.Network().Connectedness(p) != network.Connected {
+		if err := n.ConnectPeer(ctx, p); err != nil {
+			return nil, err
+		}
+	}
+	s, err := n.host.NewStream(ctx, p, protocols...)
+	if err != nil {
+		return nil, fmt.Errorf("node: open stream to %s for %v: %w", p, protocols, err)
+	}
+	return s, nil
+}
+
+// SetStreamHandler sets the handler for inbound streams of protocol p. The
+// handler runs on its own goroutine per stream and must close or reset it.
+func (n *Node) SetStreamHandler(p protocol.ID, handler network.StreamHandler) {
+	n.host.SetStreamHandler(p, handler)
+}
+
+// RemoveStreamHandler removes the handler of protocol p.
+func (n *Node) RemoveStreamHandler(p protocol.ID) { n.host.RemoveStreamHandler(p) }
+
+// Close stops every component in the reverse order of their start — DHT,
+// host, swarm (listeners and connections), transport, managers, peerstore —
+// and waits for their goroutines. Safe to call twice; the second call
+// returns the first one's result.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+		defer cancel()
+		n.closeErr = n.app.Stop(ctx)
+	})
+	return n.closeErr
+}

@@ -1,0 +1,238 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	"go.uber.org/fx"
+
+	"github.com/realmnet/realmnet/swarm"
+)
+
+// Option configures a Node. Options are applied in order by New; an option
+// given a bad value makes New return an error that names the value.
+type Option func(*config) error
+
+// RetryConfig is the dial retry and per-peer backoff policy (py-libp2p's
+// RetryConfig); see swarm.RetryConfig.
+type RetryConfig = swarm.RetryConfig
+
+// DefaultRetryConfig returns py-libp2p's defaults: 3 retries, 100 ms → 30 s,
+// ×2, jitter 0.1.
+func DefaultRetryConfig() RetryConfig { return swarm.DefaultRetryConfig() }
+
+// DHTRole is how the node takes part in the Kademlia DHT; set it with the
+// DHTMode option.
+type DHTRole int
+
+const (
+	// DHTAuto answers DHT queries while its reachability is unknown or
+	// public and stops when it learns it is private (kad-dht's
+	// ModeAutoServer). This is the default.
+	DHTAuto DHTRole = iota
+	// DHTServer always answers DHT queries.
+	DHTServer
+	// DHTClient only queries; it never answers.
+	DHTClient
+)
+
+// String returns "auto", "server" or "client".
+func (m DHTRole) String() string {
+	switch m {
+	case DHTAuto:
+		return "auto"
+	case DHTServer:
+		return "server"
+	case DHTClient:
+		return "client"
+	}
+	return fmt.Sprintf("DHTRole(%d)", int(m))
+}
+
+// ParseDHTRole parses "auto", "server" or "client".
+func ParseDHTRole(s string) (DHTRole, error) {
+	for _, m := range []DHTRole{DHTAuto, DHTServer, DHTClient} {
+		if m.String() == s {
+			return m, nil
+		}
+	}
+	return 0, fmt.Errorf("node: unknown DHT mode %q (want auto, server or client)", s)
+}
+
+// DefaultListenAddr is where a node listens when no ListenAddrs option is
+// given: every IPv4 interface, a port chosen by the system.
+const DefaultListenAddr = "/ip4/0.0.0.0/udp/0/quic-v1"
+
+// DefaultDHTProtocolPrefix is the DHT protocol prefix of realmnet nodes, so
+// that their DHT is separate from IPFS's Amino DHT (/ipfs/kad/1.0.0).
+const DefaultDHTProtocolPrefix = "/realmnet"
+
+// config is what the options build.
+type config struct {
+	listenAddrs      []ma.Multiaddr
+	identity         crypto.PrivKey
+	identityFile     string
+	bootstrap        []peer.AddrInfo
+	dhtMode          DHTRole
+	dhtPrivateAddrs  bool
+	swarm            swarm.Config
+	bootstrapTimeout time.Duration
+	fxOptions        []fx.Option
+}
+
+func defaultConfig() config {
+	return config{
+		dhtMode:          DHTAuto,
+		dhtPrivateAddrs:  true,
+		swarm:            swarm.DefaultConfig(),
+		bootstrapTimeout: 10 * time.Second,
+	}
+}
+
+// ListenAddrs sets the QUIC multiaddrs to listen on, e.g.
+// "/ip4/127.0.0.1/udp/0/quic-v1" (port 0: chosen by the system). Default:
+// DefaultListenAddr. A string that is not a multiaddr is an error naming it.
+func ListenAddrs(addrs ...string) Option {
+	return func(c *config) error {
+		if len(addrs) == 0 {
+			return errors.New("node: ListenAddrs needs at least one address")
+		}
+		parsed := make([]ma.Multiaddr, 0, len(addrs))
+		for _, s := range addrs {
+			a, err := ma.NewMultiaddr(s)
+			if err != nil {
+				return fmt.Errorf("node: listen address %q is not a multiaddr: %w", s, err)
+			}
+			parsed = append(parsed, a)
+		}
+		c.listenAddrs = parsed
+		return nil
+	}
+}
+
+// Identity sets the node's private key (its peer ID derives from it).
+// Default: a fresh Ed25519 key, unless IdentityFile is given.
+func Identity(key crypto.PrivKey) Option {
+	return func(c *config) error {
+		if key == nil {
+			return errors.New("node: Identity key is nil")
+		}
+		c.identity = key
+		return nil
+	}
+}
+
+// IdentityFile loads the node's private key from path, creating it (mode
+// 0600, written atomically) when missing; see LoadOrCreateIdentity. It is an
+// error to combine it with Identity.
+func IdentityFile(path string) Option {
+	return func(c *config) error {
+		if path == "" {
+			return errors.New("node: IdentityFile path is empty")
+		}
+		c.identityFile = path
+		return nil
+	}
+}
+
+// Bootstrap sets the peers the node connects to when it starts and from
+// which its DHT routing table is filled. Each needs an ID and at least one
+// address.
+func Bootstrap(peers ...peer.AddrInfo) Option {
+	return func(c *config) error {
+		for _, p := range peers {
+			if p.ID == "" {
+				return fmt.Errorf("node: bootstrap peer with addresses %v has no peer ID", p.Addrs)
+			}
+			if len(p.Addrs) == 0 {
+				return fmt.Errorf("node: bootstrap peer %s has no address", p.ID)
+			}
+		}
+		c.bootstrap = append(c.bootstrap, peers...)
+		return nil
+	}
+}
+
+// BootstrapTimeout bounds how long New waits for the bootstrap connections
+// (made in parallel; failures are logged, not fatal). Default 10 s.
+func BootstrapTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("node: BootstrapTimeout must be > 0, got %s", d)
+		}
+		c.bootstrapTimeout = d
+		return nil
+	}
+}
+
+// DHTMode sets the node's DHT role. Default DHTAuto.
+func DHTMode(m DHTRole) Option {
+	return func(c *config) error {
+		if m < DHTAuto || m > DHTClient {
+			return fmt.Errorf("node: unknown DHT mode %d", int(m))
+		}
+		c.dhtMode = m
+		return nil
+	}
+}
+
+// DHTPrivateAddrs says whether the DHT stores and hands out loopback and
+// private (RFC 1918, ULA) addresses and keeps peers reachable only there in
+// its routing table. Default true, as kad-dht does for non-Amino networks,
+// so that nodes on one machine or one LAN find each other. Set false for a
+// DHT on the public internet: kad-dht's public filters are then used.
+func DHTPrivateAddrs(allow bool) Option {
+	return func(c *config) error {
+		c.dhtPrivateAddrs = allow
+		return nil
+	}
+}
+
+// Retry sets the dial retry and backoff policy. Default DefaultRetryConfig.
+// Errors name the bad field.
+func Retry(r RetryConfig) Option {
+	return func(c *config) error {
+		if err := r.Validate(); err != nil {
+			return err
+		}
+		c.swarm.Retry = r
+		return nil
+	}
+}
+
+// DialTimeout bounds one whole dial to a peer (all addresses, retries
+// included). Default 15 s.
+func DialTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("node: DialTimeout must be > 0, got %s", d)
+		}
+		c.swarm.DialTimeout = d
+		return nil
+	}
+}
+
+// AddrDialTimeout bounds the dial of one address. Default 5 s.
+func AddrDialTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("node: AddrDialTimeout must be > 0, got %s", d)
+		}
+		c.swarm.AddrDialTimeout = d
+		return nil
+	}
+}
+
+// Fx adds uber/fx options to the node's application, so users can add
+// components (fx.Provide, fx.Invoke) or replace the node's own
+// (fx.Decorate), e.g. a different network.ResourceManager.
+func Fx(opts ...fx.Option) Option {
+	return func(c *config) error {
+		c.fxOptions = append(c.fxOptions, opts...)
+		return nil
+	}
+}

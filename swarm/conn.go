@@ -1,0 +1,238 @@
+package swarm
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	ic "github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/transport"
+	libp2pswarm "github.com/libp2p/go-libp2p/p2p/net/swarm"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// ErrConnClosed is returned when a stream is opened on, or accepted from, a
+// connection that has been closed. It is go-libp2p's swarm.ErrConnClosed, so
+// errors.Is works for code written against go-libp2p's swarm.
+var ErrConnClosed = libp2pswarm.ErrConnClosed
+
+// newStreamTimeout bounds Conn.NewStream when the caller's context has no
+// deadline; go-libp2p's swarm uses the same 15 s.
+const newStreamTimeout = 15 * time.Second
+
+// Conn is one live connection (one path) to a peer: a QUIC connection made
+// by go-libp2p's QUIC transport, with the swarm's bookkeeping around it. It
+// implements network.Conn. A *Conn keeps its identity for its whole life, so
+// it can be used as a map key. All methods are safe for concurrent use.
+type Conn struct {
+	id        uint64
+	swarm     *Swarm
+	conn      transport.CapableConn
+	direction network.Direction
+	opened    time.Time
+
+	mu      sync.Mutex
+	streams map[*Stream]struct{} // nil once the connection is closed
+
+	closeOnce sync.Once
+	closeErr  error
+	// notified is closed when the Connected notifications for this
+	// connection have run; Disconnected waits for it, so a notifiee never
+	// sees Disconnected before Connected for the same connection.
+	notified chan struct{}
+}
+
+var _ network.Conn = (*Conn)(nil)
+
+// ID returns a unique, stable identifier: the remote peer's short form and
+// the swarm-wide connection number, e.g. "12D3KooWAb-7".
+func (c *Conn) ID() string {
+	return fmt.Sprintf("%s-%d", c.RemotePeer().ShortString(), c.id)
+}
+
+// String describes the connection for logs.
+func (c *Conn) String() string {
+	return fmt.Sprintf("<swarm.Conn %d %s (%s) <-> %s (%s)>", c.id,
+		c.LocalMultiaddr(), c.LocalPeer(), c.RemoteMultiaddr(), c.RemotePeer())
+}
+
+// LocalPeer returns the local peer ID.
+func (c *Conn) LocalPeer() peer.ID { return c.conn.LocalPeer() }
+
+// RemotePeer returns the remote peer ID, as proven by the TLS handshake.
+func (c *Conn) RemotePeer() peer.ID { return c.conn.RemotePeer() }
+
+// RemotePublicKey returns the remote peer's public key from the handshake.
+func (c *Conn) RemotePublicKey() ic.PubKey { return c.conn.RemotePublicKey() }
+
+// ConnState reports the transport, security and muxer of the connection.
+func (c *Conn) ConnState() network.ConnectionState { return c.conn.ConnState() }
+
+// LocalMultiaddr returns the local address of this path.
+func (c *Conn) LocalMultiaddr() ma.Multiaddr { return c.conn.LocalMultiaddr() }
+
+// RemoteMultiaddr returns the remote address of this path.
+func (c *Conn) RemoteMultiaddr() ma.Multiaddr { return c.conn.RemoteMultiaddr() }
+
+// Scope returns the connection's resource-manager scope.
+func (c *Conn) Scope() network.ConnScope { return c.conn.Scope() }
+
+// IsClosed reports whether the underlying connection is closed.
+func (c *Conn) IsClosed() bool { return c.conn.IsClosed() }
+
+// As forwards to the transport connection, so that callers reach quic-go's
+// connection: var qc *quic.Conn; conn.As(&qc).
+func (c *Conn) As(target any) bool { return c.conn.As(target) }
+
+// Stat returns the direction, the time the connection was opened and the
+// number of open streams. QUIC connections are never limited.
+func (c *Conn) Stat() network.ConnStats {
+	c.mu.Lock()
+	n := len(c.streams)
+	c.mu.Unlock()
+	return network.ConnStats{
+		Stats:      network.Stats{Direction: c.direction, Opened: c.opened},
+		NumStreams: n,
+	}
+}
+
+// GetStreams returns the connection's open streams, in no particular order.
+func (c *Conn) GetStreams() []network.Stream {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]network.Stream, 0, len(c.streams))
+	for s := range c.streams {
+		out = append(out, s)
+	}
+	return out
+}
+
+// Close closes the connection with no error code. It is idempotent: later
+// calls return the first call's result.
+func (c *Conn) Close() error { return c.CloseWithError(network.ConnNoError) }
+
+// CloseWithError closes the connection, sending code to the remote peer
+// (network.ConnGarbageCollected, network.ConnGated, ...). Open streams are
+// reset, the swarm forgets the connection at once, and Disconnected is
+// delivered to notifiees asynchronously. Idempotent.
+func (c *Conn) CloseWithError(code network.ConnErrorCode) error {
+	c.closeOnce.Do(func() { c.closeErr = c.doClose(code) })
+	return c.closeErr
+}
+
+func (c *Conn) doClose(code network.ConnErrorCode) error {
+	c.swarm.removeConn(c)
+
+	c.mu.Lock()
+	streams := c.streams
+	c.streams = nil
+	c.mu.Unlock()
+
+	err := c.conn.CloseWithError(code)
+	for s := range streams {
+		_ = s.Reset()
+	}
+	// Disconnected runs on its own goroutine, so Close can be called from a
+	// notifiee or a stream handler without deadlocking. The swarm's refs
+	// count that goroutine: addConn took the reference for it.
+	go func() {
+		defer c.swarm.refs.Done()
+		<-c.notified
+		c.swarm.notifyAll(func(n network.Notifiee) { n.Disconnected(c.swarm, c) })
+	}()
+	return err
+}
+
+// NewStream opens a new outbound stream on this connection. It charges the
+// stream to the resource manager (OpenStream) before opening it and returns
+// the resource manager's error when it refuses. Without a deadline on ctx,
+// the open is bounded by 15 s.
+func (c *Conn) NewStream(ctx context.Context) (network.Stream, error) {
+	scope, err := c.swarm.rcmgr.OpenStream(c.RemotePeer(), network.DirOutbound)
+	if err != nil {
+		return nil, fmt.Errorf("swarm: open stream to %s: %w", c.RemotePeer(), err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, newStreamTimeout)
+		defer cancel()
+	}
+	muxed, err := c.conn.OpenStream(ctx)
+	if err != nil {
+		scope.Done()
+		return nil, fmt.Errorf("swarm: open stream on %s: %w", c.ID(), err)
+	}
+	s, err := c.addStream(muxed, network.DirOutbound, scope)
+	if err != nil {
+		scope.Done()
+		return nil, err
+	}
+	return s, nil
+}
+
+// addStream registers a transport stream; it resets the stream and returns
+// ErrConnClosed when the connection closed meanwhile.
+func (c *Conn) addStream(muxed network.MuxedStream, dir network.Direction, scope network.StreamManagementScope) (*Stream, error) {
+	s := &Stream{
+		id:     c.swarm.nextStreamID.Add(1),
+		conn:   c,
+		stream: muxed,
+		scope:  scope,
+		stat:   network.Stats{Direction: dir, Opened: time.Now()},
+	}
+	c.mu.Lock()
+	if c.streams == nil {
+		c.mu.Unlock()
+		_ = muxed.Reset()
+		return nil, ErrConnClosed
+	}
+	c.streams[s] = struct{}{}
+	c.mu.Unlock()
+	return s, nil
+}
+
+func (c *Conn) removeStream(s *Stream) {
+	c.mu.Lock()
+	if c.streams != nil {
+		delete(c.streams, s)
+	}
+	c.mu.Unlock()
+}
+
+// acceptStreams runs for the life of the connection, owned by the swarm
+// (refs). It ends when the transport stops accepting, which is how a close by
+// the remote peer is noticed, and then closes the connection.
+func (c *Conn) acceptStreams() {
+	defer c.swarm.refs.Done()
+	defer c.Close()
+	for {
+		muxed, err := c.conn.AcceptStream()
+		if err != nil {
+			return
+		}
+		scope, err := c.swarm.rcmgr.OpenStream(c.RemotePeer(), network.DirInbound)
+		if err != nil {
+			log.Debugw("resource manager refused inbound stream", "peer", c.RemotePeer(), "error", err)
+			_ = muxed.ResetWithError(network.StreamResourceLimitExceeded)
+			continue
+		}
+		s, err := c.addStream(muxed, network.DirInbound, scope)
+		if err != nil {
+			scope.Done()
+			return
+		}
+		handler := c.swarm.StreamHandler()
+		if handler == nil {
+			_ = s.ResetWithError(network.StreamProtocolNegotiationFailed)
+			continue
+		}
+		c.swarm.refs.Add(1)
+		go func() {
+			defer c.swarm.refs.Done()
+			handler(s)
+		}()
+	}
+}

@@ -1,0 +1,367 @@
+package swarm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pswarm "github.com/libp2p/go-libp2p/p2p/net/swarm"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// DialError is go-libp2p's swarm.DialError: the peer, the cause, and one
+// entry per address tried, each naming the address and its error.
+type DialError = libp2pswarm.DialError
+
+// TransportError is one address's failure inside a DialError.
+type TransportError = libp2pswarm.TransportError
+
+// activeDial is one DialPeer in flight; concurrent callers for the same peer
+// wait for it instead of dialing again.
+type activeDial struct {
+	done    chan struct{}
+	conn    *Conn
+	err     error
+	waiters int
+	cancel  context.CancelFunc
+}
+
+// peerBackoff is the per-peer retry sequence and the end of the current
+// backoff window.
+type peerBackoff struct {
+	seq   *backoff.ExponentialBackOff
+	until time.Time
+}
+
+// DialPeer returns an open connection to p — the one the path selector
+// picks — or dials one. Concurrent calls for the same peer share one dial. It
+// honours network.WithNoDial (returns network.ErrNoConn), the dial timeout
+// (network.WithDialPeerTimeout, else Config.DialTimeout) and
+// network.WithSimultaneousConnect; WithForceDirectDial and
+// WithAllowLimitedConn need no action, as every QUIC connection is direct and
+// unlimited. Errors: ErrDialToSelf; ErrGaterDisallowedConnection when the
+// gater refuses the peer; a *DialError wrapping ErrDialBackoff while the peer
+// is backed off, ErrNoAddresses / ErrNoGoodAddresses, or naming each address
+// tried and its error; ErrSwarmClosed; the context's error.
+func (s *Swarm) DialPeer(ctx context.Context, p peer.ID) (network.Conn, error) {
+	if p == s.local {
+		return nil, fmt.Errorf("swarm: dial %s: %w", p, ErrDialToSelf)
+	}
+	if c := s.selectConn(p); c != nil {
+		return c, nil
+	}
+	if noDial, reason := network.GetNoDial(ctx); noDial {
+		return nil, fmt.Errorf("swarm: not connected to %s and dialing is disabled (%s): %w", p, reason, network.ErrNoConn)
+	}
+	if s.gater != nil && !s.gater.InterceptPeerDial(p) {
+		return nil, fmt.Errorf("swarm: dial %s: %w", p, ErrGaterDisallowedConnection)
+	}
+
+	ad, err := s.joinDial(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-ad.done:
+		if ad.err != nil {
+			return nil, ad.err
+		}
+		return ad.conn, nil
+	case <-ctx.Done():
+		s.leaveDial(p, ad)
+		return nil, fmt.Errorf("swarm: dial %s: %w", p, ctx.Err())
+	}
+}
+
+// dialTimeout is the timeout of a whole DialPeer for ctx.
+func (s *Swarm) dialTimeout(ctx context.Context) time.Duration {
+	// GetDialPeerTimeout returns network.DialPeerTimeout when ctx sets no
+	// timeout of its own; that package default (60 s) yields to ours.
+	if t := network.GetDialPeerTimeout(ctx); t != network.DialPeerTimeout {
+		return t
+	}
+	return s.cfg.DialTimeout
+}
+
+// joinDial returns the dial in flight to p, or starts one. It refuses a peer
+// that is backed off.
+func (s *Swarm) joinDial(ctx context.Context, p peer.ID) (*activeDial, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrSwarmClosed
+	}
+	if ad, ok := s.dials[p]; ok {
+		ad.waiters++
+		return ad, nil
+	}
+	if b, ok := s.backoffs[p]; ok && time.Now().Before(b.until) {
+		return nil, &DialError{Peer: p, Cause: fmt.Errorf("%w for another %s after failed dials",
+			ErrDialBackoff, time.Until(b.until).Round(time.Millisecond))}
+	}
+	// The dial belongs to the swarm, not to the first caller: it keeps the
+	// caller's values (dial options) but not its cancellation, and stops
+	// when every waiter has left, on timeout, or on Close.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.dialTimeout(ctx))
+	stop := context.AfterFunc(s.ctx, cancel)
+	ad := &activeDial{done: make(chan struct{}), waiters: 1, cancel: cancel}
+	s.dials[p] = ad
+	s.refs.Add(1)
+	go func() {
+		defer s.refs.Done()
+		defer stop()
+		defer cancel()
+		conn, err := s.dialWithRetry(dctx, p)
+		s.mu.Lock()
+		delete(s.dials, p)
+		s.mu.Unlock()
+		ad.conn, ad.err = conn, err
+		close(ad.done)
+	}()
+	return ad, nil
+}
+
+// leaveDial drops one waiter; the last one to leave cancels the dial.
+func (s *Swarm) leaveDial(p peer.ID, ad *activeDial) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ad.waiters--
+	if ad.waiters == 0 {
+		ad.cancel()
+	}
+}
+
+// dialWithRetry makes up to 1+MaxRetries attempts with the peer's backoff
+// delays between them, and backs the peer off when all fail.
+func (s *Swarm) dialWithRetry(ctx context.Context, p peer.ID) (*Conn, error) {
+	s.mu.Lock()
+	b, ok := s.backoffs[p]
+	if !ok {
+		b = &peerBackoff{seq: s.cfg.Retry.newBackOff()}
+		s.backoffs[p] = b
+	}
+	s.mu.Unlock()
+
+	for attempt := 0; ; attempt++ {
+		c, err := s.dialAttempt(ctx, p)
+		if err == nil {
+			return c, nil
+		}
+		s.mu.Lock()
+		delay := b.seq.NextBackOff()
+		s.mu.Unlock()
+		if attempt >= s.cfg.Retry.MaxRetries || !retryable(err) || ctx.Err() != nil {
+			s.mu.Lock()
+			b.until = time.Now().Add(delay)
+			s.mu.Unlock()
+			return nil, err
+		}
+		log.Debugw("dial failed, retrying", "peer", p, "attempt", attempt+1, "delay", delay, "error", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		}
+	}
+}
+
+// retryable reports whether a failed attempt may succeed if repeated: every
+// address failed with a timeout or an unreachable network.
+func retryable(err error) bool {
+	var de *DialError
+	if !errors.As(err, &de) || len(de.DialErrors) == 0 {
+		return false
+	}
+	for _, te := range de.DialErrors {
+		if !transient(te.Cause) {
+			return false
+		}
+	}
+	return true
+}
+
+func transient(err error) bool {
+	var ne net.Error
+	return os.IsTimeout(err) || errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &ne) && ne.Timeout()) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENETUNREACH) ||
+		errors.Is(err, syscall.EHOSTUNREACH)
+}
+
+// dialableAddrs returns p's addresses that QUIC can dial, that are not ours,
+// and that the gater allows.
+func (s *Swarm) dialableAddrs(p peer.ID) ([]ma.Multiaddr, error) {
+	known := s.peers.Addrs(p)
+	if len(known) == 0 {
+		return nil, ErrNoAddresses
+	}
+	out := make([]ma.Multiaddr, 0, len(known))
+	for _, a := range known {
+		if !s.CanDial(p, a) {
+			continue
+		}
+		if s.gater != nil && !s.gater.InterceptAddrDial(p, a) {
+			continue
+		}
+		out = append(out, a)
+	}
+	if len(out) == 0 {
+		return nil, ErrNoGoodAddresses
+	}
+	return out, nil
+}
+
+type dialResult struct {
+	addr ma.Multiaddr
+	conn *Conn
+	err  error
+}
+
+// dialAttempt dials p's addresses happy-eyeballs style: in the ranker's
+// order, each starting after its delay or as soon as the previous one has
+// failed; the first connection wins and the others are cancelled. Any
+// connection that completes after the winner is closed: one call, one
+// connection (extra paths are the multipath manager's to open, via DialPath).
+func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
+	addrs, err := s.dialableAddrs(p)
+	if err != nil {
+		return nil, &DialError{Peer: p, Cause: err}
+	}
+	ranker := s.cfg.DialRanker
+	if simConnect, _, _ := network.GetSimultaneousConnect(ctx); simConnect {
+		ranker = libp2pswarm.NoDelayDialRanker
+	}
+	plan := ranker(addrs)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	results := make(chan dialResult, len(plan))
+	start := time.Now()
+	next, inFlight := 0, 0
+	launch := func() {
+		ad := plan[next]
+		next++
+		inFlight++
+		s.refs.Add(1)
+		go func() {
+			defer s.refs.Done()
+			c, err := s.dialAddr(ctx, p, ad.Addr)
+			results <- dialResult{addr: ad.Addr, conn: c, err: err}
+		}()
+	}
+
+	dialErr := &DialError{Peer: p}
+	var winner *Conn
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for winner == nil && (next < len(plan) || inFlight > 0) {
+		// Start every dial that is due; arm the timer for the next one.
+		for next < len(plan) && (inFlight == 0 || time.Since(start) >= plan[next].Delay) {
+			launch()
+		}
+		if next < len(plan) {
+			timer.Reset(time.Until(start.Add(plan[next].Delay)))
+		}
+		select {
+		case r := <-results:
+			inFlight--
+			if r.err != nil {
+				dialErr.DialErrors = append(dialErr.DialErrors, TransportError{Address: r.addr, Cause: r.err})
+				continue
+			}
+			winner = r.conn
+		case <-timer.C:
+		case <-ctx.Done():
+			dialErr.Cause = ctx.Err()
+			winner = nil
+			next = len(plan)
+			// Collect the cancelled dials below.
+			for ; inFlight > 0; inFlight-- {
+				if r := <-results; r.conn != nil {
+					_ = r.conn.Close()
+				} else {
+					dialErr.DialErrors = append(dialErr.DialErrors, TransportError{Address: r.addr, Cause: r.err})
+				}
+			}
+		}
+	}
+	if winner == nil {
+		if dialErr.Cause == nil {
+			dialErr.Cause = errors.New("all dials failed")
+		}
+		return nil, dialErr
+	}
+	cancel()
+	for ; inFlight > 0; inFlight-- {
+		if r := <-results; r.conn != nil {
+			_ = r.conn.Close()
+		}
+	}
+	return winner, nil
+}
+
+// dialAddr dials one address with the per-address timeout and adds the
+// connection to the swarm.
+func (s *Swarm) dialAddr(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.AddrDialTimeout)
+	defer cancel()
+	tc, err := s.transport.Dial(ctx, addr, p)
+	if err != nil {
+		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w: %w", ctx.Err(), err)
+		}
+		return nil, err
+	}
+	if tc.RemotePeer() != p {
+		_ = tc.CloseWithError(network.ConnProtocolViolation)
+		return nil, fmt.Errorf("swarm: dialed %s at %s but reached %s", p, addr, tc.RemotePeer())
+	}
+	return s.addConn(tc, network.DirOutbound)
+}
+
+// DialPath opens an additional connection (path) to p at addr, even when p is
+// already connected; the multipath manager uses it to open standby paths. A
+// trailing /p2p/<id> in addr must name p. It consults the gater
+// (InterceptPeerDial, InterceptAddrDial), ignores the peer's backoff, and
+// bounds the dial by AddrDialTimeout. Errors name p and addr.
+func (s *Swarm) DialPath(ctx context.Context, p peer.ID, addr ma.Multiaddr) (network.Conn, error) {
+	if p == s.local {
+		return nil, fmt.Errorf("swarm: dial path %s: %w", addr, ErrDialToSelf)
+	}
+	if addr == nil {
+		return nil, fmt.Errorf("swarm: dial path to %s: nil multiaddr", p)
+	}
+	transportAddr, id := peer.SplitAddr(addr)
+	if transportAddr == nil {
+		return nil, fmt.Errorf("swarm: dial path to %s: %s has no transport part", p, addr)
+	}
+	if id != "" && id != p {
+		return nil, fmt.Errorf("swarm: dial path to %s: address %s names another peer %s", p, addr, id)
+	}
+	if !s.CanDial(p, transportAddr) {
+		return nil, fmt.Errorf("swarm: dial path to %s: cannot dial %s (not QUIC, or our own address)", p, transportAddr)
+	}
+	if s.gater != nil && (!s.gater.InterceptPeerDial(p) || !s.gater.InterceptAddrDial(p, transportAddr)) {
+		return nil, fmt.Errorf("swarm: dial path to %s at %s: %w", p, transportAddr, ErrGaterDisallowedConnection)
+	}
+	s.mu.RLock()
+	closed := s.closed
+	s.mu.RUnlock()
+	if closed {
+		return nil, ErrSwarmClosed
+	}
+	c, err := s.dialAddr(ctx, p, transportAddr)
+	if err != nil {
+		return nil, fmt.Errorf("swarm: dial path to %s at %s: %w", p, transportAddr, err)
+	}
+	return c, nil
+}

@@ -1,0 +1,98 @@
+package swarm
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/transport"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// listener is one transport listener and its accept loop.
+type listener struct {
+	transport.Listener
+}
+
+// Listen starts listening on every address (e.g. /ip4/127.0.0.1/udp/0/quic-v1;
+// port 0 lets the system choose). It is all or nothing: when one address
+// fails, the listeners opened by this call are closed again and the error
+// names the failing address. Listen notifications fire for each address.
+func (s *Swarm) Listen(addrs ...ma.Multiaddr) error {
+	if len(addrs) == 0 {
+		return errors.New("swarm: Listen needs at least one address")
+	}
+	opened := make([]*listener, 0, len(addrs))
+	closeOpened := func() {
+		for _, l := range opened {
+			_ = l.Close()
+		}
+	}
+	for _, a := range addrs {
+		if a == nil {
+			closeOpened()
+			return errors.New("swarm: listen on a nil multiaddr")
+		}
+		if !s.transport.CanDial(a) {
+			closeOpened()
+			return fmt.Errorf("swarm: listen on %s: not a QUIC address (want /ip4|ip6/<ip>/udp/<port>/quic-v1)", a)
+		}
+		tl, err := s.transport.Listen(a)
+		if err != nil {
+			closeOpened()
+			return fmt.Errorf("swarm: listen on %s: %w", a, err)
+		}
+		opened = append(opened, &listener{Listener: tl})
+	}
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		closeOpened()
+		return ErrSwarmClosed
+	}
+	for _, l := range opened {
+		s.listeners[l] = struct{}{}
+	}
+	s.refs.Add(len(opened))
+	s.mu.Unlock()
+
+	for _, l := range opened {
+		go s.acceptConns(l)
+		log.Debugw("listening", "addr", l.Multiaddr())
+		s.notifyAll(func(n network.Notifiee) { n.Listen(s, l.Multiaddr()) })
+	}
+	return nil
+}
+
+// acceptConns runs until the listener is closed, owned by the swarm (refs).
+// Each accepted connection is added on its own goroutine so that slow
+// Connected notifiees do not hold up the next handshake.
+func (s *Swarm) acceptConns(l *listener) {
+	defer s.refs.Done()
+	for {
+		tc, err := l.Accept()
+		if err != nil {
+			return
+		}
+		s.refs.Add(1)
+		go func() {
+			defer s.refs.Done()
+			if _, err := s.addConn(tc, network.DirInbound); err != nil {
+				log.Debugw("inbound connection refused", "peer", tc.RemotePeer(), "addr", tc.RemoteMultiaddr(), "error", err)
+			}
+		}()
+	}
+}
+
+// isOwnAddr reports whether addr is one of our listen addresses.
+func (s *Swarm) isOwnAddr(addr ma.Multiaddr) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for l := range s.listeners {
+		if l.Multiaddr().Equal(addr) {
+			return true
+		}
+	}
+	return false
+}

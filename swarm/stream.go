@@ -1,0 +1,115 @@
+package swarm
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// Stream is one stream on a Conn. It implements network.Stream. Reads and
+// writes go straight to the QUIC stream; Close, Reset and ResetWithError
+// release the stream's resource-manager scope exactly once. Safe for
+// concurrent use as far as the underlying QUIC stream is (one reader and one
+// writer at a time).
+type Stream struct {
+	id       uint64
+	conn     *Conn
+	stream   network.MuxedStream
+	scope    network.StreamManagementScope
+	stat     network.Stats
+	protocol atomic.Pointer[protocol.ID]
+
+	releaseOnce sync.Once
+}
+
+var _ network.Stream = (*Stream)(nil)
+
+// ID returns a unique identifier: the connection's ID and the swarm-wide
+// stream number.
+func (s *Stream) ID() string { return fmt.Sprintf("%s-%d", s.conn.ID(), s.id) }
+
+// String describes the stream for logs.
+func (s *Stream) String() string {
+	return fmt.Sprintf("<swarm.Stream %s %s>", s.ID(), s.Protocol())
+}
+
+// Conn returns the connection (path) the stream belongs to.
+func (s *Stream) Conn() network.Conn { return s.conn }
+
+// Read reads from the stream.
+func (s *Stream) Read(p []byte) (int, error) { return s.stream.Read(p) }
+
+// Write writes to the stream.
+func (s *Stream) Write(p []byte) (int, error) { return s.stream.Write(p) }
+
+// CloseWrite closes the write side; the remote reads io.EOF.
+func (s *Stream) CloseWrite() error { return s.stream.CloseWrite() }
+
+// CloseRead stops reading; the remote's writes fail.
+func (s *Stream) CloseRead() error { return s.stream.CloseRead() }
+
+// Close closes both directions and releases the stream.
+func (s *Stream) Close() error {
+	err := s.stream.Close()
+	s.release()
+	return err
+}
+
+// Reset aborts both directions and releases the stream.
+func (s *Stream) Reset() error {
+	err := s.stream.Reset()
+	s.release()
+	return err
+}
+
+// ResetWithError aborts both directions with code and releases the stream.
+func (s *Stream) ResetWithError(code network.StreamErrorCode) error {
+	err := s.stream.ResetWithError(code)
+	s.release()
+	return err
+}
+
+func (s *Stream) release() {
+	s.releaseOnce.Do(func() {
+		s.conn.removeStream(s)
+		s.scope.Done()
+	})
+}
+
+// Protocol returns the protocol ID negotiated on the stream, or "".
+func (s *Stream) Protocol() protocol.ID {
+	if p := s.protocol.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// SetProtocol records the negotiated protocol and moves the stream into the
+// resource manager's protocol scope; it returns the resource manager's error
+// when that scope is full.
+func (s *Stream) SetProtocol(p protocol.ID) error {
+	if err := s.scope.SetProtocol(p); err != nil {
+		return err
+	}
+	s.protocol.Store(&p)
+	return nil
+}
+
+// SetDeadline sets the read and write deadlines.
+func (s *Stream) SetDeadline(t time.Time) error { return s.stream.SetDeadline(t) }
+
+// SetReadDeadline sets the read deadline.
+func (s *Stream) SetReadDeadline(t time.Time) error { return s.stream.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the write deadline.
+func (s *Stream) SetWriteDeadline(t time.Time) error { return s.stream.SetWriteDeadline(t) }
+
+// Stat returns the stream's direction and opening time.
+func (s *Stream) Stat() network.Stats { return s.stat }
+
+// Scope returns the stream's resource-manager scope.
+func (s *Stream) Scope() network.StreamScope { return s.scope }
