@@ -3,6 +3,7 @@ package swarm
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/transport"
@@ -12,6 +13,8 @@ import (
 // listener is one transport listener and its accept loop.
 type listener struct {
 	transport.Listener
+	// requested is the address Listen was asked for (port 0 included).
+	requested ma.Multiaddr
 }
 
 // Listen starts listening on every address (e.g. /ip4/127.0.0.1/udp/0/quic-v1;
@@ -37,12 +40,18 @@ func (s *Swarm) Listen(addrs ...ma.Multiaddr) error {
 			closeOpened()
 			return fmt.Errorf("swarm: listen on %s: not a QUIC address (want /ip4|ip6/<ip>/udp/<port>/quic-v1)", a)
 		}
+		// go-libp2p's QUIC transport keys its listeners by the requested
+		// address and panics on a second listener for the same one.
+		if s.listensOn(a) || slices.ContainsFunc(opened, func(l *listener) bool { return l.requested.Equal(a) }) {
+			closeOpened()
+			return fmt.Errorf("swarm: listen on %s: already listening on that address", a)
+		}
 		tl, err := s.transport.Listen(a)
 		if err != nil {
 			closeOpened()
 			return fmt.Errorf("swarm: listen on %s: %w", a, err)
 		}
-		opened = append(opened, &listener{Listener: tl})
+		opened = append(opened, &listener{Listener: tl, requested: a})
 	}
 
 	s.mu.Lock()
@@ -83,6 +92,18 @@ func (s *Swarm) acceptConns(l *listener) {
 			}
 		}()
 	}
+}
+
+// listensOn reports whether Listen was already asked for addr.
+func (s *Swarm) listensOn(addr ma.Multiaddr) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for l := range s.listeners {
+		if l.requested.Equal(addr) {
+			return true
+		}
+	}
+	return false
 }
 
 // isOwnAddr reports whether addr is one of our listen addresses.
