@@ -21,8 +21,8 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoremem"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
-	libp2pconnmgr "github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/conngater"
+	libp2pconnmgr "github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
 	ma "github.com/multiformats/go-multiaddr"
@@ -70,7 +70,7 @@ func components(cfg *config, key crypto.PrivKey) fx.Option {
 			newHost,
 			newDHT,
 		),
-		fx.Invoke(listen, startHost, bootstrap),
+		fx.Invoke(start),
 	)
 }
 
@@ -205,18 +205,6 @@ func newHost(lc fx.Lifecycle, s *swarm.Swarm, bus event.Bus, cm connmgr.ConnMana
 	return h, nil
 }
 
-func startHost(lc fx.Lifecycle, h host.Host) {
-	lc.Append(fx.StartHook(func() {
-		if bh, ok := h.(*basichost.BasicHost); ok {
-			bh.Start()
-		}
-	}))
-}
-
-func listen(lc fx.Lifecycle, cfg *config, s *swarm.Swarm) {
-	lc.Append(fx.StartHook(func() error { return s.Listen(cfg.listenAddrs...) }))
-}
-
 // newDHT is go-libp2p-kad-dht on the host, under the /realmnet protocol
 // prefix.
 func newDHT(lc fx.Lifecycle, cfg *config, h host.Host) (*dht.IpfsDHT, error) {
@@ -254,26 +242,42 @@ func kadMode(m DHTRole) dht.ModeOpt {
 	return dht.ModeAutoServer
 }
 
-// bootstrap connects to the bootstrap peers in parallel when the node
-// starts, waiting at most BootstrapTimeout; a peer that cannot be reached is
-// logged, not fatal (the DHT keeps trying its bootstrap peers while its
-// routing table is empty). It then asks the DHT to refresh its table.
-func bootstrap(lc fx.Lifecycle, cfg *config, h host.Host, d *dht.IpfsDHT) {
-	lc.Append(fx.StartHook(func() {
-		if len(cfg.bootstrap) == 0 {
-			return
+// start is the node's one start hook. It depends on every component, so
+// that all of them are built, and have their stop hooks registered, before
+// anything starts: when listening fails, fx rolls all of them back. It
+// listens, starts the host (identify, address manager), then connects to the
+// bootstrap peers.
+func start(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, h host.Host, d *dht.IpfsDHT) {
+	lc.Append(fx.StartHook(func() error {
+		if err := s.Listen(cfg.listenAddrs...); err != nil {
+			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.bootstrapTimeout)
-		defer cancel()
-		var wg sync.WaitGroup
-		for _, ai := range cfg.bootstrap {
-			wg.Go(func() {
-				if err := h.Connect(ctx, ai); err != nil {
-					log.Warnw("bootstrap peer unreachable", "peer", ai.ID, "addrs", ai.Addrs, "error", err)
-				}
-			})
+		if bh, ok := h.(*basichost.BasicHost); ok {
+			bh.Start()
 		}
-		wg.Wait()
-		_ = d.Bootstrap(ctx)
+		bootstrap(cfg, h, d)
+		return nil
 	}))
+}
+
+// bootstrap connects to the bootstrap peers in parallel, waiting at most
+// BootstrapTimeout; a peer that cannot be reached is logged, not fatal (the
+// DHT keeps trying its bootstrap peers while its routing table is empty). It
+// then asks the DHT to refresh its table.
+func bootstrap(cfg *config, h host.Host, d *dht.IpfsDHT) {
+	if len(cfg.bootstrap) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.bootstrapTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, ai := range cfg.bootstrap {
+		wg.Go(func() {
+			if err := h.Connect(ctx, ai); err != nil {
+				log.Warnw("bootstrap peer unreachable", "peer", ai.ID, "addrs", ai.Addrs, "error", err)
+			}
+		})
+	}
+	wg.Wait()
+	_ = d.Bootstrap(ctx)
 }

@@ -25,6 +25,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/realmnet/realmnet/swarm"
 )
@@ -71,7 +72,7 @@ func New(opts ...Option) (*Node, error) {
 
 	n := &Node{}
 	fxOpts := []fx.Option{
-		fx.WithLogger(func() fxevent.Logger { return &fxevent.ZapLogger{Logger: log.Desugar()} }),
+		fx.WithLogger(fxLogger),
 		components(&cfg, key),
 	}
 	fxOpts = append(fxOpts, cfg.fxOptions...)
@@ -87,6 +88,15 @@ func New(opts ...Option) (*Node, error) {
 	}
 	log.Infow("node started", "peer", n.ID(), "addrs", n.Addrs())
 	return n, nil
+}
+
+// fxLogger sends fx's own events to the "realmnet/node" log at debug level;
+// New returns start errors to the caller, so they are not logged twice.
+func fxLogger() fxevent.Logger {
+	l := &fxevent.ZapLogger{Logger: log.Desugar()}
+	l.UseLogLevel(zapcore.DebugLevel)
+	l.UseErrorLevel(zapcore.DebugLevel)
+	return l
 }
 
 func identity(cfg *config) (crypto.PrivKey, error) {
