@@ -102,7 +102,6 @@ func TestEchoOneMiBBothWays(t *testing.T) {
 	require.Len(t, a.Host().Network().ConnsToPeer(b.ID()), 1)
 }
 
-
 func TestDHTTenNodesFindEachOther(t *testing.T) {
 	const count = 10
 	first := newNode(t)
