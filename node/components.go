@@ -30,6 +30,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"go.uber.org/fx"
 
+	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/swarm"
 )
 
@@ -67,6 +68,7 @@ func components(cfg *config, key crypto.PrivKey) fx.Option {
 			newQUICReuse,
 			newTransport,
 			newSwarm,
+			newMultipath,
 			newHost,
 			newDHT,
 		),
@@ -190,6 +192,23 @@ func newSwarm(p swarmParams) (*swarm.Swarm, error) {
 	return s, nil
 }
 
+// newMultipath is the path manager, installed as the swarm's path selector
+// and notifiee before anything connects. It stops before the swarm closes.
+func newMultipath(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, bus event.Bus) (*multipath.Manager, error) {
+	m, err := multipath.New(s, bus, cfg.multipath)
+	if err != nil {
+		return nil, err
+	}
+	s.SetPathSelector(m)
+	s.Notify(m)
+	lc.Append(fx.StopHook(func() error {
+		s.StopNotify(m)
+		s.SetPathSelector(nil)
+		return m.Close()
+	}))
+	return m, nil
+}
+
 // newHost is libp2p's basic host over our swarm, with identify and ping.
 func newHost(lc fx.Lifecycle, s *swarm.Swarm, bus event.Bus, cm connmgr.ConnManager) (host.Host, error) {
 	h, err := basichost.NewHost(s, &basichost.HostOpts{
@@ -247,7 +266,7 @@ func kadMode(m DHTRole) dht.ModeOpt {
 // anything starts: when listening fails, fx rolls all of them back. It
 // listens, starts the host (identify, address manager), then connects to the
 // bootstrap peers.
-func start(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, h host.Host, d *dht.IpfsDHT) {
+func start(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT) {
 	lc.Append(fx.StartHook(func() error {
 		if err := s.Listen(cfg.listenAddrs...); err != nil {
 			return err

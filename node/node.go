@@ -27,6 +27,7 @@ import (
 	"go.uber.org/fx/fxevent"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/swarm"
 )
 
@@ -40,6 +41,7 @@ type Node struct {
 	app   *fx.App
 	host  host.Host
 	swarm *swarm.Swarm
+	paths *multipath.Manager
 	dht   *dht.IpfsDHT
 
 	closeOnce sync.Once
@@ -76,7 +78,7 @@ func New(opts ...Option) (*Node, error) {
 		components(&cfg, key),
 	}
 	fxOpts = append(fxOpts, cfg.fxOptions...)
-	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.dht))
+	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.dht))
 	n.app = fx.New(fxOpts...)
 	if err := n.app.Err(); err != nil {
 		return nil, fmt.Errorf("node: build: %w", err)
@@ -135,6 +137,13 @@ func (n *Node) Host() host.Host { return n.host }
 // Swarm returns realmnet's swarm (the host's network.Network), for DialPath
 // and path-level access.
 func (n *Node) Swarm() *swarm.Swarm { return n.swarm }
+
+// Multipath returns the path manager: strategies, path snapshots, events.
+func (n *Node) Multipath() *multipath.Manager { return n.paths }
+
+// Paths returns snapshots of the paths (connections) to p: addresses, RTT,
+// loss, state, which one is selected. Empty when not connected.
+func (n *Node) Paths(p peer.ID) []multipath.PathInfo { return n.paths.Paths(p) }
 
 // DHT returns the node's Kademlia DHT (protocol prefix /realmnet).
 func (n *Node) DHT() *dht.IpfsDHT { return n.dht }

@@ -10,6 +10,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"go.uber.org/fx"
 
+	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/swarm"
 )
 
@@ -80,6 +81,7 @@ type config struct {
 	dhtMode          DHTRole
 	dhtPrivateAddrs  bool
 	swarm            swarm.Config
+	multipath        multipath.Config
 	bootstrapTimeout time.Duration
 	fxOptions        []fx.Option
 }
@@ -89,6 +91,7 @@ func defaultConfig() config {
 		dhtMode:          DHTAuto,
 		dhtPrivateAddrs:  true,
 		swarm:            swarm.DefaultConfig(),
+		multipath:        multipath.DefaultConfig(),
 		bootstrapTimeout: 10 * time.Second,
 	}
 }
@@ -223,6 +226,21 @@ func AddrDialTimeout(d time.Duration) Option {
 			return fmt.Errorf("node: AddrDialTimeout must be > 0, got %s", d)
 		}
 		c.swarm.AddrDialTimeout = d
+		return nil
+	}
+}
+
+// Multipath sets the multipath configuration: heartbeat interval (default
+// 5 s), path idle timeout (6.5 s), maximum and desired paths per peer (12,
+// 2), strategy (best) and switch hysteresis (5 ms). Zero fields keep their
+// defaults; an invalid field is an error naming it.
+func Multipath(cfg multipath.Config) Option {
+	return func(c *config) error {
+		full, err := cfg.WithDefaults()
+		if err != nil {
+			return err
+		}
+		c.multipath = full
 		return nil
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -293,13 +294,14 @@ func (s *Swarm) ClosePeer(p peer.ID) error {
 }
 
 // selectConn asks the path selector for the connection to p that should carry
-// the next stream; nil when there is no open connection.
-func (s *Swarm) selectConn(p peer.ID) network.Conn {
+// the next stream, leaving out the connections in exclude; nil when there is
+// no open connection.
+func (s *Swarm) selectConn(p peer.ID, exclude ...network.Conn) network.Conn {
 	s.mu.RLock()
 	cs := s.conns[p]
 	open := make([]network.Conn, 0, len(cs))
 	for _, c := range cs {
-		if !c.IsClosed() {
+		if !c.IsClosed() && !slices.Contains(exclude, network.Conn(c)) {
 			open = append(open, c)
 		}
 	}
@@ -310,23 +312,25 @@ func (s *Swarm) selectConn(p peer.ID) network.Conn {
 	return (*s.selector.Load()).SelectPath(p, open)
 }
 
-// maxStreamAttempts bounds how many paths NewStream tries when the selected
-// path turns out to be closed under it.
+// maxStreamAttempts bounds how many paths NewStream tries.
 const maxStreamAttempts = 3
 
 // NewStream opens a stream to p on the connection the path selector picks,
 // dialing first when there is none (unless ctx carries network.WithNoDial, in
-// which case it returns network.ErrNoConn). When the chosen connection has
-// closed meanwhile, it tries the next one.
+// which case it returns network.ErrNoConn). When opening the stream on the
+// chosen connection fails for any reason but the context or the resource
+// manager, it asks the selector again without that connection and tries the
+// next path (up to 3), so a dying path does not fail the stream.
 func (s *Swarm) NewStream(ctx context.Context, p peer.ID) (network.Stream, error) {
+	var failed []network.Conn
 	var lastErr error
 	for range maxStreamAttempts {
-		c := s.selectConn(p)
+		c := s.selectConn(p, failed...)
 		if c == nil {
+			if lastErr != nil {
+				return nil, lastErr
+			}
 			if noDial, _ := network.GetNoDial(ctx); noDial {
-				if lastErr != nil {
-					return nil, lastErr
-				}
 				return nil, network.ErrNoConn
 			}
 			var err error
@@ -338,9 +342,11 @@ func (s *Swarm) NewStream(ctx context.Context, p peer.ID) (network.Stream, error
 		if err == nil {
 			return st, nil
 		}
-		if ctx.Err() != nil || !c.IsClosed() {
+		if ctx.Err() != nil || errors.Is(err, network.ErrResourceLimitExceeded) {
 			return nil, err
 		}
+		log.Debugw("opening stream failed, trying the next path", "peer", p, "conn", c.ID(), "error", err)
+		failed = append(failed, c)
 		lastErr = err
 	}
 	return nil, lastErr

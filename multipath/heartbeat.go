@@ -1,0 +1,292 @@
+package multipath
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"os"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+	msmux "github.com/multiformats/go-multistream"
+)
+
+// heartbeat probes one path until it is removed or dead. It is owned by the
+// manager (wg). A probe is 32 random bytes on the path's ping stream, echoed
+// by the peer's ping handler. The next probe is due HeartbeatInterval after
+// the last one, or max(4×SRTT, 200 ms) while the path carries streams. A
+// probe unanswered after max(4×SRTT, 200 ms) makes the path degraded; no
+// answer for PathIdleTimeout makes it dead.
+func (m *Manager) heartbeat(p peer.ID, pa *path) {
+	defer m.wg.Done()
+	var stream network.Stream
+	defer func() {
+		if stream != nil {
+			_ = stream.Reset()
+		}
+	}()
+	probe, answer := make([]byte, ping.PingSize), make([]byte, ping.PingSize)
+	next := time.Now() // validate at once
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		deadline := m.idleDeadline(pa)
+		if !time.Now().Before(deadline) {
+			m.pathDead(p, pa)
+			return
+		}
+		timer.Reset(time.Until(minTime(next, deadline)))
+		select {
+		case <-pa.ctx.Done():
+			return
+		case <-timer.C:
+		}
+		if time.Now().Before(next) {
+			continue // woke for the idle deadline; checked at the top
+		}
+		if pa.conn.IsClosed() {
+			return
+		}
+		if stream == nil {
+			var err error
+			if stream, err = m.openHeartbeatStream(pa, deadline); err != nil {
+				log.Debugw("open heartbeat stream", "peer", p, "conn", pa.conn.ID(), "error", err)
+				next = time.Now().Add(m.busyInterval(pa))
+				continue
+			}
+		}
+		start := time.Now()
+		_, _ = rand.Read(probe)
+		// Removal or Close interrupts a probe that waits for its answer.
+		current := stream
+		interrupt := context.AfterFunc(pa.ctx, func() { _ = current.SetDeadline(time.Now()) })
+		rtt, err := m.exchange(p, pa, stream, probe, answer, start, deadline)
+		interrupt()
+		if pa.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			// The peer's ping handler ends its streams after 30 s, and a
+			// stream may be reset: open a new one and probe again soon.
+			// Only the missing answers, by time, make a path dead.
+			_ = stream.Reset()
+			stream = nil
+			next = time.Now().Add(min(m.busyInterval(pa), m.cfg.HeartbeatInterval))
+			continue
+		}
+		m.answered(p, pa, rtt)
+		next = start.Add(m.probeInterval(pa))
+	}
+}
+
+// exchange sends one probe and waits for its echo: first for the probe
+// timeout, after which the path is degraded, then until the idle deadline.
+func (m *Manager) exchange(p peer.ID, pa *path, s network.Stream, probe, answer []byte, start, deadline time.Time) (time.Duration, error) {
+	_ = s.SetWriteDeadline(deadline)
+	if _, err := s.Write(probe); err != nil {
+		return 0, err
+	}
+	_ = s.SetReadDeadline(minTime(start.Add(m.busyInterval(pa)), deadline))
+	n, err := io.ReadFull(s, answer)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(deadline) {
+		m.degraded(p, pa)
+		_ = s.SetReadDeadline(deadline)
+		var more int
+		more, err = io.ReadFull(s, answer[n:])
+		n += more
+	}
+	if err != nil {
+		return 0, err
+	}
+	if !bytes.Equal(probe, answer[:n]) {
+		return 0, errors.New("heartbeat answer does not match the probe")
+	}
+	return time.Since(start), nil
+}
+
+// openHeartbeatStream opens a ping stream on the path's own connection and
+// negotiates /ipfs/ping/1.0.0 with multistream-select; it is charged to the
+// resource manager's ping service scope, like go-libp2p's own pings.
+func (m *Manager) openHeartbeatStream(pa *path, deadline time.Time) (network.Stream, error) {
+	ctx, cancel := context.WithDeadline(pa.ctx, deadline)
+	defer cancel()
+	s, err := pa.conn.NewStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	_ = s.SetDeadline(deadline)
+	if err := msmux.SelectProtoOrFail(ping.ID, s); err != nil {
+		_ = s.Reset()
+		return nil, err
+	}
+	if err := s.SetProtocol(ping.ID); err != nil {
+		_ = s.Reset()
+		return nil, err
+	}
+	if err := s.Scope().SetService(ping.ServiceName); err != nil {
+		_ = s.Reset()
+		return nil, err
+	}
+	return s, nil
+}
+
+// busyInterval is max(4×SRTT, 200 ms): the probe period of a path that
+// carries streams and the time after which an unanswered probe makes a path
+// degraded.
+func (m *Manager) busyInterval(pa *path) time.Duration {
+	return max(4*pa.rtt(), MinBusyProbeInterval)
+}
+
+// probeInterval is the time from one probe to the next.
+func (m *Manager) probeInterval(pa *path) time.Duration {
+	if userStreams(pa.conn) > 0 {
+		return min(m.busyInterval(pa), m.cfg.HeartbeatInterval)
+	}
+	return m.cfg.HeartbeatInterval
+}
+
+func (m *Manager) idleDeadline(pa *path) time.Time {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return pa.lastAnswer.Add(m.cfg.PathIdleTimeout)
+}
+
+// answered records a heartbeat answer and re-ranks the peer's paths.
+func (m *Manager) answered(p peer.ID, pa *path, rtt time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || pa.state == StateDead {
+		return
+	}
+	pa.lastAnswer = time.Now()
+	pa.heartbeatRTT.Store(int64(rtt))
+	if pa.state == StateValidating || pa.state == StateDegraded {
+		pa.state = StateStandby // rerank makes it active if selected
+	}
+	if pp := m.peers[p]; pp != nil {
+		m.rerank(p, pp, "heartbeat")
+	}
+}
+
+// degraded takes a path whose probe is overdue out of selection.
+func (m *Manager) degraded(p peer.ID, pa *path) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || pa.state == StateDead || pa.state == StateDegraded {
+		return
+	}
+	pa.state = StateDegraded
+	log.Debugw("path degraded", "peer", p, "conn", pa.conn.ID())
+	if pp := m.peers[p]; pp != nil {
+		m.rerank(p, pp, "path degraded")
+	}
+}
+
+// pathDead takes the path out of selection, emits EvtPathDead and closes its
+// connection (Disconnected then removes it).
+func (m *Manager) pathDead(p peer.ID, pa *path) {
+	m.mu.Lock()
+	if m.closed || pa.state == StateDead {
+		m.mu.Unlock()
+		return
+	}
+	pa.state = StateDead
+	silent := time.Since(pa.lastAnswer)
+	if pp := m.peers[p]; pp != nil {
+		m.rerank(p, pp, "path dead")
+	}
+	m.events.push(EvtPathDead{Peer: p, ConnID: pa.conn.ID(), SilentFor: silent})
+	m.mu.Unlock()
+	log.Debugw("path dead", "peer", p, "conn", pa.conn.ID(), "silent", silent)
+	_ = pa.conn.CloseWithError(ErrorCodePathDead)
+}
+
+// maybeDiscover starts dialing standby paths to p when it has fewer than
+// DesiredPaths live paths and this side dialed one of them (the dialer knows
+// the peer's addresses; both sides dialing would double the paths). m.mu is
+// held for writing.
+func (m *Manager) maybeDiscover(p peer.ID, pp *peerPaths) {
+	if m.closed || pp.discovering || len(pp.ranked) == 0 || len(pp.ranked) >= m.cfg.DesiredPaths {
+		return
+	}
+	outbound := false
+	for _, pa := range pp.ranked {
+		outbound = outbound || pa.conn.Stat().Direction == network.DirOutbound
+	}
+	if !outbound {
+		return
+	}
+	pp.discovering = true
+	m.wg.Add(1)
+	go m.discover(p)
+}
+
+// discover dials p's known addresses that no path uses yet, one at a time,
+// until p has DesiredPaths live paths or the addresses run out.
+func (m *Manager) discover(p peer.ID) {
+	defer m.wg.Done()
+	defer func() {
+		m.mu.Lock()
+		if pp := m.peers[p]; pp != nil {
+			pp.discovering = false
+		}
+		m.mu.Unlock()
+	}()
+	for _, addr := range m.dialer.Peerstore().Addrs(p) {
+		if m.ctx.Err() != nil || !m.dialer.CanDial(p, addr) {
+			return
+		}
+		m.mu.RLock()
+		pp := m.peers[p]
+		if pp == nil || len(pp.ranked) == 0 || len(pp.ranked) >= m.cfg.DesiredPaths || len(pp.paths) >= m.cfg.MaxPaths {
+			m.mu.RUnlock()
+			return
+		}
+		inUse := false
+		for _, pa := range pp.paths {
+			inUse = inUse || pa.conn.RemoteMultiaddr().Equal(addr)
+		}
+		failedAt, failed := pp.failedAddrs[string(addr.Bytes())]
+		m.mu.RUnlock()
+		if inUse || (failed && time.Since(failedAt) < failedAddrRetry) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(m.ctx, pathDialTimeout)
+		_, err := m.dialer.DialPath(ctx, p, addr)
+		cancel()
+		if err != nil {
+			log.Debugw("standby path dial failed", "peer", p, "addr", addr, "error", err)
+			m.mu.Lock()
+			if pp := m.peers[p]; pp != nil {
+				pp.failedAddrs[string(addr.Bytes())] = time.Now()
+			}
+			m.mu.Unlock()
+		}
+	}
+}
+
+// watchIdentify dials standby paths once identify has told us a peer's
+// listen addresses.
+func (m *Manager) watchIdentify() {
+	defer m.wg.Done()
+	for evt := range m.sub.Out() {
+		p := evt.(event.EvtPeerIdentificationCompleted).Peer
+		m.mu.Lock()
+		if pp := m.peers[p]; pp != nil {
+			m.maybeDiscover(p, pp)
+		}
+		m.mu.Unlock()
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
