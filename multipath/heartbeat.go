@@ -144,7 +144,7 @@ func (m *Manager) busyInterval(pa *path) time.Duration {
 
 // probeInterval is the time from one probe to the next.
 func (m *Manager) probeInterval(pa *path) time.Duration {
-	if userStreams(pa.conn) > 0 {
+	if pa.busy() {
 		return min(m.busyInterval(pa), m.cfg.HeartbeatInterval)
 	}
 	return m.cfg.HeartbeatInterval
@@ -227,7 +227,9 @@ func (m *Manager) maybeDiscover(p peer.ID, pp *peerPaths) {
 }
 
 // discover dials p's known addresses that no path uses yet, one at a time,
-// until p has DesiredPaths live paths or the addresses run out.
+// until p has DesiredPaths live paths or the addresses run out. An address is
+// dialed at most once per redialAfter, whatever came of it, so that a peer
+// that closes extra paths (its MaxPaths is lower) causes no churn.
 func (m *Manager) discover(p peer.ID) {
 	defer m.wg.Done()
 	defer func() {
@@ -241,32 +243,31 @@ func (m *Manager) discover(p peer.ID) {
 		if m.ctx.Err() != nil || !m.dialer.CanDial(p, addr) {
 			return
 		}
-		m.mu.RLock()
+		m.mu.Lock()
 		pp := m.peers[p]
 		if pp == nil || len(pp.ranked) == 0 || len(pp.ranked) >= m.cfg.DesiredPaths || len(pp.paths) >= m.cfg.MaxPaths {
-			m.mu.RUnlock()
+			m.mu.Unlock()
 			return
 		}
 		inUse := false
 		for _, pa := range pp.paths {
 			inUse = inUse || pa.conn.RemoteMultiaddr().Equal(addr)
 		}
-		failedAt, failed := pp.failedAddrs[string(addr.Bytes())]
-		m.mu.RUnlock()
-		if inUse || (failed && time.Since(failedAt) < failedAddrRetry) {
+		key := string(addr.Bytes())
+		dialedAt, dialed := pp.dialedAddrs[key]
+		recent := dialed && time.Since(dialedAt) < redialAfter
+		if !inUse && !recent {
+			pp.dialedAddrs[key] = time.Now()
+		}
+		m.mu.Unlock()
+		if inUse || recent {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(m.ctx, pathDialTimeout)
-		_, err := m.dialer.DialPath(ctx, p, addr)
-		cancel()
-		if err != nil {
+		if _, err := m.dialer.DialPath(ctx, p, addr); err != nil {
 			log.Debugw("standby path dial failed", "peer", p, "addr", addr, "error", err)
-			m.mu.Lock()
-			if pp := m.peers[p]; pp != nil {
-				pp.failedAddrs[string(addr.Bytes())] = time.Now()
-			}
-			m.mu.Unlock()
 		}
+		cancel()
 	}
 }
 

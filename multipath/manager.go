@@ -46,8 +46,8 @@ const (
 // pathDialTimeout bounds the dial of one standby path.
 const pathDialTimeout = 5 * time.Second
 
-// failedAddrRetry is how long discovery leaves alone an address that failed.
-const failedAddrRetry = 30 * time.Second
+// redialAfter is how long discovery leaves alone an address it dialed.
+const redialAfter = 30 * time.Second
 
 // Dialer is what the manager needs of the swarm.
 type Dialer interface {
@@ -72,7 +72,7 @@ type peerPaths struct {
 	selectFunc  SelectFunc
 	roundRobin  atomic.Uint64
 	discovering bool
-	failedAddrs map[string]time.Time
+	dialedAddrs map[string]time.Time // by address bytes
 }
 
 // Manager owns the paths of every peer. Create it with New, register it with
@@ -190,7 +190,7 @@ func (m *Manager) SetPeerStrategy(p peer.ID, s Strategy, f SelectFunc) error {
 func (m *Manager) peer(p peer.ID) *peerPaths {
 	pp := m.peers[p]
 	if pp == nil {
-		pp = &peerPaths{failedAddrs: make(map[string]time.Time)}
+		pp = &peerPaths{dialedAddrs: make(map[string]time.Time)}
 		m.peers[p] = pp
 	}
 	return pp
@@ -267,9 +267,9 @@ func (m *Manager) choose(p peer.ID, pp *peerPaths, conns []network.Conn) network
 	case StrategyRoundRobin:
 		return usable[(pp.roundRobin.Add(1)-1)%uint64(len(usable))].conn
 	case StrategyLeastLoaded:
-		best, load := usable[0], usable[0].conn.Stat().NumStreams
+		best, load := usable[0], userStreams(usable[0].conn)
 		for _, pa := range usable[1:] {
-			if n := pa.conn.Stat().NumStreams; n < load {
+			if n := userStreams(pa.conn); n < load {
 				best, load = pa, n
 			}
 		}
@@ -309,8 +309,8 @@ func (m *Manager) Connected(_ network.Network, c network.Conn) {
 	if victim != c {
 		pa := newPath(m.ctx, c)
 		pp.paths = append(pp.paths, pa)
+		m.events.push(EvtPathAdded{Peer: p, Path: pa.info(false)})
 		m.rerank(p, pp, "path added")
-		m.events.push(EvtPathAdded{Peer: p, Path: pa.info(pa == pp.selected)})
 		m.wg.Add(1)
 		go m.heartbeat(p, pa)
 		m.maybeDiscover(p, pp)

@@ -101,6 +101,10 @@ type path struct {
 
 	heartbeatRTT atomic.Int64 // time.Duration of the latest answer
 
+	// streamsSeen is the connection's StreamsOpened at the last probe
+	// (heartbeat goroutine only).
+	streamsSeen uint64
+
 	state      State
 	lastAnswer time.Time
 }
@@ -153,6 +157,22 @@ func (pa *path) biasedRTT() time.Duration {
 		return pa.rtt() - IPv6Bias
 	}
 	return pa.rtt()
+}
+
+// streamCounter is implemented by the swarm's connections.
+type streamCounter interface{ StreamsOpened() uint64 }
+
+// busy reports whether the path carried application streams since the last
+// call: one is open now, or one was opened meanwhile. Heartbeat goroutine
+// only.
+func (pa *path) busy() bool {
+	opened := false
+	if sc, ok := pa.conn.(streamCounter); ok {
+		n := sc.StreamsOpened()
+		opened = n > pa.streamsSeen+1 // more than our own heartbeat stream
+		pa.streamsSeen = n
+	}
+	return opened || userStreams(pa.conn) > 0
 }
 
 // userStreams counts the connection's streams that are not heartbeats.

@@ -96,14 +96,28 @@ func newPeerstore(lc fx.Lifecycle, key crypto.PrivKey, id peer.ID) (peerstore.Pe
 func newEventBus() event.Bus { return eventbus.NewBus() }
 
 // newResourceManager is go-libp2p's resource manager with its default,
-// auto-scaled limits (until the resource package adds realm scopes).
-func newResourceManager(lc fx.Lifecycle) (network.ResourceManager, error) {
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(rcmgr.DefaultLimits.AutoScale()))
+// auto-scaled limits (until the resource package adds realm scopes), except
+// that a peer may hold MaxPaths connections (rcmgr's default is 8).
+func newResourceManager(lc fx.Lifecycle, cfg *config) (network.ResourceManager, error) {
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(cfg.multipath.MaxPaths)))
 	if err != nil {
 		return nil, fmt.Errorf("node: create resource manager: %w", err)
 	}
 	lc.Append(fx.StopHook(rm.Close))
 	return rm, nil
+}
+
+// resourceLimits is rcmgr's auto-scaled default configuration with the
+// per-peer connection limits raised to maxPaths where they are lower.
+func resourceLimits(maxPaths int) rcmgr.ConcreteLimitConfig {
+	scaled := rcmgr.DefaultLimits.AutoScale()
+	partial := scaled.ToPartialLimitConfig()
+	for _, v := range []*rcmgr.LimitVal{&partial.PeerDefault.Conns, &partial.PeerDefault.ConnsInbound, &partial.PeerDefault.ConnsOutbound} {
+		if *v >= 0 && int(*v) < maxPaths {
+			*v = rcmgr.LimitVal(maxPaths)
+		}
+	}
+	return partial.Build(scaled)
 }
 
 // newGater is go-libp2p's BasicConnectionGater with no rules and no

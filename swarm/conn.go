@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ic "github.com/libp2p/go-libp2p/core/crypto"
@@ -34,6 +35,8 @@ type Conn struct {
 	direction network.Direction
 	opened    time.Time
 
+	streamsOpened atomic.Uint64
+
 	mu      sync.Mutex
 	streams map[*Stream]struct{} // nil once the connection is closed
 
@@ -47,10 +50,11 @@ type Conn struct {
 
 var _ network.Conn = (*Conn)(nil)
 
-// ID returns a unique, stable identifier: the remote peer's short form and
-// the swarm-wide connection number, e.g. "12D3KooWAb-7".
+// ID returns a unique, stable identifier: the last six characters of the
+// remote peer ID and the swarm-wide connection number, e.g. "bUVgy6-7".
 func (c *Conn) ID() string {
-	return fmt.Sprintf("%s-%d", c.RemotePeer().ShortString(), c.id)
+	p := c.RemotePeer().String()
+	return fmt.Sprintf("%s-%d", p[max(0, len(p)-6):], c.id)
 }
 
 // String describes the connection for logs.
@@ -98,6 +102,11 @@ func (c *Conn) Stat() network.ConnStats {
 		NumStreams: n,
 	}
 }
+
+// StreamsOpened returns how many streams have been opened on the connection,
+// in both directions, since it was established. The multipath manager reads
+// it to tell a path that carries traffic from an idle one.
+func (c *Conn) StreamsOpened() uint64 { return c.streamsOpened.Load() }
 
 // GetStreams returns the connection's open streams, in no particular order.
 func (c *Conn) GetStreams() []network.Stream {
@@ -191,6 +200,7 @@ func (c *Conn) addStream(muxed network.MuxedStream, dir network.Direction, scope
 	}
 	c.streams[s] = struct{}{}
 	c.mu.Unlock()
+	c.streamsOpened.Add(1)
 	return s, nil
 }
 

@@ -1,0 +1,564 @@
+package multipath_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/realmnet/realmnet/internal/udpproxy"
+	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/node"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("github.com/ipfs/go-log/v2/writer.(*MirrorWriter).logRoutine"),
+		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+	)
+}
+
+const echoProtocol = "/realmnet/test/echo/1.0.0"
+
+func newNode(t *testing.T, cfg multipath.Config, listen ...string) *node.Node {
+	t.Helper()
+	if len(listen) == 0 {
+		listen = []string{"/ip4/127.0.0.1/udp/0/quic-v1"}
+	}
+	n, err := node.New(node.ListenAddrs(listen...), node.DHTMode(node.DHTClient), node.Multipath(cfg))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	n.SetStreamHandler(echoProtocol, func(s network.Stream) {
+		_, _ = io.Copy(s, s)
+		_ = s.Close()
+	})
+	return n
+}
+
+// proxyTo puts a fault-injection proxy in front of n's first listen address.
+func proxyTo(t *testing.T, n *node.Node) *udpproxy.Proxy {
+	t.Helper()
+	target, err := manet.ToNetAddr(n.Swarm().ListenAddresses()[0].Decapsulate(ma.StringCast("/quic-v1")))
+	require.NoError(t, err)
+	p, err := udpproxy.New("127.0.0.1:0", target.(*net.UDPAddr))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+func dialPath(t *testing.T, from, to *node.Node, addr ma.Multiaddr) network.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := from.Swarm().DialPath(ctx, to.ID(), addr)
+	require.NoError(t, err)
+	return c
+}
+
+func selectedRemote(n *node.Node, p peer.ID) ma.Multiaddr {
+	info, ok := n.Multipath().Selected(p)
+	if !ok {
+		return nil
+	}
+	return info.Remote
+}
+
+func echoOnce(ctx context.Context, n *node.Node, p peer.ID) (network.Conn, error) {
+	s, err := n.Host().NewStream(ctx, p, echoProtocol)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	if d, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(d)
+	}
+	msg := []byte("ping over one path")
+	if _, err := s.Write(msg); err != nil {
+		return nil, err
+	}
+	if err := s.CloseWrite(); err != nil {
+		return nil, err
+	}
+	got, err := io.ReadAll(s)
+	if err != nil {
+		return nil, err
+	}
+	if string(got) != string(msg) {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return s.Conn(), nil
+}
+
+// TestBestSelectsLowestRTT: 20 ms vs 2 ms one-way delay; best selects the
+// 2 ms path within two heartbeats; after the delays are swapped it
+// switches; a 3 ms difference does not make it switch.
+func TestBestSelectsLowestRTT(t *testing.T) {
+	const heartbeat = 300 * time.Millisecond
+	cfg := multipath.Config{HeartbeatInterval: heartbeat, PathIdleTimeout: 5 * time.Second, DesiredPaths: 1}
+	server := newNode(t, cfg)
+	client := newNode(t, cfg)
+	slow, fast := proxyTo(t, server), proxyTo(t, server)
+	slow.SetDelay(20 * time.Millisecond)
+	fast.SetDelay(2 * time.Millisecond)
+
+	dialPath(t, client, server, slow.Multiaddr())
+	require.True(t, selectedRemote(client, server.ID()).Equal(slow.Multiaddr()), "the only path is selected")
+	added := time.Now()
+	dialPath(t, client, server, fast.Multiaddr())
+	require.Eventually(t, func() bool { return selectedRemote(client, server.ID()).Equal(fast.Multiaddr()) },
+		2*heartbeat+time.Second, 10*time.Millisecond, "best must pick the 2 ms path within two heartbeats")
+	t.Logf("switched to the fast path %s after it was added", time.Since(added))
+
+	require.Eventually(t, func() bool {
+		ps := client.Paths(server.ID())
+		return len(ps) == 2 && ps[0].State != multipath.StateValidating && ps[1].State != multipath.StateValidating
+	}, 5*time.Second, 10*time.Millisecond, "both paths answer heartbeats")
+	paths := client.Paths(server.ID())
+	for _, p := range paths {
+		if p.Remote.Equal(fast.Multiaddr()) {
+			require.Equal(t, multipath.StateActive, p.State)
+			require.True(t, p.Selected)
+		} else {
+			require.Equal(t, multipath.StateStandby, p.State)
+			require.Greater(t, p.SmoothedRTT, 30*time.Millisecond)
+		}
+		require.Greater(t, p.HeartbeatRTT, time.Duration(0))
+		require.False(t, p.IPv6)
+	}
+
+	// Swap the delays: best follows.
+	slow.SetDelay(2 * time.Millisecond)
+	fast.SetDelay(20 * time.Millisecond)
+	require.Eventually(t, func() bool { return selectedRemote(client, server.ID()).Equal(slow.Multiaddr()) },
+		15*time.Second, 20*time.Millisecond, "best must switch after the delays swap")
+
+	// Now make the standby path 3 ms (RTT) better: below the 5 ms
+	// hysteresis, so no switch.
+	slow.SetDelay(2 * time.Millisecond)
+	fast.SetDelay(500 * time.Microsecond)
+	// Hold on until quic-go's smoothed RTT of the standby path has
+	// really dropped below the selected one's, checking at every step that
+	// the selection does not move.
+	rtts := func() (fastRTT, slowRTT time.Duration) {
+		for _, p := range client.Paths(server.ID()) {
+			if p.Remote.Equal(fast.Multiaddr()) {
+				fastRTT = p.SmoothedRTT
+			} else {
+				slowRTT = p.SmoothedRTT
+			}
+		}
+		return fastRTT, slowRTT
+	}
+	start := time.Now()
+	for {
+		require.True(t, selectedRemote(client, server.ID()).Equal(slow.Multiaddr()),
+			"a 3 ms advantage must not cause a switch (hysteresis 5 ms)")
+		fastRTT, slowRTT := rtts()
+		if time.Since(start) > 10*heartbeat && fastRTT+time.Millisecond < slowRTT {
+			t.Logf("standby SRTT %s, selected SRTT %s: no switch", fastRTT, slowRTT)
+			break
+		}
+		require.Less(t, time.Since(start), 30*time.Second, "the standby path never got faster: SRTT %s vs %s", fastRTT, slowRTT)
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestFailoverUnderLoad: blackholing the selected path while streams flow;
+// new streams succeed on the other path well before PathIdleTimeout, and the
+// dead path is closed within PathIdleTimeout + HeartbeatInterval.
+func TestFailoverUnderLoad(t *testing.T) {
+	cfg := multipath.DefaultConfig()
+	cfg.DesiredPaths = 1 // only the two proxied paths
+	server := newNode(t, cfg)
+	client := newNode(t, cfg)
+	a, b := proxyTo(t, server), proxyTo(t, server)
+	dialPath(t, client, server, a.Multiaddr())
+	dialPath(t, client, server, b.Multiaddr())
+	require.Eventually(t, func() bool {
+		ps := client.Paths(server.ID())
+		return len(ps) == 2 && ps[0].State != multipath.StateValidating && ps[1].State != multipath.StateValidating
+	}, 5*time.Second, 10*time.Millisecond)
+
+	sub, err := client.Host().EventBus().Subscribe(new(multipath.EvtPathDead))
+	require.NoError(t, err)
+	defer sub.Close()
+
+	type success struct {
+		at     time.Time
+		remote ma.Multiaddr
+	}
+	var mu sync.Mutex
+	var successes []success
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			c, err := echoOnce(ctx, client, server.ID())
+			cancel()
+			if err == nil {
+				mu.Lock()
+				successes = append(successes, success{time.Now(), c.RemoteMultiaddr()})
+				mu.Unlock()
+			}
+		}
+	})
+	defer func() { close(stop); wg.Wait() }()
+
+	time.Sleep(time.Second) // streams flow; probes run at the busy rate
+	victim := a
+	if selectedRemote(client, server.ID()).Equal(b.Multiaddr()) {
+		victim = b
+	}
+	blackholed := time.Now()
+	victim.SetBlackhole(true)
+
+	var gap time.Duration
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, s := range successes {
+			if s.at.After(blackholed) && !s.remote.Equal(victim.Multiaddr()) {
+				gap = s.at.Sub(blackholed)
+				return true
+			}
+		}
+		return false
+	}, cfg.PathIdleTimeout, 5*time.Millisecond, "no stream succeeded on the other path")
+	t.Logf("failover gap %s", gap)
+	require.Less(t, gap, cfg.PathIdleTimeout)
+	require.False(t, selectedRemote(client, server.ID()).Equal(victim.Multiaddr()), "the blackholed path is out of selection")
+
+	select {
+	case e := <-sub.Out():
+		dead := e.(multipath.EvtPathDead)
+		require.Equal(t, server.ID(), dead.Peer)
+		took := time.Since(blackholed)
+		t.Logf("path declared dead %s after the blackhole", took)
+		require.Less(t, took, cfg.PathIdleTimeout+cfg.HeartbeatInterval)
+	case <-time.After(cfg.PathIdleTimeout + cfg.HeartbeatInterval):
+		t.Fatal("the blackholed path was not declared dead in time")
+	}
+	require.Eventually(t, func() bool { return len(client.Paths(server.ID())) == 1 }, time.Second, 10*time.Millisecond,
+		"the dead path is closed and removed")
+}
+
+// TestIdlePathDies: a blackholed path of an idle peer is dead within
+// PathIdleTimeout + HeartbeatInterval.
+func TestIdlePathDies(t *testing.T) {
+	cfg := multipath.Config{HeartbeatInterval: time.Second, PathIdleTimeout: 1500 * time.Millisecond, DesiredPaths: 1}
+	server := newNode(t, cfg)
+	client := newNode(t, cfg)
+	proxy := proxyTo(t, server)
+	dialPath(t, client, server, proxy.Multiaddr())
+	require.Eventually(t, func() bool {
+		ps := client.Paths(server.ID())
+		return len(ps) == 1 && ps[0].State == multipath.StateActive
+	}, 5*time.Second, 10*time.Millisecond)
+
+	blackholed := time.Now()
+	proxy.SetBlackhole(true)
+	require.Eventually(t, func() bool { return len(client.Paths(server.ID())) == 0 },
+		cfg.PathIdleTimeout+cfg.HeartbeatInterval+500*time.Millisecond, 10*time.Millisecond)
+	t.Logf("idle path gone %s after the blackhole", time.Since(blackholed))
+	require.Equal(t, network.NotConnected, client.Host().Network().Connectedness(server.ID()))
+}
+
+// TestPathEventsInOrder: added, selected, dead, removed — in that order.
+func TestPathEventsInOrder(t *testing.T) {
+	cfg := multipath.Config{HeartbeatInterval: 500 * time.Millisecond, PathIdleTimeout: 700 * time.Millisecond, DesiredPaths: 1}
+	server := newNode(t, cfg)
+	client := newNode(t, cfg)
+	sub, err := client.Host().EventBus().Subscribe([]any{
+		new(multipath.EvtPathAdded), new(multipath.EvtPathSelected), new(multipath.EvtPathDead), new(multipath.EvtPathRemoved),
+	})
+	require.NoError(t, err)
+	defer sub.Close()
+	proxy := proxyTo(t, server)
+	c := dialPath(t, client, server, proxy.Multiaddr())
+	require.Eventually(t, func() bool {
+		ps := client.Paths(server.ID())
+		return len(ps) == 1 && ps[0].State == multipath.StateActive
+	}, 5*time.Second, 10*time.Millisecond)
+	proxy.SetBlackhole(true)
+
+	var kinds []string
+	timeout := time.After(10 * time.Second)
+	for len(kinds) < 5 {
+		select {
+		case e := <-sub.Out():
+			switch e := e.(type) {
+			case multipath.EvtPathAdded:
+				require.Equal(t, c.ID(), e.Path.ConnID)
+				kinds = append(kinds, "added")
+			case multipath.EvtPathSelected:
+				if e.New == "" {
+					require.Equal(t, c.ID(), e.Old)
+					kinds = append(kinds, "unselected:"+e.Reason)
+				} else {
+					require.Equal(t, c.ID(), e.New)
+					kinds = append(kinds, "selected")
+				}
+			case multipath.EvtPathDead:
+				require.Equal(t, c.ID(), e.ConnID)
+				require.GreaterOrEqual(t, e.SilentFor, cfg.PathIdleTimeout)
+				kinds = append(kinds, "dead")
+			case multipath.EvtPathRemoved:
+				require.Equal(t, c.ID(), e.ConnID)
+				kinds = append(kinds, "removed")
+			}
+		case <-timeout:
+			t.Fatalf("events so far: %v", kinds)
+		}
+	}
+	require.Equal(t, []string{"added", "selected", "unselected:path dead", "dead", "removed"}, kinds)
+}
+
+func threePaths(t *testing.T, cfg multipath.Config) (server, client *node.Node, conns []network.Conn) {
+	t.Helper()
+	server = newNode(t, cfg, "/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.2/udp/0/quic-v1", "/ip4/127.0.0.3/udp/0/quic-v1")
+	client = newNode(t, cfg)
+	for _, addr := range server.Swarm().ListenAddresses() {
+		conns = append(conns, dialPath(t, client, server, addr))
+	}
+	require.Eventually(t, func() bool {
+		for _, p := range client.Paths(server.ID()) {
+			if p.State == multipath.StateValidating {
+				return false
+			}
+		}
+		return len(client.Paths(server.ID())) == 3
+	}, 5*time.Second, 10*time.Millisecond)
+	return server, client, conns
+}
+
+func TestRoundRobinSpreadsEvenly(t *testing.T) {
+	cfg := multipath.Config{DesiredPaths: 3, Strategy: multipath.StrategyRoundRobin}
+	server, client, conns := threePaths(t, cfg)
+	counts := map[string]int{}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for range 999 {
+		s, err := client.Swarm().NewStream(ctx, server.ID())
+		require.NoError(t, err)
+		counts[s.Conn().ID()]++
+		require.NoError(t, s.Reset())
+	}
+	require.Len(t, counts, 3)
+	for _, c := range conns {
+		require.InDelta(t, 333, counts[c.ID()], 333*0.05, "path %s got %d of 999 streams", c.ID(), counts[c.ID()])
+	}
+}
+
+func TestLeastLoadedPicksFewestStreams(t *testing.T) {
+	cfg := multipath.Config{DesiredPaths: 3, Strategy: multipath.StrategyLeastLoaded}
+	server, client, conns := threePaths(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Load the paths 3, 2 and 0 streams deep.
+	hold := func(c network.Conn, n int) {
+		for range n {
+			s, err := c.NewStream(ctx)
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = s.Reset() })
+		}
+	}
+	hold(conns[0], 3)
+	hold(conns[1], 2)
+	s, err := client.Swarm().NewStream(ctx, server.ID())
+	require.NoError(t, err)
+	for _, p := range client.Paths(server.ID()) {
+		t.Logf("%s %s streams=%d", p.ConnID, p.State, p.OpenStreams)
+	}
+	require.Equal(t, conns[2].ID(), s.Conn().ID(), "the path with no streams")
+	defer s.Reset()
+	hold(conns[2], 3)
+	s2, err := client.Swarm().NewStream(ctx, server.ID())
+	require.NoError(t, err)
+	require.Equal(t, conns[1].ID(), s2.Conn().ID(), "now the path with 2 streams is the least loaded")
+	defer s2.Reset()
+	for _, p := range client.Paths(server.ID()) {
+		if p.ConnID == conns[0].ID() {
+			require.Equal(t, 3, p.OpenStreams, "heartbeat streams are not counted")
+		}
+	}
+}
+
+func TestCustomAndPerPeerStrategy(t *testing.T) {
+	server, client, conns := threePaths(t, multipath.Config{DesiredPaths: 3})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var seen []int
+	err := client.Multipath().SetPeerStrategy(server.ID(), multipath.StrategyCustom, func(_ peer.ID, paths []multipath.PathInfo) int {
+		seen = append(seen, len(paths))
+		for i, p := range paths {
+			if p.ConnID == conns[1].ID() {
+				return i
+			}
+		}
+		return 0
+	})
+	require.NoError(t, err)
+	for range 3 {
+		s, err := client.Swarm().NewStream(ctx, server.ID())
+		require.NoError(t, err)
+		require.Equal(t, conns[1].ID(), s.Conn().ID())
+		_ = s.Reset()
+	}
+	require.Equal(t, []int{3, 3, 3}, seen)
+	require.Error(t, client.Multipath().SetPeerStrategy(server.ID(), multipath.StrategyCustom, nil))
+	require.ErrorContains(t, client.Multipath().SetStrategy("fastest", nil), "fastest")
+	require.NoError(t, client.Multipath().SetPeerStrategy(server.ID(), "", nil))
+	s, err := client.Swarm().NewStream(ctx, server.ID())
+	require.NoError(t, err)
+	best, ok := client.Multipath().Selected(server.ID())
+	require.True(t, ok)
+	require.Equal(t, best.ConnID, s.Conn().ID(), "back to the node default, best")
+	_ = s.Reset()
+}
+
+// TestPathLimits: a peer advertising 20 addresses gets DesiredPaths paths
+// and never more than MaxPaths; inbound paths count against MaxPaths too.
+func TestPathLimits(t *testing.T) {
+	var listen []string
+	for i := 1; i <= 20; i++ {
+		listen = append(listen, "/ip4/127.0.0."+itoa(i)+"/udp/0/quic-v1")
+	}
+	server := newNode(t, multipath.Config{MaxPaths: 12, DesiredPaths: 1}, listen...)
+	client := newNode(t, multipath.Config{MaxPaths: 20, DesiredPaths: 20})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, client.Connect(ctx, server.AddrInfo()))
+	max := 0
+	deadline := time.Now().Add(4 * time.Second)
+	for time.Now().Before(deadline) {
+		n := len(server.Paths(client.ID()))
+		if n > max {
+			max = n
+		}
+		require.LessOrEqual(t, n, 12, "server has more paths than MaxPaths")
+		time.Sleep(5 * time.Millisecond)
+	}
+	require.Equal(t, 12, max, "the server fills up to MaxPaths (saw at most %d)", max)
+	require.LessOrEqual(t, len(client.Paths(server.ID())), 12)
+
+	// The other way round: a client whose MaxPaths is 12 and DesiredPaths
+	// 12 dials exactly 12 of the 20 addresses.
+	client2 := newNode(t, multipath.Config{MaxPaths: 12, DesiredPaths: 12})
+	require.NoError(t, client2.Connect(ctx, server.AddrInfo()))
+	require.Eventually(t, func() bool { return len(client2.Paths(server.ID())) == 12 }, 10*time.Second, 10*time.Millisecond,
+		"DesiredPaths is reached when addresses allow")
+	time.Sleep(500 * time.Millisecond)
+	require.Len(t, client2.Paths(server.ID()), 12)
+	remotes := map[string]bool{}
+	for _, p := range client2.Paths(server.ID()) {
+		remotes[p.Remote.String()] = true
+	}
+	require.Len(t, remotes, 12, "every path uses a distinct remote address")
+}
+
+func itoa(i int) string {
+	if i >= 10 {
+		return string(rune('0'+i/10)) + string(rune('0'+i%10))
+	}
+	return string(rune('0' + i))
+}
+
+// TestStandbyPathDialedAfterIdentify: with the defaults, connecting to a
+// peer listening on two addresses ends with two paths: the selected one
+// and a warm standby.
+func TestStandbyPathDialedAfterIdentify(t *testing.T) {
+	server := newNode(t, multipath.Config{}, "/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.2/udp/0/quic-v1")
+	client := newNode(t, multipath.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, client.Connect(ctx, peer.AddrInfo{ID: server.ID(), Addrs: server.Swarm().ListenAddresses()[:1]}))
+	require.Eventually(t, func() bool {
+		ps := client.Paths(server.ID())
+		if len(ps) != 2 {
+			return false
+		}
+		states := map[multipath.State]int{}
+		for _, p := range ps {
+			states[p.State]++
+		}
+		return states[multipath.StateActive] == 1 && states[multipath.StateStandby] == 1
+	}, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return len(server.Paths(client.ID())) == 2 }, 5*time.Second, 10*time.Millisecond,
+		"the listener sees both paths and dials none itself")
+	time.Sleep(300 * time.Millisecond)
+	require.Len(t, client.Paths(server.ID()), 2, "no more than DesiredPaths")
+}
+
+// TestRedundantPathClosed: two connections on the same address pair; one is
+// closed.
+func TestRedundantPathClosed(t *testing.T) {
+	server := newNode(t, multipath.Config{})
+	client := newNode(t, multipath.Config{})
+	addr := server.Swarm().ListenAddresses()[0]
+	first := dialPath(t, client, server, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	second, err := client.Swarm().DialPath(ctx, server.ID(), addr)
+	require.NoError(t, err)
+	require.Eventually(t, second.IsClosed, 5*time.Second, 10*time.Millisecond, "the newer redundant connection is closed")
+	require.False(t, first.IsClosed())
+	require.Len(t, client.Paths(server.ID()), 1)
+	require.Eventually(t, func() bool { return len(server.Paths(client.ID())) == 1 }, 5*time.Second, 10*time.Millisecond)
+}
+
+func TestConfigValidation(t *testing.T) {
+	for field, cfg := range map[string]multipath.Config{
+		"HeartbeatInterval": {HeartbeatInterval: -time.Second},
+		"PathIdleTimeout":   {PathIdleTimeout: -1},
+		"MaxPaths":          {MaxPaths: -3},
+		"DesiredPaths":      {MaxPaths: 2, DesiredPaths: 5},
+		"SwitchHysteresis":  {SwitchHysteresis: -time.Millisecond},
+		"fastest":           {Strategy: "fastest"},
+		"SelectFunc":        {Strategy: multipath.StrategyCustom},
+	} {
+		_, err := cfg.WithDefaults()
+		require.ErrorContains(t, err, field)
+		_, err = node.New(node.Multipath(cfg))
+		require.ErrorContains(t, err, field)
+	}
+	cfg, err := multipath.Config{PathIdleTimeout: time.Second, HeartbeatInterval: 2 * time.Second}.WithDefaults()
+	require.NoError(t, err, "a PathIdleTimeout below HeartbeatInterval is allowed")
+	require.Equal(t, multipath.DefaultConfig().MaxPaths, cfg.MaxPaths)
+	_, err = multipath.ParseStrategy("least_loaded")
+	require.NoError(t, err)
+	_, err = multipath.ParseStrategy("random")
+	require.ErrorContains(t, err, "random")
+}
+
+// TestHeartbeatsKeepPathsAlive: with a short idle timeout, healthy idle
+// paths are never declared dead.
+func TestHeartbeatsKeepPathsAlive(t *testing.T) {
+	cfg := multipath.Config{HeartbeatInterval: 200 * time.Millisecond, PathIdleTimeout: 600 * time.Millisecond}
+	server := newNode(t, cfg)
+	client := newNode(t, cfg)
+	sub, err := client.Host().EventBus().Subscribe(new(multipath.EvtPathDead))
+	require.NoError(t, err)
+	defer sub.Close()
+	dialPath(t, client, server, server.Swarm().ListenAddresses()[0])
+	select {
+	case e := <-sub.Out():
+		t.Fatalf("a healthy path died: %+v", e)
+	case <-time.After(3 * time.Second):
+	}
+	require.Len(t, client.Paths(server.ID()), 1)
+}
