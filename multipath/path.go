@@ -101,9 +101,9 @@ type path struct {
 
 	heartbeatRTT atomic.Int64 // time.Duration of the latest answer
 
-	// streamsSeen is the connection's StreamsOpened at the last probe
-	// (heartbeat goroutine only).
-	streamsSeen uint64
+	// streamsSeen and bytesSeen are the connection's StreamsOpened and
+	// QUIC bytes moved at the last probe (heartbeat goroutine only).
+	streamsSeen, bytesSeen uint64
 
 	state      State
 	lastAnswer time.Time
@@ -162,17 +162,30 @@ func (pa *path) biasedRTT() time.Duration {
 // streamCounter is implemented by the swarm's connections.
 type streamCounter interface{ StreamsOpened() uint64 }
 
-// busy reports whether the path carried application streams since the last
-// call: one is open now, or one was opened meanwhile. Heartbeat goroutine
-// only.
+// busyBytes is how many QUIC bytes (both directions) must have moved on a
+// path since the previous probe for it to count as busy: well above what
+// heartbeats alone move (about 100 bytes per probe and direction, ours and
+// the peer's).
+const busyBytes = 2048
+
+// busy reports whether the path carried application traffic since the
+// previous call: a stream other than our heartbeat stream was opened, or
+// more than busyBytes moved. An open but silent stream (kad-dht keeps one
+// per peer) does not make a path busy. Heartbeat goroutine only.
 func (pa *path) busy() bool {
-	opened := false
+	busy := false
 	if sc, ok := pa.conn.(streamCounter); ok {
 		n := sc.StreamsOpened()
-		opened = n > pa.streamsSeen+1 // more than our own heartbeat stream
+		busy = n > pa.streamsSeen+1 // more than our own heartbeat stream
 		pa.streamsSeen = n
 	}
-	return opened || userStreams(pa.conn) > 0
+	if pa.quic != nil {
+		qs := pa.quic.ConnectionStats()
+		moved := qs.BytesSent + qs.BytesReceived
+		busy = busy || moved-pa.bytesSeen > busyBytes
+		pa.bytesSeen = moved
+	}
+	return busy
 }
 
 // userStreams counts the connection's streams that are not heartbeats.

@@ -154,6 +154,11 @@ func (s *Swarm) dialWithRetry(ctx context.Context, p peer.ID) (*Conn, error) {
 		if err == nil {
 			return c, nil
 		}
+		// A dial that was cancelled (every caller left, or Close) or that
+		// found no address to try says nothing about the peer: no backoff.
+		if errors.Is(ctx.Err(), context.Canceled) || !attempted(err) {
+			return nil, err
+		}
 		s.mu.Lock()
 		delay := b.seq.NextBackOff()
 		s.mu.Unlock()
@@ -172,6 +177,12 @@ func (s *Swarm) dialWithRetry(ctx context.Context, p peer.ID) (*Conn, error) {
 			return nil, err
 		}
 	}
+}
+
+// attempted reports whether err comes from at least one address dial.
+func attempted(err error) bool {
+	var de *DialError
+	return errors.As(err, &de) && len(de.DialErrors) > 0
 }
 
 // retryable reports whether a failed attempt may succeed if repeated: every

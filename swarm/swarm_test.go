@@ -372,6 +372,24 @@ func TestDialRetriesWithBackoff(t *testing.T) {
 	require.NoError(t, err, "after the window the peer may be dialed again")
 }
 
+// TestCancelledDialDoesNotBackOff: kad-dht cancels dials all the time; a
+// cancelled dial says nothing about the peer.
+func TestCancelledDialDoesNotBackOff(t *testing.T) {
+	a := newSwarm(t, swarm.Config{})
+	b := newSwarm(t, swarm.Config{})
+	a.Peerstore().AddAddr(b.LocalPeer(), deadUDPAddr(t), peerstore.PermanentAddrTTL)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := a.DialPeer(ctx, b.LocalPeer())
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	learn(a, b)
+	require.Eventually(t, func() bool {
+		_, err := a.DialPeer(context.Background(), b.LocalPeer())
+		require.NotErrorIs(t, err, swarm.ErrDialBackoff)
+		return err == nil
+	}, 5*time.Second, 10*time.Millisecond)
+}
+
 // TestHappyEyeballs: a dead address next to a live one does not delay the
 // dial by the per-address timeout.
 func TestHappyEyeballs(t *testing.T) {
@@ -400,6 +418,11 @@ func TestDialErrors(t *testing.T) {
 
 	_, err = a.DialPeer(ctx, b.LocalPeer())
 	require.ErrorIs(t, err, swarm.ErrNoAddresses)
+	// Not knowing an address is no reason to back the peer off.
+	learn(a, b)
+	_, err = a.DialPeer(ctx, b.LocalPeer())
+	require.NoError(t, err)
+	require.NoError(t, a.ClosePeer(b.LocalPeer()))
 
 	_, err = a.DialPeer(network.WithNoDial(ctx, "test"), b.LocalPeer())
 	require.ErrorIs(t, err, network.ErrNoConn)

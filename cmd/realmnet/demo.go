@@ -1,0 +1,625 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/core/routing"
+	"github.com/spf13/cobra"
+
+	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/node"
+)
+
+const (
+	// minimumDemoNodes and maximumDemoNodes bound `demo --nodes`.
+	minimumDemoNodes = 2
+	maximumDemoNodes = 50
+	// defaultDemoNodes is the default of `demo --nodes`.
+	defaultDemoNodes = 5
+
+	// defaultDemoTimeout is the default of `demo --timeout`, which bounds a
+	// whole demo run.
+	defaultDemoTimeout = 60 * time.Second
+	// demoListenAddr is where every demo node listens; with --multipath it
+	// also listens on demoSecondListenAddr, so every pair of nodes has two
+	// paths.
+	demoListenAddr       = "/ip4/127.0.0.1/udp/0/quic-v1"
+	demoSecondListenAddr = "/ip4/127.0.0.2/udp/0/quic-v1"
+	// pathWaitTimeout bounds the wait for the standby paths with --multipath.
+	pathWaitTimeout = 10 * time.Second
+	// echoProtocol is the demo's echo protocol: the handler copies the
+	// stream back, then closes it.
+	echoProtocol = protocol.ID("/realmnet/demo/echo/1.0.0")
+	// echoPayloadSize is how many random bytes each echo exchange sends.
+	echoPayloadSize = 1024
+	// echoTimeout bounds one echo exchange, on both sides.
+	echoTimeout = 10 * time.Second
+	// routingTableWaitTimeout bounds the wait for the routing tables to fill
+	// after the nodes have started.
+	routingTableWaitTimeout = 10 * time.Second
+	// lookupAttempts is how many times a DHT lookup is tried before the demo
+	// fails.
+	lookupAttempts = 7
+	// firstLookupRetryDelay separates the first two attempts of a lookup; it
+	// doubles after each attempt (0.1 + 0.2 + … + 3.2 s = 6.3 s at most in
+	// all).
+	firstLookupRetryDelay = 100 * time.Millisecond
+)
+
+// newDemoCommand returns `realmnet demo`.
+func newDemoCommand() *cobra.Command {
+	var (
+		options demoOptions
+		timeout time.Duration
+	)
+	command := &cobra.Command{
+		Use:   "demo",
+		Short: "Run a small realmnet network in this process and print a summary",
+		Long: "demo starts --nodes nodes in this process, all listening on 127.0.0.1 over\n" +
+			"QUIC, with the DHT in server mode; node 0 starts first and is the bootstrap\n" +
+			"peer of the others. Every node then finds every other node by peer ID through\n" +
+			"the DHT only: before each lookup the looking node drops its connection to the\n" +
+			"target and forgets the target's addresses, so the addresses it dials are the\n" +
+			"ones other nodes gave it. Then every node echoes 1 KiB of random bytes with\n" +
+			"every other node. demo prints a table of the nodes, each node's paths to its\n" +
+			"peers (how many, the selected one, its RTT) and the echo round-trip times\n" +
+			"(p50, p99), and exits with status 0 when every step succeeded. With\n" +
+			"--multipath every node listens on two addresses and every pair ends with\n" +
+			"two paths: the selected one and a warm standby.\n\n" +
+			"The whole run is bounded by --timeout; the lookups grow with the square of\n" +
+			"--nodes, so many nodes on a small machine may need a longer one.",
+		Args: cobra.NoArgs,
+		RunE: func(command *cobra.Command, _ []string) error {
+			if options.nodes < minimumDemoNodes || options.nodes > maximumDemoNodes {
+				return fmt.Errorf("invalid --nodes %d: the demo runs between %d and %d nodes",
+					options.nodes, minimumDemoNodes, maximumDemoNodes)
+			}
+			if timeout <= 0 {
+				return fmt.Errorf("invalid --timeout %s: it must be positive", timeout)
+			}
+			ctx, stop := signal.NotifyContext(command.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			_, err := runDemo(ctx, command.OutOrStdout(), options)
+			if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("the demo did not finish within --timeout %s: %w", timeout, err)
+			}
+			return err
+		},
+	}
+	command.Flags().IntVar(&options.nodes, "nodes", defaultDemoNodes,
+		fmt.Sprintf("number of nodes to start (%d to %d)", minimumDemoNodes, maximumDemoNodes))
+	command.Flags().BoolVar(&options.multipath, "multipath", false,
+		"give every node two listen addresses (127.0.0.1 and 127.0.0.2), so every pair has two paths")
+	command.Flags().DurationVar(&timeout, "timeout", defaultDemoTimeout, "bound on the whole demo run")
+	return command
+}
+
+// demoOptions are the demo's flags.
+type demoOptions struct {
+	// nodes is how many nodes to start.
+	nodes int
+	// multipath gives every node a second listen address.
+	multipath bool
+}
+
+// runDemo runs the whole demo, writing progress and the summary to out, and
+// closes every node before it returns. It returns the nodes' peer IDs in
+// index order.
+func runDemo(ctx context.Context, out io.Writer, options demoOptions) (peerIDs []peer.ID, err error) {
+	d := &demo{out: out, options: options}
+	defer func() {
+		if closeErr := d.close(); closeErr != nil && err == nil {
+			err = closeErr
+		}
+	}()
+	steps := []func(context.Context) error{
+		d.start,
+		d.waitForRoutingTables,
+		d.discover,
+		d.echo,
+		d.waitForPaths,
+	}
+	for _, step := range steps {
+		if err := step(ctx); err != nil {
+			return d.peerIDs(), err
+		}
+	}
+	d.report()
+	return d.peerIDs(), nil
+}
+
+// demo is one in-process demo network. Its steps run in order: start,
+// waitForRoutingTables, discover, echo, report; close ends it.
+type demo struct {
+	out     io.Writer
+	options demoOptions
+	nodes   []*node.Node
+
+	// lookups counts the DHT lookups made by discover.
+	lookups lookupCounts
+	// echoRoundTrips holds one round-trip time per ordered pair of nodes.
+	echoRoundTrips []time.Duration
+}
+
+// lookupCounts sums up the DHT lookups of discover.
+type lookupCounts struct {
+	// pairs is the number of ordered pairs (looker, target) looked up.
+	pairs int
+	// throughNetwork counts lookups answered by other nodes: the looker was
+	// not connected to the target and knew none of its addresses.
+	throughNetwork int
+	// answeredLocally counts lookups the looker's DHT answered itself,
+	// because it had no other peer to ask (only with two nodes).
+	answeredLocally int
+	// attempts counts FindPeer calls, retries included.
+	attempts int
+	// peerResponses counts the answers of other nodes over all lookups.
+	peerResponses int
+}
+
+// progressf prints one progress line.
+func (d *demo) progressf(format string, args ...any) {
+	fmt.Fprintf(d.out, format+"\n", args...)
+}
+
+// start starts the nodes, node 0 first; the others bootstrap from it. Every
+// node serves the echo protocol.
+func (d *demo) start(ctx context.Context) error {
+	nodeCount := d.options.nodes
+	d.progressf("starting %d nodes…", nodeCount)
+	listen := []string{demoListenAddr}
+	if d.options.multipath {
+		listen = append(listen, demoSecondListenAddr)
+	}
+	for index := range nodeCount {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("start node %d: %w", index, err)
+		}
+		options := []node.Option{
+			node.ListenAddrs(listen...),
+			node.DHTMode(node.DHTServer),
+		}
+		if index > 0 {
+			options = append(options, node.Bootstrap(d.nodes[0].AddrInfo()))
+		}
+		demoNode, err := node.New(options...)
+		if err != nil {
+			return fmt.Errorf("start node %d: %w", index, err)
+		}
+		demoNode.SetStreamHandler(echoProtocol, serveEcho)
+		d.nodes = append(d.nodes, demoNode)
+	}
+	d.progressf("started %d nodes", nodeCount)
+	return nil
+}
+
+// peerIDs returns the peer IDs of the started nodes, in index order.
+func (d *demo) peerIDs() []peer.ID {
+	ids := make([]peer.ID, len(d.nodes))
+	for index, demoNode := range d.nodes {
+		ids[index] = demoNode.ID()
+	}
+	return ids
+}
+
+// waitForRoutingTables waits, at most routingTableWaitTimeout, until every
+// node's DHT routing table holds at least two peers (one with two nodes),
+// so that a node that forgets one peer still has another one to ask. A node
+// fills its table as its bootstrap connection and its first DHT queries
+// complete, in the background after it started. The lookups are tried
+// anyway when the wait times out.
+func (d *demo) waitForRoutingTables(ctx context.Context) error {
+	wanted := min(2, len(d.nodes)-1)
+	ready := func() bool {
+		for _, demoNode := range d.nodes {
+			if demoNode.DHT().RoutingTable().Size() < wanted {
+				return false
+			}
+		}
+		return true
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, routingTableWaitTimeout)
+	defer cancel()
+	ticker := time.NewTicker(20 * time.Millisecond)
+	defer ticker.Stop()
+	for !ready() {
+		select {
+		case <-ticker.C:
+		case <-waitCtx.Done():
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("wait for DHT routing tables: %w", err)
+			}
+			d.progressf("some DHT routing tables hold fewer than %d peers after %s; looking up anyway",
+				wanted, routingTableWaitTimeout)
+			return nil
+		}
+	}
+	return nil
+}
+
+// discover makes every node find every other node by peer ID through the
+// DHT, one lookup at a time, then connect to the addresses the DHT
+// returned.
+func (d *demo) discover(ctx context.Context) error {
+	total := len(d.nodes) * (len(d.nodes) - 1)
+	for lookerIndex, looker := range d.nodes {
+		for targetIndex, target := range d.nodes {
+			if targetIndex == lookerIndex {
+				continue
+			}
+			if err := lookUp(ctx, looker, target.ID(), &d.lookups); err != nil {
+				return fmt.Errorf("node %d looking up node %d (%s): %w",
+					lookerIndex, targetIndex, shortID(target.ID()), err)
+			}
+		}
+		d.progressf("DHT lookups %d/%d", d.lookups.pairs, total)
+	}
+	return nil
+}
+
+// lookUp finds target through looker's DHT, connects looker to the
+// addresses found, and adds the lookup to counts.
+//
+// kad-dht's FindPeer answers from the local peerstore, without asking
+// anyone, when the looker is already connected to the target — and after
+// bootstrap most nodes are. So that the addresses really come from other
+// nodes, lookUp first makes the looker forget the target: it closes their
+// connections, clears the target's addresses from the looker's peerstore,
+// and removes the target from the looker's routing table (else the lookup
+// would first try to dial the target with no address at all). The target is
+// back in the table once they are connected again. With two nodes there is
+// no other node to ask, and the lookup is answered locally.
+//
+// A failed attempt is retried after a growing delay: right after a node has
+// forgotten a peer, the DHT may still be dialing it for a query of its own,
+// and the lookup races with that.
+func lookUp(ctx context.Context, looker *node.Node, target peer.ID, counts *lookupCounts) error {
+	var lastErr error
+	delay := firstLookupRetryDelay
+	for attempt := range lookupAttempts {
+		if attempt > 0 {
+			select {
+			case <-time.After(delay):
+				delay *= 2
+			case <-ctx.Done():
+				return fmt.Errorf("%w (last attempt: %w)", ctx.Err(), lastErr)
+			}
+		}
+		throughNetwork := hasOtherDHTPeer(looker, target)
+		if throughNetwork {
+			if err := forget(looker, target); err != nil {
+				lastErr = err
+				continue
+			}
+		}
+		addrInfo, responses, err := findPeer(ctx, looker, target)
+		counts.attempts++
+		counts.peerResponses += responses
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if throughNetwork && responses == 0 {
+			// Something reconnected the two nodes between forget and
+			// FindPeer, and FindPeer answered from the peerstore.
+			lastErr = errors.New("the DHT answered from the local peerstore instead of asking other nodes")
+			continue
+		}
+		if len(addrInfo.Addrs) == 0 {
+			lastErr = errors.New("the DHT found the peer but no address for it")
+			continue
+		}
+		if err := looker.Connect(ctx, addrInfo); err != nil {
+			lastErr = err
+			continue
+		}
+		counts.pairs++
+		if throughNetwork {
+			counts.throughNetwork++
+		} else {
+			counts.answeredLocally++
+		}
+		return nil
+	}
+	return fmt.Errorf("%d attempts failed, the last one with: %w", lookupAttempts, lastErr)
+}
+
+// hasOtherDHTPeer reports whether looker's routing table holds a peer other
+// than target, which the looker can ask for target.
+func hasOtherDHTPeer(looker *node.Node, target peer.ID) bool {
+	for _, peerID := range looker.DHT().RoutingTable().ListPeers() {
+		if peerID != target {
+			return true
+		}
+	}
+	return false
+}
+
+// forget closes looker's connections to target, clears target's addresses
+// from looker's peerstore and removes target from looker's routing table.
+func forget(looker *node.Node, target peer.ID) error {
+	lookerNetwork := looker.Host().Network()
+	if err := lookerNetwork.ClosePeer(target); err != nil {
+		return fmt.Errorf("close connections to %s: %w", shortID(target), err)
+	}
+	looker.Host().Peerstore().ClearAddrs(target)
+	looker.DHT().RoutingTable().RemovePeer(target)
+	if len(lookerNetwork.ConnsToPeer(target)) > 0 {
+		return fmt.Errorf("still connected to %s after closing its connections", shortID(target))
+	}
+	if addrs := looker.Host().Peerstore().Addrs(target); len(addrs) > 0 {
+		return fmt.Errorf("the peerstore still holds addresses %v of %s after clearing them", addrs, shortID(target))
+	}
+	return nil
+}
+
+// findPeer calls looker's DHT FindPeer for target. It also returns how
+// many answers from other nodes the lookup received, and, when it fails, adds
+// why the DHT could not reach the target if it tried to.
+func findPeer(ctx context.Context, looker *node.Node, target peer.ID) (peer.AddrInfo, int, error) {
+	queryCtx, cancel := context.WithCancel(ctx)
+	queryCtx, events := routing.RegisterForQueryEvents(queryCtx)
+	type eventSummary struct {
+		responses      int
+		targetDialErrs []string
+	}
+	summaries := make(chan eventSummary)
+	go func() {
+		var summary eventSummary
+		// The channel is closed once queryCtx is cancelled.
+		for event := range events {
+			switch {
+			case event.Type == routing.PeerResponse:
+				summary.responses++
+			case event.Type == routing.QueryError && event.ID == target:
+				summary.targetDialErrs = append(summary.targetDialErrs, event.Extra)
+			}
+		}
+		summaries <- summary
+	}()
+	addrInfo, err := looker.DHT().FindPeer(queryCtx, target)
+	cancel()
+	summary := <-summaries
+	if err != nil {
+		if len(summary.targetDialErrs) > 0 {
+			err = fmt.Errorf("%w; dialing the peer failed: %s", err, strings.Join(summary.targetDialErrs, "; "))
+		}
+		return peer.AddrInfo{}, summary.responses, fmt.Errorf("DHT FindPeer: %w", err)
+	}
+	return addrInfo, summary.responses, nil
+}
+
+// echo opens an echo stream for every ordered pair of nodes and records the
+// round-trip times.
+func (d *demo) echo(ctx context.Context) error {
+	total := len(d.nodes) * (len(d.nodes) - 1)
+	d.echoRoundTrips = make([]time.Duration, 0, total)
+	for senderIndex, sender := range d.nodes {
+		for receiverIndex, receiver := range d.nodes {
+			if senderIndex == receiverIndex {
+				continue
+			}
+			roundTrip, err := echoOnce(ctx, sender, receiver.ID())
+			if err != nil {
+				return fmt.Errorf("echo from node %d to node %d (%s): %w",
+					senderIndex, receiverIndex, shortID(receiver.ID()), err)
+			}
+			d.echoRoundTrips = append(d.echoRoundTrips, roundTrip)
+		}
+		d.progressf("echo %d/%d", len(d.echoRoundTrips), total)
+	}
+	return nil
+}
+
+// echoOnce sends echoPayloadSize random bytes to receiver over a new echo
+// stream, checks that the same bytes come back, and returns the time from
+// opening the stream to reading the last byte back.
+func echoOnce(ctx context.Context, sender *node.Node, receiver peer.ID) (time.Duration, error) {
+	payload := make([]byte, echoPayloadSize)
+	rand.Read(payload)
+
+	ctx, cancel := context.WithTimeout(ctx, echoTimeout)
+	defer cancel()
+	begin := time.Now()
+	stream, err := sender.NewStream(ctx, receiver, echoProtocol)
+	if err != nil {
+		return 0, err
+	}
+	defer stream.Close()
+	if deadline, ok := ctx.Deadline(); ok {
+		if err := stream.SetDeadline(deadline); err != nil {
+			stream.Reset()
+			return 0, fmt.Errorf("set stream deadline: %w", err)
+		}
+	}
+	if _, err := stream.Write(payload); err != nil {
+		stream.Reset()
+		return 0, fmt.Errorf("send: %w", err)
+	}
+	if err := stream.CloseWrite(); err != nil {
+		stream.Reset()
+		return 0, fmt.Errorf("close the sending side: %w", err)
+	}
+	// Read one byte more than sent, to notice an echo that is too long.
+	echoed, err := io.ReadAll(io.LimitReader(stream, echoPayloadSize+1))
+	roundTrip := time.Since(begin)
+	if err != nil {
+		stream.Reset()
+		return 0, fmt.Errorf("read the echo after %d bytes: %w", len(echoed), err)
+	}
+	if !bytes.Equal(echoed, payload) {
+		return 0, fmt.Errorf("echo differs: sent %d bytes, got %d bytes back, %s",
+			len(payload), len(echoed), firstDifference(payload, echoed))
+	}
+	return roundTrip, nil
+}
+
+// firstDifference describes where got first differs from want.
+func firstDifference(want, got []byte) string {
+	for index := range min(len(want), len(got)) {
+		if want[index] != got[index] {
+			return fmt.Sprintf("first difference at byte %d", index)
+		}
+	}
+	return "one is a prefix of the other"
+}
+
+// serveEcho is the echo protocol's handler: it copies the stream back to
+// its sender until the sender closes its side, then closes the stream.
+func serveEcho(stream network.Stream) {
+	if err := stream.SetDeadline(time.Now().Add(echoTimeout)); err != nil {
+		stream.Reset()
+		return
+	}
+	if _, err := io.Copy(stream, stream); err != nil {
+		stream.Reset()
+		return
+	}
+	stream.Close()
+}
+
+// waitForPaths waits, with --multipath, until every node has two paths to
+// every other node: the multipath manager of the side that dialed opens the
+// standby path once identify has reported the peer's second address.
+func (d *demo) waitForPaths(ctx context.Context) error {
+	if !d.options.multipath {
+		return nil
+	}
+	ready := func() bool {
+		for _, from := range d.nodes {
+			for _, to := range d.nodes {
+				if from != to && len(from.Paths(to.ID())) < 2 {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	waitCtx, cancel := context.WithTimeout(ctx, pathWaitTimeout)
+	defer cancel()
+	ticker := time.NewTicker(20 * time.Millisecond)
+	defer ticker.Stop()
+	for !ready() {
+		select {
+		case <-ticker.C:
+		case <-waitCtx.Done():
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("wait for standby paths: %w", err)
+			}
+			return fmt.Errorf("not every pair of nodes has two paths after %s", pathWaitTimeout)
+		}
+	}
+	d.progressf("every pair of nodes has two paths")
+	return nil
+}
+
+// shortID is the last six characters of a peer ID, enough to tell the demo's
+// nodes apart.
+func shortID(p peer.ID) string {
+	s := p.String()
+	return "…" + s[max(0, len(s)-6):]
+}
+
+// reportPaths prints, for every node and peer, the number of paths, the
+// selected path and its smoothed RTT.
+func (d *demo) reportPaths() {
+	table := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(table, "NODE\tPEER\tPATHS\tSELECTED PATH\tRTT\tSTANDBY")
+	for index, from := range d.nodes {
+		for peerIndex, to := range d.nodes {
+			if from == to {
+				continue
+			}
+			paths := from.Paths(to.ID())
+			selected, standby := "-", 0
+			var rtt time.Duration
+			for _, path := range paths {
+				if path.Selected {
+					selected, rtt = path.Remote.String(), path.SmoothedRTT
+				} else if path.State == multipath.StateStandby {
+					standby++
+				}
+			}
+			fmt.Fprintf(table, "%d\t%d\t%d\t%s\t%s\t%d\n", index, peerIndex, len(paths), selected, formatDuration(rtt), standby)
+		}
+	}
+	table.Flush()
+	fmt.Fprintln(d.out)
+}
+
+// report prints the table of nodes, their paths, and the DHT lookup and echo
+// figures.
+func (d *demo) report() {
+	fmt.Fprintln(d.out)
+	table := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(table, "NODE\tPEER ID\tLISTEN ADDRESSES\tCONNECTIONS\tROUTING TABLE")
+	for index, demoNode := range d.nodes {
+		addrs := make([]string, 0, len(demoNode.Addrs()))
+		for _, addr := range demoNode.Addrs() {
+			addrs = append(addrs, addr.String())
+		}
+		fmt.Fprintf(table, "%d\t%s\t%s\t%d\t%d\n", index, shortID(demoNode.ID()), strings.Join(addrs, ", "),
+			len(demoNode.Host().Network().Conns()), demoNode.DHT().RoutingTable().Size())
+	}
+	table.Flush()
+	fmt.Fprintln(d.out)
+	d.reportPaths()
+
+	lookups := d.lookups
+	fmt.Fprintf(d.out, "DHT lookups: %d pairs, %d answered by other nodes, %d answered locally (no other node to ask); "+
+		"%d FindPeer calls (%d retries), %.1f answers from other nodes per call\n",
+		lookups.pairs, lookups.throughNetwork, lookups.answeredLocally,
+		lookups.attempts, lookups.attempts-lookups.pairs,
+		float64(lookups.peerResponses)/float64(max(lookups.attempts, 1)))
+	sorted := slices.Clone(d.echoRoundTrips)
+	slices.Sort(sorted)
+	fmt.Fprintf(d.out, "echo: %d exchanges of %d bytes, round trip p50 %s, p99 %s\n",
+		len(sorted), echoPayloadSize,
+		formatDuration(nearestRankPercentile(sorted, 50)), formatDuration(nearestRankPercentile(sorted, 99)))
+}
+
+// nearestRankPercentile returns the given percentile (0 < percentile ≤ 100)
+// of sorted by the nearest-rank method: the smallest sample such that at
+// least that percentage of the samples are less than or equal to it. It returns 0 for no samples.
+func nearestRankPercentile(sorted []time.Duration, percentile float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(percentile / 100 * float64(len(sorted))))
+	rank = min(max(rank, 1), len(sorted))
+	return sorted[rank-1]
+}
+
+// formatDuration rounds d for display: to the microsecond.
+func formatDuration(d time.Duration) string {
+	return d.Round(time.Microsecond).String()
+}
+
+// close closes every node, last started first.
+func (d *demo) close() error {
+	var errs []error
+	for index, demoNode := range slices.Backward(d.nodes) {
+		if err := demoNode.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close node %d: %w", index, err))
+		}
+	}
+	return errors.Join(errs...)
+}
