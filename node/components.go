@@ -4,11 +4,10 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	libp2pconfig "github.com/libp2p/go-libp2p/config"
-	"github.com/libp2p/go-libp2p/core/connmgr"
+	libp2pcoreconnmgr "github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -22,7 +21,6 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoremem"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/conngater"
-	libp2pconnmgr "github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
 	ma "github.com/multiformats/go-multiaddr"
@@ -30,19 +28,9 @@ import (
 	"github.com/quic-go/quic-go"
 	"go.uber.org/fx"
 
+	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/swarm"
-)
-
-// Global pool defaults until the connmgr package takes over: LowWater 100,
-// HighWater 400, GracePeriod 20 s, SilencePeriod 10 s (DESIGN.md, the DeP2P
-// desktop preset and go-libp2p's silence period).
-const (
-	defaultLowWater  = 100
-	defaultHighWater = 400
-	// defaultGracePeriod is the global pool's grace period; the silence
-	// period is BasicConnMgr's own default, 10 s.
-	defaultGracePeriod = 20 * time.Second
 )
 
 // UserAgent is what identify reports for realmnet nodes.
@@ -63,6 +51,7 @@ func components(cfg *config, key crypto.PrivKey) fx.Option {
 			newResourceManager,
 			newGater,
 			newConnManager,
+			fx.Annotate(func(cm *connmgr.Manager) *connmgr.Manager { return cm }, fx.As(new(libp2pcoreconnmgr.ConnManager))),
 			libp2pconfig.PrivKeyToStatelessResetKey,
 			libp2pconfig.PrivKeyToTokenGeneratorKey,
 			newQUICReuse,
@@ -99,7 +88,7 @@ func newEventBus() event.Bus { return eventbus.NewBus() }
 // auto-scaled limits (until the resource package adds realm scopes), except
 // that a peer may hold MaxPaths connections (rcmgr's default is 8).
 func newResourceManager(lc fx.Lifecycle, cfg *config) (network.ResourceManager, error) {
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(cfg.multipath.MaxPaths)))
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(cfg.multipath.MaxPaths, cfg.connLimits.HighWater)))
 	if err != nil {
 		return nil, fmt.Errorf("node: create resource manager: %w", err)
 	}
@@ -108,21 +97,29 @@ func newResourceManager(lc fx.Lifecycle, cfg *config) (network.ResourceManager, 
 }
 
 // resourceLimits is rcmgr's auto-scaled default configuration with the
-// per-peer connection limits raised to maxPaths where they are lower.
-func resourceLimits(maxPaths int) rcmgr.ConcreteLimitConfig {
+// per-peer connection limits raised to maxPaths and the system connection
+// limits raised to the connection manager's ceiling (HighWater + 10 %)
+// where they are lower, so that the default resource manager never refuses
+// what the multipath and connection managers want (go-libp2p issue #1640).
+func resourceLimits(maxPaths, highWater int) rcmgr.ConcreteLimitConfig {
 	scaled := rcmgr.DefaultLimits.AutoScale()
 	partial := scaled.ToPartialLimitConfig()
-	for _, v := range []*rcmgr.LimitVal{&partial.PeerDefault.Conns, &partial.PeerDefault.ConnsInbound, &partial.PeerDefault.ConnsOutbound} {
-		if *v >= 0 && int(*v) < maxPaths {
-			*v = rcmgr.LimitVal(maxPaths)
+	raise := func(to int, vals ...*rcmgr.LimitVal) {
+		for _, v := range vals {
+			if *v >= 0 && int(*v) < to {
+				*v = rcmgr.LimitVal(to)
+			}
 		}
 	}
+	raise(maxPaths, &partial.PeerDefault.Conns, &partial.PeerDefault.ConnsInbound, &partial.PeerDefault.ConnsOutbound)
+	ceiling := highWater + max(1, highWater*connmgr.CeilingPercent/100)
+	raise(ceiling, &partial.System.Conns, &partial.System.ConnsInbound, &partial.System.ConnsOutbound)
 	return partial.Build(scaled)
 }
 
 // newGater is go-libp2p's BasicConnectionGater with no rules and no
 // datastore: it allows everything until the gater package replaces it.
-func newGater() (connmgr.ConnectionGater, error) {
+func newGater() (libp2pcoreconnmgr.ConnectionGater, error) {
 	g, err := conngater.NewBasicConnectionGater(nil)
 	if err != nil {
 		return nil, fmt.Errorf("node: create connection gater: %w", err)
@@ -130,13 +127,19 @@ func newGater() (connmgr.ConnectionGater, error) {
 	return g, nil
 }
 
-// newConnManager is go-libp2p's BasicConnMgr with the global pool defaults,
-// until the connmgr package replaces it.
-func newConnManager(lc fx.Lifecycle) (connmgr.ConnManager, error) {
-	cm, err := libp2pconnmgr.NewConnManager(defaultLowWater, defaultHighWater,
-		libp2pconnmgr.WithGracePeriod(defaultGracePeriod))
+// newConnManager is realmnet's layered connection manager. It fails when
+// its HighWater exceeds the resource manager's system connection limit (a
+// resource manager given through node.Fx; the default one is sized to fit).
+func newConnManager(lc fx.Lifecycle, cfg *config, bus event.Bus, rm network.ResourceManager) (*connmgr.Manager, error) {
+	cm, err := connmgr.New(cfg.connLimits, bus)
 	if err != nil {
-		return nil, fmt.Errorf("node: create connection manager: %w", err)
+		return nil, err
+	}
+	if limiter, ok := rm.(libp2pcoreconnmgr.GetConnLimiter); ok {
+		if err := cm.CheckLimit(limiter); err != nil {
+			_ = cm.Close()
+			return nil, fmt.Errorf("node: %w", err)
+		}
 	}
 	lc.Append(fx.StopHook(cm.Close))
 	return cm, nil
@@ -169,7 +172,7 @@ func newQUICReuse(lc fx.Lifecycle, resetKey quic.StatelessResetKey, tokenKey qui
 	return cm, nil
 }
 
-func newTransport(key crypto.PrivKey, reuse *quicreuse.ConnManager, gater connmgr.ConnectionGater, rm network.ResourceManager) (transport.Transport, error) {
+func newTransport(key crypto.PrivKey, reuse *quicreuse.ConnManager, gater libp2pcoreconnmgr.ConnectionGater, rm network.ResourceManager) (transport.Transport, error) {
 	t, err := libp2pquic.NewTransport(key, reuse, nil, gater, rm)
 	if err != nil {
 		return nil, fmt.Errorf("node: create QUIC transport: %w", err)
@@ -185,8 +188,9 @@ type swarmParams struct {
 	Peerstore peerstore.Peerstore
 	Transport transport.Transport
 	Resources network.ResourceManager
-	Gater     connmgr.ConnectionGater
+	Gater     libp2pcoreconnmgr.ConnectionGater
 	Bus       event.Bus
+	Pools     *connmgr.Manager
 }
 
 func newSwarm(p swarmParams) (*swarm.Swarm, error) {
@@ -197,6 +201,7 @@ func newSwarm(p swarmParams) (*swarm.Swarm, error) {
 		ResourceManager: p.Resources,
 		Gater:           p.Gater,
 		EventBus:        p.Bus,
+		Admitter:        p.Pools,
 		Config:          p.Config.swarm,
 	})
 	if err != nil {
@@ -208,23 +213,25 @@ func newSwarm(p swarmParams) (*swarm.Swarm, error) {
 
 // newMultipath is the path manager, installed as the swarm's path selector
 // and notifiee before anything connects. It stops before the swarm closes.
-func newMultipath(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, bus event.Bus) (*multipath.Manager, error) {
+func newMultipath(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, bus event.Bus, pools *connmgr.Manager) (*multipath.Manager, error) {
 	m, err := multipath.New(s, bus, cfg.multipath)
 	if err != nil {
 		return nil, err
 	}
 	s.SetPathSelector(m)
 	s.Notify(m)
+	pools.SetPathSelector(m)
 	lc.Append(fx.StopHook(func() error {
 		s.StopNotify(m)
 		s.SetPathSelector(nil)
+		pools.SetPathSelector(nil)
 		return m.Close()
 	}))
 	return m, nil
 }
 
 // newHost is libp2p's basic host over our swarm, with identify and ping.
-func newHost(lc fx.Lifecycle, s *swarm.Swarm, bus event.Bus, cm connmgr.ConnManager) (host.Host, error) {
+func newHost(lc fx.Lifecycle, s *swarm.Swarm, bus event.Bus, cm libp2pcoreconnmgr.ConnManager) (host.Host, error) {
 	h, err := basichost.NewHost(s, &basichost.HostOpts{
 		EventBus:    bus,
 		ConnManager: cm,

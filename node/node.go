@@ -27,6 +27,7 @@ import (
 	"go.uber.org/fx/fxevent"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/swarm"
 )
@@ -42,6 +43,7 @@ type Node struct {
 	host  host.Host
 	swarm *swarm.Swarm
 	paths *multipath.Manager
+	pools *connmgr.Manager
 	dht   *dht.IpfsDHT
 
 	closeOnce sync.Once
@@ -78,7 +80,7 @@ func New(opts ...Option) (*Node, error) {
 		components(&cfg, key),
 	}
 	fxOpts = append(fxOpts, cfg.fxOptions...)
-	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.dht))
+	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.dht))
 	n.app = fx.New(fxOpts...)
 	if err := n.app.Err(); err != nil {
 		return nil, fmt.Errorf("node: build: %w", err)
@@ -137,6 +139,36 @@ func (n *Node) Host() host.Host { return n.host }
 // Swarm returns realmnet's swarm (the host's network.Network), for DialPath
 // and path-level access.
 func (n *Node) Swarm() *swarm.Swarm { return n.swarm }
+
+// ConnManager returns the connection manager: pools, tags, protection,
+// realm assignment, trims.
+func (n *Node) ConnManager() *connmgr.Manager { return n.pools }
+
+// Connections returns every connection (path) to p.
+func (n *Node) Connections(p peer.ID) []network.Conn { return n.pools.Connections(p) }
+
+// Connection returns p's selected path, or nil when not connected.
+func (n *Node) Connection(p peer.ID) network.Conn { return n.pools.Connection(p) }
+
+// ConnectionsMap returns every connection, by peer.
+func (n *Node) ConnectionsMap() map[peer.ID][]network.Conn { return n.pools.ConnectionsMap() }
+
+// RealmConnections returns the connections of realm r's sub-pool.
+func (n *Node) RealmConnections(r connmgr.RealmID) []network.Conn { return n.pools.RealmConnections(r) }
+
+// ConnectionCount returns the number of connections (several per peer
+// count several times).
+func (n *Node) ConnectionCount() int { return n.pools.ConnectionCount() }
+
+// TrimConnections closes up to count connections in the connection
+// manager's victim order and returns how many it closed.
+func (n *Node) TrimConnections(ctx context.Context, count int) (int, error) {
+	return n.pools.TrimConnections(ctx, count)
+}
+
+// Stats returns the connection pools' counts, watermarks, trims and closed
+// connections per reason.
+func (n *Node) Stats() connmgr.Stats { return n.pools.Stats() }
 
 // Multipath returns the path manager: strategies, path snapshots, events.
 func (n *Node) Multipath() *multipath.Manager { return n.paths }

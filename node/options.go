@@ -10,6 +10,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"go.uber.org/fx"
 
+	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/swarm"
 )
@@ -82,6 +83,7 @@ type config struct {
 	dhtPrivateAddrs  bool
 	swarm            swarm.Config
 	multipath        multipath.Config
+	connLimits       connmgr.Config
 	bootstrapTimeout time.Duration
 	fxOptions        []fx.Option
 }
@@ -92,6 +94,7 @@ func defaultConfig() config {
 		dhtPrivateAddrs:  true,
 		swarm:            swarm.DefaultConfig(),
 		multipath:        multipath.DefaultConfig(),
+		connLimits:       connmgr.DefaultConfig(),
 		bootstrapTimeout: 10 * time.Second,
 	}
 }
@@ -241,6 +244,41 @@ func Multipath(cfg multipath.Config) Option {
 			return err
 		}
 		c.multipath = full
+		return nil
+	}
+}
+
+// ConnLimits sets the connection manager's configuration: global pool
+// LowWater/HighWater (default 100/400), GracePeriod (20 s), SilencePeriod
+// (10 s), MaxConnsPerPeer (12), the unassigned pool (32/64) and realm
+// defaults (16/64). Zero fields keep their defaults; a bad field is an error
+// naming it and its value.
+func ConnLimits(cfg connmgr.Config) Option {
+	return func(c *config) error {
+		realmDefaults := c.connLimits.RealmDefaults
+		full, err := cfg.WithDefaults()
+		if err != nil {
+			return err
+		}
+		if cfg.RealmDefaults == (connmgr.RealmLimits{}) && realmDefaults != connmgr.DefaultConfig().RealmDefaults {
+			full.RealmDefaults = realmDefaults // set by RealmDefaults before
+		}
+		c.connLimits = full
+		return nil
+	}
+}
+
+// RealmDefaults sets the watermarks of every realm sub-pool that has no
+// limits of its own (default 16/64). The error names a bad value.
+func RealmDefaults(l connmgr.RealmLimits) Option {
+	return func(c *config) error {
+		cfg := c.connLimits
+		cfg.RealmDefaults = l
+		full, err := cfg.WithDefaults()
+		if err != nil {
+			return err
+		}
+		c.connLimits = full
 		return nil
 	}
 }

@@ -79,8 +79,21 @@ type Params struct {
 	Gater connmgr.ConnectionGater
 	// EventBus receives event.EvtPeerConnectednessChanged.
 	EventBus event.Bus
+	// Admitter, when not nil, is asked to admit every new connection
+	// before it is added (the connection manager's pools).
+	Admitter ConnAdmitter
 	// Config holds the tunables; zero fields take their defaults.
 	Config Config
+}
+
+// ConnAdmitter accounts new connections before the swarm adds them; the
+// connection manager implements it, so that its pools never exceed their
+// ceiling even for a moment. AdmitConn may close other connections to make
+// room before it returns; it returns false when c itself must be closed.
+// It is not told about a connection the swarm fails to add after admitting
+// it (only when the swarm is closing).
+type ConnAdmitter interface {
+	AdmitConn(c network.Conn) bool
 }
 
 // Swarm implements network.Network over go-libp2p's QUIC transport with
@@ -92,6 +105,7 @@ type Swarm struct {
 	transport transport.Transport
 	rcmgr     network.ResourceManager
 	gater     connmgr.ConnectionGater
+	admitter  ConnAdmitter
 	cfg       Config
 
 	selector atomic.Pointer[PathSelector]
@@ -152,6 +166,7 @@ func New(p Params) (*Swarm, error) {
 		transport: p.Transport,
 		rcmgr:     rcmgr,
 		gater:     p.Gater,
+		admitter:  p.Admitter,
 		cfg:       cfg,
 		ctx:       ctx,
 		cancel:    cancel,
@@ -382,8 +397,9 @@ func (s *Swarm) InterfaceListenAddresses() ([]ma.Multiaddr, error) {
 }
 
 // addConn registers a connection the transport produced (dialed or
-// accepted): gater InterceptUpgraded, peerstore key, connectedness event,
-// Connected notifications, then the inbound stream loop.
+// accepted): gater InterceptUpgraded, connection manager admission,
+// peerstore key, connectedness event, Connected notifications, then the
+// inbound stream loop.
 func (s *Swarm) addConn(tc transport.CapableConn, dir network.Direction) (*Conn, error) {
 	p := tc.RemotePeer()
 	c := &Conn{
@@ -400,6 +416,10 @@ func (s *Swarm) addConn(tc transport.CapableConn, dir network.Direction) (*Conn,
 			return nil, fmt.Errorf("swarm: connection to %s at %s gated (reason %d): %w",
 				p, tc.RemoteMultiaddr(), reason, ErrGaterDisallowedConnection)
 		}
+	}
+	if s.admitter != nil && !s.admitter.AdmitConn(c) {
+		_ = tc.CloseWithError(network.ConnGarbageCollected)
+		return nil, fmt.Errorf("swarm: connection to %s at %s refused by the connection manager", p, tc.RemoteMultiaddr())
 	}
 	if pk := tc.RemotePublicKey(); pk != nil {
 		_ = s.peers.AddPubKey(p, pk)

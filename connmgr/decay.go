@@ -1,0 +1,195 @@
+package connmgr
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/connmgr"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// ErrTagClosed is returned by a decaying tag's methods after Close.
+var ErrTagClosed = errors.New("connmgr: decaying tag closed")
+
+// decayer implements go-libp2p's connmgr.Decayer on the manager's peer
+// table: every DecayResolution it visits the tags whose interval has passed
+// and applies their decay function to every peer's value. Bumps and removals
+// apply at once.
+type decayer struct {
+	m *Manager
+
+	mu   sync.Mutex
+	tags map[string]*decayingTag
+}
+
+type decayingTag struct {
+	d        *decayer
+	name     string
+	interval time.Duration
+	decayFn  connmgr.DecayFn
+	bumpFn   connmgr.BumpFn
+
+	// guarded by d.mu
+	nextVisit time.Time
+	closed    bool
+}
+
+var _ connmgr.DecayingTag = (*decayingTag)(nil)
+
+func newDecayer(m *Manager) *decayer {
+	return &decayer{m: m, tags: make(map[string]*decayingTag)}
+}
+
+// RegisterDecayingTag creates a decaying tag (go-libp2p's connmgr.Decayer).
+// An interval below DecayResolution is raised to it. Errors: a tag of that
+// name exists; a nil function; a non-positive interval.
+func (m *Manager) RegisterDecayingTag(name string, interval time.Duration, decayFn connmgr.DecayFn, bumpFn connmgr.BumpFn) (connmgr.DecayingTag, error) {
+	if decayFn == nil || bumpFn == nil {
+		return nil, fmt.Errorf("connmgr: decaying tag %q needs a decay and a bump function", name)
+	}
+	if interval <= 0 {
+		return nil, fmt.Errorf("connmgr: decaying tag %q: interval must be > 0, got %s", name, interval)
+	}
+	d := m.decayer
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.tags[name]; ok {
+		return nil, fmt.Errorf("connmgr: decaying tag %q already exists", name)
+	}
+	interval = max(interval, m.cfg.DecayResolution)
+	t := &decayingTag{d: d, name: name, interval: interval, decayFn: decayFn, bumpFn: bumpFn,
+		nextVisit: time.Now().Add(interval)}
+	d.tags[name] = t
+	return t, nil
+}
+
+// run visits the due tags every DecayResolution until the manager closes.
+func (d *decayer) run(wg *sync.WaitGroup) {
+	defer wg.Done()
+	ticker := time.NewTicker(d.m.cfg.DecayResolution)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-d.m.ctx.Done():
+			return
+		case now := <-ticker.C:
+			d.decay(now)
+		}
+	}
+}
+
+// decay applies the decay function of every due tag to every peer's value.
+func (d *decayer) decay(now time.Time) {
+	d.mu.Lock()
+	due := make(map[*decayingTag]bool)
+	for _, t := range d.tags {
+		if !now.Before(t.nextVisit) {
+			due[t] = true
+			t.nextVisit = now.Add(t.interval)
+		}
+	}
+	d.mu.Unlock()
+	if len(due) == 0 {
+		return
+	}
+	m := d.m
+	for i := range m.segments {
+		s := &m.segments[i]
+		s.Lock()
+		for _, pi := range s.peers {
+			for t, v := range pi.decaying {
+				if !due[t] {
+					continue
+				}
+				after, rm := t.decayFn(*v)
+				pi.value += after - v.Value
+				v.Value, v.LastVisit = after, now
+				if rm {
+					pi.value -= v.Value
+					delete(pi.decaying, t)
+				}
+			}
+		}
+		s.Unlock()
+	}
+}
+
+// Name returns the tag's name.
+func (t *decayingTag) Name() string { return t.name }
+
+// Interval returns the effective decay interval.
+func (t *decayingTag) Interval() time.Duration { return t.interval }
+
+func (t *decayingTag) isClosed() bool {
+	t.d.mu.Lock()
+	defer t.d.mu.Unlock()
+	return t.closed
+}
+
+// Bump applies the bump function to p's value of this tag, creating it at 0
+// first. It returns ErrTagClosed after Close.
+func (t *decayingTag) Bump(p peer.ID, delta int) error {
+	if t.isClosed() {
+		return ErrTagClosed
+	}
+	m := t.d.m
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := m.entry(s, p)
+	v := pi.decaying[t]
+	if v == nil {
+		now := time.Now()
+		v = &connmgr.DecayingValue{Tag: t, Peer: p, Added: now, LastVisit: now}
+		pi.decaying[t] = v
+	}
+	after := t.bumpFn(*v, delta)
+	pi.value += after - v.Value
+	v.Value = after
+	return nil
+}
+
+// Remove removes the tag from p. It returns ErrTagClosed after Close.
+func (t *decayingTag) Remove(p peer.ID) error {
+	if t.isClosed() {
+		return ErrTagClosed
+	}
+	m := t.d.m
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	if pi := s.peers[p]; pi != nil {
+		if v := pi.decaying[t]; v != nil {
+			pi.value -= v.Value
+			delete(pi.decaying, t)
+		}
+	}
+	return nil
+}
+
+// Close unregisters the tag and removes it from every peer. Idempotent.
+func (t *decayingTag) Close() error {
+	t.d.mu.Lock()
+	if t.closed {
+		t.d.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	delete(t.d.tags, t.name)
+	t.d.mu.Unlock()
+	m := t.d.m
+	for i := range m.segments {
+		s := &m.segments[i]
+		s.Lock()
+		for _, pi := range s.peers {
+			if v := pi.decaying[t]; v != nil {
+				pi.value -= v.Value
+				delete(pi.decaying, t)
+			}
+		}
+		s.Unlock()
+	}
+	return nil
+}

@@ -1,0 +1,705 @@
+// Package connmgr is realmnet's connection manager: layered pools of
+// connections — a global pool of every connection, one sub-pool per realm,
+// and an unassigned pool of connections to peers in no realm — with
+// go-libp2p's tags, protection, grace and silence periods, decaying tags,
+// and multipath-aware trimming. It implements go-libp2p's
+// core/connmgr.ConnManager and connmgr.Decayer, so kad-dht and every libp2p
+// protocol use it unchanged.
+//
+// Counting is per connection: a peer with three paths counts three times,
+// in the global pool and in each of its realms. Victim order in every trim:
+// redundant paths first (a peer's non-selected paths, asked of the path
+// selector), then unassigned connections, then peers by ascending score,
+// ties broken torrent-style. Protected peers and connections inside their
+// grace period are never trimmed (past the global ceiling, HighWater + 10 %,
+// the grace period no longer holds). See docs/connection-management.md.
+package connmgr
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	logging "github.com/ipfs/go-log/v2"
+	"github.com/libp2p/go-libp2p/core/connmgr"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+var log = logging.Logger("realmnet/connmgr")
+
+// PathSelector says which of a peer's connections is its selected path; the
+// multipath manager implements it (so does the swarm's selector).
+type PathSelector interface {
+	SelectPath(p peer.ID, conns []network.Conn) network.Conn
+}
+
+// segmentCount is the number of lock shards of the peer table (go-libp2p's
+// BasicConnMgr uses 256 too).
+const segmentCount = 256
+
+type segment struct {
+	sync.Mutex
+	peers map[peer.ID]*peerInfo
+}
+
+// peerInfo is one peer's entry; guarded by its segment's lock.
+type peerInfo struct {
+	id        peer.ID
+	firstSeen time.Time
+	temp      bool // tags only, no connection yet: expires after the grace period
+	tags      map[string]int
+	decaying  map[*decayingTag]*connmgr.DecayingValue
+	value     int // sum of tags and decaying tags
+	conns     map[network.Conn]*connInfo
+	realms    []*realmPool
+	// authenticated is set once the peer has been assigned to a realm.
+	authenticated bool
+	// active is when one of the peer's connections last carried traffic.
+	active time.Time
+}
+
+// connInfo is what the manager knows of one connection.
+type connInfo struct {
+	opened time.Time
+	// Activity sampling (background loop): streams opened, bytes moved,
+	// when they last changed, and bytes per second over the last sample.
+	streams, bytes uint64
+	lastActive     time.Time
+	throughput     float64
+}
+
+// realmPool is one realm's sub-pool.
+type realmPool struct {
+	id     RealmID
+	count  atomic.Int64
+	limits atomic.Pointer[RealmLimits]
+	trims  atomic.Uint64
+}
+
+// Manager is realmnet's connection manager. Create it with New; it is safe
+// for concurrent use; Close stops its background goroutines.
+type Manager struct {
+	cfg      Config
+	selector atomic.Pointer[PathSelector]
+	emitter  event.Emitter // nil without an event bus
+
+	segments [segmentCount]segment
+
+	protectedMu sync.RWMutex
+	protected   map[peer.ID]map[string]struct{}
+
+	realmsMu sync.RWMutex
+	realms   map[RealmID]*realmPool
+
+	global, unassigned atomic.Int64
+
+	// trimMu serialises trims; trimBuffer is reused by them.
+	trimMu     sync.Mutex
+	trimBuffer []candidate
+	trimCount  atomic.Uint64
+	lastTrim   atomic.Int64 // unix nanoseconds
+
+	stats statsCounters
+
+	decayer *decayer
+
+	trigger chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+}
+
+var (
+	_ connmgr.ConnManager = (*Manager)(nil)
+	_ connmgr.Decayer     = (*Manager)(nil)
+)
+
+// New creates a manager and starts its background loop. bus, when not nil,
+// receives EvtConnTrimmed events. It returns an error naming a bad Config
+// field.
+func New(cfg Config, bus event.Bus) (*Manager, error) {
+	cfg, err := cfg.WithDefaults()
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{
+		cfg:       cfg,
+		protected: make(map[peer.ID]map[string]struct{}),
+		realms:    make(map[RealmID]*realmPool),
+		trigger:   make(chan struct{}, 1),
+	}
+	for i := range m.segments {
+		m.segments[i].peers = make(map[peer.ID]*peerInfo)
+	}
+	if bus != nil {
+		if m.emitter, err = bus.Emitter(new(EvtConnTrimmed)); err != nil {
+			return nil, fmt.Errorf("connmgr: create event emitter: %w", err)
+		}
+	}
+	m.ctx, m.cancel = context.WithCancel(context.Background())
+	m.decayer = newDecayer(m)
+	m.wg.Add(2)
+	go m.background()
+	go m.decayer.run(&m.wg)
+	return m, nil
+}
+
+// SetPathSelector sets who says which path of a peer is selected; trims
+// close the other paths first. Without one, a peer's newest connection
+// counts as selected.
+func (m *Manager) SetPathSelector(s PathSelector) {
+	if s == nil {
+		m.selector.Store(nil)
+		return
+	}
+	m.selector.Store(&s)
+}
+
+// Config returns the effective configuration.
+func (m *Manager) Config() Config { return m.cfg }
+
+// Close stops the background loop and the decayer and waits for them. It
+// closes no connection. Idempotent.
+func (m *Manager) Close() error {
+	m.cancel()
+	m.wg.Wait()
+	if m.emitter != nil {
+		_ = m.emitter.Close()
+	}
+	return nil
+}
+
+func (m *Manager) segment(p peer.ID) *segment {
+	if p == "" {
+		return &m.segments[0]
+	}
+	return &m.segments[p[len(p)-1]]
+}
+
+// entry returns p's entry, creating a temporary one; the segment is locked.
+func (m *Manager) entry(s *segment, p peer.ID) *peerInfo {
+	pi := s.peers[p]
+	if pi == nil {
+		pi = &peerInfo{
+			id:        p,
+			firstSeen: time.Now(),
+			temp:      true,
+			tags:      make(map[string]int),
+			decaying:  make(map[*decayingTag]*connmgr.DecayingValue),
+			conns:     make(map[network.Conn]*connInfo),
+		}
+		s.peers[p] = pi
+	}
+	return pi
+}
+
+// TagPeer sets tag on p to value (go-libp2p semantics: the peer's score is
+// the sum of its tags). Tags on a peer without connections are kept until
+// its grace period has passed without a connection.
+func (m *Manager) TagPeer(p peer.ID, tag string, value int) {
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := m.entry(s, p)
+	pi.value += value - pi.tags[tag]
+	pi.tags[tag] = value
+}
+
+// UntagPeer removes tag from p.
+func (m *Manager) UntagPeer(p peer.ID, tag string) {
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := s.peers[p]
+	if pi == nil {
+		return
+	}
+	pi.value -= pi.tags[tag]
+	delete(pi.tags, tag)
+}
+
+// UpsertTag sets tag on p to upsert(current value; 0 when absent).
+func (m *Manager) UpsertTag(p peer.ID, tag string, upsert func(int) int) {
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := m.entry(s, p)
+	old := pi.tags[tag]
+	pi.tags[tag] = upsert(old)
+	pi.value += pi.tags[tag] - old
+}
+
+// GetTagInfo returns p's tags (decaying tags included), score and
+// connections (by remote address), or nil for an unknown peer.
+func (m *Manager) GetTagInfo(p peer.ID) *connmgr.TagInfo {
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := s.peers[p]
+	if pi == nil {
+		return nil
+	}
+	out := &connmgr.TagInfo{
+		FirstSeen: pi.firstSeen,
+		Value:     pi.value,
+		Tags:      make(map[string]int, len(pi.tags)+len(pi.decaying)),
+		Conns:     make(map[string]time.Time, len(pi.conns)),
+	}
+	for t, v := range pi.tags {
+		out.Tags[t] = v
+	}
+	for t, v := range pi.decaying {
+		out.Tags[t.name] = v.Value
+	}
+	for c, ci := range pi.conns {
+		out.Conns[c.RemoteMultiaddr().String()] = ci.opened
+	}
+	return out
+}
+
+// Protect protects p from trimming under tag. Tags are idempotent, not
+// counted (go-libp2p semantics).
+func (m *Manager) Protect(p peer.ID, tag string) {
+	m.protectedMu.Lock()
+	defer m.protectedMu.Unlock()
+	tags := m.protected[p]
+	if tags == nil {
+		tags = make(map[string]struct{}, 2)
+		m.protected[p] = tags
+	}
+	tags[tag] = struct{}{}
+}
+
+// Unprotect removes tag's protection of p and reports whether other tags
+// still protect it.
+func (m *Manager) Unprotect(p peer.ID, tag string) bool {
+	m.protectedMu.Lock()
+	defer m.protectedMu.Unlock()
+	tags := m.protected[p]
+	if tags == nil {
+		return false
+	}
+	delete(tags, tag)
+	if len(tags) == 0 {
+		delete(m.protected, p)
+		return false
+	}
+	return true
+}
+
+// IsProtected reports whether p is protected by tag; tag "" means any tag.
+func (m *Manager) IsProtected(p peer.ID, tag string) bool {
+	m.protectedMu.RLock()
+	defer m.protectedMu.RUnlock()
+	tags := m.protected[p]
+	if tags == nil {
+		return false
+	}
+	if tag == "" {
+		return true
+	}
+	_, ok := tags[tag]
+	return ok
+}
+
+// CheckLimit returns an error naming both numbers when the global HighWater
+// exceeds the resource manager's system connection limit (go-libp2p issue
+// #1640: the resource manager would refuse connections the manager still
+// wants).
+func (m *Manager) CheckLimit(l connmgr.GetConnLimiter) error {
+	if limit := l.GetConnLimit(); m.cfg.HighWater > limit {
+		return fmt.Errorf("connmgr: HighWater %d exceeds the resource manager's system connection limit %d", m.cfg.HighWater, limit)
+	}
+	return nil
+}
+
+// AdmitConn accounts a new connection in the global pool and in its peer's
+// pools. The swarm calls it before it adds the connection, so the global
+// count never exceeds the ceiling (HighWater + 10 %): at the ceiling it
+// trims at once — first ordinarily, then, if the pool is still full, also
+// connections inside their grace period (never protected ones), the new
+// connection included. It returns false when c must be closed instead: the
+// peer has MaxConnsPerPeer connections, or c was the cheapest connection.
+// Calling it twice for one connection is harmless.
+func (m *Manager) AdmitConn(c network.Conn) bool {
+	for {
+		cur := m.global.Load()
+		if int(cur) < m.cfg.ceiling() {
+			if !m.global.CompareAndSwap(cur, cur+1) {
+				continue
+			}
+			if !m.account(c) {
+				m.global.Add(-1)
+				return false
+			}
+			m.afterAdmit(c)
+			return true
+		}
+		return m.admitAtCeiling(c)
+	}
+}
+
+// admitAtCeiling makes room for c under the trim lock.
+func (m *Manager) admitAtCeiling(c network.Conn) bool {
+	m.trimMu.Lock()
+	if int(m.global.Load()) >= m.cfg.ceiling() {
+		m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, ReasonCeiling, nil)
+	}
+	if need := int(m.global.Load()) - m.cfg.ceiling() + 1; need > 0 {
+		closed := m.trimLocked(scopeGlobal, nil, need, true, ReasonCeiling, c)
+		if closed.newcomer {
+			m.trimMu.Unlock()
+			m.stats.refused.Add(1)
+			return false
+		}
+	}
+	m.global.Add(1)
+	ok := m.account(c)
+	if !ok {
+		m.global.Add(-1)
+	}
+	m.trimMu.Unlock()
+	if ok {
+		m.afterAdmit(c)
+	}
+	return ok
+}
+
+// account adds c to its peer's entry and pools (not to the global count).
+// It returns false when the peer is full or c is already known.
+func (m *Manager) account(c network.Conn) bool {
+	p := c.RemotePeer()
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := m.entry(s, p)
+	if _, ok := pi.conns[c]; ok {
+		return false
+	}
+	if len(pi.conns) >= m.cfg.MaxConnsPerPeer {
+		m.stats.refused.Add(1)
+		return false
+	}
+	now := time.Now()
+	if pi.temp {
+		pi.temp = false
+		pi.firstSeen = now
+	}
+	pi.conns[c] = &connInfo{opened: now, lastActive: now}
+	if len(pi.realms) == 0 {
+		m.unassigned.Add(1)
+	}
+	for _, rp := range pi.realms {
+		rp.count.Add(1)
+	}
+	return true
+}
+
+// afterAdmit triggers the immediate trims a new connection may call for.
+func (m *Manager) afterAdmit(c network.Conn) {
+	if m.poolOverHighWater(c.RemotePeer()) {
+		m.triggerTrim()
+	}
+}
+
+// poolOverHighWater reports whether the unassigned pool or one of p's realms
+// is above its HighWater.
+func (m *Manager) poolOverHighWater(p peer.ID) bool {
+	s := m.segment(p)
+	s.Lock()
+	realms := s.peers[p].realmsCopy()
+	s.Unlock()
+	if len(realms) == 0 {
+		return int(m.unassigned.Load()) > m.cfg.Unassigned.HighWater
+	}
+	for _, rp := range realms {
+		if rp.count.Load() > int64(rp.limits.Load().HighWater) {
+			return true
+		}
+	}
+	return false
+}
+
+func (pi *peerInfo) realmsCopy() []*realmPool {
+	if pi == nil {
+		return nil
+	}
+	return append([]*realmPool(nil), pi.realms...)
+}
+
+// forget removes c from the accounting; it reports whether c was known.
+func (m *Manager) forget(c network.Conn) bool {
+	p := c.RemotePeer()
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := s.peers[p]
+	if pi == nil {
+		return false
+	}
+	if _, ok := pi.conns[c]; !ok {
+		return false
+	}
+	m.unaccountLocked(pi, c)
+	if len(pi.conns) == 0 {
+		// Keep the entry (tags, realms) as a temporary one: it expires
+		// after the grace period unless the peer connects again.
+		pi.temp = true
+		pi.firstSeen = time.Now()
+	}
+	return true
+}
+
+// unaccountLocked removes c from pi and every count; the segment is locked.
+func (m *Manager) unaccountLocked(pi *peerInfo, c network.Conn) {
+	delete(pi.conns, c)
+	m.global.Add(-1)
+	if len(pi.realms) == 0 {
+		m.unassigned.Add(-1)
+	}
+	for _, rp := range pi.realms {
+		rp.count.Add(-1)
+	}
+}
+
+// Notifee returns the network.Notifiee the swarm notifies: Connected admits
+// a connection the swarm has not admitted yet (and closes it when refused),
+// Disconnected forgets it.
+func (m *Manager) Notifee() network.Notifiee { return (*notifee)(m) }
+
+type notifee Manager
+
+func (n *notifee) Listen(network.Network, ma.Multiaddr)      {}
+func (n *notifee) ListenClose(network.Network, ma.Multiaddr) {}
+
+func (n *notifee) Connected(_ network.Network, c network.Conn) {
+	m := (*Manager)(n)
+	if m.known(c) {
+		return
+	}
+	if !m.AdmitConn(c) {
+		_ = c.CloseWithError(network.ConnGarbageCollected)
+	}
+}
+
+func (n *notifee) Disconnected(_ network.Network, c network.Conn) {
+	(*Manager)(n).forget(c)
+}
+
+func (m *Manager) known(c network.Conn) bool {
+	s := m.segment(c.RemotePeer())
+	s.Lock()
+	defer s.Unlock()
+	pi := s.peers[c.RemotePeer()]
+	if pi == nil {
+		return false
+	}
+	_, ok := pi.conns[c]
+	return ok
+}
+
+// realm returns the pool of r, creating it with the default limits.
+func (m *Manager) realm(r RealmID) *realmPool {
+	m.realmsMu.RLock()
+	rp := m.realms[r]
+	m.realmsMu.RUnlock()
+	if rp != nil {
+		return rp
+	}
+	m.realmsMu.Lock()
+	defer m.realmsMu.Unlock()
+	if rp = m.realms[r]; rp == nil {
+		rp = &realmPool{id: r}
+		limits := m.cfg.RealmDefaults
+		rp.limits.Store(&limits)
+		m.realms[r] = rp
+	}
+	return rp
+}
+
+// SetRealmLimits sets the watermarks of realm r's sub-pool. The error names
+// a bad value.
+func (m *Manager) SetRealmLimits(r RealmID, l RealmLimits) error {
+	if err := checkLimits(fmt.Sprintf("RealmLimits of realm %q", r), l); err != nil {
+		return err
+	}
+	m.realm(r).limits.Store(&l)
+	m.triggerTrim()
+	return nil
+}
+
+// RealmLimitsOf returns the watermarks of realm r.
+func (m *Manager) RealmLimitsOf(r RealmID) RealmLimits { return *m.realm(r).limits.Load() }
+
+// AssignRealm puts p, and its connections, into realm r's sub-pool: the
+// realm package calls it when p authenticates as a member. A peer may be in
+// several realms; it then counts in each. p's score gains RealmWeight.
+func (m *Manager) AssignRealm(p peer.ID, r RealmID) {
+	rp := m.realm(r)
+	s := m.segment(p)
+	s.Lock()
+	pi := m.entry(s, p)
+	for _, have := range pi.realms {
+		if have == rp {
+			s.Unlock()
+			return
+		}
+	}
+	n := int64(len(pi.conns))
+	if len(pi.realms) == 0 {
+		m.unassigned.Add(-n)
+	}
+	pi.realms = append(pi.realms, rp)
+	pi.authenticated = true
+	rp.count.Add(n)
+	over := rp.count.Load() > int64(rp.limits.Load().HighWater)
+	s.Unlock()
+	if over {
+		m.triggerTrim()
+	}
+}
+
+// UnassignRealm takes p out of realm r's sub-pool (the member left).
+func (m *Manager) UnassignRealm(p peer.ID, r RealmID) {
+	m.realmsMu.RLock()
+	rp := m.realms[r]
+	m.realmsMu.RUnlock()
+	if rp == nil {
+		return
+	}
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := s.peers[p]
+	if pi == nil {
+		return
+	}
+	for i, have := range pi.realms {
+		if have != rp {
+			continue
+		}
+		pi.realms = append(pi.realms[:i:i], pi.realms[i+1:]...)
+		n := int64(len(pi.conns))
+		rp.count.Add(-n)
+		if len(pi.realms) == 0 {
+			m.unassigned.Add(n)
+		}
+		return
+	}
+}
+
+// Realms returns the realms p is assigned to.
+func (m *Manager) Realms(p peer.ID) []RealmID {
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := s.peers[p]
+	if pi == nil {
+		return nil
+	}
+	out := make([]RealmID, len(pi.realms))
+	for i, rp := range pi.realms {
+		out[i] = rp.id
+	}
+	return out
+}
+
+// Connections returns every connection (path) to p the manager accounts.
+func (m *Manager) Connections(p peer.ID) []network.Conn {
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := s.peers[p]
+	if pi == nil {
+		return nil
+	}
+	out := make([]network.Conn, 0, len(pi.conns))
+	for c := range pi.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// Connection returns p's selected path (asked of the path selector), or
+// nil when p has no connection.
+func (m *Manager) Connection(p peer.ID) network.Conn {
+	conns := m.Connections(p)
+	if len(conns) == 0 {
+		return nil
+	}
+	return m.selected(p, conns)
+}
+
+// selected asks the path selector; without one, the newest connection.
+func (m *Manager) selected(p peer.ID, conns []network.Conn) network.Conn {
+	if sel := m.selector.Load(); sel != nil {
+		if c := (*sel).SelectPath(p, conns); c != nil {
+			return c
+		}
+	}
+	newest := conns[0]
+	for _, c := range conns[1:] {
+		if c.Stat().Opened.After(newest.Stat().Opened) {
+			newest = c
+		}
+	}
+	return newest
+}
+
+// ConnectionsMap returns every accounted connection, by peer.
+func (m *Manager) ConnectionsMap() map[peer.ID][]network.Conn {
+	out := make(map[peer.ID][]network.Conn)
+	for i := range m.segments {
+		s := &m.segments[i]
+		s.Lock()
+		for p, pi := range s.peers {
+			for c := range pi.conns {
+				out[p] = append(out[p], c)
+			}
+		}
+		s.Unlock()
+	}
+	return out
+}
+
+// RealmConnections returns the connections of realm r's sub-pool.
+func (m *Manager) RealmConnections(r RealmID) []network.Conn {
+	m.realmsMu.RLock()
+	rp := m.realms[r]
+	m.realmsMu.RUnlock()
+	if rp == nil {
+		return nil
+	}
+	var out []network.Conn
+	for i := range m.segments {
+		s := &m.segments[i]
+		s.Lock()
+		for _, pi := range s.peers {
+			for _, have := range pi.realms {
+				if have == rp {
+					for c := range pi.conns {
+						out = append(out, c)
+					}
+					break
+				}
+			}
+		}
+		s.Unlock()
+	}
+	return out
+}
+
+// ConnectionCount returns the global pool's count (every connection).
+func (m *Manager) ConnectionCount() int { return int(m.global.Load()) }
+
+func (m *Manager) triggerTrim() {
+	select {
+	case m.trigger <- struct{}{}:
+	default:
+	}
+}

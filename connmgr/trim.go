@@ -1,0 +1,445 @@
+package connmgr
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/quic-go/quic-go"
+)
+
+// Reasons a connection is closed, in EvtConnTrimmed and Stats.
+const (
+	ReasonGlobal     = "global pool above HighWater"
+	ReasonUnassigned = "unassigned pool above HighWater"
+	ReasonRealm      = "realm pool above HighWater"
+	ReasonCeiling    = "global pool at its ceiling"
+	ReasonManual     = "TrimConnections"
+)
+
+// Victim classes, closed in this order.
+const (
+	classRedundant  = iota // a non-selected path of a peer with several
+	classUnassigned        // the last connection of a peer in no realm
+	classMember            // the last connection of a realm member
+)
+
+// activityBonus is added to the score of a peer whose connections carried
+// traffic (a stream opened or bytes moved) within the last SilencePeriod.
+const activityBonus = 10
+
+type scope int
+
+const (
+	scopeGlobal scope = iota
+	scopeUnassigned
+	scopeRealm
+)
+
+// candidate is a snapshot of one connection that a trim may close.
+type candidate struct {
+	conn          network.Conn
+	peer          peer.ID
+	realms        []*realmPool
+	class         int
+	score         int
+	authenticated bool
+	lastActive    int64 // unix nanoseconds
+	throughput    float64
+	inbound       bool
+	opened        int64 // unix nanoseconds
+	group         int   // index of the peer's first candidate
+}
+
+// compareCandidates orders victims: class, then ascending score, then
+// torrent-style (anacrolix/torrent worse-conns.go): never authenticated
+// first, idle longest, lowest throughput, inbound before outbound.
+func compareCandidates(a, b candidate) int {
+	if c := cmp.Compare(a.class, b.class); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.score, b.score); c != 0 {
+		return c
+	}
+	if a.authenticated != b.authenticated {
+		if !a.authenticated {
+			return -1
+		}
+		return 1
+	}
+	if c := cmp.Compare(a.lastActive, b.lastActive); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.throughput, b.throughput); c != 0 {
+		return c
+	}
+	if a.inbound != b.inbound {
+		if a.inbound {
+			return -1
+		}
+		return 1
+	}
+	return 0
+}
+
+// trimResult says what a trim did.
+type trimResult struct {
+	closed   int
+	newcomer bool // the connection being admitted was chosen
+}
+
+// trimLocked closes up to need connections of the scope (all, unassigned,
+// or realm target) in victim order; m.trimMu is held. Protected peers are
+// skipped, and so are connections inside their grace period unless
+// ignoreGrace. No realm is taken below its LowWater, except target by a
+// realm trim (need stops it there). newcomer, when not nil, is a connection
+// being admitted and not yet accounted: it competes as a candidate.
+func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace bool, reason string, newcomer network.Conn) trimResult {
+	if need <= 0 {
+		return trimResult{}
+	}
+	now := time.Now()
+	cands := m.snapshot(sc, target, now, newcomer)
+	slices.SortFunc(cands, compareCandidates)
+
+	graceStart := now.Add(-m.cfg.GracePeriod).UnixNano()
+	var pending []realmCount
+	victims := cands[:0:0]
+	for _, c := range cands {
+		if len(victims) >= need {
+			break
+		}
+		if !ignoreGrace && c.opened > graceStart {
+			continue
+		}
+		if !m.reservationAllows(c.realms, target, pending) {
+			continue
+		}
+		for _, rp := range c.realms {
+			pending = addPending(pending, rp)
+		}
+		victims = append(victims, c)
+	}
+
+	var res trimResult
+	for _, v := range victims {
+		if v.conn == newcomer && newcomer != nil {
+			res.newcomer = true
+			m.stats.closed(reason)
+			continue
+		}
+		if !m.forget(v.conn) {
+			continue // closed meanwhile
+		}
+		res.closed++
+		m.stats.closed(reason)
+		_ = v.conn.CloseWithError(network.ConnGarbageCollected)
+		if m.emitter != nil {
+			_ = m.emitter.Emit(EvtConnTrimmed{Peer: v.peer, ConnID: v.conn.ID(), Pool: poolName(sc, target), Reason: reason})
+		}
+	}
+	clear(cands) // drop the references to connections
+	m.trimBuffer = cands[:0]
+	m.trimCount.Add(1)
+	m.lastTrim.Store(now.UnixNano())
+	switch sc {
+	case scopeGlobal:
+		m.stats.globalTrims.Add(1)
+	case scopeUnassigned:
+		m.stats.unassignedTrims.Add(1)
+	case scopeRealm:
+		target.trims.Add(1)
+	}
+	log.Debugw("trimmed", "pool", poolName(sc, target), "reason", reason, "closed", res.closed, "need", need)
+	return res
+}
+
+func poolName(sc scope, target *realmPool) string {
+	switch sc {
+	case scopeUnassigned:
+		return "unassigned"
+	case scopeRealm:
+		return "realm:" + string(target.id)
+	}
+	return "global"
+}
+
+// realmCount is a pending decrement of one realm's count during a trim.
+type realmCount struct {
+	realm *realmPool
+	n     int64
+}
+
+func addPending(pending []realmCount, rp *realmPool) []realmCount {
+	for i := range pending {
+		if pending[i].realm == rp {
+			pending[i].n++
+			return pending
+		}
+	}
+	return append(pending, realmCount{rp, 1})
+}
+
+// reservationAllows reports whether closing one more connection of a peer in
+// realms keeps every realm but target at or above its LowWater.
+func (m *Manager) reservationAllows(realms []*realmPool, target *realmPool, pending []realmCount) bool {
+	for _, rp := range realms {
+		if rp == target {
+			continue
+		}
+		left := rp.count.Load()
+		for _, p := range pending {
+			if p.realm == rp {
+				left -= p.n
+			}
+		}
+		if left <= int64(rp.limits.Load().LowWater) {
+			return false
+		}
+	}
+	return true
+}
+
+// snapshot copies the candidates of a trim out of the peer table, then
+// marks the non-selected paths of multi-path peers as redundant.
+func (m *Manager) snapshot(sc scope, target *realmPool, now time.Time, newcomer network.Conn) []candidate {
+	cands := m.trimBuffer[:0]
+	activeSince := now.Add(-m.cfg.SilencePeriod)
+	m.protectedMu.RLock()
+	for i := range m.segments {
+		s := &m.segments[i]
+		s.Lock()
+		for p, pi := range s.peers {
+			extra := 0
+			if newcomer != nil && newcomer.RemotePeer() == p {
+				extra = 1
+			}
+			if len(pi.conns)+extra == 0 || !inScope(sc, target, pi.realms) {
+				continue
+			}
+			if _, ok := m.protected[p]; ok {
+				continue
+			}
+			score := pi.value + m.cfg.RealmWeight*len(pi.realms)
+			if pi.active.After(activeSince) {
+				score += activityBonus
+			}
+			class := classMember
+			if len(pi.realms) == 0 && sc == scopeGlobal {
+				class = classUnassigned
+			}
+			group := len(cands)
+			base := candidate{peer: p, realms: pi.realms, class: class, score: score,
+				authenticated: pi.authenticated, group: group}
+			for c, ci := range pi.conns {
+				cand := base
+				cand.conn = c
+				cand.lastActive = ci.lastActive.UnixNano()
+				cand.throughput = ci.throughput
+				cand.inbound = c.Stat().Direction == network.DirInbound
+				cand.opened = ci.opened.UnixNano()
+				cands = append(cands, cand)
+			}
+			if extra == 1 {
+				cand := base
+				cand.conn = newcomer
+				cand.lastActive, cand.opened = now.UnixNano(), now.UnixNano()
+				cand.inbound = newcomer.Stat().Direction == network.DirInbound
+				cands = append(cands, cand)
+			}
+		}
+		s.Unlock()
+	}
+	m.protectedMu.RUnlock()
+	if newcomer != nil && !m.hasEntry(newcomer.RemotePeer()) && !m.IsProtected(newcomer.RemotePeer(), "") {
+		class := classMember
+		if sc == scopeGlobal {
+			class = classUnassigned
+		}
+		cands = append(cands, candidate{conn: newcomer, peer: newcomer.RemotePeer(), class: class,
+			lastActive: now.UnixNano(), opened: now.UnixNano(), group: len(cands),
+			inbound: newcomer.Stat().Direction == network.DirInbound})
+	}
+	m.markRedundant(cands)
+	return cands
+}
+
+func (m *Manager) hasEntry(p peer.ID) bool {
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	_, ok := s.peers[p]
+	return ok
+}
+
+func inScope(sc scope, target *realmPool, realms []*realmPool) bool {
+	switch sc {
+	case scopeUnassigned:
+		return len(realms) == 0
+	case scopeRealm:
+		return slices.Contains(realms, target)
+	}
+	return true
+}
+
+// markRedundant gives every non-selected path of a peer with several
+// connections the class classRedundant. Candidates of one peer are
+// contiguous and share group.
+func (m *Manager) markRedundant(cands []candidate) {
+	var conns []network.Conn
+	for start := 0; start < len(cands); {
+		end := start + 1
+		for end < len(cands) && cands[end].group == cands[start].group {
+			end++
+		}
+		if end-start > 1 {
+			conns = conns[:0]
+			for i := start; i < end; i++ {
+				conns = append(conns, cands[i].conn)
+			}
+			keep := m.selected(cands[start].peer, conns)
+			for i := start; i < end; i++ {
+				if cands[i].conn != keep {
+					cands[i].class = classRedundant
+				}
+			}
+		}
+		start = end
+	}
+}
+
+func (m *Manager) needGlobal() int { return int(m.global.Load()) - m.cfg.LowWater }
+
+// TrimOpenConns trims every pool that is at or above its HighWater, then the
+// global pool down to LowWater, at once. Concurrent calls coalesce: a call
+// that waited for a running trim does not trim again.
+func (m *Manager) TrimOpenConns(_ context.Context) {
+	before := m.trimCount.Load()
+	m.trimMu.Lock()
+	defer m.trimMu.Unlock()
+	if m.trimCount.Load() != before {
+		return
+	}
+	m.trimPoolsLocked(true)
+	m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, ReasonGlobal, nil)
+}
+
+// TrimConnections closes up to n connections in victim order (protected
+// peers and connections in their grace period excluded) and returns how many
+// it closed. The error is the context's.
+func (m *Manager) TrimConnections(ctx context.Context, n int) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	m.trimMu.Lock()
+	defer m.trimMu.Unlock()
+	return m.trimLocked(scopeGlobal, nil, n, false, ReasonManual, nil).closed, nil
+}
+
+// trimPoolsLocked trims the unassigned pool and every realm pool that is
+// above (atOrAbove: at or above) its HighWater down to its LowWater.
+func (m *Manager) trimPoolsLocked(atOrAbove bool) {
+	over := func(count int64, high int) bool {
+		if atOrAbove {
+			return count >= int64(high)
+		}
+		return count > int64(high)
+	}
+	if n := m.unassigned.Load(); over(n, m.cfg.Unassigned.HighWater) {
+		m.trimLocked(scopeUnassigned, nil, int(n)-m.cfg.Unassigned.LowWater, false, ReasonUnassigned, nil)
+	}
+	m.realmsMu.RLock()
+	realms := make([]*realmPool, 0, len(m.realms))
+	for _, rp := range m.realms {
+		realms = append(realms, rp)
+	}
+	m.realmsMu.RUnlock()
+	for _, rp := range realms {
+		limits := rp.limits.Load()
+		if n := rp.count.Load(); over(n, limits.HighWater) {
+			m.trimLocked(scopeRealm, rp, int(n)-limits.LowWater, false, ReasonRealm, nil)
+		}
+	}
+}
+
+// background runs the periodic check every SilencePeriod (sample activity,
+// expire temporary entries, trim pools at or above HighWater) and the
+// immediate trims that triggers ask for.
+func (m *Manager) background() {
+	defer m.wg.Done()
+	ticker := time.NewTicker(m.cfg.SilencePeriod)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-ticker.C:
+			m.sampleActivity()
+			m.expireTemporary()
+			m.trimMu.Lock()
+			m.trimPoolsLocked(true)
+			if int(m.global.Load()) >= m.cfg.HighWater {
+				m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, ReasonGlobal, nil)
+			}
+			m.trimMu.Unlock()
+		case <-m.trigger:
+			m.trimMu.Lock()
+			m.trimPoolsLocked(false)
+			m.trimMu.Unlock()
+		}
+	}
+}
+
+// streamCounter is implemented by the swarm's connections.
+type streamCounter interface{ StreamsOpened() uint64 }
+
+// sampleActivity records, per connection, whether it carried traffic since
+// the last sample (streams opened, QUIC bytes moved) and its throughput.
+func (m *Manager) sampleActivity() {
+	now := time.Now()
+	period := m.cfg.SilencePeriod.Seconds()
+	for i := range m.segments {
+		s := &m.segments[i]
+		s.Lock()
+		for _, pi := range s.peers {
+			for c, ci := range pi.conns {
+				var streams, bytes uint64
+				if sc, ok := c.(streamCounter); ok {
+					streams = sc.StreamsOpened()
+				}
+				var qc *quic.Conn
+				if c.As(&qc) {
+					st := qc.ConnectionStats()
+					bytes = st.BytesSent + st.BytesReceived
+				}
+				if streams != ci.streams || bytes != ci.bytes {
+					ci.lastActive = now
+					pi.active = now
+				}
+				ci.throughput = float64(bytes-ci.bytes) / period
+				ci.streams, ci.bytes = streams, bytes
+			}
+		}
+		s.Unlock()
+	}
+}
+
+// expireTemporary drops tag-only entries whose grace period has passed
+// without a connection (go-libp2p semantics). Entries that hold realm
+// assignments or decaying tags stay.
+func (m *Manager) expireTemporary() {
+	cutoff := time.Now().Add(-m.cfg.GracePeriod)
+	for i := range m.segments {
+		s := &m.segments[i]
+		s.Lock()
+		for p, pi := range s.peers {
+			if pi.temp && len(pi.conns) == 0 && len(pi.realms) == 0 && len(pi.decaying) == 0 && pi.firstSeen.Before(cutoff) {
+				delete(s.peers, p)
+			}
+		}
+		s.Unlock()
+	}
+}
