@@ -323,9 +323,12 @@ func (m *Manager) CheckLimit(l connmgr.GetConnLimiter) error {
 // count never exceeds the ceiling (HighWater + 10 %): at the ceiling it
 // trims at once — first ordinarily, then, if the pool is still full, also
 // connections inside their grace period (never protected ones), the new
-// connection included. It returns false when c must be closed instead: the
-// peer has MaxConnsPerPeer connections, or c was the cheapest connection.
-// Calling it twice for one connection is harmless.
+// connection included. Among equals the new connection yields: it gets in
+// only by displacing something cheaper (a redundant path, a peer of lower
+// class or score), so a full pool refuses newcomers instead of churning. It
+// returns false when c must be closed instead: the peer has MaxConnsPerPeer
+// connections, or c was the cheapest connection. Calling it twice for one
+// connection is harmless.
 func (m *Manager) AdmitConn(c network.Conn) bool {
 	for {
 		cur := m.global.Load()
@@ -344,21 +347,39 @@ func (m *Manager) AdmitConn(c network.Conn) bool {
 	}
 }
 
-// admitAtCeiling makes room for c under the trim lock.
+// admitAtCeiling makes room for c under the trim lock: an ordinary trim
+// first, then trims that ignore the grace period, until a slot is reserved.
+// Other admissions take freed slots concurrently (without the lock), so the
+// slot is reserved with compare-and-swap like on the fast path. When nothing
+// can be closed (every candidate is protected), c is admitted above the
+// ceiling: protection wins.
 func (m *Manager) admitAtCeiling(c network.Conn) bool {
 	m.trimMu.Lock()
-	if int(m.global.Load()) >= m.cfg.ceiling() {
-		m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, ReasonCeiling, nil)
-	}
-	if need := int(m.global.Load()) - m.cfg.ceiling() + 1; need > 0 {
-		closed := m.trimLocked(scopeGlobal, nil, need, true, ReasonCeiling, c)
-		if closed.newcomer {
+	ordinaryDone := false
+	for {
+		cur := m.global.Load()
+		if int(cur) < m.cfg.ceiling() {
+			if m.global.CompareAndSwap(cur, cur+1) {
+				break
+			}
+			continue
+		}
+		if !ordinaryDone {
+			ordinaryDone = true
+			m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, ReasonCeiling, nil)
+			continue
+		}
+		res := m.trimLocked(scopeGlobal, nil, int(cur)-m.cfg.ceiling()+1, true, ReasonCeiling, c)
+		if res.newcomer {
 			m.trimMu.Unlock()
 			m.stats.refused.Add(1)
 			return false
 		}
+		if res.closed == 0 {
+			m.global.Add(1)
+			break
+		}
 	}
-	m.global.Add(1)
 	ok := m.account(c)
 	if !ok {
 		m.global.Add(-1)

@@ -246,7 +246,11 @@ func (m *Manager) snapshot(sc scope, target *realmPool, now time.Time, newcomer 
 			if extra == 1 {
 				cand := base
 				cand.conn = newcomer
-				cand.lastActive, cand.opened = now.UnixNano(), now.UnixNano()
+				// Among equals a newcomer yields: it counts as idle the
+				// longest, so it displaces only what is cheaper than
+				// itself (a redundant path, a lower class or score) and
+				// full pools do not churn.
+				cand.lastActive, cand.opened = 0, now.UnixNano()
 				cand.inbound = newcomer.Stat().Direction == network.DirInbound
 				cands = append(cands, cand)
 			}
@@ -260,7 +264,7 @@ func (m *Manager) snapshot(sc scope, target *realmPool, now time.Time, newcomer 
 			class = classUnassigned
 		}
 		cands = append(cands, candidate{conn: newcomer, peer: newcomer.RemotePeer(), class: class,
-			lastActive: now.UnixNano(), opened: now.UnixNano(), group: len(cands),
+			lastActive: 0, opened: now.UnixNano(), group: len(cands),
 			inbound: newcomer.Stat().Direction == network.DirInbound})
 	}
 	m.markRedundant(cands)

@@ -1,0 +1,144 @@
+package node_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/stretchr/testify/require"
+
+	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/node"
+)
+
+// TestPoolsHoldUnderInboundBurst: a node with HighWater 20 / LowWater 10
+// accepts 40 inbound connections from 40 peer nodes. Its count never goes
+// above HighWater + 10 % (22) at any sampled moment, it is at or below
+// HighWater within one SilencePeriod after the burst, protected peers keep
+// their connections, and the DHT still works afterwards.
+func TestPoolsHoldUnderInboundBurst(t *testing.T) {
+	const (
+		peers     = 40
+		highWater = 20
+		lowWater  = 10
+		ceiling   = highWater + highWater/10
+		silence   = 2 * time.Second
+	)
+	hub := newNode(t, node.ConnLimits(connmgr.Config{
+		LowWater: lowWater, HighWater: highWater,
+		GracePeriod: 300 * time.Millisecond, SilencePeriod: silence,
+	}))
+
+	var others []*node.Node
+	for range peers {
+		others = append(others, newNode(t))
+	}
+	protected := []peer.ID{others[0].ID(), others[1].ID(), others[2].ID()}
+	for _, p := range protected {
+		hub.ConnManager().Protect(p, "test")
+	}
+	require.Zero(t, hub.ConnectionCount())
+
+	// Sample the pool and the swarm every millisecond during the test.
+	var maxPool, maxSwarm atomic.Int64
+	stop := make(chan struct{})
+	var sampler sync.WaitGroup
+	sampler.Go(func() {
+		ticker := time.NewTicker(time.Millisecond)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ticker.C:
+			}
+			if n := int64(hub.ConnectionCount()); n > maxPool.Load() {
+				maxPool.Store(n)
+			}
+			if n := int64(len(hub.Host().Network().Conns())); n > maxSwarm.Load() {
+				maxSwarm.Store(n)
+			}
+		}
+	})
+	defer func() { close(stop); sampler.Wait() }()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, o := range others {
+		wg.Go(func() { _ = o.Connect(ctx, hub.AddrInfo()) }) // some are refused: fine
+	}
+	wg.Wait()
+	burstEnd := time.Now()
+	require.LessOrEqual(t, maxPool.Load(), int64(ceiling), "the pool went above HighWater + 10 %")
+	require.LessOrEqual(t, maxSwarm.Load(), int64(ceiling), "the swarm held more than HighWater + 10 % connections")
+
+	require.Eventually(t, func() bool { return hub.ConnectionCount() <= highWater }, silence+time.Second, 20*time.Millisecond,
+		"not at or below HighWater within one SilencePeriod (count %d)", hub.ConnectionCount())
+	t.Logf("max pool %d, max swarm %d, %d connections %s after the burst; stats %+v",
+		maxPool.Load(), maxSwarm.Load(), hub.ConnectionCount(), time.Since(burstEnd).Round(time.Millisecond), hub.Stats())
+	require.Positive(t, hub.Stats().Closed[connmgr.ReasonCeiling]+hub.Stats().Closed[connmgr.ReasonGlobal]+
+		hub.Stats().Closed[connmgr.ReasonUnassigned], "trims closed connections")
+	require.LessOrEqual(t, maxPool.Load(), int64(ceiling))
+
+	for _, p := range protected {
+		require.Equal(t, network.Connected, hub.Host().Network().Connectedness(p), "protected peer %s lost its connection", p)
+	}
+
+	// The DHT still works after the trims: a protected peer finds, by ID
+	// alone, an unprotected peer the hub kept.
+	seeker := others[0]
+	var target *node.Node
+	for _, o := range others[len(protected):] {
+		if hub.Host().Network().Connectedness(o.ID()) == network.Connected {
+			target = o
+			break
+		}
+	}
+	require.NotNil(t, target, "the hub kept no unprotected peer")
+	_ = seeker.Host().Network().ClosePeer(target.ID())
+	seeker.Host().Peerstore().ClearAddrs(target.ID())
+	require.NoError(t, seeker.ConnectPeer(ctx, target.ID()))
+}
+
+func TestConnManagerOptionsAndLimits(t *testing.T) {
+	// LowWater above HighWater names the field and both values.
+	_, err := node.New(node.ConnLimits(connmgr.Config{LowWater: 50, HighWater: 10}))
+	require.ErrorContains(t, err, "LowWater (50)")
+	_, err = node.New(node.ConnLimits(connmgr.Config{LowWater: 1, HighWater: 10, GracePeriod: -time.Second}))
+	require.ErrorContains(t, err, "GracePeriod")
+	_, err = node.New(node.RealmDefaults(connmgr.RealmLimits{LowWater: 9, HighWater: 3}))
+	require.ErrorContains(t, err, "RealmDefaults")
+
+	n := newNode(t, node.ConnLimits(connmgr.Config{LowWater: 5, HighWater: 50}), node.RealmDefaults(connmgr.RealmLimits{LowWater: 2, HighWater: 8}))
+	cfg := n.ConnManager().Config()
+	require.Equal(t, 5, cfg.LowWater)
+	require.Equal(t, 50, cfg.HighWater)
+	require.Equal(t, connmgr.RealmLimits{LowWater: 2, HighWater: 8}, cfg.RealmDefaults)
+	require.Equal(t, connmgr.DefaultGracePeriod, cfg.GracePeriod)
+
+	// The host and kad-dht see realmnet's manager.
+	require.Same(t, any(n.ConnManager()), any(n.Host().ConnManager()))
+
+	// Accessors on the node.
+	other := newNode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, n.Connect(ctx, other.AddrInfo()))
+	require.Eventually(t, func() bool { return n.ConnectionCount() >= 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Len(t, n.Connections(other.ID()), 1)
+	require.Equal(t, n.Connections(other.ID())[0], n.Connection(other.ID()))
+	require.Contains(t, n.ConnectionsMap(), other.ID())
+	n.ConnManager().AssignRealm(other.ID(), "realm-a")
+	require.Len(t, n.RealmConnections("realm-a"), 1)
+	st := n.Stats()
+	require.Equal(t, 1, st.Realms["realm-a"].Count)
+	require.Equal(t, 0, st.Unassigned.Count)
+	closed, err := n.TrimConnections(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, 0, closed, "the connection is inside its grace period")
+}
