@@ -55,7 +55,7 @@ type peerInfo struct {
 	tags      map[string]int
 	decaying  map[*decayingTag]*connmgr.DecayingValue
 	value     int // sum of tags and decaying tags
-	conns     map[network.Conn]*connInfo
+	conns     []*connInfo // at most MaxConnsPerPeer: a slice beats a map
 	realms    []*realmPool
 	// authenticated is set once the peer has been assigned to a realm.
 	authenticated bool
@@ -65,7 +65,9 @@ type peerInfo struct {
 
 // connInfo is what the manager knows of one connection.
 type connInfo struct {
-	opened time.Time
+	conn    network.Conn
+	opened  time.Time
+	inbound bool
 	// Activity sampling (background loop): streams opened, bytes moved,
 	// when they last changed, and bytes per second over the last sample.
 	streams, bytes uint64
@@ -98,9 +100,10 @@ type Manager struct {
 
 	global, unassigned atomic.Int64
 
-	// trimMu serialises trims; trimBuffer is reused by them.
+	// trimMu serialises trims; trimBuffer and keyBuffer are reused by them.
 	trimMu     sync.Mutex
 	trimBuffer []candidate
+	keyBuffer  []sortKey
 	trimCount  atomic.Uint64
 	lastTrim   atomic.Int64 // unix nanoseconds
 
@@ -191,7 +194,6 @@ func (m *Manager) entry(s *segment, p peer.ID) *peerInfo {
 			temp:      true,
 			tags:      make(map[string]int),
 			decaying:  make(map[*decayingTag]*connmgr.DecayingValue),
-			conns:     make(map[network.Conn]*connInfo),
 		}
 		s.peers[p] = pi
 	}
@@ -256,8 +258,8 @@ func (m *Manager) GetTagInfo(p peer.ID) *connmgr.TagInfo {
 	for t, v := range pi.decaying {
 		out.Tags[t.name] = v.Value
 	}
-	for c, ci := range pi.conns {
-		out.Conns[c.RemoteMultiaddr().String()] = ci.opened
+	for _, ci := range pi.conns {
+		out.Conns[ci.conn.RemoteMultiaddr().String()] = ci.opened
 	}
 	return out
 }
@@ -336,16 +338,27 @@ func (m *Manager) AdmitConn(c network.Conn) bool {
 			if !m.global.CompareAndSwap(cur, cur+1) {
 				continue
 			}
-			if !m.account(c) {
+			added, over := m.account(c)
+			if added != admitted {
 				m.global.Add(-1)
-				return false
 			}
-			m.afterAdmit(c)
-			return true
+			if over {
+				m.triggerTrim()
+			}
+			return added != refused
 		}
 		return m.admitAtCeiling(c)
 	}
 }
+
+// accountResult says what account did.
+type accountResult int
+
+const (
+	admitted accountResult = iota
+	alreadyKnown
+	refused
+)
 
 // admitAtCeiling makes room for c under the trim lock: an ordinary trim
 // first, then trims that ignore the grace period, until a slot is reserved.
@@ -380,77 +393,48 @@ func (m *Manager) admitAtCeiling(c network.Conn) bool {
 			break
 		}
 	}
-	ok := m.account(c)
-	if !ok {
+	added, over := m.account(c)
+	if added != admitted {
 		m.global.Add(-1)
 	}
 	m.trimMu.Unlock()
-	if ok {
-		m.afterAdmit(c)
+	if over {
+		m.triggerTrim()
 	}
-	return ok
+	return added != refused
 }
 
-// account adds c to its peer's entry and pools (not to the global count).
-// It returns false when the peer is full or c is already known.
-func (m *Manager) account(c network.Conn) bool {
+// account adds c to its peer's entry and pools (not to the global count),
+// under one segment lock. It also reports whether the unassigned pool or one
+// of the peer's realms is now above its HighWater (an immediate trim is due).
+func (m *Manager) account(c network.Conn) (accountResult, bool) {
 	p := c.RemotePeer()
 	s := m.segment(p)
 	s.Lock()
 	defer s.Unlock()
 	pi := m.entry(s, p)
-	if _, ok := pi.conns[c]; ok {
-		return false
+	if pi.find(c) >= 0 {
+		return alreadyKnown, false
 	}
 	if len(pi.conns) >= m.cfg.MaxConnsPerPeer {
 		m.stats.refused.Add(1)
-		return false
+		return refused, false
 	}
 	now := time.Now()
 	if pi.temp {
 		pi.temp = false
 		pi.firstSeen = now
 	}
-	pi.conns[c] = &connInfo{opened: now, lastActive: now}
+	pi.conns = append(pi.conns, &connInfo{conn: c, opened: now, lastActive: now,
+		inbound: c.Stat().Direction == network.DirInbound})
 	if len(pi.realms) == 0 {
-		m.unassigned.Add(1)
+		return admitted, m.unassigned.Add(1) > int64(m.cfg.Unassigned.HighWater)
 	}
+	over := false
 	for _, rp := range pi.realms {
-		rp.count.Add(1)
+		over = rp.count.Add(1) > int64(rp.limits.Load().HighWater) || over
 	}
-	return true
-}
-
-// afterAdmit triggers the immediate trims a new connection may call for.
-func (m *Manager) afterAdmit(c network.Conn) {
-	if m.poolOverHighWater(c.RemotePeer()) {
-		m.triggerTrim()
-	}
-}
-
-// poolOverHighWater reports whether the unassigned pool or one of p's realms
-// is above its HighWater.
-func (m *Manager) poolOverHighWater(p peer.ID) bool {
-	s := m.segment(p)
-	s.Lock()
-	realms := s.peers[p].realmsCopy()
-	s.Unlock()
-	if len(realms) == 0 {
-		return int(m.unassigned.Load()) > m.cfg.Unassigned.HighWater
-	}
-	for _, rp := range realms {
-		if rp.count.Load() > int64(rp.limits.Load().HighWater) {
-			return true
-		}
-	}
-	return false
-}
-
-func (pi *peerInfo) realmsCopy() []*realmPool {
-	if pi == nil {
-		return nil
-	}
-	return append([]*realmPool(nil), pi.realms...)
+	return admitted, over
 }
 
 // forget removes c from the accounting; it reports whether c was known.
@@ -463,10 +447,11 @@ func (m *Manager) forget(c network.Conn) bool {
 	if pi == nil {
 		return false
 	}
-	if _, ok := pi.conns[c]; !ok {
+	i := pi.find(c)
+	if i < 0 {
 		return false
 	}
-	m.unaccountLocked(pi, c)
+	m.unaccountLocked(pi, i)
 	if len(pi.conns) == 0 {
 		// Keep the entry (tags, realms) as a temporary one: it expires
 		// after the grace period unless the peer connects again.
@@ -476,9 +461,23 @@ func (m *Manager) forget(c network.Conn) bool {
 	return true
 }
 
-// unaccountLocked removes c from pi and every count; the segment is locked.
-func (m *Manager) unaccountLocked(pi *peerInfo, c network.Conn) {
-	delete(pi.conns, c)
+// find returns the index of c in pi.conns, or -1.
+func (pi *peerInfo) find(c network.Conn) int {
+	for i, ci := range pi.conns {
+		if ci.conn == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// unaccountLocked removes connection i from pi and every count; the segment
+// is locked.
+func (m *Manager) unaccountLocked(pi *peerInfo, i int) {
+	last := len(pi.conns) - 1
+	pi.conns[i] = pi.conns[last]
+	pi.conns[last] = nil
+	pi.conns = pi.conns[:last]
 	m.global.Add(-1)
 	if len(pi.realms) == 0 {
 		m.unassigned.Add(-1)
@@ -499,29 +498,13 @@ func (n *notifee) Listen(network.Network, ma.Multiaddr)      {}
 func (n *notifee) ListenClose(network.Network, ma.Multiaddr) {}
 
 func (n *notifee) Connected(_ network.Network, c network.Conn) {
-	m := (*Manager)(n)
-	if m.known(c) {
-		return
-	}
-	if !m.AdmitConn(c) {
+	if !(*Manager)(n).AdmitConn(c) {
 		_ = c.CloseWithError(network.ConnGarbageCollected)
 	}
 }
 
 func (n *notifee) Disconnected(_ network.Network, c network.Conn) {
 	(*Manager)(n).forget(c)
-}
-
-func (m *Manager) known(c network.Conn) bool {
-	s := m.segment(c.RemotePeer())
-	s.Lock()
-	defer s.Unlock()
-	pi := s.peers[c.RemotePeer()]
-	if pi == nil {
-		return false
-	}
-	_, ok := pi.conns[c]
-	return ok
 }
 
 // realm returns the pool of r, creating it with the default limits.
@@ -640,8 +623,8 @@ func (m *Manager) Connections(p peer.ID) []network.Conn {
 		return nil
 	}
 	out := make([]network.Conn, 0, len(pi.conns))
-	for c := range pi.conns {
-		out = append(out, c)
+	for _, ci := range pi.conns {
+		out = append(out, ci.conn)
 	}
 	return out
 }
@@ -679,8 +662,8 @@ func (m *Manager) ConnectionsMap() map[peer.ID][]network.Conn {
 		s := &m.segments[i]
 		s.Lock()
 		for p, pi := range s.peers {
-			for c := range pi.conns {
-				out[p] = append(out[p], c)
+			for _, ci := range pi.conns {
+				out[p] = append(out[p], ci.conn)
 			}
 		}
 		s.Unlock()
@@ -703,8 +686,8 @@ func (m *Manager) RealmConnections(r RealmID) []network.Conn {
 		for _, pi := range s.peers {
 			for _, have := range pi.realms {
 				if have == rp {
-					for c := range pi.conns {
-						out = append(out, c)
+					for _, ci := range pi.conns {
+						out = append(out, ci.conn)
 					}
 					break
 				}

@@ -42,7 +42,6 @@ const (
 // candidate is a snapshot of one connection that a trim may close.
 type candidate struct {
 	conn          network.Conn
-	peer          peer.ID
 	realms        []*realmPool
 	class         int
 	score         int
@@ -51,13 +50,13 @@ type candidate struct {
 	throughput    float64
 	inbound       bool
 	opened        int64 // unix nanoseconds
-	group         int   // index of the peer's first candidate
+	group         int32 // index of the peer's first candidate
 }
 
 // compareCandidates orders victims: class, then ascending score, then
 // torrent-style (anacrolix/torrent worse-conns.go): never authenticated
 // first, idle longest, lowest throughput, inbound before outbound.
-func compareCandidates(a, b candidate) int {
+func compareCandidates(a, b *candidate) int {
 	if c := cmp.Compare(a.class, b.class); c != 0 {
 		return c
 	}
@@ -85,6 +84,37 @@ func compareCandidates(a, b candidate) int {
 	return 0
 }
 
+// sortKey packs the leading fields of compareCandidates into two integers,
+// so that sorting moves 24-byte keys and compares integers; ties fall back
+// to compareCandidates.
+type sortKey struct {
+	k1, k2 uint64
+	index  int32
+}
+
+// keyOf packs class (2 bits), score (31 bits, offset by 2^30 and clamped)
+// and authenticated (1 bit) into k1, and lastActive into k2.
+func keyOf(c *candidate, index int) sortKey {
+	score := min(max(int64(c.score)+1<<30, 0), 1<<31-1)
+	k1 := uint64(c.class)<<62 | uint64(score)<<31
+	if c.authenticated {
+		k1 |= 1 << 30
+	}
+	return sortKey{k1: k1, k2: uint64(max(c.lastActive, 0)), index: int32(index)}
+}
+
+func (m *Manager) compareKeys(cands []candidate) func(a, b sortKey) int {
+	return func(a, b sortKey) int {
+		if a.k1 != b.k1 {
+			return cmp.Compare(a.k1, b.k1)
+		}
+		if a.k2 != b.k2 {
+			return cmp.Compare(a.k2, b.k2)
+		}
+		return compareCandidates(&cands[a.index], &cands[b.index])
+	}
+}
+
 // trimResult says what a trim did.
 type trimResult struct {
 	closed   int
@@ -97,35 +127,48 @@ type trimResult struct {
 // ignoreGrace. No realm is taken below its LowWater, except target by a
 // realm trim (need stops it there). newcomer, when not nil, is a connection
 // being admitted and not yet accounted: it competes as a candidate.
+//
+// Only the cheapest candidates are ordered: a quickselect finds the 2×need
+// (+64) smallest keys, only those are sorted, and the rest is sorted only if
+// skipped candidates (reservations) leave the walk short.
 func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace bool, reason string, newcomer network.Conn) trimResult {
 	if need <= 0 {
 		return trimResult{}
 	}
 	now := time.Now()
 	cands := m.snapshot(sc, target, now, newcomer)
-	slices.SortFunc(cands, compareCandidates)
 
 	graceStart := now.Add(-m.cfg.GracePeriod).UnixNano()
+	keys := m.keyBuffer[:0]
+	for i := range cands {
+		if ignoreGrace || cands[i].opened <= graceStart {
+			keys = append(keys, keyOf(&cands[i], i))
+		}
+	}
+	compare := m.compareKeys(cands)
+	head := min(len(keys), 2*need+64)
+	selectSmallest(keys, head, compare)
+	slices.SortFunc(keys[:head], compare)
+
 	var pending []realmCount
-	victims := cands[:0:0]
-	for _, c := range cands {
-		if len(victims) >= need {
-			break
+	var victims []int32
+	for i := 0; i < len(keys) && len(victims) < need; i++ {
+		if i == head {
+			slices.SortFunc(keys[head:], compare) // rarely: reservations skipped many
 		}
-		if !ignoreGrace && c.opened > graceStart {
-			continue
-		}
+		c := &cands[keys[i].index]
 		if !m.reservationAllows(c.realms, target, pending) {
 			continue
 		}
 		for _, rp := range c.realms {
 			pending = addPending(pending, rp)
 		}
-		victims = append(victims, c)
+		victims = append(victims, keys[i].index)
 	}
 
 	var res trimResult
-	for _, v := range victims {
+	for _, vi := range victims {
+		v := &cands[vi]
 		if v.conn == newcomer && newcomer != nil {
 			res.newcomer = true
 			m.stats.closed(reason)
@@ -138,11 +181,11 @@ func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace 
 		m.stats.closed(reason)
 		_ = v.conn.CloseWithError(network.ConnGarbageCollected)
 		if m.emitter != nil {
-			_ = m.emitter.Emit(EvtConnTrimmed{Peer: v.peer, ConnID: v.conn.ID(), Pool: poolName(sc, target), Reason: reason})
+			_ = m.emitter.Emit(EvtConnTrimmed{Peer: v.conn.RemotePeer(), ConnID: v.conn.ID(), Pool: poolName(sc, target), Reason: reason})
 		}
 	}
 	clear(cands) // drop the references to connections
-	m.trimBuffer = cands[:0]
+	m.trimBuffer, m.keyBuffer = cands[:0], keys[:0]
 	m.trimCount.Add(1)
 	m.lastTrim.Store(now.UnixNano())
 	switch sc {
@@ -155,6 +198,49 @@ func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace 
 	}
 	log.Debugw("trimmed", "pool", poolName(sc, target), "reason", reason, "closed", res.closed, "need", need)
 	return res
+}
+
+// selectSmallest reorders keys so that its first k elements are the k
+// smallest (in no particular order): Hoare's quickselect with a
+// median-of-three pivot, O(len(keys)) on average.
+func selectSmallest(keys []sortKey, k int, compare func(a, b sortKey) int) {
+	lo, hi := 0, len(keys)-1
+	for lo < hi && k > lo && k <= hi {
+		mid := lo + (hi-lo)/2
+		if compare(keys[mid], keys[lo]) < 0 {
+			keys[mid], keys[lo] = keys[lo], keys[mid]
+		}
+		if compare(keys[hi], keys[lo]) < 0 {
+			keys[hi], keys[lo] = keys[lo], keys[hi]
+		}
+		if compare(keys[hi], keys[mid]) < 0 {
+			keys[hi], keys[mid] = keys[mid], keys[hi]
+		}
+		pivot := keys[mid]
+		i, j := lo, hi
+		for i <= j {
+			for compare(keys[i], pivot) < 0 {
+				i++
+			}
+			for compare(keys[j], pivot) > 0 {
+				j--
+			}
+			if i <= j {
+				keys[i], keys[j] = keys[j], keys[i]
+				i++
+				j--
+			}
+		}
+		// [lo, j] ≤ pivot ≤ [i, hi]
+		switch {
+		case k <= j:
+			hi = j
+		case k >= i:
+			lo = i
+		default:
+			return
+		}
+	}
 }
 
 func poolName(sc scope, target *realmPool) string {
@@ -207,20 +293,40 @@ func (m *Manager) reservationAllows(realms []*realmPool, target *realmPool, pend
 // marks the non-selected paths of multi-path peers as redundant.
 func (m *Manager) snapshot(sc scope, target *realmPool, now time.Time, newcomer network.Conn) []candidate {
 	cands := m.trimBuffer[:0]
+	if need := int(m.global.Load()) + 1; cap(cands) < need {
+		cands = make([]candidate, 0, need+need/8)
+	}
 	activeSince := now.Add(-m.cfg.SilencePeriod)
+	var newcomerPeer peer.ID
+	newcomerSeen := false
+	if newcomer != nil {
+		newcomerPeer = newcomer.RemotePeer()
+	}
+	newcomerCandidate := func(base candidate) candidate {
+		base.conn = newcomer
+		// Among equals a newcomer yields: it counts as idle the longest,
+		// so it displaces only what is cheaper than itself (a redundant
+		// path, a lower class or score) and full pools do not churn.
+		base.lastActive, base.opened = 0, now.UnixNano()
+		base.inbound = newcomer.Stat().Direction == network.DirInbound
+		return base
+	}
 	m.protectedMu.RLock()
 	for i := range m.segments {
 		s := &m.segments[i]
 		s.Lock()
 		for p, pi := range s.peers {
-			extra := 0
-			if newcomer != nil && newcomer.RemotePeer() == p {
-				extra = 1
+			isNewcomerPeer := newcomer != nil && p == newcomerPeer
+			if len(pi.conns) == 0 && !isNewcomerPeer {
+				continue
 			}
-			if len(pi.conns)+extra == 0 || !inScope(sc, target, pi.realms) {
+			if !inScope(sc, target, pi.realms) {
 				continue
 			}
 			if _, ok := m.protected[p]; ok {
+				if isNewcomerPeer {
+					newcomerSeen = true
+				}
 				continue
 			}
 			score := pi.value + m.cfg.RealmWeight*len(pi.realms)
@@ -231,41 +337,31 @@ func (m *Manager) snapshot(sc scope, target *realmPool, now time.Time, newcomer 
 			if len(pi.realms) == 0 && sc == scopeGlobal {
 				class = classUnassigned
 			}
-			group := len(cands)
-			base := candidate{peer: p, realms: pi.realms, class: class, score: score,
-				authenticated: pi.authenticated, group: group}
-			for c, ci := range pi.conns {
+			base := candidate{realms: pi.realms, class: class, score: score,
+				authenticated: pi.authenticated, group: int32(len(cands))}
+			for _, ci := range pi.conns {
 				cand := base
-				cand.conn = c
+				cand.conn = ci.conn
 				cand.lastActive = ci.lastActive.UnixNano()
 				cand.throughput = ci.throughput
-				cand.inbound = c.Stat().Direction == network.DirInbound
+				cand.inbound = ci.inbound
 				cand.opened = ci.opened.UnixNano()
 				cands = append(cands, cand)
 			}
-			if extra == 1 {
-				cand := base
-				cand.conn = newcomer
-				// Among equals a newcomer yields: it counts as idle the
-				// longest, so it displaces only what is cheaper than
-				// itself (a redundant path, a lower class or score) and
-				// full pools do not churn.
-				cand.lastActive, cand.opened = 0, now.UnixNano()
-				cand.inbound = newcomer.Stat().Direction == network.DirInbound
-				cands = append(cands, cand)
+			if isNewcomerPeer {
+				newcomerSeen = true
+				cands = append(cands, newcomerCandidate(base))
 			}
 		}
 		s.Unlock()
 	}
 	m.protectedMu.RUnlock()
-	if newcomer != nil && !m.hasEntry(newcomer.RemotePeer()) && !m.IsProtected(newcomer.RemotePeer(), "") {
+	if newcomer != nil && !newcomerSeen && !m.IsProtected(newcomerPeer, "") {
 		class := classMember
 		if sc == scopeGlobal {
 			class = classUnassigned
 		}
-		cands = append(cands, candidate{conn: newcomer, peer: newcomer.RemotePeer(), class: class,
-			lastActive: 0, opened: now.UnixNano(), group: len(cands),
-			inbound: newcomer.Stat().Direction == network.DirInbound})
+		cands = append(cands, newcomerCandidate(candidate{class: class, group: int32(len(cands))}))
 	}
 	m.markRedundant(cands)
 	return cands
@@ -304,7 +400,7 @@ func (m *Manager) markRedundant(cands []candidate) {
 			for i := start; i < end; i++ {
 				conns = append(conns, cands[i].conn)
 			}
-			keep := m.selected(cands[start].peer, conns)
+			keep := m.selected(cands[start].conn.RemotePeer(), conns)
 			for i := start; i < end; i++ {
 				if cands[i].conn != keep {
 					cands[i].class = classRedundant
@@ -409,7 +505,8 @@ func (m *Manager) sampleActivity() {
 		s := &m.segments[i]
 		s.Lock()
 		for _, pi := range s.peers {
-			for c, ci := range pi.conns {
+			for _, ci := range pi.conns {
+				c := ci.conn
 				var streams, bytes uint64
 				if sc, ok := c.(streamCounter); ok {
 					streams = sc.StreamsOpened()

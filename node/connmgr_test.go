@@ -2,11 +2,13 @@ package node_test
 
 import (
 	"context"
+	"crypto/rand"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
@@ -89,9 +91,9 @@ func TestPoolsHoldUnderInboundBurst(t *testing.T) {
 		require.Equal(t, network.Connected, hub.Host().Network().Connectedness(p), "protected peer %s lost its connection", p)
 	}
 
-	// The DHT still works after the trims: a protected peer finds, by ID
-	// alone, an unprotected peer the hub kept.
-	seeker := others[0]
+	// The DHT still works after the trims: a new node that bootstraps
+	// from the hub (protected there, so the full pool lets it in) finds,
+	// by ID alone, an unprotected peer the hub kept.
 	var target *node.Node
 	for _, o := range others[len(protected):] {
 		if hub.Host().Network().Connectedness(o.ID()) == network.Connected {
@@ -100,8 +102,14 @@ func TestPoolsHoldUnderInboundBurst(t *testing.T) {
 		}
 	}
 	require.NotNil(t, target, "the hub kept no unprotected peer")
-	_ = seeker.Host().Network().ClosePeer(target.ID())
-	seeker.Host().Peerstore().ClearAddrs(target.ID())
+	seekerKey, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	require.NoError(t, err)
+	seekerID, err := peer.IDFromPrivateKey(seekerKey)
+	require.NoError(t, err)
+	hub.ConnManager().Protect(seekerID, "test")
+	seeker := newNode(t, node.Identity(seekerKey), node.Bootstrap(hub.AddrInfo()))
+	require.Empty(t, seeker.Host().Peerstore().Addrs(target.ID()))
+	require.Eventually(t, func() bool { return seeker.DHT().RoutingTable().Find(hub.ID()) != "" }, 5*time.Second, 10*time.Millisecond)
 	require.NoError(t, seeker.ConnectPeer(ctx, target.ID()))
 }
 
