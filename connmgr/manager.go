@@ -54,7 +54,7 @@ type peerInfo struct {
 	temp      bool // tags only, no connection yet: expires after the grace period
 	tags      map[string]int
 	decaying  map[*decayingTag]*connmgr.DecayingValue
-	value     int // sum of tags and decaying tags
+	value     int         // sum of tags and decaying tags
 	conns     []*connInfo // at most MaxConnsPerPeer: a slice beats a map
 	realms    []*realmPool
 	// authenticated is set once the peer has been assigned to a realm.
