@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/routing"
 	"github.com/spf13/cobra"
 
+	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
 )
@@ -570,14 +571,16 @@ func (d *demo) reportPaths() {
 func (d *demo) report() {
 	fmt.Fprintln(d.out)
 	table := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(table, "NODE\tPEER ID\tLISTEN ADDRESSES\tCONNECTIONS\tROUTING TABLE")
+	fmt.Fprintln(table, "NODE\tPEER ID\tLISTEN ADDRESSES\tCONNECTIONS\tGLOBAL POOL\tUNASSIGNED POOL\tROUTING TABLE")
 	for index, demoNode := range d.nodes {
 		addrs := make([]string, 0, len(demoNode.Addrs()))
 		for _, addr := range demoNode.Addrs() {
 			addrs = append(addrs, addr.String())
 		}
-		fmt.Fprintf(table, "%d\t%s\t%s\t%d\t%d\n", index, shortID(demoNode.ID()), strings.Join(addrs, ", "),
-			len(demoNode.Host().Network().Conns()), demoNode.DHT().RoutingTable().Size())
+		pools := demoNode.Stats()
+		fmt.Fprintf(table, "%d\t%s\t%s\t%d\t%s\t%s\t%d\n", index, shortID(demoNode.ID()), strings.Join(addrs, ", "),
+			len(demoNode.Host().Network().Conns()), formatPool(pools.Global), formatPool(pools.Unassigned),
+			demoNode.DHT().RoutingTable().Size())
 	}
 	table.Flush()
 	fmt.Fprintln(d.out)
@@ -594,6 +597,11 @@ func (d *demo) report() {
 	fmt.Fprintf(d.out, "echo: %d exchanges of %d bytes, round trip p50 %s, p99 %s\n",
 		len(sorted), echoPayloadSize,
 		formatDuration(nearestRankPercentile(sorted, 50)), formatDuration(nearestRankPercentile(sorted, 99)))
+}
+
+// formatPool shows a pool's count against its watermarks: "4 (10/20)".
+func formatPool(p connmgr.PoolStats) string {
+	return fmt.Sprintf("%d (%d/%d)", p.Count, p.LowWater, p.HighWater)
 }
 
 // nearestRankPercentile returns the given percentile (0 < percentile ≤ 100)
