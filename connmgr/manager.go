@@ -18,6 +18,7 @@ package connmgr
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -212,17 +213,23 @@ func (m *Manager) TagPeer(p peer.ID, tag string, value int) {
 	pi.tags[tag] = value
 }
 
-// UntagPeer removes tag from p.
-func (m *Manager) UntagPeer(p peer.ID, tag string) {
+// withPeer calls f with p's entry under its segment lock; f is not called
+// for an unknown peer.
+func (m *Manager) withPeer(p peer.ID, f func(pi *peerInfo)) {
 	s := m.segment(p)
 	s.Lock()
 	defer s.Unlock()
-	pi := s.peers[p]
-	if pi == nil {
-		return
+	if pi := s.peers[p]; pi != nil {
+		f(pi)
 	}
-	pi.value -= pi.tags[tag]
-	delete(pi.tags, tag)
+}
+
+// UntagPeer removes tag from p.
+func (m *Manager) UntagPeer(p peer.ID, tag string) {
+	m.withPeer(p, func(pi *peerInfo) {
+		pi.value -= pi.tags[tag]
+		delete(pi.tags, tag)
+	})
 }
 
 // UpsertTag sets tag on p to upsert(current value; 0 when absent).
@@ -576,56 +583,39 @@ func (m *Manager) UnassignRealm(p peer.ID, r RealmID) {
 	if rp == nil {
 		return
 	}
-	s := m.segment(p)
-	s.Lock()
-	defer s.Unlock()
-	pi := s.peers[p]
-	if pi == nil {
-		return
-	}
-	for i, have := range pi.realms {
-		if have != rp {
-			continue
+	m.withPeer(p, func(pi *peerInfo) {
+		i := slices.Index(pi.realms, rp)
+		if i < 0 {
+			return
 		}
-		pi.realms = append(pi.realms[:i:i], pi.realms[i+1:]...)
+		pi.realms = slices.Delete(slices.Clone(pi.realms), i, i+1)
 		n := int64(len(pi.conns))
 		rp.count.Add(-n)
 		if len(pi.realms) == 0 {
 			m.unassigned.Add(n)
 		}
-		return
-	}
+	})
 }
 
 // Realms returns the realms p is assigned to.
 func (m *Manager) Realms(p peer.ID) []RealmID {
-	s := m.segment(p)
-	s.Lock()
-	defer s.Unlock()
-	pi := s.peers[p]
-	if pi == nil {
-		return nil
-	}
-	out := make([]RealmID, len(pi.realms))
-	for i, rp := range pi.realms {
-		out[i] = rp.id
-	}
+	var out []RealmID
+	m.withPeer(p, func(pi *peerInfo) {
+		for _, rp := range pi.realms {
+			out = append(out, rp.id)
+		}
+	})
 	return out
 }
 
 // Connections returns every connection (path) to p the manager accounts.
 func (m *Manager) Connections(p peer.ID) []network.Conn {
-	s := m.segment(p)
-	s.Lock()
-	defer s.Unlock()
-	pi := s.peers[p]
-	if pi == nil {
-		return nil
-	}
-	out := make([]network.Conn, 0, len(pi.conns))
-	for _, ci := range pi.conns {
-		out = append(out, ci.conn)
-	}
+	var out []network.Conn
+	m.withPeer(p, func(pi *peerInfo) {
+		for _, ci := range pi.conns {
+			out = append(out, ci.conn)
+		}
+	})
 	return out
 }
 

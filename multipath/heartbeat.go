@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	msmux "github.com/multiformats/go-multistream"
 )
@@ -24,7 +25,7 @@ import (
 // answer for PathIdleTimeout makes it dead.
 func (m *Manager) heartbeat(p peer.ID, pa *path) {
 	defer m.wg.Done()
-	var stream network.Stream
+	var stream *heartbeatStream
 	defer func() {
 		if stream != nil {
 			_ = stream.Reset()
@@ -32,6 +33,7 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 	}()
 	probe, answer := make([]byte, ping.PingSize), make([]byte, ping.PingSize)
 	next := time.Now() // validate at once
+	var lastProbe time.Time
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -44,6 +46,12 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 		select {
 		case <-pa.ctx.Done():
 			return
+		case <-pa.wake:
+			// A stream is being sent over the path: probe at the busy
+			// rate from now on, starting at once if the last probe is
+			// that old.
+			next = minTime(next, lastProbe.Add(m.busyInterval(pa)))
+			continue
 		case <-timer.C:
 		}
 		if time.Now().Before(next) {
@@ -54,13 +62,14 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 		}
 		if stream == nil {
 			var err error
-			if stream, err = m.openHeartbeatStream(pa, deadline); err != nil {
+			if stream, err = m.openHeartbeatStream(pa); err != nil {
 				log.Debugw("open heartbeat stream", "peer", p, "conn", pa.conn.ID(), "error", err)
 				next = time.Now().Add(m.busyInterval(pa))
 				continue
 			}
 		}
 		start := time.Now()
+		lastProbe = start
 		_, _ = rand.Read(probe)
 		// Removal or Close interrupts a probe that waits for its answer.
 		current := stream
@@ -84,9 +93,22 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 	}
 }
 
+// heartbeatStream is a ping stream whose protocol negotiation is lazy
+// (multistream-select's NewMSSelect, as the basic host does for known
+// protocols): the header travels with the first probe and its confirmation
+// with the first answer, so a stalled path is noticed by the probe timeout
+// even while a new stream is being set up.
+type heartbeatStream struct {
+	network.Stream
+	rw io.ReadWriteCloser
+}
+
+func (s *heartbeatStream) Read(b []byte) (int, error)  { return s.rw.Read(b) }
+func (s *heartbeatStream) Write(b []byte) (int, error) { return s.rw.Write(b) }
+
 // exchange sends one probe and waits for its echo: first for the probe
 // timeout, after which the path is degraded, then until the idle deadline.
-func (m *Manager) exchange(p peer.ID, pa *path, s network.Stream, probe, answer []byte, start, deadline time.Time) (time.Duration, error) {
+func (m *Manager) exchange(p peer.ID, pa *path, s *heartbeatStream, probe, answer []byte, start, deadline time.Time) (time.Duration, error) {
 	_ = s.SetWriteDeadline(deadline)
 	if _, err := s.Write(probe); err != nil {
 		return 0, err
@@ -109,19 +131,15 @@ func (m *Manager) exchange(p peer.ID, pa *path, s network.Stream, probe, answer 
 	return time.Since(start), nil
 }
 
-// openHeartbeatStream opens a ping stream on the path's own connection and
-// negotiates /ipfs/ping/1.0.0 with multistream-select; it is charged to the
-// resource manager's ping service scope, like go-libp2p's own pings.
-func (m *Manager) openHeartbeatStream(pa *path, deadline time.Time) (network.Stream, error) {
-	ctx, cancel := context.WithDeadline(pa.ctx, deadline)
+// openHeartbeatStream opens a ping stream on the path's own connection for
+// /ipfs/ping/1.0.0, negotiated lazily with the first probe. It is charged to
+// the resource manager's ping service scope, like go-libp2p's own pings.
+// Opening a QUIC stream is local: it does not wait for the peer.
+func (m *Manager) openHeartbeatStream(pa *path) (*heartbeatStream, error) {
+	ctx, cancel := context.WithTimeout(pa.ctx, m.busyInterval(pa))
 	defer cancel()
 	s, err := pa.conn.NewStream(ctx)
 	if err != nil {
-		return nil, err
-	}
-	_ = s.SetDeadline(deadline)
-	if err := msmux.SelectProtoOrFail(ping.ID, s); err != nil {
-		_ = s.Reset()
 		return nil, err
 	}
 	if err := s.SetProtocol(ping.ID); err != nil {
@@ -132,7 +150,7 @@ func (m *Manager) openHeartbeatStream(pa *path, deadline time.Time) (network.Str
 		_ = s.Reset()
 		return nil, err
 	}
-	return s, nil
+	return &heartbeatStream{Stream: s, rw: msmux.NewMSSelect(s, protocol.ID(ping.ID))}, nil
 }
 
 // busyInterval is max(4×SRTT, 200 ms): the probe period of a path that
@@ -227,21 +245,41 @@ func (m *Manager) maybeDiscover(p peer.ID, pp *peerPaths) {
 }
 
 // discover dials p's known addresses that no path uses yet, one at a time,
-// until p has DesiredPaths live paths or the addresses run out. An address is
-// dialed at most once per redialAfter, whatever came of it, so that a peer
-// that closes extra paths (its MaxPaths is lower) causes no churn.
+// until p has DesiredPaths live paths or the addresses run out. An address
+// whose dial failed, or whose path the peer closed within refusedWithin (its
+// MaxPaths is lower, or it found the path redundant), is left alone for
+// redialAfter, so that such a peer causes no churn; when the peer still lacks
+// paths, discovery runs again once such an address is eligible.
 func (m *Manager) discover(p peer.ID) {
 	defer m.wg.Done()
+	var retryAt time.Time // earliest time a skipped address may be dialed again
 	defer func() {
 		m.mu.Lock()
-		if pp := m.peers[p]; pp != nil {
-			pp.discovering = false
+		defer m.mu.Unlock()
+		pp := m.peers[p]
+		if pp == nil {
+			return
 		}
-		m.mu.Unlock()
+		pp.discovering = false
+		if !retryAt.IsZero() && !m.closed && len(pp.ranked) < m.cfg.DesiredPaths {
+			if pp.retry != nil {
+				pp.retry.Stop()
+			}
+			pp.retry = time.AfterFunc(time.Until(retryAt), func() {
+				m.mu.Lock()
+				defer m.mu.Unlock()
+				if pp := m.peers[p]; pp != nil {
+					m.maybeDiscover(p, pp)
+				}
+			})
+		}
 	}()
 	for _, addr := range m.dialer.Peerstore().Addrs(p) {
-		if m.ctx.Err() != nil || !m.dialer.CanDial(p, addr) {
+		if m.ctx.Err() != nil {
 			return
+		}
+		if !m.dialer.CanDial(p, addr) {
+			continue
 		}
 		m.mu.Lock()
 		pp := m.peers[p]
@@ -251,13 +289,15 @@ func (m *Manager) discover(p peer.ID) {
 		}
 		inUse := false
 		for _, pa := range pp.paths {
-			inUse = inUse || pa.conn.RemoteMultiaddr().Equal(addr)
+			inUse = inUse || (!pa.conn.IsClosed() && pa.conn.RemoteMultiaddr().Equal(addr))
 		}
 		key := string(addr.Bytes())
-		dialedAt, dialed := pp.dialedAddrs[key]
-		recent := dialed && time.Since(dialedAt) < redialAfter
-		if !inUse && !recent {
-			pp.dialedAddrs[key] = time.Now()
+		failedAt, failed := pp.failedAddrs[key]
+		recent := failed && time.Since(failedAt) < redialAfter
+		if recent && !inUse {
+			if at := failedAt.Add(redialAfter); retryAt.IsZero() || at.Before(retryAt) {
+				retryAt = at
+			}
 		}
 		m.mu.Unlock()
 		if inUse || recent {
@@ -266,6 +306,11 @@ func (m *Manager) discover(p peer.ID) {
 		ctx, cancel := context.WithTimeout(m.ctx, pathDialTimeout)
 		if _, err := m.dialer.DialPath(ctx, p, addr); err != nil {
 			log.Debugw("standby path dial failed", "peer", p, "addr", addr, "error", err)
+			m.mu.Lock()
+			if pp := m.peers[p]; pp != nil {
+				pp.failedAddrs[key] = time.Now()
+			}
+			m.mu.Unlock()
 		}
 		cancel()
 	}

@@ -46,8 +46,13 @@ const (
 // pathDialTimeout bounds the dial of one standby path.
 const pathDialTimeout = 5 * time.Second
 
-// redialAfter is how long discovery leaves alone an address it dialed.
+// redialAfter is how long discovery leaves alone an address whose dial
+// failed or whose path was refused.
 const redialAfter = 30 * time.Second
+
+// refusedWithin: an outbound path closed this soon after it was added counts
+// as refused by the peer.
+const refusedWithin = 2 * time.Second
 
 // Dialer is what the manager needs of the swarm.
 type Dialer interface {
@@ -72,7 +77,10 @@ type peerPaths struct {
 	selectFunc  SelectFunc
 	roundRobin  atomic.Uint64
 	discovering bool
-	dialedAddrs map[string]time.Time // by address bytes
+	failedAddrs map[string]time.Time // by address bytes
+	// retry runs discovery again when addresses dialed recently become
+	// eligible and the peer still lacks paths.
+	retry *time.Timer
 }
 
 // Manager owns the paths of every peer. Create it with New, register it with
@@ -147,6 +155,11 @@ func (m *Manager) Close() error {
 		return nil
 	}
 	m.closed = true
+	for _, pp := range m.peers {
+		if pp.retry != nil {
+			pp.retry.Stop()
+		}
+	}
 	m.peers = nil
 	m.mu.Unlock()
 	m.cancel() // stops every path's heartbeat (their contexts derive from it)
@@ -190,7 +203,7 @@ func (m *Manager) SetPeerStrategy(p peer.ID, s Strategy, f SelectFunc) error {
 func (m *Manager) peer(p peer.ID) *peerPaths {
 	pp := m.peers[p]
 	if pp == nil {
-		pp = &peerPaths{dialedAddrs: make(map[string]time.Time)}
+		pp = &peerPaths{failedAddrs: make(map[string]time.Time)}
 		m.peers[p] = pp
 	}
 	return pp
@@ -244,8 +257,21 @@ func (m *Manager) SelectPath(p peer.ID, conns []network.Conn) network.Conn {
 }
 
 // choose applies the peer's strategy to its ranked paths that are among
-// conns; m.mu is held for reading.
+// conns, and wakes the chosen path's heartbeat, which then probes at the
+// busy rate at once; m.mu is held for reading.
 func (m *Manager) choose(p peer.ID, pp *peerPaths, conns []network.Conn) network.Conn {
+	pa := m.pick(p, pp, conns)
+	if pa == nil {
+		return nil
+	}
+	select {
+	case pa.wake <- struct{}{}:
+	default:
+	}
+	return pa.conn
+}
+
+func (m *Manager) pick(p peer.ID, pp *peerPaths, conns []network.Conn) *path {
 	usable := make([]*path, 0, len(pp.ranked))
 	for _, pa := range pp.ranked {
 		if slices.Contains(conns, pa.conn) {
@@ -265,7 +291,7 @@ func (m *Manager) choose(p peer.ID, pp *peerPaths, conns []network.Conn) network
 	}
 	switch strategy {
 	case StrategyRoundRobin:
-		return usable[(pp.roundRobin.Add(1)-1)%uint64(len(usable))].conn
+		return usable[(pp.roundRobin.Add(1)-1)%uint64(len(usable))]
 	case StrategyLeastLoaded:
 		best, load := usable[0], userStreams(usable[0].conn)
 		for _, pa := range usable[1:] {
@@ -273,7 +299,7 @@ func (m *Manager) choose(p peer.ID, pp *peerPaths, conns []network.Conn) network
 				best, load = pa, n
 			}
 		}
-		return best.conn
+		return best
 	case StrategyCustom:
 		infos := make([]PathInfo, len(usable))
 		for i, pa := range usable {
@@ -283,9 +309,9 @@ func (m *Manager) choose(p peer.ID, pp *peerPaths, conns []network.Conn) network
 		if i < 0 || i >= len(usable) {
 			i = 0
 		}
-		return usable[i].conn
+		return usable[i]
 	}
-	return usable[0].conn
+	return usable[0]
 }
 
 // Listen implements network.Notifiee; nothing to do.
@@ -326,7 +352,9 @@ func (m *Manager) Connected(_ network.Network, c network.Conn) {
 // itself or an older redundant one), with which code and why; m.mu is held.
 func (m *Manager) refuse(pp *peerPaths, c network.Conn) (network.Conn, network.ConnErrorCode, string) {
 	for _, pa := range pp.paths {
-		if pa.state == StateDead || !sameAddrs(pa.conn, c) {
+		// A path whose connection is closing (a swarm dial race lost)
+		// is no reason to close anything.
+		if pa.state == StateDead || pa.conn.IsClosed() || !sameAddrs(pa.conn, c) {
 			continue
 		}
 		// Both ends must close the same one of two redundant connections:
@@ -381,6 +409,9 @@ func (m *Manager) Disconnected(_ network.Network, c network.Conn) {
 	pa := pp.paths[i]
 	pp.paths = slices.Delete(pp.paths, i, i+1)
 	pa.cancel()
+	if c.Stat().Direction == network.DirOutbound && time.Since(pa.added) < refusedWithin {
+		pp.failedAddrs[string(c.RemoteMultiaddr().Bytes())] = time.Now()
+	}
 	m.rerank(p, pp, "path removed")
 	m.events.push(EvtPathRemoved{Peer: p, ConnID: c.ID()})
 	if len(pp.paths) == 0 && !pp.discovering && pp.strategy == "" {

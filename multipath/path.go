@@ -90,6 +90,7 @@ type PathInfo struct {
 // guarded by Manager.mu.
 type path struct {
 	conn    network.Conn
+	added   time.Time
 	quic    *quic.Conn // nil when the connection is not QUIC
 	ipv6    bool
 	relayed bool
@@ -100,6 +101,10 @@ type path struct {
 	cancel context.CancelFunc
 
 	heartbeatRTT atomic.Int64 // time.Duration of the latest answer
+
+	// wake is poked (never blocking) when a stream is sent over the path,
+	// so that its heartbeat switches to the busy rate at once.
+	wake chan struct{}
 
 	// streamsSeen and bytesSeen are the connection's StreamsOpened and
 	// QUIC bytes moved at the last probe (heartbeat goroutine only).
@@ -113,9 +118,11 @@ func newPath(parent context.Context, c network.Conn) *path {
 	ctx, cancel := context.WithCancel(parent)
 	pa := &path{
 		conn:       c,
+		added:      time.Now(),
 		relayed:    c.Stat().Limited,
 		ctx:        ctx,
 		cancel:     cancel,
+		wake:       make(chan struct{}, 1),
 		state:      StateValidating,
 		lastAnswer: time.Now(),
 	}

@@ -42,6 +42,9 @@ const (
 	// paths.
 	demoListenAddr       = "/ip4/127.0.0.1/udp/0/quic-v1"
 	demoSecondListenAddr = "/ip4/127.0.0.2/udp/0/quic-v1"
+	// otherPeerWaitTimeout bounds the wait, before a lookup, for a peer
+	// other than the target in the looker's routing table.
+	otherPeerWaitTimeout = 2 * time.Second
 	// pathWaitTimeout bounds the wait for the standby paths with --multipath.
 	pathWaitTimeout = 10 * time.Second
 	// echoProtocol is the demo's echo protocol: the handler copies the
@@ -237,21 +240,13 @@ func (d *demo) waitForRoutingTables(ctx context.Context) error {
 		}
 		return true
 	}
-	waitCtx, cancel := context.WithTimeout(ctx, routingTableWaitTimeout)
-	defer cancel()
-	ticker := time.NewTicker(20 * time.Millisecond)
-	defer ticker.Stop()
-	for !ready() {
-		select {
-		case <-ticker.C:
-		case <-waitCtx.Done():
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("wait for DHT routing tables: %w", err)
-			}
-			d.progressf("some DHT routing tables hold fewer than %d peers after %s; looking up anyway",
-				wanted, routingTableWaitTimeout)
-			return nil
-		}
+	timedOut, err := waitUntil(ctx, routingTableWaitTimeout, ready)
+	if err != nil {
+		return fmt.Errorf("wait for DHT routing tables: %w", err)
+	}
+	if timedOut {
+		d.progressf("some DHT routing tables hold fewer than %d peers after %s; looking up anyway",
+			wanted, routingTableWaitTimeout)
 	}
 	return nil
 }
@@ -303,6 +298,11 @@ func lookUp(ctx context.Context, looker *node.Node, target peer.ID, counts *look
 			case <-ctx.Done():
 				return fmt.Errorf("%w (last attempt: %w)", ctx.Err(), lastErr)
 			}
+		}
+		// The peer found by the previous lookup rejoins the looker's
+		// routing table a moment after identify: give it that moment.
+		if _, err := waitUntil(ctx, otherPeerWaitTimeout, func() bool { return hasOtherDHTPeer(looker, target) }); err != nil {
+			return err
 		}
 		throughNetwork := hasOtherDHTPeer(looker, target)
 		if throughNetwork {
@@ -514,7 +514,21 @@ func (d *demo) waitForPaths(ctx context.Context) error {
 		}
 		return true
 	}
-	waitCtx, cancel := context.WithTimeout(ctx, pathWaitTimeout)
+	timedOut, err := waitUntil(ctx, pathWaitTimeout, ready)
+	if err != nil {
+		return fmt.Errorf("wait for standby paths: %w", err)
+	}
+	if timedOut {
+		return fmt.Errorf("not every pair of nodes has two paths after %s", pathWaitTimeout)
+	}
+	d.progressf("every pair of nodes has two paths")
+	return nil
+}
+
+// waitUntil polls ready every 20 ms until it holds, timeout passes
+// (timedOut) or ctx ends (its error).
+func waitUntil(ctx context.Context, timeout time.Duration, ready func() bool) (timedOut bool, err error) {
+	waitCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	ticker := time.NewTicker(20 * time.Millisecond)
 	defer ticker.Stop()
@@ -523,13 +537,12 @@ func (d *demo) waitForPaths(ctx context.Context) error {
 		case <-ticker.C:
 		case <-waitCtx.Done():
 			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("wait for standby paths: %w", err)
+				return false, err
 			}
-			return fmt.Errorf("not every pair of nodes has two paths after %s", pathWaitTimeout)
+			return true, nil
 		}
 	}
-	d.progressf("every pair of nodes has two paths")
-	return nil
+	return false, nil
 }
 
 // shortID is the last six characters of a peer ID, enough to tell the demo's

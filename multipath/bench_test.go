@@ -1,0 +1,1106 @@
+package multipath_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/connmgr"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	basichost "github.com/libp2p/go-libp2p/p2p/host/basic"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+	msmux "github.com/multiformats/go-multistream"
+	"github.com/quic-go/quic-go"
+	"go.uber.org/fx"
+
+	rconnmgr "github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/internal/udpproxy"
+	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/node"
+	"github.com/realmnet/realmnet/swarm"
+)
+
+// Shared settings of the benchmarks in this file.
+const (
+	benchListen1 = "/ip4/127.0.0.1/udp/0/quic-v1"
+	benchListen2 = "/ip4/127.0.0.2/udp/0/quic-v1"
+
+	benchEchoProto = protocol.ID("/realmnet/bench/echo/1.0.0")
+
+	// benchSetupTimeout bounds each setup wait (dials, paths becoming
+	// healthy).
+	benchSetupTimeout = 30 * time.Second
+)
+
+// benchNewNode creates a node closed by b.Cleanup.
+func benchNewNode(tb testing.TB, opts ...node.Option) *node.Node {
+	tb.Helper()
+	n, err := node.New(opts...)
+	if err != nil {
+		tb.Fatalf("node.New: %v", err)
+	}
+	tb.Cleanup(func() { _ = n.Close() })
+	return n
+}
+
+// benchEchoHandler echoes everything until the client closes its side.
+func benchEchoHandler(s network.Stream) {
+	_ = s.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.Copy(s, s); err != nil {
+		_ = s.Reset()
+		return
+	}
+	_ = s.Close()
+}
+
+// benchHealthy reports whether a path is in selection as a healthy path.
+func benchHealthy(pi multipath.PathInfo) bool {
+	return pi.State == multipath.StateActive || pi.State == multipath.StateStandby
+}
+
+// benchWaitPaths waits until p has at least want healthy paths on n whose
+// remote addresses satisfy match (nil: any).
+func benchWaitPaths(tb testing.TB, n *node.Node, p peer.ID, want int, match func(ma.Multiaddr) bool) {
+	tb.Helper()
+	deadline := time.Now().Add(benchSetupTimeout)
+	for {
+		got := 0
+		for _, pi := range n.Paths(p) {
+			if benchHealthy(pi) && (match == nil || match(pi.Remote)) {
+				got++
+			}
+		}
+		if got >= want {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("peer %s: %d healthy paths after %s, want %d: %+v", p, got, benchSetupTimeout, want, n.Paths(p))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// benchPercentile is the nearest-rank percentile of sorted.
+func benchPercentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+func benchMs(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// ---------------------------------------------------------------------------
+// BenchmarkFailover
+
+const (
+	benchFailoverCap     = 5 * time.Second        // bound of one trial's wait for a success
+	benchLoadTimeout     = 300 * time.Millisecond // bound of one load stream
+	benchLoadPayloadSize = 64
+)
+
+// benchDenyGater refuses dials to the given addresses (the server's direct
+// listen address), so that the failover client's only paths are the two
+// through the proxies: without it the manager's standby dialing would open a
+// direct, un-blackholable path once identify has told the client the
+// server's listen address.
+type benchDenyGater struct {
+	connmgr.ConnectionGater
+	deny []ma.Multiaddr
+}
+
+func (g benchDenyGater) InterceptAddrDial(p peer.ID, a ma.Multiaddr) bool {
+	for _, d := range g.deny {
+		if a.Equal(d) {
+			return false
+		}
+	}
+	return g.ConnectionGater.InterceptAddrDial(p, a)
+}
+
+// benchLoad opens echo streams back to back and signals the first success
+// that started after an armed instant.
+type benchLoad struct {
+	h      host.Host
+	p      peer.ID
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	ok, failed atomic.Int64
+
+	mu       sync.Mutex
+	waitFrom time.Time
+	waitCh   chan time.Time
+}
+
+func benchStartLoad(h host.Host, p peer.ID) *benchLoad {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &benchLoad{h: h, p: p, cancel: cancel, done: make(chan struct{})}
+	go l.run(ctx)
+	return l
+}
+
+func (l *benchLoad) stop() {
+	l.cancel()
+	<-l.done
+}
+
+func (l *benchLoad) run(ctx context.Context) {
+	defer close(l.done)
+	payload, buf := make([]byte, benchLoadPayloadSize), make([]byte, benchLoadPayloadSize)
+	_, _ = rand.Read(payload)
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := benchEchoOnce(ctx, l.h, l.p, payload, buf)
+		end := time.Now()
+		if err != nil {
+			l.failed.Add(1)
+			if end.Sub(start) < time.Millisecond {
+				time.Sleep(time.Millisecond) // do not spin on instant errors
+			}
+			continue
+		}
+		l.ok.Add(1)
+		l.mu.Lock()
+		if l.waitCh != nil && !start.Before(l.waitFrom) {
+			l.waitCh <- end
+			l.waitCh = nil
+		}
+		l.mu.Unlock()
+	}
+}
+
+// arm runs fault (the blackhole) and records t0 under the load's lock, so
+// that no success can slip between them; the channel gets the completion
+// time of the first successful stream started at or after t0.
+func (l *benchLoad) arm(fault func()) (time.Time, <-chan time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fault()
+	t0 := time.Now()
+	ch := make(chan time.Time, 1)
+	l.waitFrom, l.waitCh = t0, ch
+	return t0, ch
+}
+
+func (l *benchLoad) disarm() {
+	l.mu.Lock()
+	l.waitCh = nil
+	l.mu.Unlock()
+}
+
+// benchEchoOnce opens one echo stream (300 ms for everything), writes the
+// payload and reads it back.
+func benchEchoOnce(ctx context.Context, h host.Host, p peer.ID, payload, buf []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, benchLoadTimeout)
+	defer cancel()
+	s, err := h.NewStream(ctx, p, benchEchoProto)
+	if err != nil {
+		return err
+	}
+	deadline, _ := ctx.Deadline()
+	_ = s.SetDeadline(deadline)
+	if _, err := s.Write(payload); err != nil {
+		_ = s.Reset()
+		return err
+	}
+	if _, err := io.ReadFull(s, buf); err != nil {
+		_ = s.Reset()
+		return err
+	}
+	if !bytes.Equal(payload, buf) {
+		_ = s.Reset()
+		return errors.New("echo mismatch")
+	}
+	return s.Close()
+}
+
+// benchFailoverEnv is a server behind two UDP proxies and a client with one
+// path through each proxy, running the echo load.
+type benchFailoverEnv struct {
+	server, client *node.Node
+	proxies        [2]*udpproxy.Proxy
+	load           *benchLoad
+	newest         bool // the client's swarm uses NewestPathSelector
+}
+
+func benchNewFailoverEnv(b *testing.B, newest bool) *benchFailoverEnv {
+	b.Helper()
+	e := &benchFailoverEnv{newest: newest}
+	e.server = benchNewNode(b, node.ListenAddrs(benchListen1), node.DHTMode(node.DHTClient))
+	e.server.SetStreamHandler(benchEchoProto, benchEchoHandler)
+	listen := e.server.Swarm().ListenAddresses()
+	if len(listen) != 1 {
+		b.Fatalf("server listens on %v, want one address", listen)
+	}
+	na, err := manet.ToNetAddr(listen[0].Decapsulate(ma.StringCast("/quic-v1")))
+	if err != nil {
+		b.Fatalf("server address %s: %v", listen[0], err)
+	}
+	for i := range e.proxies {
+		px, err := udpproxy.New("127.0.0.1:0", na.(*net.UDPAddr))
+		if err != nil {
+			b.Fatalf("udpproxy.New: %v", err)
+		}
+		b.Cleanup(func() { _ = px.Close() })
+		e.proxies[i] = px
+	}
+	e.client = benchNewNode(b,
+		node.ListenAddrs(benchListen1),
+		node.DHTMode(node.DHTClient),
+		node.Multipath(multipath.Config{DesiredPaths: 2}),
+		node.Fx(fx.Decorate(func(g connmgr.ConnectionGater) connmgr.ConnectionGater {
+			return benchDenyGater{ConnectionGater: g, deny: e.server.Addrs()}
+		})),
+	)
+	if newest {
+		e.client.Swarm().SetPathSelector(nil)
+	}
+	sid := e.server.ID()
+	ctx, cancel := context.WithTimeout(context.Background(), benchSetupTimeout)
+	defer cancel()
+	for _, px := range e.proxies {
+		if _, err := e.client.Swarm().DialPath(ctx, sid, px.Multiaddr()); err != nil {
+			b.Fatalf("DialPath %s: %v", px.Multiaddr(), err)
+		}
+	}
+	e.waitHealthy(b)
+	if n := len(e.client.Swarm().ConnsToPeer(sid)); n != 2 {
+		b.Fatalf("client has %d connections to the server, want 2: %+v", n, e.client.Paths(sid))
+	}
+	e.load = benchStartLoad(e.client.Host(), sid)
+	b.Cleanup(e.load.stop)
+	// Let the load run for more than one HeartbeatInterval, so the
+	// selected path has been probed while carrying streams (fast probing)
+	// before the first trial; the reference does not use the probes for
+	// selection and only needs the load to run.
+	deadline := time.Now()
+	if !newest {
+		deadline = deadline.Add(multipath.DefaultHeartbeatInterval + time.Second)
+	}
+	for time.Now().Before(deadline) || e.load.ok.Load() == 0 {
+		if time.Now().After(deadline.Add(benchSetupTimeout)) {
+			b.Fatalf("no successful echo stream during warm-up (%d failed)", e.load.failed.Load())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return e
+}
+
+// proxyOf returns the index of the proxy whose address is a, or -1.
+func (e *benchFailoverEnv) proxyOf(a ma.Multiaddr) int {
+	for i, px := range e.proxies {
+		if a != nil && a.Equal(px.Multiaddr()) {
+			return i
+		}
+	}
+	return -1
+}
+
+// selectedProxy returns the proxy of the path the client's swarm would use
+// for the next stream, and the time since that path's last heartbeat answer.
+func (e *benchFailoverEnv) selectedProxy(b *testing.B) (int, time.Duration) {
+	sid := e.server.ID()
+	if e.newest {
+		c := swarm.NewestPathSelector{}.SelectPath(sid, e.client.Swarm().ConnsToPeer(sid))
+		if c == nil {
+			b.Fatal("client has no connection to the server")
+		}
+		if i := e.proxyOf(c.RemoteMultiaddr()); i >= 0 {
+			return i, 0
+		}
+		b.Fatalf("newest connection %s goes through no proxy", c.RemoteMultiaddr())
+	}
+	sel, ok := e.client.Multipath().Selected(sid)
+	if !ok {
+		b.Fatalf("no selected path: %+v", e.client.Paths(sid))
+	}
+	if i := e.proxyOf(sel.Remote); i >= 0 {
+		return i, time.Since(sel.LastHeartbeat)
+	}
+	b.Fatalf("selected path %s goes through no proxy", sel.Remote)
+	return -1, 0
+}
+
+// trial blackholes the selected path's proxy and returns the time from the
+// blackhole to the completion of the first echo stream started after it
+// (benchFailoverCap when none succeeds in time). The proxy is un-blackholed
+// before it returns.
+func (e *benchFailoverEnv) trial(b *testing.B) (gap time.Duration, proxy int, hbAge time.Duration) {
+	proxy, hbAge = e.selectedProxy(b)
+	px := e.proxies[proxy]
+	t0, ch := e.load.arm(func() { px.SetBlackhole(true) })
+	timer := time.NewTimer(benchFailoverCap)
+	defer timer.Stop()
+	select {
+	case end := <-ch:
+		gap = end.Sub(t0)
+	case <-timer.C:
+		e.load.disarm()
+		gap = benchFailoverCap
+	}
+	px.SetBlackhole(false)
+	return gap, proxy, hbAge
+}
+
+// waitHealthy waits until each proxy carries a healthy path, dialing a
+// proxy's path again when the manager has dropped it (dead).
+func (e *benchFailoverEnv) waitHealthy(b *testing.B) {
+	sid := e.server.ID()
+	deadline := time.Now().Add(benchSetupTimeout)
+	var lastDial time.Time
+	for {
+		var healthy, present [2]bool
+		for _, pi := range e.client.Paths(sid) {
+			if i := e.proxyOf(pi.Remote); i >= 0 {
+				present[i] = present[i] || pi.State != multipath.StateDead
+				healthy[i] = healthy[i] || benchHealthy(pi)
+			}
+		}
+		if healthy[0] && healthy[1] {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("paths through the proxies not healthy after %s: %+v", benchSetupTimeout, e.client.Paths(sid))
+		}
+		for i, px := range e.proxies {
+			if !present[i] && time.Since(lastDial) > time.Second {
+				lastDial = time.Now()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err := e.client.Swarm().DialPath(ctx, sid, px.Multiaddr())
+				cancel()
+				if err != nil {
+					b.Logf("redial path through proxy %d: %v", i, err)
+				}
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// BenchmarkFailover measures how long an application that opens streams
+// back to back (one goroutine, host.NewStream with 300 ms for the whole
+// stream, 64-byte echo) goes without a successful stream when the path it
+// uses is blackholed.
+//
+// Setup: server and client nodes on 127.0.0.1; two udpproxy proxies in
+// front of the server; the client opens one path through each with
+// Swarm().DialPath (multipath.Config{DesiredPaths: 2}, default timings; a
+// gater keeps the manager from dialing the server's direct address, so both
+// paths can be blackholed). The load runs for HeartbeatInterval+1 s before
+// the first trial.
+//
+// realmnet side, one trial per iteration: blackhole the proxy of
+// Multipath().Selected(server) at t0, wait (at most 5 s) for the first echo
+// stream started at or after t0 to complete, record that gap, un-blackhole,
+// and wait until both proxies carry a healthy (active/standby) path again,
+// redialing a path the manager has closed as dead. Reported: "p50-ms" and
+// "p99-ms" (nearest rank) of the gaps over all iterations; run it with
+// -benchtime 20x. ns/op is the length of a trial including recovery. The
+// log lists every trial's gap and how long before t0 the blackholed path
+// had last answered a heartbeat (a path probed at the busy rate shows
+// < ~250 ms).
+//
+// Reference side, in the same run after the loop: the same setup with a
+// fresh client whose swarm does plain newest-connection selection
+// (Swarm().SetPathSelector(nil); multipath still heartbeats and closes dead
+// paths, but is not consulted for streams); one trial, blackholing the
+// newest connection's proxy, with the same 5 s cap: "ref-gap-ms" (5000 when
+// no stream succeeded).
+//
+// Target: realmnet p99 ≤ 1 s.
+func BenchmarkFailover(b *testing.B) {
+	e := benchNewFailoverEnv(b, false)
+	var gaps, ages []time.Duration
+	var switched int
+	for b.Loop() {
+		gap, proxy, age := e.trial(b)
+		gaps = append(gaps, gap)
+		ages = append(ages, age)
+		e.waitHealthy(b)
+		if p, _ := e.selectedProxy(b); p != proxy {
+			switched++
+		}
+	}
+	e.load.stop()
+	b.Logf("realmnet trials: gap ms %v", benchMsList(gaps))
+	b.Logf("realmnet trials: selected path's last heartbeat answer before t0, ms %v", benchMsList(ages))
+	b.Logf("realmnet: %d of %d trials ended on the other path; load ok=%d failed=%d",
+		switched, len(gaps), e.load.ok.Load(), e.load.failed.Load())
+	sorted := slices.Clone(gaps)
+	slices.Sort(sorted)
+	b.ReportMetric(benchMs(benchPercentile(sorted, 0.50)), "p50-ms")
+	b.ReportMetric(benchMs(benchPercentile(sorted, 0.99)), "p99-ms")
+
+	ref := benchNewFailoverEnv(b, true)
+	refGap, _, _ := ref.trial(b)
+	ref.load.stop()
+	b.Logf("reference (newest-connection selection): gap %.0f ms (cap %s)", benchMs(refGap), benchFailoverCap)
+	b.ReportMetric(benchMs(refGap), "ref-gap-ms")
+}
+
+func benchMsList(ds []time.Duration) []int64 {
+	out := make([]int64, len(ds))
+	for i, d := range ds {
+		out[i] = d.Milliseconds()
+	}
+	return out
+}
+
+// ---------------------------------------------------------------------------
+// BenchmarkHeartbeatCost
+
+const (
+	// benchHBPeers is the number of peer nodes; each gives the measured
+	// node two paths.
+	benchHBPeers = 500
+	// benchHBWindow is the measurement window with heartbeats on; 30 s
+	// covers six heartbeat rounds and, about once per path, the reopening
+	// of the heartbeat stream that go-libp2p's ping handler ends after
+	// 30 s.
+	benchHBWindow = 30 * time.Second
+	// benchHBRefWindow is the reference window; 15 s is one QUIC
+	// keep-alive period (go-libp2p's quicreuse sets 15 s), so each idle
+	// connection sends its keep-alive once in it.
+	benchHBRefWindow = 15 * time.Second
+	// benchHBSettle is the wait between the last path becoming healthy and
+	// the first window.
+	benchHBSettle = 30 * time.Second
+	// benchPeerProcEnv makes the test binary a peer process (see init).
+	benchPeerProcEnv = "REALMNET_BENCH_PEER_PROCESS"
+)
+
+// init turns the test binary into the peer process of BenchmarkHeartbeatCost
+// when benchPeerProcEnv is set; it never returns then.
+func init() {
+	if v := os.Getenv(benchPeerProcEnv); v != "" {
+		os.Exit(benchPeerProcess(v))
+	}
+}
+
+// benchRaiseNoFile raises RLIMIT_NOFILE to its hard limit.
+func benchRaiseNoFile() {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err == nil && rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+	}
+}
+
+func benchCPUTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchPeerProcess runs count peer nodes, each listening on 127.0.0.1 and
+// 127.0.0.2 with 1-hour heartbeats (they answer pings but hardly send their
+// own). It prints "PEER <AddrInfo JSON>" per node, then "READY"; it answers
+// each "CPU" line on stdin with "CPU <user+sys ns>"; on stdin EOF it closes
+// the nodes and exits.
+func benchPeerProcess(countStr string) int {
+	count, err := strconv.Atoi(countStr)
+	if err != nil || count <= 0 {
+		fmt.Fprintf(os.Stderr, "bad %s=%q\n", benchPeerProcEnv, countStr)
+		return 2
+	}
+	benchRaiseNoFile()
+	out := bufio.NewWriter(os.Stdout)
+	nodes := make([]*node.Node, count)
+	var wg sync.WaitGroup
+	var failed atomic.Bool
+	next := atomic.Int64{}
+	for range 4 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= count || failed.Load() {
+					return
+				}
+				n, err := node.New(
+					node.ListenAddrs(benchListen1, benchListen2),
+					node.DHTMode(node.DHTClient),
+					node.Multipath(multipath.Config{HeartbeatInterval: time.Hour, PathIdleTimeout: time.Hour}),
+				)
+				if err != nil {
+					fmt.Fprintf(os.Stderr, "peer %d: %v\n", i, err)
+					failed.Store(true)
+					return
+				}
+				nodes[i] = n
+			}
+		})
+	}
+	wg.Wait()
+	closeAll := func() {
+		var cwg sync.WaitGroup
+		for _, n := range nodes {
+			if n != nil {
+				cwg.Go(func() { _ = n.Close() })
+			}
+		}
+		cwg.Wait()
+	}
+	if failed.Load() {
+		closeAll()
+		return 1
+	}
+	for _, n := range nodes {
+		ai, err := json.Marshal(peer.AddrInfo{ID: n.ID(), Addrs: n.Swarm().ListenAddresses()})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			closeAll()
+			return 1
+		}
+		fmt.Fprintf(out, "PEER %s\n", ai)
+	}
+	fmt.Fprintln(out, "READY")
+	_ = out.Flush()
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if strings.TrimSpace(in.Text()) == "CPU" {
+			fmt.Fprintf(out, "CPU %d\n", int64(benchCPUTime()))
+			_ = out.Flush()
+		}
+	}
+	closeAll()
+	return 0
+}
+
+// benchPeerProc is the parent's handle on the peer process.
+type benchPeerProc struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan string
+	stderr *bytes.Buffer
+}
+
+func benchStartPeerProc(b *testing.B, count int) (*benchPeerProc, []peer.AddrInfo) {
+	b.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	pp := &benchPeerProc{lines: make(chan string, 1024), stderr: new(bytes.Buffer)}
+	pp.cmd = exec.Command(exe)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GOLOG_") { // keep the peers' logs out of the parent's log file
+			pp.cmd.Env = append(pp.cmd.Env, kv)
+		}
+	}
+	pp.cmd.Env = append(pp.cmd.Env, fmt.Sprintf("%s=%d", benchPeerProcEnv, count))
+	pp.cmd.Stderr = pp.stderr
+	if pp.stdin, err = pp.cmd.StdinPipe(); err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := pp.cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pp.cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		defer close(pp.lines)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			pp.lines <- sc.Text()
+		}
+	}()
+	b.Cleanup(func() {
+		_ = pp.stdin.Close()
+		done := make(chan struct{})
+		go func() { _ = pp.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(60 * time.Second):
+			_ = pp.cmd.Process.Kill()
+			<-done
+		}
+	})
+	var peers []peer.AddrInfo
+	timeout := time.After(120 * time.Second)
+	for {
+		select {
+		case line, ok := <-pp.lines:
+			if !ok {
+				b.Fatalf("peer process ended early: %s", pp.stderr)
+			}
+			if line == "READY" {
+				return pp, peers
+			}
+			if js, found := strings.CutPrefix(line, "PEER "); found {
+				var ai peer.AddrInfo
+				if err := json.Unmarshal([]byte(js), &ai); err != nil {
+					b.Fatalf("peer line %q: %v", line, err)
+				}
+				peers = append(peers, ai)
+			}
+		case <-timeout:
+			b.Fatalf("peer process not ready after 120 s (%d peers so far)", len(peers))
+		}
+	}
+}
+
+// cpu asks the peer process for its CPU time.
+func (pp *benchPeerProc) cpu(b *testing.B) time.Duration {
+	if _, err := io.WriteString(pp.stdin, "CPU\n"); err != nil {
+		b.Fatalf("peer process: %v", err)
+	}
+	timeout := time.After(10 * time.Second)
+	for {
+		select {
+		case line, ok := <-pp.lines:
+			if !ok {
+				b.Fatalf("peer process ended: %s", pp.stderr)
+			}
+			if v, found := strings.CutPrefix(line, "CPU "); found {
+				ns, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					b.Fatalf("peer process CPU line %q", line)
+				}
+				return time.Duration(ns)
+			}
+		case <-timeout:
+			b.Fatal("peer process does not answer")
+		}
+	}
+}
+
+// benchConnBytes returns the QUIC bytes sent over all of s's connections
+// (what PathInfo.BytesSent reports per path) and their IDs.
+func benchConnBytes(s *swarm.Swarm) (uint64, []string) {
+	var sum uint64
+	var ids []string
+	for _, c := range s.Conns() {
+		var qc *quic.Conn
+		if c.As(&qc) {
+			sum += qc.ConnectionStats().BytesSent
+		}
+		ids = append(ids, c.ID())
+	}
+	slices.Sort(ids)
+	return sum, ids
+}
+
+type benchHBSample struct {
+	cpu, peerCPU time.Duration
+	bytes        uint64
+	window       time.Duration
+}
+
+// benchHBMeasure measures the measured process's CPU time, the peer
+// process's CPU time and the QUIC bytes the measured node sent over window;
+// the connections must be the same at both ends of the window.
+func benchHBMeasure(b *testing.B, pp *benchPeerProc, n *node.Node, window time.Duration) benchHBSample {
+	b0, ids0 := benchConnBytes(n.Swarm())
+	p0, c0, t0 := pp.cpu(b), benchCPUTime(), time.Now()
+	time.Sleep(window)
+	c1, t1, p1 := benchCPUTime(), time.Now(), pp.cpu(b)
+	b1, ids1 := benchConnBytes(n.Swarm())
+	if !slices.Equal(ids0, ids1) {
+		b.Fatalf("connections changed during the window: %d before, %d after", len(ids0), len(ids1))
+	}
+	return benchHBSample{cpu: c1 - c0, peerCPU: p1 - p0, bytes: b1 - b0, window: t1.Sub(t0)}
+}
+
+func (s benchHBSample) perMin(d time.Duration) float64 {
+	return benchMs(d) * float64(time.Minute) / float64(s.window)
+}
+
+// BenchmarkHeartbeatCost measures what the heartbeats of 1,000 idle paths
+// cost the node that holds them.
+//
+// Setup: 500 peer nodes run in a child process (the test binary re-executed
+// with REALMNET_BENCH_PEER_PROCESS=500), so that the CPU time of this
+// process (getrusage RUSAGE_SELF, user+sys) is the measured node's alone
+// and not that of 500 nodes' background work; the child's CPU time is
+// reported separately ("peers-cpu-ms/min"). Each peer listens on 127.0.0.1
+// and 127.0.0.2 with HeartbeatInterval and PathIdleTimeout of 1 hour (it
+// answers pings but hardly sends its own). The measured node has the
+// default multipath config (5 s heartbeats, DesiredPaths 2); it Connects to
+// every peer and the manager's standby dialing opens the second path. A
+// peer still short of two healthy paths after 10 s gets its missing path
+// dialed by hand ("standby-redials" counts them; non-zero means the manager
+// lost a standby path). The measured node raises the connection manager's
+// global and unassigned pools to 1800/2000 with node.ConnLimits (the
+// defaults, 100/400 and unassigned 32/64, would refuse or trim most of the
+// 1,000 connections; the default resource manager sizes its system
+// connection limit from them); nothing else differs from a default node.
+// Then it waits 30 s, so that the connections are past their start-up
+// transients (quic-go's MTU discovery sends a 1.3-1.4 kB probe with most of
+// the first heartbeats; the peers' validation ping streams end after 30 s).
+//
+// realmnet side: a 30 s window with heartbeats on (six heartbeat rounds and
+// about one reopening per path of the heartbeat stream, which go-libp2p's
+// ping handler ends after 30 s). Reported per minute: "cpu-ms/min",
+// "percent-of-core" (cpu-ms/min / 60,000 ms × 100) and "bytes/min" (QUIC
+// bytes sent by the measured node over all its paths: the sum of the
+// PathInfo.BytesSent deltas, read from the same quic-go counters).
+//
+// Reference side, same run, same process, same 1,000 connections, heartbeats
+// off: the measured node's Multipath().Close() stops every heartbeat
+// goroutine and closes no connection (QUIC keep-alives, every 15 s, keep the
+// connections open); 2 s later a 15 s window, one keep-alive period:
+// "ref-cpu-ms/min", "ref-bytes/min", "ref-peers-cpu-ms/min". Both windows
+// check that the set of connections did not change.
+// "hb-percent-of-core" is realmnet minus reference as a percentage of one
+// core.
+//
+// Target: ≤ 1 % of one core for the heartbeats (hb-percent-of-core).
+//
+// The benchmark ignores b.N: it measures once (about 80 s with setup);
+// ns/op is not reported.
+func BenchmarkHeartbeatCost(b *testing.B) {
+	benchRaiseNoFile()
+	setupStart := time.Now()
+	pp, peers := benchStartPeerProc(b, benchHBPeers)
+	b.Logf("peer process: %d peers ready in %s", len(peers), time.Since(setupStart).Round(time.Millisecond))
+
+	n := benchNewNode(b,
+		node.ListenAddrs(benchListen1),
+		node.DHTMode(node.DHTClient),
+		node.ConnLimits(rconnmgr.Config{
+			LowWater: 1800, HighWater: 2000,
+			Unassigned: rconnmgr.Limits{LowWater: 1800, HighWater: 2000},
+		}),
+	)
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	errs := make(chan error, len(peers))
+	for range 8 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(peers) {
+					return
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), benchSetupTimeout)
+				err := n.Connect(ctx, peers[i])
+				cancel()
+				if err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatalf("connect: %v", err)
+	}
+	redials := benchEnsureTwoPaths(b, n, peers)
+	paths := 0
+	for _, ai := range peers {
+		paths += len(n.Paths(ai.ID))
+	}
+	if conns := len(n.Swarm().Conns()); conns != paths || paths != 2*len(peers) {
+		b.Fatalf("%d connections, %d paths, want %d", conns, paths, 2*len(peers))
+	}
+	b.Logf("measured node: %d paths to %d peers after %s", paths, len(peers), time.Since(setupStart).Round(time.Millisecond))
+	// Let the connections reach their steady state before measuring: in
+	// their first ~25 s quic-go's MTU discovery sends a ~1.3-1.4 kB probe
+	// packet with most heartbeats, and the heartbeat streams the peers
+	// opened when they validated their paths are ended by go-libp2p's ping
+	// handler after 30 s.
+	time.Sleep(benchHBSettle)
+
+	on := benchHBMeasure(b, pp, n, benchHBWindow)
+	if err := n.Multipath().Close(); err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	off := benchHBMeasure(b, pp, n, benchHBRefWindow)
+
+	cpuOn, cpuOff := on.perMin(on.cpu), off.perMin(off.cpu)
+	bytesOn := float64(on.bytes) * float64(time.Minute) / float64(on.window)
+	bytesOff := float64(off.bytes) * float64(time.Minute) / float64(off.window)
+	b.Logf("heartbeats on:  %.0f cpu-ms/min, %.0f bytes/min, peers %.0f cpu-ms/min (%s window)",
+		cpuOn, bytesOn, on.perMin(on.peerCPU), on.window.Round(time.Millisecond))
+	b.Logf("heartbeats off: %.0f cpu-ms/min, %.0f bytes/min, peers %.0f cpu-ms/min (%s window)",
+		cpuOff, bytesOff, off.perMin(off.peerCPU), off.window.Round(time.Millisecond))
+	b.Logf("total wall time %s", time.Since(setupStart).Round(time.Millisecond))
+
+	for b.Loop() {
+	}
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(cpuOn, "cpu-ms/min")
+	b.ReportMetric(cpuOn/600, "percent-of-core")
+	b.ReportMetric(bytesOn, "bytes/min")
+	b.ReportMetric(on.perMin(on.peerCPU), "peers-cpu-ms/min")
+	b.ReportMetric(cpuOff, "ref-cpu-ms/min")
+	b.ReportMetric(bytesOff, "ref-bytes/min")
+	b.ReportMetric(off.perMin(off.peerCPU), "ref-peers-cpu-ms/min")
+	b.ReportMetric((cpuOn-cpuOff)/600, "hb-percent-of-core")
+	b.ReportMetric(float64(redials), "standby-redials")
+}
+
+// benchEnsureTwoPaths waits until every peer has two healthy paths on n.
+// A peer the manager leaves with one path for 10 s (its standby path lost:
+// the second connection closed as redundant with one that was itself being
+// closed, and no discovery retried) gets the missing path dialed by hand;
+// the number of such peers is returned.
+func benchEnsureTwoPaths(b *testing.B, n *node.Node, peers []peer.AddrInfo) int {
+	b.Helper()
+	healthy := func(p peer.ID) int {
+		k := 0
+		for _, pi := range n.Paths(p) {
+			if benchHealthy(pi) {
+				k++
+			}
+		}
+		return k
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	var missing []peer.AddrInfo
+	for {
+		missing = missing[:0]
+		for _, ai := range peers {
+			if healthy(ai.ID) < 2 {
+				missing = append(missing, ai)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, ai := range missing {
+		var used []ma.Multiaddr
+		for _, pi := range n.Paths(ai.ID) {
+			if pi.State != multipath.StateDead {
+				used = append(used, pi.Remote)
+			}
+		}
+		b.Logf("peer %s has %d paths %v after 10 s; dialing its other address", ai.ID, len(used), used)
+		for _, a := range ai.Addrs {
+			if slices.ContainsFunc(used, a.Equal) {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), benchSetupTimeout)
+			_, err := n.Swarm().DialPath(ctx, ai.ID, a)
+			cancel()
+			if err != nil {
+				b.Fatalf("DialPath %s %s: %v", ai.ID, a, err)
+			}
+		}
+	}
+	for _, ai := range peers {
+		benchWaitPaths(b, n, ai.ID, 2, nil)
+	}
+	return len(missing)
+}
+
+// ---------------------------------------------------------------------------
+// BenchmarkStreamOpen
+
+// benchLazyStream does what go-libp2p's basic host does with a stream whose
+// protocol is known to be supported: multistream-select lazily, the
+// proposal sent with the first write (basichost's streamWrapper).
+type benchLazyStream struct {
+	network.Stream
+	rw io.ReadWriteCloser
+}
+
+func benchNewLazyStream(s network.Stream) (*benchLazyStream, error) {
+	if err := s.SetProtocol(benchEchoProto); err != nil {
+		_ = s.Reset()
+		return nil, err
+	}
+	return &benchLazyStream{Stream: s, rw: msmux.NewMSSelect(s, benchEchoProto)}, nil
+}
+
+func (s *benchLazyStream) Read(p []byte) (int, error)  { return s.rw.Read(p) }
+func (s *benchLazyStream) Write(p []byte) (int, error) { return s.rw.Write(p) }
+func (s *benchLazyStream) Close() error {
+	_ = s.Stream.SetReadDeadline(time.Now().Add(basichost.DefaultNegotiationTimeout))
+	return s.rw.Close()
+}
+
+// benchRoundTrip writes one byte, reads it back and closes the stream.
+func benchRoundTrip(s network.Stream, buf []byte) error {
+	if _, err := s.Write(buf[:1]); err != nil {
+		_ = s.Reset()
+		return err
+	}
+	if _, err := io.ReadFull(s, buf[1:2]); err != nil {
+		_ = s.Reset()
+		return err
+	}
+	return s.Close()
+}
+
+// BenchmarkStreamOpen measures what the path selector adds to opening a
+// stream. Setup: server listening on 127.0.0.1 and 127.0.0.2 with an echo
+// protocol; client with two paths to it (Swarm().DialPath to both
+// addresses, default multipath config). Each iteration opens a stream,
+// writes 1 byte, reads the 1-byte echo and closes the stream.
+//
+//   - "selector" (realmnet): client.Host().NewStream(ctx, server, proto) —
+//     the basic host over swarm.NewStream, which asks the multipath manager
+//     (StrategyBest) for the path; lazy multistream-select.
+//   - "swarm": client.Swarm().NewStream (selector) plus the same protocol
+//     work as "direct", without the basic host: isolates the selector.
+//   - "direct" (reference): NewStream on a fixed connection (the one the
+//     manager selects), SetProtocol and multistream's lazy
+//     msmux.NewMSSelect, wrapped exactly like the basic host's
+//     streamWrapper, so both sides do the same protocol work.
+//   - "selectpath": Multipath().SelectPath(server, its 2 connections)
+//     alone, the manager's share of "selector" and "swarm".
+//   - "paired": one "selector" and one "direct" stream per iteration, in
+//     alternating order, timed separately ("selector-ns", "direct-ns",
+//     "selector/direct"): the ratio without the drift between sequential
+//     sub-benchmarks on a shared machine.
+//
+// A last "ratio" line reports selector/direct, swarm/direct and
+// (direct+selectpath)/direct of the latest sequential sub-benchmarks'
+// ns/op. Target: selector/direct ≤ 1.05. Run with -benchtime 2s or more;
+// with 20x the numbers are noise.
+func BenchmarkStreamOpen(b *testing.B) {
+	server := benchNewNode(b, node.ListenAddrs(benchListen1, benchListen2), node.DHTMode(node.DHTClient))
+	server.SetStreamHandler(benchEchoProto, benchEchoHandler)
+	client := benchNewNode(b, node.ListenAddrs(benchListen1), node.DHTMode(node.DHTClient),
+		node.Multipath(multipath.Config{DesiredPaths: 2}))
+	sid := server.ID()
+	ctx, cancel := context.WithTimeout(context.Background(), benchSetupTimeout)
+	defer cancel()
+	for _, a := range server.Swarm().ListenAddresses() {
+		if _, err := client.Swarm().DialPath(ctx, sid, a); err != nil {
+			b.Fatalf("DialPath %s: %v", a, err)
+		}
+	}
+	benchWaitPaths(b, client, sid, 2, nil)
+	sel, ok := client.Multipath().Selected(sid)
+	if !ok {
+		b.Fatal("no selected path")
+	}
+	var fixed network.Conn
+	for _, c := range client.Swarm().ConnsToPeer(sid) {
+		if c.ID() == sel.ConnID {
+			fixed = c
+		}
+	}
+	if fixed == nil {
+		b.Fatalf("selected connection %s not in the swarm", sel.ConnID)
+	}
+
+	opens := map[string]func(context.Context) (network.Stream, error){
+		"selector": func(ctx context.Context) (network.Stream, error) {
+			return client.Host().NewStream(ctx, sid, benchEchoProto)
+		},
+		"swarm": func(ctx context.Context) (network.Stream, error) {
+			s, err := client.Swarm().NewStream(ctx, sid)
+			if err != nil {
+				return nil, err
+			}
+			return benchNewLazyStream(s)
+		},
+		"direct": func(ctx context.Context) (network.Stream, error) {
+			s, err := fixed.NewStream(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return benchNewLazyStream(s)
+		},
+	}
+	once := func(name string, buf []byte) error {
+		s, err := opens[name](context.Background())
+		if err != nil {
+			return err
+		}
+		return benchRoundTrip(s, buf)
+	}
+	// Warm up (identify done, buffers allocated, busy heartbeats).
+	buf := []byte{42, 0}
+	for range 200 {
+		for _, name := range []string{"selector", "swarm", "direct"} {
+			if err := once(name, buf); err != nil {
+				b.Fatalf("%s: %v", name, err)
+			}
+		}
+	}
+
+	nsPerOp := map[string]float64{}
+	for _, name := range []string{"selector", "swarm", "direct"} {
+		b.Run(name, func(b *testing.B) {
+			buf := []byte{42, 0}
+			for b.Loop() {
+				if err := once(name, buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+			nsPerOp[name] = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+		})
+	}
+	b.Run("selectpath", func(b *testing.B) {
+		conns := client.Swarm().ConnsToPeer(sid)
+		for b.Loop() {
+			if client.Multipath().SelectPath(sid, conns) == nil {
+				b.Fatal("no path selected")
+			}
+		}
+		nsPerOp["selectpath"] = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	})
+	b.Run("paired", func(b *testing.B) {
+		buf := []byte{42, 0}
+		var tSel, tDir time.Duration
+		i := 0
+		for b.Loop() {
+			order := [2]string{"selector", "direct"}
+			if i%2 == 1 {
+				order = [2]string{"direct", "selector"}
+			}
+			i++
+			for _, name := range order {
+				start := time.Now()
+				if err := once(name, buf); err != nil {
+					b.Fatal(err)
+				}
+				if name == "selector" {
+					tSel += time.Since(start)
+				} else {
+					tDir += time.Since(start)
+				}
+			}
+		}
+		b.ReportMetric(float64(tSel.Nanoseconds())/float64(b.N), "selector-ns")
+		b.ReportMetric(float64(tDir.Nanoseconds())/float64(b.N), "direct-ns")
+		b.ReportMetric(float64(tSel)/float64(tDir), "selector/direct")
+	})
+	// "ratio" measures nothing: it reports the ratios of the latest
+	// sequential sub-benchmarks' ns/op (a parent benchmark's own metrics
+	// and logs are not printed without -v).
+	b.Run("ratio", func(b *testing.B) {
+		b.ReportMetric(0, "ns/op")
+		if nsPerOp["direct"] > 0 {
+			b.ReportMetric(nsPerOp["selector"]/nsPerOp["direct"], "selector/direct")
+			b.ReportMetric(nsPerOp["swarm"]/nsPerOp["direct"], "swarm/direct")
+			b.ReportMetric((nsPerOp["direct"]+nsPerOp["selectpath"])/nsPerOp["direct"], "(direct+selectpath)/direct")
+		}
+	})
+}
