@@ -30,6 +30,7 @@ const newStreamTimeout = 15 * time.Second
 // it can be used as a map key. All methods are safe for concurrent use.
 type Conn struct {
 	id        uint64
+	idString  string // ID(), computed once
 	swarm     *Swarm
 	conn      transport.CapableConn
 	direction network.Direction
@@ -52,9 +53,11 @@ var _ network.Conn = (*Conn)(nil)
 
 // ID returns a unique, stable identifier: the last six characters of the
 // remote peer ID and the swarm-wide connection number, e.g. "bUVgy6-7".
-func (c *Conn) ID() string {
-	p := c.RemotePeer().String()
-	return fmt.Sprintf("%s-%d", p[max(0, len(p)-6):], c.id)
+func (c *Conn) ID() string { return c.idString }
+
+func connID(p peer.ID, n uint64) string {
+	s := p.String()
+	return fmt.Sprintf("%s-%d", s[max(0, len(s)-6):], n)
 }
 
 // String describes the connection for logs.

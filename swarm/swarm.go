@@ -402,8 +402,10 @@ func (s *Swarm) InterfaceListenAddresses() ([]ma.Multiaddr, error) {
 // inbound stream loop.
 func (s *Swarm) addConn(tc transport.CapableConn, dir network.Direction) (*Conn, error) {
 	p := tc.RemotePeer()
+	n := s.nextConnID.Add(1)
 	c := &Conn{
-		id:        s.nextConnID.Add(1),
+		id:        n,
+		idString:  connID(p, n),
 		swarm:     s,
 		conn:      tc,
 		direction: dir,
