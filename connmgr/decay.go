@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/connmgr"
@@ -31,9 +32,12 @@ type decayingTag struct {
 	decayFn  connmgr.DecayFn
 	bumpFn   connmgr.BumpFn
 
-	// guarded by d.mu
-	nextVisit time.Time
-	closed    bool
+	// closed is set by Close before it clears the peers' values; Bump and
+	// Remove check it under the segment lock, so a racing Bump cannot
+	// re-insert a value after Close has passed its segment.
+	closed atomic.Bool
+
+	nextVisit time.Time // guarded by d.mu
 }
 
 var _ connmgr.DecayingTag = (*decayingTag)(nil)
@@ -46,8 +50,11 @@ func newDecayer(m *Manager) *decayer {
 // An interval below DecayResolution is raised to it. Errors: a tag of that
 // name exists; a nil function; a non-positive interval.
 func (m *Manager) RegisterDecayingTag(name string, interval time.Duration, decayFn connmgr.DecayFn, bumpFn connmgr.BumpFn) (connmgr.DecayingTag, error) {
-	if decayFn == nil || bumpFn == nil {
-		return nil, fmt.Errorf("connmgr: decaying tag %q needs a decay and a bump function", name)
+	if decayFn == nil {
+		return nil, fmt.Errorf("connmgr: decaying tag %q: decay function is nil", name)
+	}
+	if bumpFn == nil {
+		return nil, fmt.Errorf("connmgr: decaying tag %q: bump function is nil", name)
 	}
 	if interval <= 0 {
 		return nil, fmt.Errorf("connmgr: decaying tag %q: interval must be > 0, got %s", name, interval)
@@ -122,22 +129,16 @@ func (t *decayingTag) Name() string { return t.name }
 // Interval returns the effective decay interval.
 func (t *decayingTag) Interval() time.Duration { return t.interval }
 
-func (t *decayingTag) isClosed() bool {
-	t.d.mu.Lock()
-	defer t.d.mu.Unlock()
-	return t.closed
-}
-
 // Bump applies the bump function to p's value of this tag, creating it at 0
 // first. It returns ErrTagClosed after Close.
 func (t *decayingTag) Bump(p peer.ID, delta int) error {
-	if t.isClosed() {
-		return ErrTagClosed
-	}
 	m := t.d.m
 	s := m.segment(p)
 	s.Lock()
 	defer s.Unlock()
+	if t.closed.Load() {
+		return ErrTagClosed
+	}
 	pi := m.entry(s, p)
 	v := pi.decaying[t]
 	if v == nil {
@@ -153,13 +154,13 @@ func (t *decayingTag) Bump(p peer.ID, delta int) error {
 
 // Remove removes the tag from p. It returns ErrTagClosed after Close.
 func (t *decayingTag) Remove(p peer.ID) error {
-	if t.isClosed() {
-		return ErrTagClosed
-	}
 	m := t.d.m
 	s := m.segment(p)
 	s.Lock()
 	defer s.Unlock()
+	if t.closed.Load() {
+		return ErrTagClosed
+	}
 	if pi := s.peers[p]; pi != nil {
 		if v := pi.decaying[t]; v != nil {
 			pi.value -= v.Value
@@ -171,12 +172,10 @@ func (t *decayingTag) Remove(p peer.ID) error {
 
 // Close unregisters the tag and removes it from every peer. Idempotent.
 func (t *decayingTag) Close() error {
-	t.d.mu.Lock()
-	if t.closed {
-		t.d.mu.Unlock()
+	if t.closed.Swap(true) {
 		return nil
 	}
-	t.closed = true
+	t.d.mu.Lock()
 	delete(t.d.tags, t.name)
 	t.d.mu.Unlock()
 	m := t.d.m

@@ -33,10 +33,11 @@ import (
 
 var log = logging.Logger("realmnet/connmgr")
 
-// PathSelector says which of a peer's connections is its selected path; the
-// multipath manager implements it (so does the swarm's selector).
+// PathSelector says which of a peer's connections is its selected path,
+// without side effects (it is asked during trims, under the trim lock); the
+// multipath manager implements it. nil means "no opinion".
 type PathSelector interface {
-	SelectPath(p peer.ID, conns []network.Conn) network.Conn
+	SelectedPath(p peer.ID, conns []network.Conn) network.Conn
 }
 
 // segmentCount is the number of lock shards of the peer table (go-libp2p's
@@ -101,10 +102,13 @@ type Manager struct {
 
 	global, unassigned atomic.Int64
 
-	// trimMu serialises trims; trimBuffer and keyBuffer are reused by them.
+	// trimMu serialises trims; trimBuffer and keyBuffer are reused by them,
+	// trimEvents collects their events, emitted by unlockTrim.
 	trimMu     sync.Mutex
 	trimBuffer []candidate
 	keyBuffer  []sortKey
+	trimEvents []EvtConnTrimmed
+	fullTrims  atomic.Uint64 // TrimOpenConns runs, for coalescing
 	trimCount  atomic.Uint64
 	lastTrim   atomic.Int64 // unix nanoseconds
 
@@ -316,13 +320,15 @@ func (m *Manager) IsProtected(p peer.ID, tag string) bool {
 	return ok
 }
 
-// CheckLimit returns an error naming both numbers when the global HighWater
-// exceeds the resource manager's system connection limit (go-libp2p issue
-// #1640: the resource manager would refuse connections the manager still
-// wants).
+// CheckLimit returns an error naming the numbers when the pool's ceiling
+// (HighWater + 10 %, the most connections it admits) exceeds the resource
+// manager's system connection limit (go-libp2p issue #1640: the resource
+// manager would refuse connections the manager still wants, protected peers
+// included).
 func (m *Manager) CheckLimit(l connmgr.GetConnLimiter) error {
-	if limit := l.GetConnLimit(); m.cfg.HighWater > limit {
-		return fmt.Errorf("connmgr: HighWater %d exceeds the resource manager's system connection limit %d", m.cfg.HighWater, limit)
+	if limit := l.GetConnLimit(); m.cfg.ceiling() > limit {
+		return fmt.Errorf("connmgr: HighWater %d (ceiling %d) exceeds the resource manager's system connection limit %d",
+			m.cfg.HighWater, m.cfg.ceiling(), limit)
 	}
 	return nil
 }
@@ -339,6 +345,12 @@ func (m *Manager) CheckLimit(l connmgr.GetConnLimiter) error {
 // connections, or c was the cheapest connection. Calling it twice for one
 // connection is harmless.
 func (m *Manager) AdmitConn(c network.Conn) bool {
+	switch m.precheck(c) {
+	case alreadyKnown:
+		return true
+	case refused:
+		return false
+	}
 	for {
 		cur := m.global.Load()
 		if int(cur) < m.cfg.ceiling() {
@@ -356,6 +368,27 @@ func (m *Manager) AdmitConn(c network.Conn) bool {
 		}
 		return m.admitAtCeiling(c)
 	}
+}
+
+// precheck tells, before any count moves, whether c is known already or
+// its peer is full (MaxConnsPerPeer); admitted means "go on". The checks are
+// repeated under the same lock by account.
+func (m *Manager) precheck(c network.Conn) accountResult {
+	p := c.RemotePeer()
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := s.peers[p]
+	switch {
+	case pi == nil:
+		return admitted
+	case pi.find(c) >= 0:
+		return alreadyKnown
+	case len(pi.conns) >= m.cfg.MaxConnsPerPeer:
+		m.stats.refused.Add(1)
+		return refused
+	}
+	return admitted
 }
 
 // accountResult says what account did.
@@ -391,7 +424,7 @@ func (m *Manager) admitAtCeiling(c network.Conn) bool {
 		}
 		res := m.trimLocked(scopeGlobal, nil, int(cur)-m.cfg.ceiling()+1, true, ReasonCeiling, c)
 		if res.newcomer {
-			m.trimMu.Unlock()
+			m.unlockTrim()
 			m.stats.refused.Add(1)
 			return false
 		}
@@ -404,7 +437,7 @@ func (m *Manager) admitAtCeiling(c network.Conn) bool {
 	if added != admitted {
 		m.global.Add(-1)
 	}
-	m.trimMu.Unlock()
+	m.unlockTrim()
 	if over {
 		m.triggerTrim()
 	}
@@ -591,8 +624,8 @@ func (m *Manager) UnassignRealm(p peer.ID, r RealmID) {
 		pi.realms = slices.Delete(slices.Clone(pi.realms), i, i+1)
 		n := int64(len(pi.conns))
 		rp.count.Add(-n)
-		if len(pi.realms) == 0 {
-			m.unassigned.Add(n)
+		if len(pi.realms) == 0 && m.unassigned.Add(n) > int64(m.cfg.Unassigned.HighWater) {
+			m.triggerTrim()
 		}
 	})
 }
@@ -632,7 +665,7 @@ func (m *Manager) Connection(p peer.ID) network.Conn {
 // selected asks the path selector; without one, the newest connection.
 func (m *Manager) selected(p peer.ID, conns []network.Conn) network.Conn {
 	if sel := m.selector.Load(); sel != nil {
-		if c := (*sel).SelectPath(p, conns); c != nil {
+		if c := (*sel).SelectedPath(p, conns); c != nil {
 			return c
 		}
 	}
@@ -695,5 +728,20 @@ func (m *Manager) triggerTrim() {
 	select {
 	case m.trigger <- struct{}{}:
 	default:
+	}
+}
+
+// unlockTrim releases trimMu, then emits the events the trims collected:
+// an event bus subscriber that is slow, or that reacts by connecting, must
+// not stall admissions and trims.
+func (m *Manager) unlockTrim() {
+	events := m.trimEvents
+	m.trimEvents = nil
+	m.trimMu.Unlock()
+	if m.emitter == nil {
+		return
+	}
+	for _, e := range events {
+		_ = m.emitter.Emit(e)
 	}
 }

@@ -157,7 +157,9 @@ func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace 
 			slices.SortFunc(keys[head:], compare) // rarely: reservations skipped many
 		}
 		c := &cands[keys[i].index]
-		if !m.reservationAllows(c.realms, target, pending) {
+		// The newcomer is not counted in its realms yet: refusing it
+		// takes no realm below its reservation.
+		if c.conn != newcomer && !m.reservationAllows(c.realms, target, pending) {
 			continue
 		}
 		for _, rp := range c.realms {
@@ -181,7 +183,7 @@ func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace 
 		m.stats.closed(reason)
 		_ = v.conn.CloseWithError(network.ConnGarbageCollected)
 		if m.emitter != nil {
-			_ = m.emitter.Emit(EvtConnTrimmed{Peer: v.conn.RemotePeer(), ConnID: v.conn.ID(), Pool: poolName(sc, target), Reason: reason})
+			m.trimEvents = append(m.trimEvents, EvtConnTrimmed{Peer: v.conn.RemotePeer(), ConnID: v.conn.ID(), Pool: poolName(sc, target), Reason: reason})
 		}
 	}
 	clear(cands) // drop the references to connections
@@ -367,14 +369,6 @@ func (m *Manager) snapshot(sc scope, target *realmPool, now time.Time, newcomer 
 	return cands
 }
 
-func (m *Manager) hasEntry(p peer.ID) bool {
-	s := m.segment(p)
-	s.Lock()
-	defer s.Unlock()
-	_, ok := s.peers[p]
-	return ok
-}
-
 func inScope(sc scope, target *realmPool, realms []*realmPool) bool {
 	switch sc {
 	case scopeUnassigned:
@@ -417,14 +411,15 @@ func (m *Manager) needGlobal() int { return int(m.global.Load()) - m.cfg.LowWate
 // global pool down to LowWater, at once. Concurrent calls coalesce: a call
 // that waited for a running trim does not trim again.
 func (m *Manager) TrimOpenConns(_ context.Context) {
-	before := m.trimCount.Load()
+	before := m.fullTrims.Load()
 	m.trimMu.Lock()
-	defer m.trimMu.Unlock()
-	if m.trimCount.Load() != before {
-		return
+	defer m.unlockTrim()
+	if m.fullTrims.Load() != before {
+		return // a full trim ran while this call waited
 	}
 	m.trimPoolsLocked(true)
 	m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, ReasonGlobal, nil)
+	m.fullTrims.Add(1)
 }
 
 // TrimConnections closes up to n connections in victim order (protected
@@ -435,7 +430,7 @@ func (m *Manager) TrimConnections(ctx context.Context, n int) (int, error) {
 		return 0, err
 	}
 	m.trimMu.Lock()
-	defer m.trimMu.Unlock()
+	defer m.unlockTrim()
 	return m.trimLocked(scopeGlobal, nil, n, false, ReasonManual, nil).closed, nil
 }
 
@@ -484,11 +479,11 @@ func (m *Manager) background() {
 			if int(m.global.Load()) >= m.cfg.HighWater {
 				m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, ReasonGlobal, nil)
 			}
-			m.trimMu.Unlock()
+			m.unlockTrim()
 		case <-m.trigger:
 			m.trimMu.Lock()
 			m.trimPoolsLocked(false)
-			m.trimMu.Unlock()
+			m.unlockTrim()
 		}
 	}
 }

@@ -60,6 +60,12 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 		if pa.conn.IsClosed() {
 			return
 		}
+		// go-libp2p's ping handler ends a stream after 30 s: rotate ours
+		// before that, so no probe is lost to it.
+		if stream != nil && time.Since(stream.opened) > heartbeatStreamLifetime {
+			_ = stream.Close()
+			stream = nil
+		}
 		if stream == nil {
 			var err error
 			if stream, err = m.openHeartbeatStream(pa); err != nil {
@@ -80,14 +86,27 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 			return
 		}
 		if err != nil {
-			// The peer's ping handler ends its streams after 30 s, and a
-			// stream may be reset: open a new one and probe again soon.
-			// Only the missing answers, by time, make a path dead.
+			var unsupported msmux.ErrNotSupported[protocol.ID]
+			if errors.As(err, &unsupported) {
+				// The peer does not speak ping: without heartbeats the
+				// path counts as healthy while QUIC keeps it open.
+				m.withoutHeartbeat(p, pa)
+				return
+			}
+			// A stream that worked and ended (reset, or the peer's limit)
+			// is replaced at once; one that never answered is retried
+			// after the busy interval. Only the missing answers, by time,
+			// make a path dead.
+			answeredBefore := stream.answered
 			_ = stream.Reset()
 			stream = nil
-			next = time.Now().Add(min(m.busyInterval(pa), m.cfg.HeartbeatInterval))
+			next = time.Now()
+			if !answeredBefore {
+				next = next.Add(min(m.busyInterval(pa), m.cfg.HeartbeatInterval))
+			}
 			continue
 		}
+		stream.answered = true
 		m.answered(p, pa, rtt)
 		next = start.Add(m.probeInterval(pa))
 	}
@@ -100,8 +119,14 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 // even while a new stream is being set up.
 type heartbeatStream struct {
 	network.Stream
-	rw io.ReadWriteCloser
+	rw       io.ReadWriteCloser
+	opened   time.Time
+	answered bool // at least one probe answered on this stream
 }
+
+// heartbeatStreamLifetime is how long a heartbeat stream is used before it
+// is replaced: under go-libp2p's ping handler limit of 30 s per stream.
+const heartbeatStreamLifetime = 25 * time.Second
 
 func (s *heartbeatStream) Read(b []byte) (int, error)  { return s.rw.Read(b) }
 func (s *heartbeatStream) Write(b []byte) (int, error) { return s.rw.Write(b) }
@@ -150,7 +175,7 @@ func (m *Manager) openHeartbeatStream(pa *path) (*heartbeatStream, error) {
 		_ = s.Reset()
 		return nil, err
 	}
-	return &heartbeatStream{Stream: s, rw: msmux.NewMSSelect(s, protocol.ID(ping.ID))}, nil
+	return &heartbeatStream{Stream: s, rw: msmux.NewMSSelect(s, protocol.ID(ping.ID)), opened: time.Now()}, nil
 }
 
 // busyInterval is max(4×SRTT, 200 ms): the probe period of a path that
@@ -191,6 +216,22 @@ func (m *Manager) answered(p peer.ID, pa *path, rtt time.Duration) {
 	}
 }
 
+// withoutHeartbeat marks a path whose peer does not answer pings healthy
+// for good: its liveness is left to QUIC (idle timeout, keep-alives).
+func (m *Manager) withoutHeartbeat(p peer.ID, pa *path) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || pa.state == StateDead {
+		return
+	}
+	log.Debugw("peer does not answer heartbeats; path kept on QUIC liveness", "peer", p, "conn", pa.conn.ID())
+	pa.state = StateStandby
+	pa.lastAnswer = time.Now()
+	if pp := m.peers[p]; pp != nil {
+		m.rerank(p, pp, "heartbeat")
+	}
+}
+
 // degraded takes a path whose probe is overdue out of selection.
 func (m *Manager) degraded(p peer.ID, pa *path) {
 	m.mu.Lock()
@@ -213,9 +254,14 @@ func (m *Manager) pathDead(p peer.ID, pa *path) {
 		m.mu.Unlock()
 		return
 	}
+	validated := pa.state != StateValidating
 	pa.state = StateDead
 	silent := time.Since(pa.lastAnswer)
 	if pp := m.peers[p]; pp != nil {
+		if !validated && pa.conn.Stat().Direction == network.DirOutbound {
+			// Never answered: do not redial this address at once.
+			pp.failedAddrs[string(pa.conn.RemoteMultiaddr().Bytes())] = time.Now()
+		}
 		m.rerank(p, pp, "path dead")
 	}
 	m.events.push(EvtPathDead{Peer: p, ConnID: pa.conn.ID(), SilentFor: silent})
@@ -261,6 +307,13 @@ func (m *Manager) discover(p peer.ID) {
 			return
 		}
 		pp.discovering = false
+		if len(pp.paths) == 0 && pp.strategy == "" {
+			if pp.retry != nil {
+				pp.retry.Stop()
+			}
+			delete(m.peers, p)
+			return
+		}
 		if !retryAt.IsZero() && !m.closed && len(pp.ranked) < m.cfg.DesiredPaths {
 			if pp.retry != nil {
 				pp.retry.Stop()

@@ -110,8 +110,11 @@ var _ network.Notifiee = (*Manager)(nil)
 // addresses are known and standby paths are dialed). It returns an error
 // naming a bad Config field.
 func New(d Dialer, bus event.Bus, cfg Config) (*Manager, error) {
-	if d == nil || bus == nil {
-		return nil, errors.New("multipath: New needs a Dialer and an event bus")
+	if d == nil {
+		return nil, errors.New("multipath: New: Dialer is nil")
+	}
+	if bus == nil {
+		return nil, errors.New("multipath: New: event bus is nil")
 	}
 	cfg, err := cfg.WithDefaults()
 	if err != nil {
@@ -235,6 +238,19 @@ func (m *Manager) Selected(p peer.ID) (PathInfo, bool) {
 		return PathInfo{}, false
 	}
 	return pp.selected.info(true), true
+}
+
+// SelectedPath returns, among conns, the connection of p's selected path
+// (StrategyBest's choice), or nil. Unlike SelectPath it has no side effects:
+// it does not advance round-robin or wake heartbeats. The connection manager
+// asks it which paths are redundant.
+func (m *Manager) SelectedPath(p peer.ID, conns []network.Conn) network.Conn {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if pp := m.peers[p]; pp != nil && pp.selected != nil && slices.Contains(conns, pp.selected.conn) {
+		return pp.selected.conn
+	}
+	return nil
 }
 
 // SelectPath implements swarm.PathSelector: it returns, among conns, the

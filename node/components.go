@@ -212,7 +212,9 @@ func newSwarm(p swarmParams) (*swarm.Swarm, error) {
 }
 
 // newMultipath is the path manager, installed as the swarm's path selector
-// and notifiee before anything connects. It stops before the swarm closes.
+// and notifiee before anything connects. Its stop hook runs after the host's
+// (which closes the swarm): by then every path is gone, and its goroutines
+// only wait to be stopped.
 func newMultipath(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, bus event.Bus, pools *connmgr.Manager) (*multipath.Manager, error) {
 	m, err := multipath.New(s, bus, cfg.multipath)
 	if err != nil {

@@ -40,6 +40,7 @@ type Conn struct {
 
 	mu      sync.Mutex
 	streams map[*Stream]struct{} // nil once the connection is closed
+	closing bool                 // set first thing by doClose
 
 	closeOnce sync.Once
 	closeErr  error
@@ -136,25 +137,29 @@ func (c *Conn) CloseWithError(code network.ConnErrorCode) error {
 }
 
 func (c *Conn) doClose(code network.ConnErrorCode) error {
-	c.swarm.removeConn(c)
-
 	c.mu.Lock()
+	c.closing = true
 	streams := c.streams
 	c.streams = nil
 	c.mu.Unlock()
+	// A connection closed while it was being admitted was never
+	// registered: addConn sees closing and drops it; no notification.
+	registered := c.swarm.removeConn(c)
 
 	err := c.conn.CloseWithError(code)
 	for s := range streams {
 		_ = s.Reset()
 	}
-	// Disconnected runs on its own goroutine, so Close can be called from a
-	// notifiee or a stream handler without deadlocking. The swarm's refs
-	// count that goroutine: addConn took the reference for it.
-	go func() {
-		defer c.swarm.refs.Done()
-		<-c.notified
-		c.swarm.notifyAll(func(n network.Notifiee) { n.Disconnected(c.swarm, c) })
-	}()
+	if registered {
+		// Disconnected runs on its own goroutine, so Close can be called
+		// from a notifiee or a stream handler without deadlocking. The
+		// swarm's refs count that goroutine: addConn took the reference.
+		go func() {
+			defer c.swarm.refs.Done()
+			<-c.notified
+			c.swarm.notifyAll(func(n network.Notifiee) { n.Disconnected(c.swarm, c) })
+		}()
+	}
 	return err
 }
 
@@ -242,10 +247,9 @@ func (c *Conn) acceptStreams() {
 			_ = s.ResetWithError(network.StreamProtocolNegotiationFailed)
 			continue
 		}
-		c.swarm.refs.Add(1)
-		go func() {
-			defer c.swarm.refs.Done()
-			handler(s)
-		}()
+		// Like go-libp2p's swarm, Close does not wait for handlers (a
+		// handler may itself close the node); their stop signal is their
+		// stream, which Close resets.
+		go handler(s)
 	}
 }

@@ -120,7 +120,9 @@ func (s *Swarm) joinDial(ctx context.Context, p peer.ID) (*activeDial, error) {
 		defer cancel()
 		conn, err := s.dialWithRetry(dctx, p)
 		s.mu.Lock()
-		delete(s.dials, p)
+		if s.dials[p] == ad {
+			delete(s.dials, p)
+		}
 		s.mu.Unlock()
 		ad.conn, ad.err = conn, err
 		close(ad.done)
@@ -128,13 +130,18 @@ func (s *Swarm) joinDial(ctx context.Context, p peer.ID) (*activeDial, error) {
 	return ad, nil
 }
 
-// leaveDial drops one waiter; the last one to leave cancels the dial.
+// leaveDial drops one waiter; the last one to leave cancels the dial and
+// takes it out of the table, so that a later caller starts a new dial rather
+// than joining a cancelled one.
 func (s *Swarm) leaveDial(p peer.ID, ad *activeDial) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ad.waiters--
 	if ad.waiters == 0 {
 		ad.cancel()
+		if s.dials[p] == ad {
+			delete(s.dials, p)
+		}
 	}
 }
 

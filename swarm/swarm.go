@@ -130,8 +130,10 @@ type Swarm struct {
 	nextConnID   atomic.Uint64
 	nextStreamID atomic.Uint64
 
-	// refs counts every goroutine and every live connection (whose
-	// Disconnected goroutine releases it). Close waits for it to drain.
+	// refs counts every goroutine the swarm runs and every live connection
+	// (whose Disconnected goroutine releases it); not the inbound stream
+	// handlers, which end when Close resets their streams. Close waits for
+	// it to drain.
 	refs      sync.WaitGroup
 	closeOnce sync.Once
 }
@@ -430,10 +432,20 @@ func (s *Swarm) addConn(tc transport.CapableConn, dir network.Direction) (*Conn,
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		_ = tc.CloseWithError(network.ConnShutdown)
+		_ = c.CloseWithError(network.ConnShutdown)
 		return nil, ErrSwarmClosed
 	}
-	c.streams = make(map[*Stream]struct{})
+	c.mu.Lock()
+	closing := c.closing
+	if !closing {
+		c.streams = make(map[*Stream]struct{})
+	}
+	c.mu.Unlock()
+	if closing {
+		// Closed while it was admitted (a trim at the ceiling chose it).
+		s.mu.Unlock()
+		return nil, fmt.Errorf("swarm: connection to %s at %s closed while being admitted: %w", p, tc.RemoteMultiaddr(), ErrConnClosed)
+	}
 	s.conns[p] = append(s.conns[p], c)
 	delete(s.backoffs, p)
 	// One reference for the stream loop, one for the Disconnected
@@ -448,17 +460,18 @@ func (s *Swarm) addConn(tc transport.CapableConn, dir network.Direction) (*Conn,
 	return c, nil
 }
 
-// removeConn forgets c; called once, from Conn.doClose.
-func (s *Swarm) removeConn(c *Conn) {
+// removeConn forgets c and reports whether it was registered; called once,
+// from Conn.doClose.
+func (s *Swarm) removeConn(c *Conn) bool {
 	p := c.RemotePeer()
 	s.mu.Lock()
 	cs := s.conns[p]
-	for i, x := range cs {
-		if x == c {
-			cs = append(cs[:i:i], cs[i+1:]...)
-			break
-		}
+	i := slices.Index(cs, c)
+	if i < 0 {
+		s.mu.Unlock()
+		return false
 	}
+	cs = slices.Delete(slices.Clone(cs), i, i+1)
 	if len(cs) == 0 {
 		delete(s.conns, p)
 	} else {
@@ -466,6 +479,7 @@ func (s *Swarm) removeConn(c *Conn) {
 	}
 	s.mu.Unlock()
 	s.connectedness.update(p)
+	return true
 }
 
 // Close closes the listeners and every connection (code
