@@ -41,10 +41,10 @@ type benchConn struct {
 var (
 	_ network.Conn = (*benchConn)(nil)
 
-	benchLocalAddr  = ma.StringCast("/ip4/127.0.0.1/udp/4001/quic-v1")
-	benchRemoteAddr = ma.StringCast("/ip4/192.0.2.1/udp/4001/quic-v1")
-	benchConnIDs    atomic.Uint64
-	benchErrNoStrm  = errors.New("bench: fake conn has no streams")
+	benchLocalAddr    = ma.StringCast("/ip4/127.0.0.1/udp/4001/quic-v1")
+	benchRemoteAddr   = ma.StringCast("/ip4/192.0.2.1/udp/4001/quic-v1")
+	benchConnIDs      atomic.Uint64
+	errBenchNoStreams = errors.New("bench: fake conn has no streams")
 )
 
 func benchNewConn(p peer.ID, dir network.Direction, opened time.Time) *benchConn {
@@ -71,7 +71,7 @@ func (c *benchConn) LocalMultiaddr() ma.Multiaddr                      { return 
 func (c *benchConn) RemoteMultiaddr() ma.Multiaddr                     { return benchRemoteAddr }
 func (c *benchConn) Scope() network.ConnScope                          { return nil }
 func (c *benchConn) ID() string                                        { return c.id }
-func (c *benchConn) NewStream(context.Context) (network.Stream, error) { return nil, benchErrNoStrm }
+func (c *benchConn) NewStream(context.Context) (network.Stream, error) { return nil, errBenchNoStreams }
 func (c *benchConn) GetStreams() []network.Stream                      { return nil }
 func (c *benchConn) As(any) bool                                       { return false }
 func (c *benchConn) Stat() network.ConnStats {

@@ -71,20 +71,6 @@ func (c *fakeConn) setOpened(t time.Time) {
 	c.mu.Unlock()
 }
 
-// setDirection sets the direction Stat reports.
-func (c *fakeConn) setDirection(d network.Direction) {
-	c.mu.Lock()
-	c.dir = d
-	c.mu.Unlock()
-}
-
-// setNumStreams sets the stream count Stat reports.
-func (c *fakeConn) setNumStreams(n int) {
-	c.mu.Lock()
-	c.numStreams = n
-	c.mu.Unlock()
-}
-
 // openStreams simulates traffic: n more streams opened (StreamsOpened).
 func (c *fakeConn) openStreams(n uint64) { c.streamsOpened.Add(n) }
 
