@@ -50,10 +50,6 @@ const pathDialTimeout = 5 * time.Second
 // failed or whose path was refused.
 const redialAfter = 30 * time.Second
 
-// refusedWithin: an outbound path closed this soon after it was added counts
-// as refused by the peer.
-const refusedWithin = 2 * time.Second
-
 // Dialer is what the manager needs of the swarm.
 type Dialer interface {
 	// DialPath opens an additional connection to p at addr.
@@ -425,7 +421,7 @@ func (m *Manager) Disconnected(_ network.Network, c network.Conn) {
 	pa := pp.paths[i]
 	pp.paths = slices.Delete(pp.paths, i, i+1)
 	pa.cancel()
-	if c.Stat().Direction == network.DirOutbound && time.Since(pa.added) < refusedWithin {
+	if c.Stat().Direction == network.DirOutbound && pa.refusedByPeer() {
 		pp.failedAddrs[string(c.RemoteMultiaddr().Bytes())] = time.Now()
 	}
 	m.rerank(p, pp, "path removed")

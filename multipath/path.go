@@ -2,6 +2,7 @@ package multipath
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -90,7 +91,6 @@ type PathInfo struct {
 // guarded by Manager.mu.
 type path struct {
 	conn    network.Conn
-	added   time.Time
 	quic    *quic.Conn // nil when the connection is not QUIC
 	ipv6    bool
 	relayed bool
@@ -118,7 +118,6 @@ func newPath(parent context.Context, c network.Conn) *path {
 	ctx, cancel := context.WithCancel(parent)
 	pa := &path{
 		conn:       c,
-		added:      time.Now(),
 		relayed:    c.Stat().Limited,
 		ctx:        ctx,
 		cancel:     cancel,
@@ -134,6 +133,22 @@ func newPath(parent context.Context, c network.Conn) *path {
 		pa.ipv6 = true
 	}
 	return pa
+}
+
+// refusedByPeer reports whether the peer closed the path because it has
+// enough paths (ErrorCodeTooManyPaths) or found it redundant
+// (ErrorCodePathRedundant): quic-go records the close as the cause of the
+// connection's context.
+func (pa *path) refusedByPeer() bool {
+	if pa.quic == nil {
+		return false
+	}
+	var appErr *quic.ApplicationError
+	if !errors.As(context.Cause(pa.quic.Context()), &appErr) || !appErr.Remote {
+		return false
+	}
+	code := network.ConnErrorCode(appErr.ErrorCode)
+	return code == ErrorCodeTooManyPaths || code == ErrorCodePathRedundant
 }
 
 // rtt is the path's round-trip estimate used for selection.
