@@ -3,8 +3,13 @@ package node
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 
+	"github.com/ipfs/go-datastore"
+	dssync "github.com/ipfs/go-datastore/sync"
+	leveldb "github.com/ipfs/go-ds-leveldb"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	libp2pconfig "github.com/libp2p/go-libp2p/config"
 	libp2pcoreconnmgr "github.com/libp2p/go-libp2p/core/connmgr"
@@ -20,7 +25,6 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoremem"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
-	"github.com/libp2p/go-libp2p/p2p/net/conngater"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
 	ma "github.com/multiformats/go-multiaddr"
@@ -29,6 +33,8 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/gater"
+	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/swarm"
 )
@@ -49,6 +55,7 @@ func components(cfg *config, key crypto.PrivKey) fx.Option {
 			newPeerstore,
 			newEventBus,
 			newResourceManager,
+			newHooks,
 			newGater,
 			newConnManager,
 			fx.Annotate(func(cm *connmgr.Manager) *connmgr.Manager { return cm }, fx.As(new(libp2pcoreconnmgr.ConnManager))),
@@ -117,14 +124,43 @@ func resourceLimits(maxPaths, highWater int) rcmgr.ConcreteLimitConfig {
 	return partial.Build(scaled)
 }
 
-// newGater is go-libp2p's BasicConnectionGater with no rules and no
-// datastore: it allows everything until the gater package replaces it.
-func newGater() (libp2pcoreconnmgr.ConnectionGater, error) {
-	g, err := conngater.NewBasicConnectionGater(nil)
+// newHooks is the hook registry, with the hooks given as options.
+func newHooks(cfg *config) (*hooks.Registry, error) {
+	r, err := hooks.NewRegistry(cfg.hookTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("node: create connection gater: %w", err)
+		return nil, fmt.Errorf("node: %w", err)
 	}
-	return g, nil
+	for _, fn := range cfg.beforeConnect {
+		r.OnBeforeConnect(fn)
+	}
+	for _, fn := range cfg.afterHandshake {
+		r.OnAfterHandshake(fn)
+	}
+	return r, nil
+}
+
+// newGater is realmnet's gater; its rules persist in DataDir/gater (LevelDB)
+// or, without a data directory, in memory.
+func newGater(lc fx.Lifecycle, cfg *config, registry *hooks.Registry) (*gater.Gater, libp2pcoreconnmgr.ConnectionGater, error) {
+	var store datastore.Batching = dssync.MutexWrap(datastore.NewMapDatastore())
+	if cfg.dataDir != "" {
+		dir := filepath.Join(cfg.dataDir, "gater")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, nil, fmt.Errorf("node: create data directory: %w", err)
+		}
+		ldb, err := leveldb.NewDatastore(dir, nil)
+		if err != nil {
+			return nil, nil, fmt.Errorf("node: open gater rules in %s: %w", dir, err)
+		}
+		store = ldb
+	}
+	g, err := gater.New(store, registry)
+	if err != nil {
+		_ = store.Close()
+		return nil, nil, err
+	}
+	lc.Append(fx.StopHook(store.Close))
+	return g, g, nil
 }
 
 // newConnManager is realmnet's layered connection manager. It fails when
@@ -289,7 +325,8 @@ func kadMode(m DHTRole) dht.ModeOpt {
 // anything starts: when listening fails, fx rolls all of them back. It
 // listens, starts the host (identify, address manager), then connects to the
 // bootstrap peers.
-func start(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT) {
+func start(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, g *gater.Gater, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT) {
+	g.SetNetwork(s)
 	lc.Append(fx.StartHook(func() error {
 		if err := s.Listen(cfg.listenAddrs...); err != nil {
 			return err

@@ -28,6 +28,8 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/gater"
+	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/swarm"
 )
@@ -44,6 +46,8 @@ type Node struct {
 	swarm *swarm.Swarm
 	paths *multipath.Manager
 	pools *connmgr.Manager
+	hooks *hooks.Registry
+	gater *gater.Gater
 	dht   *dht.IpfsDHT
 
 	closeOnce sync.Once
@@ -80,7 +84,7 @@ func New(opts ...Option) (*Node, error) {
 		components(&cfg, key),
 	}
 	fxOpts = append(fxOpts, cfg.fxOptions...)
-	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.dht))
+	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.hooks, &n.gater, &n.dht))
 	n.app = fx.New(fxOpts...)
 	if err := n.app.Err(); err != nil {
 		return nil, fmt.Errorf("node: build: %w", err)
@@ -139,6 +143,14 @@ func (n *Node) Host() host.Host { return n.host }
 // Swarm returns realmnet's swarm (the host's network.Network), for DialPath
 // and path-level access.
 func (n *Node) Swarm() *swarm.Swarm { return n.swarm }
+
+// Hooks returns the hook registry, for adding and removing BeforeConnect and
+// AfterHandshake hooks at run time.
+func (n *Node) Hooks() *hooks.Registry { return n.hooks }
+
+// Gater returns the connection gater: block and allow rules for peers,
+// addresses and subnets (persisted in DataDir), and the peer policy.
+func (n *Node) Gater() *gater.Gater { return n.gater }
 
 // ConnManager returns the connection manager: pools, tags, protection,
 // realm assignment, trims.

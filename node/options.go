@@ -11,6 +11,7 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/swarm"
 )
@@ -84,6 +85,10 @@ type config struct {
 	swarm            swarm.Config
 	multipath        multipath.Config
 	connLimits       connmgr.Config
+	dataDir          string
+	hookTimeout      time.Duration
+	beforeConnect    []hooks.BeforeConnectFunc
+	afterHandshake   []hooks.AfterHandshakeFunc
 	bootstrapTimeout time.Duration
 	fxOptions        []fx.Option
 }
@@ -279,6 +284,59 @@ func RealmDefaults(l connmgr.RealmLimits) Option {
 			return err
 		}
 		c.connLimits = full
+		return nil
+	}
+}
+
+// DataDir sets the directory where the node keeps state across restarts:
+// the gater's block and allow rules (LevelDB, in DataDir/gater). Without it
+// the rules live in memory. The directory is created when missing.
+func DataDir(path string) Option {
+	return func(c *config) error {
+		if path == "" {
+			return errors.New("node: DataDir path is empty")
+		}
+		c.dataDir = path
+		return nil
+	}
+}
+
+// BeforeConnect registers a hook run before every outbound dial (before any
+// packet is sent) and every inbound connection (before its handshake; Peer
+// empty). The first hook to return an error rejects; see package hooks.
+// More hooks can be added at run time through Node.Hooks.
+func BeforeConnect(fn hooks.BeforeConnectFunc) Option {
+	return func(c *config) error {
+		if fn == nil {
+			return errors.New("node: BeforeConnect hook is nil")
+		}
+		c.beforeConnect = append(c.beforeConnect, fn)
+		return nil
+	}
+}
+
+// AfterHandshake registers a hook run once a connection's TLS handshake has
+// proven the peer (both directions). The first hook to return an error
+// rejects; an outbound rejection reaches the dialer as an error matching
+// hooks.ErrRejected, an inbound one closes the connection.
+func AfterHandshake(fn hooks.AfterHandshakeFunc) Option {
+	return func(c *config) error {
+		if fn == nil {
+			return errors.New("node: AfterHandshake hook is nil")
+		}
+		c.afterHandshake = append(c.afterHandshake, fn)
+		return nil
+	}
+}
+
+// HookTimeout bounds each hook call; a hook that takes longer rejects.
+// Default 2 s.
+func HookTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("node: HookTimeout must be > 0, got %s", d)
+		}
+		c.hookTimeout = d
 		return nil
 	}
 }

@@ -60,8 +60,8 @@ func (s *Swarm) DialPeer(ctx context.Context, p peer.ID) (network.Conn, error) {
 	if noDial, reason := network.GetNoDial(ctx); noDial {
 		return nil, fmt.Errorf("swarm: not connected to %s and dialing is disabled (%s): %w", p, reason, network.ErrNoConn)
 	}
-	if s.gater != nil && !s.gater.InterceptPeerDial(p) {
-		return nil, fmt.Errorf("swarm: dial %s: %w", p, ErrGaterDisallowedConnection)
+	if err := s.checkPeerDial(p); err != nil {
+		return nil, fmt.Errorf("swarm: dial %s: %w", p, err)
 	}
 
 	ad, err := s.joinDial(ctx, p)
@@ -186,10 +186,20 @@ func (s *Swarm) dialWithRetry(ctx context.Context, p peer.ID) (*Conn, error) {
 	}
 }
 
-// attempted reports whether err comes from at least one address dial.
+// attempted reports whether err comes from at least one address dial that
+// reached the network (a gater refusal does not: it says nothing about the
+// peer's reachability, and its reason must reach the next caller too).
 func attempted(err error) bool {
 	var de *DialError
-	return errors.As(err, &de) && len(de.DialErrors) > 0
+	if !errors.As(err, &de) {
+		return false
+	}
+	for _, te := range de.DialErrors {
+		if !errors.Is(te.Cause, ErrGaterDisallowedConnection) {
+			return true
+		}
+	}
+	return false
 }
 
 // retryable reports whether a failed attempt may succeed if repeated: every
@@ -215,25 +225,73 @@ func transient(err error) bool {
 		errors.Is(err, syscall.EHOSTUNREACH)
 }
 
+// Optional gater methods that give the reason of a refusal (realmnet's
+// gater implements them); without them the swarm reports
+// ErrGaterDisallowedConnection.
+type (
+	peerDialChecker interface{ CheckPeerDial(p peer.ID) error }
+	addrDialChecker interface {
+		CheckAddrDial(p peer.ID, addr ma.Multiaddr) error
+	}
+	rejectionReporter interface{ TakeRejection(p peer.ID) error }
+)
+
+// checkPeerDial asks the gater whether p may be dialed.
+func (s *Swarm) checkPeerDial(p peer.ID) error {
+	if s.gater == nil {
+		return nil
+	}
+	if c, ok := s.gater.(peerDialChecker); ok {
+		if err := c.CheckPeerDial(p); err != nil {
+			return fmt.Errorf("%w: %w", ErrGaterDisallowedConnection, err)
+		}
+		return nil
+	}
+	if !s.gater.InterceptPeerDial(p) {
+		return ErrGaterDisallowedConnection
+	}
+	return nil
+}
+
+// checkAddrDial asks the gater whether addr may be dialed for p.
+func (s *Swarm) checkAddrDial(p peer.ID, addr ma.Multiaddr) error {
+	if s.gater == nil {
+		return nil
+	}
+	if c, ok := s.gater.(addrDialChecker); ok {
+		if err := c.CheckAddrDial(p, addr); err != nil {
+			return fmt.Errorf("%w: %w", ErrGaterDisallowedConnection, err)
+		}
+		return nil
+	}
+	if !s.gater.InterceptAddrDial(p, addr) {
+		return ErrGaterDisallowedConnection
+	}
+	return nil
+}
+
 // dialableAddrs returns p's addresses that QUIC can dial, that are not ours,
-// and that the gater allows.
+// and that the gater allows. When the gater refused every one, the returned
+// DialError lists each address with the gater's reason.
 func (s *Swarm) dialableAddrs(p peer.ID) ([]ma.Multiaddr, error) {
 	known := s.peers.Addrs(p)
 	if len(known) == 0 {
-		return nil, ErrNoAddresses
+		return nil, &DialError{Peer: p, Cause: ErrNoAddresses}
 	}
 	out := make([]ma.Multiaddr, 0, len(known))
+	refused := &DialError{Peer: p, Cause: ErrNoGoodAddresses}
 	for _, a := range known {
 		if !s.CanDial(p, a) {
 			continue
 		}
-		if s.gater != nil && !s.gater.InterceptAddrDial(p, a) {
+		if err := s.checkAddrDial(p, a); err != nil {
+			refused.DialErrors = append(refused.DialErrors, TransportError{Address: a, Cause: err})
 			continue
 		}
 		out = append(out, a)
 	}
 	if len(out) == 0 {
-		return nil, ErrNoGoodAddresses
+		return nil, refused
 	}
 	return out, nil
 }
@@ -252,7 +310,7 @@ type dialResult struct {
 func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
 	addrs, err := s.dialableAddrs(p)
 	if err != nil {
-		return nil, &DialError{Peer: p, Cause: err}
+		return nil, err
 	}
 	ranker := s.cfg.DialRanker
 	if simConnect, _, _ := network.GetSimultaneousConnect(ctx); simConnect {
@@ -337,6 +395,13 @@ func (s *Swarm) dialAddr(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Co
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w: %w", ctx.Err(), err)
 		}
+		// The transport's InterceptSecured says only "gated"; the gater
+		// may know why (an AfterHandshake hook's reason).
+		if r, ok := s.gater.(rejectionReporter); ok {
+			if reason := r.TakeRejection(p); reason != nil {
+				err = fmt.Errorf("%w: %w", err, reason)
+			}
+		}
 		return nil, err
 	}
 	if tc.RemotePeer() != p {
@@ -368,8 +433,11 @@ func (s *Swarm) DialPath(ctx context.Context, p peer.ID, addr ma.Multiaddr) (net
 	if !s.CanDial(p, transportAddr) {
 		return nil, fmt.Errorf("swarm: dial path to %s: cannot dial %s (not QUIC, or our own address)", p, transportAddr)
 	}
-	if s.gater != nil && (!s.gater.InterceptPeerDial(p) || !s.gater.InterceptAddrDial(p, transportAddr)) {
-		return nil, fmt.Errorf("swarm: dial path to %s at %s: %w", p, transportAddr, ErrGaterDisallowedConnection)
+	if err := s.checkPeerDial(p); err != nil {
+		return nil, fmt.Errorf("swarm: dial path to %s at %s: %w", p, transportAddr, err)
+	}
+	if err := s.checkAddrDial(p, transportAddr); err != nil {
+		return nil, fmt.Errorf("swarm: dial path to %s at %s: %w", p, transportAddr, err)
 	}
 	s.mu.RLock()
 	closed := s.closed

@@ -1,0 +1,579 @@
+// Package gater is realmnet's connection gater (go-libp2p's
+// core/connmgr.ConnectionGater): block and allow rules for peers, IP
+// addresses and subnets (IPv4 and IPv6), persisted through go-datastore; a
+// peer policy predicate (the realm package's realm-only policy); and the
+// points where the BeforeConnect and AfterHandshake hooks run.
+//
+// Rules: an allow rule wins over a block rule that covers the same peer or
+// address (block a subnet, allow one address in it). Subnets are matched
+// with a path-compressed trie (github.com/libp2p/go-cidranger), so a decision
+// does not grow with the number of subnet rules, unlike go-libp2p's
+// BasicConnectionGater, which scans them. Blocking also closes the existing
+// connections the rule covers (go-libp2p's gater does not).
+//
+// Hooks run at: InterceptAddrDial (BeforeConnect, outbound: before any packet
+// is sent), InterceptAccept (BeforeConnect, inbound: peer not known yet) and
+// InterceptSecured (AfterHandshake, both directions). The swarm asks
+// CheckPeerDial / CheckAddrDial / TakeRejection so that an outbound
+// rejection reaches the dialer as an error matching hooks.ErrRejected.
+package gater
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+	logging "github.com/ipfs/go-log/v2"
+	"github.com/libp2p/go-cidranger"
+	ic "github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+
+	"github.com/realmnet/realmnet/hooks"
+)
+
+var log = logging.Logger("realmnet/gater")
+
+// Errors for refused dials; the swarm wraps them with the peer and address.
+var (
+	// ErrPeerBlocked: a block rule covers the peer.
+	ErrPeerBlocked = errors.New("gater: peer is blocked")
+	// ErrAddrBlocked: a block rule covers the address or its subnet.
+	ErrAddrBlocked = errors.New("gater: address is blocked")
+	// ErrPeerPolicy: the peer policy (e.g. realm-only) refuses the peer.
+	ErrPeerPolicy = errors.New("gater: peer refused by policy")
+)
+
+// rejectionTTL is how long an outbound AfterHandshake rejection waits for the
+// swarm to collect it (TakeRejection) before it is dropped.
+const rejectionTTL = 30 * time.Second
+
+// datastore key prefix of the rules: /realmnet/gater/<block|allow>/<kind>/<value>.
+var rulesPrefix = datastore.NewKey("/realmnet/gater")
+
+type ruleSet struct {
+	peers   map[peer.ID]struct{}
+	ips     map[netip.Addr]struct{}
+	subnets map[netip.Prefix]struct{}
+	ranger  cidranger.Ranger
+}
+
+func newRuleSet() *ruleSet {
+	return &ruleSet{
+		peers:   make(map[peer.ID]struct{}),
+		ips:     make(map[netip.Addr]struct{}),
+		subnets: make(map[netip.Prefix]struct{}),
+		ranger:  cidranger.NewPCTrieRanger(),
+	}
+}
+
+func (r *ruleSet) coversIP(ip netip.Addr) bool {
+	if _, ok := r.ips[ip]; ok {
+		return true
+	}
+	if len(r.subnets) == 0 {
+		return false
+	}
+	ok, err := r.ranger.Contains(net.IP(ip.AsSlice()))
+	return err == nil && ok
+}
+
+// Gater implements core/connmgr.ConnectionGater. Create it with New; it is
+// safe for concurrent use.
+type Gater struct {
+	ds    datastore.Datastore
+	hooks *hooks.Registry
+
+	mu    sync.RWMutex
+	block *ruleSet
+	allow *ruleSet
+
+	network atomic.Pointer[network.Network]
+	policy  atomic.Pointer[func(peer.ID) bool]
+
+	rejectionsMu sync.Mutex
+	rejections   map[peer.ID]rejection
+}
+
+type rejection struct {
+	err error
+	at  time.Time
+}
+
+// New creates a gater whose rules persist in ds (an in-memory datastore
+// keeps them for the process only) and loads the rules ds already holds.
+// registry may be nil (no hooks). The error names a rule that cannot be
+// read.
+func New(ds datastore.Datastore, registry *hooks.Registry) (*Gater, error) {
+	if ds == nil {
+		return nil, errors.New("gater: New: datastore is nil")
+	}
+	g := &Gater{ds: ds, hooks: registry, block: newRuleSet(), allow: newRuleSet(),
+		rejections: make(map[peer.ID]rejection)}
+	if err := g.load(context.Background()); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// SetNetwork gives the gater the network whose connections it closes when a
+// block rule covers them.
+func (g *Gater) SetNetwork(n network.Network) { g.network.Store(&n) }
+
+// SetPeerPolicy installs a predicate consulted for every peer dialed and
+// every authenticated inbound peer; false refuses it (ErrPeerPolicy). The
+// realm package uses it for the realm-only policy. nil removes it.
+func (g *Gater) SetPeerPolicy(allow func(p peer.ID) bool) {
+	if allow == nil {
+		g.policy.Store(nil)
+		return
+	}
+	g.policy.Store(&allow)
+}
+
+func ruleKey(action, kind, value string) datastore.Key {
+	return rulesPrefix.ChildString(action).ChildString(kind).ChildString(url.PathEscape(value))
+}
+
+func (g *Gater) load(ctx context.Context) error {
+	res, err := g.ds.Query(ctx, query.Query{Prefix: rulesPrefix.String(), KeysOnly: true})
+	if err != nil {
+		return fmt.Errorf("gater: read rules: %w", err)
+	}
+	defer res.Close()
+	for r := range res.Next() {
+		if r.Error != nil {
+			return fmt.Errorf("gater: read rules: %w", r.Error)
+		}
+		parts := datastore.NewKey(r.Key).List() // realmnet gater <action> <kind> <value>
+		if len(parts) != 5 {
+			return fmt.Errorf("gater: rule key %q has the wrong shape", r.Key)
+		}
+		value, err := url.PathUnescape(parts[4])
+		if err != nil {
+			return fmt.Errorf("gater: rule key %q: %w", r.Key, err)
+		}
+		set := g.block
+		if parts[2] == "allow" {
+			set = g.allow
+		}
+		if err := addRule(set, parts[3], value); err != nil {
+			return fmt.Errorf("gater: rule key %q: %w", r.Key, err)
+		}
+	}
+	return nil
+}
+
+// addRule parses value for kind (peer, ip, subnet) into set.
+func addRule(set *ruleSet, kind, value string) error {
+	switch kind {
+	case "peer":
+		p, err := peer.Decode(value)
+		if err != nil {
+			return fmt.Errorf("peer ID %q: %w", value, err)
+		}
+		set.peers[p] = struct{}{}
+	case "ip":
+		ip, err := netip.ParseAddr(value)
+		if err != nil {
+			return err
+		}
+		set.ips[ip.Unmap()] = struct{}{}
+	case "subnet":
+		prefix, err := netip.ParsePrefix(value)
+		if err != nil {
+			return err
+		}
+		prefix = prefix.Masked()
+		set.subnets[prefix] = struct{}{}
+		return set.ranger.Insert(cidranger.NewBasicRangerEntry(prefixToIPNet(prefix)))
+	default:
+		return fmt.Errorf("unknown rule kind %q", kind)
+	}
+	return nil
+}
+
+func removeRule(set *ruleSet, kind, value string) error {
+	switch kind {
+	case "peer":
+		p, err := peer.Decode(value)
+		if err != nil {
+			return err
+		}
+		delete(set.peers, p)
+	case "ip":
+		ip, err := netip.ParseAddr(value)
+		if err != nil {
+			return err
+		}
+		delete(set.ips, ip.Unmap())
+	case "subnet":
+		prefix, err := netip.ParsePrefix(value)
+		if err != nil {
+			return err
+		}
+		prefix = prefix.Masked()
+		delete(set.subnets, prefix)
+		_, err = set.ranger.Remove(prefixToIPNet(prefix))
+		return err
+	}
+	return nil
+}
+
+func prefixToIPNet(p netip.Prefix) net.IPNet {
+	bits := 32
+	if p.Addr().Is6() {
+		bits = 128
+	}
+	return net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), bits)}
+}
+
+// change adds or removes one rule, in memory and in the datastore (written
+// first: a rule is never in effect without being saved).
+func (g *Gater) change(action, kind, value string, add bool) error {
+	key := ruleKey(action, kind, value)
+	ctx := context.Background()
+	var err error
+	if add {
+		err = g.ds.Put(ctx, key, nil)
+	} else {
+		err = g.ds.Delete(ctx, key)
+	}
+	if err != nil {
+		return fmt.Errorf("gater: save %s %s rule %s: %w", action, kind, value, err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	set := g.block
+	if action == "allow" {
+		set = g.allow
+	}
+	if add {
+		err = addRule(set, kind, value)
+	} else {
+		err = removeRule(set, kind, value)
+	}
+	if err != nil {
+		return fmt.Errorf("gater: %s %s rule %s: %w", action, kind, value, err)
+	}
+	return nil
+}
+
+// BlockPeer blocks p and closes its connections. The error is the
+// datastore's.
+func (g *Gater) BlockPeer(p peer.ID) error {
+	if err := g.change("block", "peer", p.String(), true); err != nil {
+		return err
+	}
+	g.closeWhere(func(c network.Conn) bool { return c.RemotePeer() == p && !g.peerAllowed(p) })
+	return nil
+}
+
+// UnblockPeer removes p's block rule.
+func (g *Gater) UnblockPeer(p peer.ID) error { return g.change("block", "peer", p.String(), false) }
+
+// AllowPeer adds an allow rule for p, which wins over block rules.
+func (g *Gater) AllowPeer(p peer.ID) error { return g.change("allow", "peer", p.String(), true) }
+
+// RemoveAllowedPeer removes p's allow rule.
+func (g *Gater) RemoveAllowedPeer(p peer.ID) error {
+	return g.change("allow", "peer", p.String(), false)
+}
+
+// BlockAddr blocks one IP address and closes the connections from or to it.
+// The error names an invalid address.
+func (g *Gater) BlockAddr(ip net.IP) error {
+	addr, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return fmt.Errorf("gater: BlockAddr: invalid IP %v", ip)
+	}
+	addr = addr.Unmap()
+	if err := g.change("block", "ip", addr.String(), true); err != nil {
+		return err
+	}
+	g.closeWhere(func(c network.Conn) bool { return g.coveredIP(c) == addr })
+	return nil
+}
+
+// UnblockAddr removes ip's block rule.
+func (g *Gater) UnblockAddr(ip net.IP) error { return g.ipRule("block", ip, false) }
+
+// AllowAddr adds an allow rule for ip, which wins over block rules.
+func (g *Gater) AllowAddr(ip net.IP) error { return g.ipRule("allow", ip, true) }
+
+// RemoveAllowedAddr removes ip's allow rule.
+func (g *Gater) RemoveAllowedAddr(ip net.IP) error { return g.ipRule("allow", ip, false) }
+
+func (g *Gater) ipRule(action string, ip net.IP, add bool) error {
+	addr, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return fmt.Errorf("gater: invalid IP %v", ip)
+	}
+	return g.change(action, "ip", addr.Unmap().String(), add)
+}
+
+// BlockSubnet blocks a subnet (IPv4 or IPv6) and closes the connections it
+// covers. The error names an invalid subnet.
+func (g *Gater) BlockSubnet(subnet *net.IPNet) error {
+	prefix, err := toPrefix(subnet)
+	if err != nil {
+		return err
+	}
+	if err := g.change("block", "subnet", prefix.String(), true); err != nil {
+		return err
+	}
+	g.closeWhere(func(c network.Conn) bool {
+		ip := g.coveredIP(c)
+		return ip.IsValid() && prefix.Contains(ip) && !g.addrAllowed(ip)
+	})
+	return nil
+}
+
+// UnblockSubnet removes a subnet's block rule.
+func (g *Gater) UnblockSubnet(subnet *net.IPNet) error { return g.subnetRule("block", subnet, false) }
+
+// AllowSubnet adds an allow rule for a subnet, which wins over block rules.
+func (g *Gater) AllowSubnet(subnet *net.IPNet) error { return g.subnetRule("allow", subnet, true) }
+
+// RemoveAllowedSubnet removes a subnet's allow rule.
+func (g *Gater) RemoveAllowedSubnet(subnet *net.IPNet) error {
+	return g.subnetRule("allow", subnet, false)
+}
+
+func (g *Gater) subnetRule(action string, subnet *net.IPNet, add bool) error {
+	prefix, err := toPrefix(subnet)
+	if err != nil {
+		return err
+	}
+	return g.change(action, "subnet", prefix.String(), add)
+}
+
+func toPrefix(subnet *net.IPNet) (netip.Prefix, error) {
+	if subnet == nil {
+		return netip.Prefix{}, errors.New("gater: subnet is nil")
+	}
+	addr, ok := netip.AddrFromSlice(subnet.IP)
+	if !ok {
+		return netip.Prefix{}, fmt.Errorf("gater: invalid subnet %v", subnet)
+	}
+	ones, bits := subnet.Mask.Size()
+	if bits == 0 {
+		return netip.Prefix{}, fmt.Errorf("gater: subnet %v has a non-canonical mask", subnet)
+	}
+	if addr.Is4In6() && bits == 32 {
+		addr = addr.Unmap()
+	}
+	return netip.PrefixFrom(addr, ones).Masked(), nil
+}
+
+// BlockedPeers, BlockedAddrs and BlockedSubnets list the block rules.
+func (g *Gater) BlockedPeers() []peer.ID { return listPeers(g, g.block) }
+
+// BlockedAddrs lists the blocked IP addresses.
+func (g *Gater) BlockedAddrs() []netip.Addr { return listKeys(g, g.block.ips) }
+
+// BlockedSubnets lists the blocked subnets.
+func (g *Gater) BlockedSubnets() []netip.Prefix { return listKeys(g, g.block.subnets) }
+
+func listPeers(g *Gater, set *ruleSet) []peer.ID { return listKeys(g, set.peers) }
+
+func listKeys[K comparable](g *Gater, m map[K]struct{}) []K {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	out := make([]K, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// closeWhere closes the network's connections for which match holds.
+func (g *Gater) closeWhere(match func(network.Conn) bool) {
+	n := g.network.Load()
+	if n == nil {
+		return
+	}
+	for _, c := range (*n).Conns() {
+		if match(c) {
+			log.Infow("closing connection covered by a new block rule", "peer", c.RemotePeer(), "addr", c.RemoteMultiaddr())
+			_ = c.CloseWithError(network.ConnGated)
+		}
+	}
+}
+
+func (g *Gater) coveredIP(c network.ConnMultiaddrs) netip.Addr {
+	ip, err := manet.ToIP(c.RemoteMultiaddr())
+	if err != nil {
+		return netip.Addr{}
+	}
+	addr, _ := netip.AddrFromSlice(ip)
+	return addr.Unmap()
+}
+
+func (g *Gater) peerAllowed(p peer.ID) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if _, ok := g.allow.peers[p]; ok {
+		return true
+	}
+	_, blocked := g.block.peers[p]
+	return !blocked
+}
+
+func (g *Gater) addrAllowed(ip netip.Addr) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.allow.coversIP(ip) {
+		return true
+	}
+	return !g.block.coversIP(ip)
+}
+
+func (g *Gater) maAllowed(a ma.Multiaddr) bool {
+	ip, err := manet.ToIP(a)
+	if err != nil {
+		return true // not an IP address: no IP rule applies
+	}
+	addr, _ := netip.AddrFromSlice(ip)
+	return g.addrAllowed(addr.Unmap())
+}
+
+// CheckPeerDial is InterceptPeerDial with a reason: ErrPeerBlocked or
+// ErrPeerPolicy.
+func (g *Gater) CheckPeerDial(p peer.ID) error {
+	if !g.peerAllowed(p) {
+		return fmt.Errorf("%w: %s", ErrPeerBlocked, p)
+	}
+	if policy := g.policy.Load(); policy != nil && !(*policy)(p) {
+		return fmt.Errorf("%w: %s", ErrPeerPolicy, p)
+	}
+	return nil
+}
+
+// CheckAddrDial is InterceptAddrDial with a reason: ErrAddrBlocked, or the
+// BeforeConnect hooks' *hooks.RejectedError (errors.Is(err,
+// hooks.ErrRejected)). No packet has been sent to the peer yet.
+func (g *Gater) CheckAddrDial(p peer.ID, addr ma.Multiaddr) error {
+	if !g.maAllowed(addr) {
+		return fmt.Errorf("%w: %s", ErrAddrBlocked, addr)
+	}
+	if g.hooks != nil {
+		return g.hooks.RunBeforeConnect(context.Background(), hooks.ConnectAttempt{
+			Direction: network.DirOutbound, Peer: p, RemoteAddr: addr,
+		})
+	}
+	return nil
+}
+
+// InterceptPeerDial reports whether p may be dialed (rules and policy).
+func (g *Gater) InterceptPeerDial(p peer.ID) bool { return g.CheckPeerDial(p) == nil }
+
+// InterceptAddrDial reports whether addr may be dialed for p (address rules
+// and BeforeConnect hooks).
+func (g *Gater) InterceptAddrDial(p peer.ID, addr ma.Multiaddr) bool {
+	return g.CheckAddrDial(p, addr) == nil
+}
+
+// InterceptAccept runs for an inbound connection before its handshake:
+// address rules, then the BeforeConnect hooks (Peer empty). A refusal closes
+// the connection with network.ConnGated.
+func (g *Gater) InterceptAccept(addrs network.ConnMultiaddrs) bool {
+	if !g.maAllowed(addrs.RemoteMultiaddr()) {
+		return false
+	}
+	if g.hooks == nil {
+		return true
+	}
+	err := g.hooks.RunBeforeConnect(context.Background(), hooks.ConnectAttempt{
+		Direction: network.DirInbound, RemoteAddr: addrs.RemoteMultiaddr(), LocalAddr: addrs.LocalMultiaddr(),
+	})
+	if err != nil {
+		log.Debugw("inbound connection rejected by a hook", "addr", addrs.RemoteMultiaddr(), "error", err)
+		return false
+	}
+	return true
+}
+
+// InterceptSecured runs once the TLS handshake has proven the peer: peer
+// rules, the peer policy for inbound peers, then the AfterHandshake hooks.
+// An outbound rejection is kept for TakeRejection, so the dialer learns the
+// hook's reason.
+func (g *Gater) InterceptSecured(dir network.Direction, p peer.ID, addrs network.ConnMultiaddrs) bool {
+	if !g.peerAllowed(p) {
+		return false
+	}
+	if dir == network.DirInbound {
+		if policy := g.policy.Load(); policy != nil && !(*policy)(p) {
+			return false
+		}
+	}
+	if g.hooks == nil {
+		return true
+	}
+	h := hooks.Handshake{Direction: dir, Peer: p, RemoteAddr: addrs.RemoteMultiaddr(), LocalAddr: addrs.LocalMultiaddr()}
+	if sec, ok := addrs.(interface{ RemotePublicKey() ic.PubKey }); ok {
+		h.RemotePublicKey = sec.RemotePublicKey()
+	}
+	if id, ok := addrs.(interface{ ID() string }); ok {
+		h.ConnID = id.ID()
+	}
+	if err := g.hooks.RunAfterHandshake(context.Background(), h); err != nil {
+		log.Debugw("connection rejected by a hook", "peer", p, "direction", dir, "error", err)
+		if dir == network.DirOutbound {
+			g.rejectionsMu.Lock()
+			now := time.Now()
+			for q, r := range g.rejections {
+				if now.Sub(r.at) > rejectionTTL {
+					delete(g.rejections, q)
+				}
+			}
+			g.rejections[p] = rejection{err: err, at: now}
+			g.rejectionsMu.Unlock()
+		}
+		return false
+	}
+	return true
+}
+
+// TakeRejection returns, and forgets, the reason the last outbound
+// connection to p was refused after its handshake; nil when there is none.
+// The swarm calls it when a dial fails.
+func (g *Gater) TakeRejection(p peer.ID) error {
+	g.rejectionsMu.Lock()
+	defer g.rejectionsMu.Unlock()
+	r, ok := g.rejections[p]
+	if !ok {
+		return nil
+	}
+	delete(g.rejections, p)
+	return r.err
+}
+
+// InterceptUpgraded checks the rules once more for the finished connection
+// (a rule may have been added during the handshake).
+func (g *Gater) InterceptUpgraded(c network.Conn) (bool, control.DisconnectReason) {
+	return g.peerAllowed(c.RemotePeer()) && g.maAllowed(c.RemoteMultiaddr()), 0
+}
+
+// String summarises the rules for logs.
+func (g *Gater) String() string {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	var b strings.Builder
+	fmt.Fprintf(&b, "gater{block: %d peers, %d addrs, %d subnets; allow: %d peers, %d addrs, %d subnets}",
+		len(g.block.peers), len(g.block.ips), len(g.block.subnets),
+		len(g.allow.peers), len(g.allow.ips), len(g.allow.subnets))
+	return b.String()
+}
