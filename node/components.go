@@ -36,6 +36,7 @@ import (
 	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/resource"
 	"github.com/realmnet/realmnet/swarm"
 )
 
@@ -91,16 +92,19 @@ func newPeerstore(lc fx.Lifecycle, key crypto.PrivKey, id peer.ID) (peerstore.Pe
 
 func newEventBus() event.Bus { return eventbus.NewBus() }
 
-// newResourceManager is go-libp2p's resource manager with its default,
-// auto-scaled limits (until the resource package adds realm scopes), except
-// that a peer may hold MaxPaths connections (rcmgr's default is 8).
-func newResourceManager(lc fx.Lifecycle, cfg *config) (network.ResourceManager, error) {
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(cfg.multipath.MaxPaths, cfg.connLimits.HighWater)))
+// newResourceManager is realmnet's resource manager: rcmgr with the
+// ResourceLimits option's limits over rcmgr's auto-scaled defaults — sized so
+// that a peer may hold MaxPaths connections (rcmgr's default is 8) and the
+// system the pools' ceiling — plus realm scopes.
+func newResourceManager(lc fx.Lifecycle, cfg *config) (*resource.Manager, network.ResourceManager, error) {
+	rc := cfg.resources
+	rc.PartialLimitConfig.Apply(resourceLimits(cfg.multipath.MaxPaths, cfg.connLimits.HighWater).ToPartialLimitConfig())
+	rm, err := resource.New(rc, nil)
 	if err != nil {
-		return nil, fmt.Errorf("node: create resource manager: %w", err)
+		return nil, nil, fmt.Errorf("node: create resource manager: %w", err)
 	}
 	lc.Append(fx.StopHook(rm.Close))
-	return rm, nil
+	return rm, rm, nil
 }
 
 // resourceLimits is rcmgr's auto-scaled default configuration with the

@@ -31,6 +31,7 @@ import (
 	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/resource"
 	"github.com/realmnet/realmnet/swarm"
 )
 
@@ -48,6 +49,7 @@ type Node struct {
 	pools *connmgr.Manager
 	hooks *hooks.Registry
 	gater *gater.Gater
+	rm    *resource.Manager
 	dht   *dht.IpfsDHT
 
 	closeOnce sync.Once
@@ -84,7 +86,7 @@ func New(opts ...Option) (*Node, error) {
 		components(&cfg, key),
 	}
 	fxOpts = append(fxOpts, cfg.fxOptions...)
-	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.hooks, &n.gater, &n.dht))
+	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.hooks, &n.gater, &n.rm, &n.dht))
 	n.app = fx.New(fxOpts...)
 	if err := n.app.Err(); err != nil {
 		return nil, fmt.Errorf("node: build: %w", err)
@@ -147,6 +149,10 @@ func (n *Node) Swarm() *swarm.Swarm { return n.swarm }
 // Hooks returns the hook registry, for adding and removing BeforeConnect and
 // AfterHandshake hooks at run time.
 func (n *Node) Hooks() *hooks.Registry { return n.hooks }
+
+// ResourceManager returns the resource manager: rcmgr's scopes and limits
+// plus realm scopes (ReserveRealmStream, ReserveRealmConn, ViewRealm).
+func (n *Node) ResourceManager() *resource.Manager { return n.rm }
 
 // Gater returns the connection gater: block and allow rules for peers,
 // addresses and subnets (persisted in DataDir), and the peer policy.

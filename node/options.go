@@ -13,6 +13,7 @@ import (
 	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/resource"
 	"github.com/realmnet/realmnet/swarm"
 )
 
@@ -86,6 +87,7 @@ type config struct {
 	multipath        multipath.Config
 	connLimits       connmgr.Config
 	dataDir          string
+	resources        resource.Config
 	hookTimeout      time.Duration
 	beforeConnect    []hooks.BeforeConnectFunc
 	afterHandshake   []hooks.AfterHandshakeFunc
@@ -284,6 +286,21 @@ func RealmDefaults(l connmgr.RealmLimits) Option {
 			return err
 		}
 		c.connLimits = full
+		return nil
+	}
+}
+
+// ResourceLimits sets the resource manager's limits: go-libp2p rcmgr's
+// (resource.Config embeds its PartialLimitConfig; unset values keep the
+// node's defaults — rcmgr's auto-scaled limits, with room for MaxPaths
+// connections per peer and the pools' ceiling) and the realm limits. Load
+// one from JSON with resource.LoadConfig. The error names a bad value.
+func ResourceLimits(cfg resource.Config) Option {
+	return func(c *config) error {
+		if err := cfg.Validate(); err != nil {
+			return err
+		}
+		c.resources = cfg
 		return nil
 	}
 }

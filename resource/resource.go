@@ -1,0 +1,338 @@
+// Package resource is realmnet's resource manager (go-libp2p's
+// network.ResourceManager): go-libp2p's rcmgr with all of its scopes and
+// limits — system, transient, service, protocol, peer, connection, stream;
+// memory, file descriptors, connections and streams in and out; auto-scaled
+// defaults; allowlist; per-IP and per-subnet connection limits and rate
+// limits; its Prometheus metrics — plus realm scopes: per-realm limits on
+// connections, inbound and outbound streams and memory, with a default for
+// every realm and per-realm overrides. The realm package charges a realm
+// stream to its realm when it dispatches it (ReserveRealmStream) and a
+// connection when its peer is assigned to the realm (ReserveRealmConn).
+package resource
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// RealmID names a realm's scope. The realm package derives the values; here
+// it is an opaque comparable value (connmgr.RealmID has the same shape).
+type RealmID string
+
+// RealmLimits bounds one realm's usage. Zero means unlimited in
+// RealmConfig.Default; in an override, a zero field takes the default's.
+type RealmLimits struct {
+	// Conns counts connections of the realm's members.
+	Conns int `json:",omitempty"`
+	// StreamsInbound and StreamsOutbound count open realm streams.
+	StreamsInbound  int `json:",omitempty"`
+	StreamsOutbound int `json:",omitempty"`
+	// Memory is in bytes.
+	Memory int64 `json:",omitempty"`
+}
+
+// RealmConfig holds the realm limits: Default for every realm, Realm for
+// overrides by realm ID.
+type RealmConfig struct {
+	Default RealmLimits
+	Realm   map[RealmID]RealmLimits `json:",omitempty"`
+}
+
+// Config is the resource manager's configuration: rcmgr's
+// PartialLimitConfig (same JSON: "System", "Transient", "ServiceDefault",
+// "Peer", ...; unset values take rcmgr's auto-scaled defaults) plus a
+// "Realms" section.
+type Config struct {
+	rcmgr.PartialLimitConfig
+	Realms RealmConfig `json:",omitempty"`
+}
+
+// maxConfigSize caps LoadConfig's input.
+const maxConfigSize = 1 << 20
+
+// LoadConfig reads a JSON Config, at most 1 MiB; unknown fields are errors
+// (a misspelt limit must not be silently ignored). Errors say what is wrong
+// and where.
+func LoadConfig(r io.Reader) (Config, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxConfigSize+1))
+	if err != nil {
+		return Config{}, fmt.Errorf("resource: read config: %w", err)
+	}
+	if len(data) > maxConfigSize {
+		return Config{}, fmt.Errorf("resource: config is larger than %d bytes", maxConfigSize)
+	}
+	var cfg Config
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		return Config{}, fmt.Errorf("resource: parse config: %w", err)
+	}
+	if err := cfg.Realms.validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Validate returns an error naming the first negative realm limit.
+func (c Config) Validate() error { return c.Realms.validate() }
+
+func (c RealmConfig) validate() error {
+	check := func(what string, l RealmLimits) error {
+		switch {
+		case l.Conns < 0:
+			return fmt.Errorf("resource: %s.Conns must be >= 0, got %d", what, l.Conns)
+		case l.StreamsInbound < 0:
+			return fmt.Errorf("resource: %s.StreamsInbound must be >= 0, got %d", what, l.StreamsInbound)
+		case l.StreamsOutbound < 0:
+			return fmt.Errorf("resource: %s.StreamsOutbound must be >= 0, got %d", what, l.StreamsOutbound)
+		case l.Memory < 0:
+			return fmt.Errorf("resource: %s.Memory must be >= 0, got %d", what, l.Memory)
+		}
+		return nil
+	}
+	if err := check("Realms.Default", c.Default); err != nil {
+		return err
+	}
+	for id, l := range c.Realm {
+		if err := check(fmt.Sprintf("Realms.Realm[%q]", id), l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// The realm resources, in realmUsage order.
+const (
+	resConns = iota
+	resStreamsIn
+	resStreamsOut
+	resMemory
+	resCount
+)
+
+var resourceNames = [resCount]string{"conns", "streams_inbound", "streams_outbound", "memory"}
+
+// realmUsage is one realm's usage by resource; guarded by Manager.mu.
+type realmUsage [resCount]int64
+
+func (l RealmLimits) array() [resCount]int64 {
+	return [resCount]int64{int64(l.Conns), int64(l.StreamsInbound), int64(l.StreamsOutbound), l.Memory}
+}
+
+// RealmStat is a snapshot of one realm's usage and limits.
+type RealmStat struct {
+	Conns, StreamsInbound, StreamsOutbound int
+	Memory                                 int64
+	Limits                                 RealmLimits
+}
+
+// Manager implements network.ResourceManager: every method of rcmgr, plus
+// realm scopes. Safe for concurrent use.
+type Manager struct {
+	network.ResourceManager
+
+	mu     sync.Mutex
+	realms RealmConfig
+	usage  map[RealmID]*realmUsage
+
+	gauge *prometheus.GaugeVec // nil without a registerer
+}
+
+// New creates the manager from cfg (unset rcmgr limits take the auto-scaled
+// defaults, rcmgr.DefaultLimits.AutoScale()). reg, when not nil, receives
+// the realm usage gauge realmnet_realm_usage{realm, resource}; rcmgr's own
+// metrics are enabled with rcmgr options (opts). Errors: invalid realm
+// limits (named), rcmgr's errors, a duplicate metric registration.
+func New(cfg Config, reg prometheus.Registerer, opts ...rcmgr.Option) (*Manager, error) {
+	if err := cfg.Realms.validate(); err != nil {
+		return nil, err
+	}
+	limits := cfg.PartialLimitConfig.Build(rcmgr.DefaultLimits.AutoScale())
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits), opts...)
+	if err != nil {
+		return nil, fmt.Errorf("resource: create rcmgr: %w", err)
+	}
+	m := &Manager{ResourceManager: rm, realms: cfg.Realms, usage: make(map[RealmID]*realmUsage)}
+	if m.realms.Realm == nil {
+		m.realms.Realm = make(map[RealmID]RealmLimits)
+	}
+	if reg != nil {
+		m.gauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "realmnet",
+			Name:      "realm_usage",
+			Help:      "Resources in use by a realm: conns, streams_inbound, streams_outbound, memory (bytes).",
+		}, []string{"realm", "resource"})
+		if err := reg.Register(m.gauge); err != nil {
+			_ = rm.Close()
+			return nil, fmt.Errorf("resource: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// SetRealmLimits overrides the limits of one realm (zero fields take the
+// default's). The error names a negative value.
+func (m *Manager) SetRealmLimits(realm RealmID, l RealmLimits) error {
+	if err := (RealmConfig{Default: l}).validate(); err != nil {
+		return fmt.Errorf("realm %q: %w", realm, err)
+	}
+	m.mu.Lock()
+	m.realms.Realm[realm] = l
+	m.mu.Unlock()
+	return nil
+}
+
+// limitsLocked is realm's effective limits.
+func (m *Manager) limitsLocked(realm RealmID) RealmLimits {
+	l := m.realms.Default
+	if o, ok := m.realms.Realm[realm]; ok {
+		if o.Conns != 0 {
+			l.Conns = o.Conns
+		}
+		if o.StreamsInbound != 0 {
+			l.StreamsInbound = o.StreamsInbound
+		}
+		if o.StreamsOutbound != 0 {
+			l.StreamsOutbound = o.StreamsOutbound
+		}
+		if o.Memory != 0 {
+			l.Memory = o.Memory
+		}
+	}
+	return l
+}
+
+// LimitError is the error of a refused realm reservation: it names the
+// realm, the resource and the limit, and matches
+// network.ErrResourceLimitExceeded.
+type LimitError struct {
+	Realm    RealmID
+	Resource string
+	Limit    int64
+}
+
+// Error names the realm, the resource and the limit.
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("resource: realm %q: %s limit of %d reached", e.Realm, e.Resource, e.Limit)
+}
+
+// Unwrap returns network.ErrResourceLimitExceeded.
+func (e *LimitError) Unwrap() error { return network.ErrResourceLimitExceeded }
+
+// reserve adds delta of resource res to realm when the limit allows it.
+func (m *Manager) reserve(realm RealmID, res int, delta int64) (func(), error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u := m.usage[realm]
+	if u == nil {
+		u = &realmUsage{}
+		m.usage[realm] = u
+	}
+	if limit := m.limitsLocked(realm).array()[res]; limit > 0 && u[res]+delta > limit {
+		return nil, &LimitError{Realm: realm, Resource: resourceNames[res], Limit: limit}
+	}
+	m.addLocked(realm, u, res, delta)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			m.addLocked(realm, u, res, -delta)
+		})
+	}, nil
+}
+
+func (m *Manager) addLocked(realm RealmID, u *realmUsage, res int, delta int64) {
+	u[res] += delta
+	if m.gauge != nil {
+		m.gauge.WithLabelValues(string(realm), resourceNames[res]).Set(float64(u[res]))
+	}
+}
+
+// ReserveRealmStream charges one stream in direction dir to realm. It
+// returns the function that releases it (idempotent), or a *LimitError
+// matching network.ErrResourceLimitExceeded when the realm's stream limit
+// for that direction is reached. dir must be inbound or outbound.
+func (m *Manager) ReserveRealmStream(realm RealmID, dir network.Direction) (release func(), err error) {
+	switch dir {
+	case network.DirInbound:
+		return m.reserve(realm, resStreamsIn, 1)
+	case network.DirOutbound:
+		return m.reserve(realm, resStreamsOut, 1)
+	}
+	return nil, fmt.Errorf("resource: ReserveRealmStream: direction %v is neither inbound nor outbound", dir)
+}
+
+// ReserveRealmConn charges one connection to realm (its peer was assigned
+// to the realm); the release function is idempotent. Errors as for
+// ReserveRealmStream.
+func (m *Manager) ReserveRealmConn(realm RealmID) (release func(), err error) {
+	return m.reserve(realm, resConns, 1)
+}
+
+// ReserveRealmMemory charges bytes of memory to realm; the release function
+// is idempotent. A negative size is an error naming it.
+func (m *Manager) ReserveRealmMemory(realm RealmID, bytes int64) (release func(), err error) {
+	if bytes < 0 {
+		return nil, fmt.Errorf("resource: ReserveRealmMemory: negative size %d", bytes)
+	}
+	return m.reserve(realm, resMemory, bytes)
+}
+
+// ViewRealm returns realm's usage and effective limits; false when the realm
+// was never charged.
+func (m *Manager) ViewRealm(realm RealmID) (RealmStat, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u, ok := m.usage[realm]
+	if !ok {
+		return RealmStat{Limits: m.limitsLocked(realm)}, false
+	}
+	return RealmStat{Conns: int(u[resConns]), StreamsInbound: int(u[resStreamsIn]), StreamsOutbound: int(u[resStreamsOut]),
+		Memory: u[resMemory], Limits: m.limitsLocked(realm)}, true
+}
+
+// Stat is the realm usage next to rcmgr's own scopes.
+type Stat struct {
+	// Rcmgr is rcmgr's snapshot (system, transient, services, protocols,
+	// peers), when the wrapped manager provides one.
+	Rcmgr rcmgr.ResourceManagerStat
+	// Realms is every realm ever charged.
+	Realms map[RealmID]RealmStat
+}
+
+// Stat returns the usage of every scope and realm.
+func (m *Manager) Stat() Stat {
+	var st Stat
+	if s, ok := m.ResourceManager.(rcmgr.ResourceManagerState); ok {
+		st.Rcmgr = s.Stat()
+	}
+	m.mu.Lock()
+	ids := make([]RealmID, 0, len(m.usage))
+	for id := range m.usage {
+		ids = append(ids, id)
+	}
+	m.mu.Unlock()
+	st.Realms = make(map[RealmID]RealmStat, len(ids))
+	for _, id := range ids {
+		st.Realms[id], _ = m.ViewRealm(id)
+	}
+	return st
+}
+
+// GetConnLimit is rcmgr's system connection limit (core/connmgr's
+// GetConnLimiter, used by the connection manager's CheckLimit).
+func (m *Manager) GetConnLimit() int {
+	if l, ok := m.ResourceManager.(interface{ GetConnLimit() int }); ok {
+		return l.GetConnLimit()
+	}
+	return math.MaxInt
+}
