@@ -19,6 +19,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -639,6 +640,23 @@ func (m *Manager) Realms(p peer.ID) []RealmID {
 		}
 	})
 	return out
+}
+
+// PoolOf names p's pool: "unassigned", or "realm:" and its realms joined by
+// commas. The swarm puts it in hooks.EvtConnectionOpened.
+func (m *Manager) PoolOf(p peer.ID) string {
+	pool := "unassigned"
+	m.withPeer(p, func(pi *peerInfo) {
+		if len(pi.realms) == 0 {
+			return
+		}
+		names := make([]string, len(pi.realms))
+		for i, rp := range pi.realms {
+			names[i] = string(rp.id)
+		}
+		pool = "realm:" + strings.Join(names, ",")
+	})
+	return pool
 }
 
 // Connections returns every connection (path) to p the manager accounts.

@@ -231,3 +231,48 @@ func (r *Registry) call(ctx context.Context, hook func(context.Context) error) e
 		return fmt.Errorf("hook did not return within %s: %w", r.timeout, ctx.Err())
 	}
 }
+
+// Lifecycle events, emitted on the host's event bus by the swarm for users
+// who only observe (the seed design's Notifiee extension). Subscribe with
+// host.EventBus().Subscribe(new(hooks.EvtConnectionOpened)), etc.
+
+// EvtConnectionOpened: a connection (path) was added.
+type EvtConnectionOpened struct {
+	Peer      peer.ID
+	ConnID    string
+	Direction network.Direction
+	// Local and Remote are the path's addresses.
+	Local, Remote ma.Multiaddr
+	// Pool is the connection manager's pool of the peer: "unassigned" or
+	// "realm:<id>,..." ("" without a connection manager that says).
+	Pool string
+}
+
+// EvtConnectionClosed: a connection (path) was removed.
+type EvtConnectionClosed struct {
+	Peer      peer.ID
+	ConnID    string
+	Direction network.Direction
+	Local     ma.Multiaddr
+	Remote    ma.Multiaddr
+}
+
+// EvtStreamOpened: a stream's protocol was set (outbound: chosen; inbound:
+// negotiated), so it now carries that protocol.
+type EvtStreamOpened struct {
+	Peer      peer.ID
+	ConnID    string
+	StreamID  string
+	Direction network.Direction
+	Protocol  string
+}
+
+// EvtStreamClosed: a stream that was opened (EvtStreamOpened) was closed or
+// reset.
+type EvtStreamClosed struct {
+	Peer      peer.ID
+	ConnID    string
+	StreamID  string
+	Direction network.Direction
+	Protocol  string
+}

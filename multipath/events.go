@@ -1,12 +1,8 @@
 package multipath
 
 import (
-	"fmt"
-	"reflect"
-	"sync"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -39,84 +35,4 @@ type EvtPathDead struct {
 type EvtPathRemoved struct {
 	Peer   peer.ID
 	ConnID string
-}
-
-// eventQueue delivers events from one goroutine, in the order they were
-// queued, so that subscribers see a peer's path events in order even though
-// they are produced under the manager's lock by many goroutines.
-type eventQueue struct {
-	emitters map[reflect.Type]event.Emitter
-
-	mu      sync.Mutex
-	pending []any
-	wake    chan struct{}
-	stop    chan struct{}
-	done    chan struct{}
-}
-
-func newEventQueue(bus event.Bus) (*eventQueue, error) {
-	q := &eventQueue{
-		emitters: make(map[reflect.Type]event.Emitter),
-		wake:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
-	}
-	for _, evt := range []any{new(EvtPathAdded), new(EvtPathSelected), new(EvtPathDead), new(EvtPathRemoved)} {
-		em, err := bus.Emitter(evt)
-		if err != nil {
-			q.closeEmitters()
-			return nil, fmt.Errorf("multipath: create emitter for %T: %w", evt, err)
-		}
-		q.emitters[reflect.TypeOf(evt).Elem()] = em
-	}
-	go q.run()
-	return q, nil
-}
-
-// push queues an event; it never blocks.
-func (q *eventQueue) push(evt any) {
-	q.mu.Lock()
-	q.pending = append(q.pending, evt)
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (q *eventQueue) run() {
-	defer close(q.done)
-	for {
-		select {
-		case <-q.wake:
-			q.flush()
-		case <-q.stop:
-			q.flush()
-			return
-		}
-	}
-}
-
-func (q *eventQueue) flush() {
-	q.mu.Lock()
-	batch := q.pending
-	q.pending = nil
-	q.mu.Unlock()
-	for _, evt := range batch {
-		if em := q.emitters[reflect.TypeOf(evt)]; em != nil {
-			_ = em.Emit(evt)
-		}
-	}
-}
-
-func (q *eventQueue) close() {
-	close(q.stop)
-	<-q.done
-	q.closeEmitters()
-}
-
-func (q *eventQueue) closeEmitters() {
-	for _, em := range q.emitters {
-		_ = em.Close()
-	}
 }

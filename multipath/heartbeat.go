@@ -264,7 +264,7 @@ func (m *Manager) pathDead(p peer.ID, pa *path) {
 		}
 		m.rerank(p, pp, "path dead")
 	}
-	m.events.push(EvtPathDead{Peer: p, ConnID: pa.conn.ID(), SilentFor: silent})
+	m.events.Push(EvtPathDead{Peer: p, ConnID: pa.conn.ID(), SilentFor: silent})
 	m.mu.Unlock()
 	log.Debugw("path dead", "peer", p, "conn", pa.conn.ID(), "silent", silent)
 	_ = pa.conn.CloseWithError(ErrorCodePathDead)

@@ -27,6 +27,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/realmnet/realmnet/internal/eventqueue"
 )
 
 var log = logging.Logger("realmnet/multipath")
@@ -85,7 +87,7 @@ type peerPaths struct {
 type Manager struct {
 	cfg    Config
 	dialer Dialer
-	events *eventQueue
+	events *eventqueue.Queue
 	sub    event.Subscription
 
 	ctx    context.Context
@@ -116,13 +118,13 @@ func New(d Dialer, bus event.Bus, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	q, err := newEventQueue(bus)
+	q, err := eventqueue.New(bus, new(EvtPathAdded), new(EvtPathSelected), new(EvtPathDead), new(EvtPathRemoved))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("multipath: %w", err)
 	}
 	sub, err := bus.Subscribe(new(event.EvtPeerIdentificationCompleted))
 	if err != nil {
-		q.close()
+		q.Close()
 		return nil, fmt.Errorf("multipath: subscribe to identify events: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -164,7 +166,7 @@ func (m *Manager) Close() error {
 	m.cancel() // stops every path's heartbeat (their contexts derive from it)
 	_ = m.sub.Close()
 	m.wg.Wait()
-	m.events.close()
+	m.events.Close()
 	return nil
 }
 
@@ -347,7 +349,7 @@ func (m *Manager) Connected(_ network.Network, c network.Conn) {
 	if victim != c {
 		pa := newPath(m.ctx, c)
 		pp.paths = append(pp.paths, pa)
-		m.events.push(EvtPathAdded{Peer: p, Path: pa.info(false)})
+		m.events.Push(EvtPathAdded{Peer: p, Path: pa.info(false)})
 		m.rerank(p, pp, "path added")
 		m.wg.Add(1)
 		go m.heartbeat(p, pa)
@@ -425,7 +427,7 @@ func (m *Manager) Disconnected(_ network.Network, c network.Conn) {
 		pp.failedAddrs[string(c.RemoteMultiaddr().Bytes())] = time.Now()
 	}
 	m.rerank(p, pp, "path removed")
-	m.events.push(EvtPathRemoved{Peer: p, ConnID: c.ID()})
+	m.events.Push(EvtPathRemoved{Peer: p, ConnID: c.ID()})
 	if len(pp.paths) == 0 && !pp.discovering && pp.strategy == "" {
 		delete(m.peers, p)
 		return
@@ -494,7 +496,7 @@ func (m *Manager) rerank(p peer.ID, pp *peerPaths, reason string) {
 				}
 			}
 		}
-		m.events.push(evt)
+		m.events.Push(evt)
 	}
 }
 

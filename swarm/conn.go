@@ -13,6 +13,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/transport"
 	libp2pswarm "github.com/libp2p/go-libp2p/p2p/net/swarm"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/realmnet/realmnet/hooks"
 )
 
 // ErrConnClosed is returned when a stream is opened on, or accepted from, a
@@ -151,6 +153,8 @@ func (c *Conn) doClose(code network.ConnErrorCode) error {
 		_ = s.Reset()
 	}
 	if registered {
+		c.swarm.lifecycle.Push(hooks.EvtConnectionClosed{Peer: c.RemotePeer(), ConnID: c.ID(),
+			Direction: c.direction, Local: c.LocalMultiaddr(), Remote: c.RemoteMultiaddr()})
 		// Disconnected runs on its own goroutine, so Close can be called
 		// from a notifiee or a stream handler without deadlocking. The
 		// swarm's refs count that goroutine: addConn took the reference.

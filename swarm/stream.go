@@ -8,11 +8,15 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/realmnet/realmnet/hooks"
 )
 
 // Stream is one stream on a Conn. It implements network.Stream. Reads and
 // writes go straight to the QUIC stream; Close, Reset and ResetWithError
-// release the stream's resource-manager scope exactly once. Safe for
+// release the stream's resource-manager scope exactly once. Setting its
+// protocol emits hooks.EvtStreamOpened; releasing it then emits
+// hooks.EvtStreamClosed. Safe for
 // concurrent use as far as the underlying QUIC stream is (one reader and one
 // writer at a time).
 type Stream struct {
@@ -22,6 +26,8 @@ type Stream struct {
 	scope    network.StreamManagementScope
 	stat     network.Stats
 	protocol atomic.Pointer[protocol.ID]
+	// announced is set when EvtStreamOpened was emitted (first protocol).
+	announced atomic.Bool
 
 	releaseOnce sync.Once
 }
@@ -77,6 +83,10 @@ func (s *Stream) release() {
 	s.releaseOnce.Do(func() {
 		s.conn.removeStream(s)
 		s.scope.Done()
+		if s.announced.Load() {
+			s.conn.swarm.lifecycle.Push(hooks.EvtStreamClosed{Peer: s.conn.RemotePeer(), ConnID: s.conn.ID(),
+				StreamID: s.ID(), Direction: s.stat.Direction, Protocol: string(s.Protocol())})
+		}
 	})
 }
 
@@ -96,6 +106,10 @@ func (s *Stream) SetProtocol(p protocol.ID) error {
 		return err
 	}
 	s.protocol.Store(&p)
+	if s.announced.CompareAndSwap(false, true) {
+		s.conn.swarm.lifecycle.Push(hooks.EvtStreamOpened{Peer: s.conn.RemotePeer(), ConnID: s.conn.ID(),
+			StreamID: s.ID(), Direction: s.stat.Direction, Protocol: string(p)})
+	}
 	return nil
 }
 

@@ -7,7 +7,8 @@
 // addresses happy-eyeballs style (go-libp2p's DefaultDialRanker), retries and
 // backs off per peer (RetryConfig, via cenkalti/backoff), consults the
 // connection gater and the resource manager, fires Notifiee callbacks and
-// emits event.EvtPeerConnectednessChanged. Which connection carries a new
+// emits event.EvtPeerConnectednessChanged and the lifecycle events of package
+// hooks (connection and stream opened/closed). Which connection carries a new
 // stream is asked of a pluggable PathSelector. The swarm owns no policy of its
 // own: limits, trimming, path quality and admission live in the packages it
 // asks (resource, connmgr, multipath, gater).
@@ -36,6 +37,9 @@ import (
 	libp2pswarm "github.com/libp2p/go-libp2p/p2p/net/swarm"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
+
+	"github.com/realmnet/realmnet/hooks"
+	"github.com/realmnet/realmnet/internal/eventqueue"
 )
 
 var log = logging.Logger("realmnet/swarm")
@@ -126,6 +130,9 @@ type Swarm struct {
 	notifiees map[network.Notifiee]struct{}
 
 	connectedness *connectednessEmitter
+	// lifecycle delivers hooks.EvtConnection*/EvtStream* events without
+	// blocking the stream path.
+	lifecycle *eventqueue.Queue
 
 	nextConnID   atomic.Uint64
 	nextStreamID atomic.Uint64
@@ -183,6 +190,13 @@ func New(p Params) (*Swarm, error) {
 	if err != nil {
 		cancel()
 		return nil, err
+	}
+	s.lifecycle, err = eventqueue.New(p.EventBus, new(hooks.EvtConnectionOpened), new(hooks.EvtConnectionClosed),
+		new(hooks.EvtStreamOpened), new(hooks.EvtStreamClosed))
+	if err != nil {
+		s.connectedness.close()
+		cancel()
+		return nil, fmt.Errorf("swarm: %w", err)
 	}
 	return s, nil
 }
@@ -456,6 +470,12 @@ func (s *Swarm) addConn(tc transport.CapableConn, dir network.Direction) (*Conn,
 	s.connectedness.update(p)
 	s.notifyAll(func(n network.Notifiee) { n.Connected(s, c) })
 	close(c.notified)
+	opened := hooks.EvtConnectionOpened{Peer: p, ConnID: c.ID(), Direction: dir,
+		Local: tc.LocalMultiaddr(), Remote: tc.RemoteMultiaddr()}
+	if pools, ok := s.admitter.(interface{ PoolOf(peer.ID) string }); ok {
+		opened.Pool = pools.PoolOf(p)
+	}
+	s.lifecycle.Push(opened)
 	go c.acceptStreams()
 	return c, nil
 }
@@ -516,6 +536,7 @@ func (s *Swarm) close() error {
 	}
 	s.refs.Wait()
 	s.connectedness.close()
+	s.lifecycle.Close()
 	if closer, ok := s.transport.(io.Closer); ok {
 		if err := closer.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("swarm: close transport: %w", err))

@@ -27,6 +27,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/swarm"
 )
 
@@ -530,4 +531,51 @@ func TestCloseIsIdempotentAndStopsEverything(t *testing.T) {
 	require.Error(t, a.Listen(ma.StringCast("/ip4/127.0.0.1/udp/0/quic-v1")))
 	require.Eventually(t, func() bool { return len(b.ConnsToPeer(a.LocalPeer())) == 0 }, 5*time.Second, 10*time.Millisecond,
 		"the remote notices the close")
+}
+
+// TestLifecycleEvents: connection and stream opened/closed reach the event
+// bus, in order, with direction and protocol.
+func TestLifecycleEvents(t *testing.T) {
+	a := newSwarm(t, swarm.Config{})
+	b := newSwarm(t, swarm.Config{})
+	b.SetStreamHandler(func(s network.Stream) { _, _ = io.Copy(io.Discard, s); _ = s.Close() })
+	sub, err := a.bus.Subscribe([]any{new(hooks.EvtConnectionOpened), new(hooks.EvtConnectionClosed),
+		new(hooks.EvtStreamOpened), new(hooks.EvtStreamClosed)})
+	require.NoError(t, err)
+	defer sub.Close()
+	learn(a, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := a.DialPeer(ctx, b.LocalPeer())
+	require.NoError(t, err)
+	s, err := c.NewStream(ctx)
+	require.NoError(t, err)
+	require.NoError(t, s.SetProtocol("/test/1.0.0"))
+	require.NoError(t, s.Close())
+	unannounced, err := c.NewStream(ctx) // never given a protocol: no events
+	require.NoError(t, err)
+	require.NoError(t, unannounced.Reset())
+	require.NoError(t, c.Close())
+
+	next := func() any {
+		select {
+		case e := <-sub.Out():
+			return e
+		case <-ctx.Done():
+			t.Fatal("missing event")
+			return nil
+		}
+	}
+	opened := next().(hooks.EvtConnectionOpened)
+	require.Equal(t, b.LocalPeer(), opened.Peer)
+	require.Equal(t, c.ID(), opened.ConnID)
+	require.Equal(t, network.DirOutbound, opened.Direction)
+	require.True(t, opened.Remote.Equal(c.RemoteMultiaddr()))
+	so := next().(hooks.EvtStreamOpened)
+	require.Equal(t, "/test/1.0.0", so.Protocol)
+	require.Equal(t, s.ID(), so.StreamID)
+	sc := next().(hooks.EvtStreamClosed)
+	require.Equal(t, s.ID(), sc.StreamID)
+	closed := next().(hooks.EvtConnectionClosed)
+	require.Equal(t, c.ID(), closed.ConnID)
 }
