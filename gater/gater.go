@@ -12,8 +12,9 @@
 // connections the rule covers (go-libp2p's gater does not).
 //
 // Hooks run at: InterceptAddrDial (BeforeConnect, outbound: before any packet
-// is sent), InterceptAccept (BeforeConnect, inbound: peer not known yet) and
-// InterceptSecured (AfterHandshake, both directions). The swarm asks
+// is sent), InterceptAccept (BeforeConnect, inbound: when the transport
+// accepts, the peer ID not passed) and InterceptSecured (AfterHandshake,
+// both directions). The swarm asks
 // CheckPeerDial / CheckAddrDial / TakeRejection so that an outbound
 // rejection reaches the dialer as an error matching hooks.ErrRejected.
 package gater
@@ -130,7 +131,13 @@ func New(ds datastore.Datastore, registry *hooks.Registry) (*Gater, error) {
 
 // SetNetwork gives the gater the network whose connections it closes when a
 // block rule covers them.
-func (g *Gater) SetNetwork(n network.Network) { g.network.Store(&n) }
+func (g *Gater) SetNetwork(n network.Network) {
+	if n == nil {
+		g.network.Store(nil)
+		return
+	}
+	g.network.Store(&n)
+}
 
 // SetPeerPolicy installs a predicate consulted for every peer dialed and
 // every authenticated inbound peer; false refuses it (ErrPeerPolicy). The
@@ -165,9 +172,14 @@ func (g *Gater) load(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("gater: rule key %q: %w", r.Key, err)
 		}
-		set := g.block
-		if parts[2] == "allow" {
+		var set *ruleSet
+		switch parts[2] {
+		case "block":
+			set = g.block
+		case "allow":
 			set = g.allow
+		default:
+			return fmt.Errorf("gater: rule key %q: unknown action %q", r.Key, parts[2])
 		}
 		if err := addRule(set, parts[3], value); err != nil {
 			return fmt.Errorf("gater: rule key %q: %w", r.Key, err)
@@ -182,6 +194,9 @@ func addRule(set *ruleSet, kind, value string) error {
 	case "peer":
 		p, err := peer.Decode(value)
 		if err != nil {
+			return fmt.Errorf("peer ID %q: %w", value, err)
+		}
+		if err := p.Validate(); err != nil {
 			return fmt.Errorf("peer ID %q: %w", value, err)
 		}
 		set.peers[p] = struct{}{}
@@ -240,10 +255,18 @@ func prefixToIPNet(p netip.Prefix) net.IPNet {
 	return net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), bits)}
 }
 
-// change adds or removes one rule, in memory and in the datastore (written
-// first: a rule is never in effect without being saved).
+// change adds or removes one rule. The rule is parsed first (a bad one is
+// neither saved nor applied), then written to the datastore and applied in
+// memory under one lock, so that concurrent changes cannot leave the two
+// disagreeing (a rule is never in effect without being saved, nor saved
+// without being in effect).
 func (g *Gater) change(action, kind, value string, add bool) error {
+	if err := addRule(newRuleSet(), kind, value); err != nil {
+		return fmt.Errorf("gater: %s %s rule %q: %w", action, kind, value, err)
+	}
 	key := ruleKey(action, kind, value)
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	ctx := context.Background()
 	var err error
 	if add {
@@ -254,8 +277,6 @@ func (g *Gater) change(action, kind, value string, add bool) error {
 	if err != nil {
 		return fmt.Errorf("gater: save %s %s rule %s: %w", action, kind, value, err)
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
 	set := g.block
 	if action == "allow" {
 		set = g.allow
@@ -303,7 +324,7 @@ func (g *Gater) BlockAddr(ip net.IP) error {
 	if err := g.change("block", "ip", addr.String(), true); err != nil {
 		return err
 	}
-	g.closeWhere(func(c network.Conn) bool { return g.coveredIP(c) == addr })
+	g.closeWhere(func(c network.Conn) bool { return g.coveredIP(c) == addr && !g.addrAllowed(addr) })
 	return nil
 }
 
@@ -372,8 +393,15 @@ func toPrefix(subnet *net.IPNet) (netip.Prefix, error) {
 	if bits == 0 {
 		return netip.Prefix{}, fmt.Errorf("gater: subnet %v has a non-canonical mask", subnet)
 	}
-	if addr.Is4In6() && bits == 32 {
-		addr = addr.Unmap()
+	if addr.Is4In6() {
+		// Addresses are matched in their IPv4 form: an IPv4-mapped
+		// subnet (::ffff:a.b.c.d/96+n) is the IPv4 subnet a.b.c.d/n.
+		switch {
+		case bits == 32:
+			addr = addr.Unmap()
+		case ones >= 96:
+			addr, ones = addr.Unmap(), ones-96
+		}
 	}
 	return netip.PrefixFrom(addr, ones).Masked(), nil
 }
@@ -486,9 +514,10 @@ func (g *Gater) InterceptAddrDial(p peer.ID, addr ma.Multiaddr) bool {
 	return g.CheckAddrDial(p, addr) == nil
 }
 
-// InterceptAccept runs for an inbound connection before its handshake:
-// address rules, then the BeforeConnect hooks (Peer empty). A refusal closes
-// the connection with network.ConnGated.
+// InterceptAccept runs for an inbound connection when the transport accepts
+// it (go-libp2p's QUIC listener: after the QUIC handshake): address rules,
+// then the BeforeConnect hooks (Peer empty). A refusal closes the connection
+// with network.ConnGated.
 func (g *Gater) InterceptAccept(addrs network.ConnMultiaddrs) bool {
 	if !g.maAllowed(addrs.RemoteMultiaddr()) {
 		return false
@@ -558,6 +587,9 @@ func (g *Gater) TakeRejection(p peer.ID) error {
 		return nil
 	}
 	delete(g.rejections, p)
+	if time.Since(r.at) > rejectionTTL {
+		return nil // too old to belong to the dial asking
+	}
 	return r.err
 }
 

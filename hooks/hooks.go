@@ -35,11 +35,10 @@ const DefaultTimeout = 2 * time.Second
 var ErrRejected = errors.New("hooks: connection rejected")
 
 // ConnectAttempt describes a connection about to be made (outbound, before
-// any packet is sent) or just arriving (inbound, before the handshake).
+// any packet is sent) or just accepted by the transport (inbound).
 type ConnectAttempt struct {
 	Direction network.Direction
-	// Peer is the peer being dialed; empty for inbound attempts, whose
-	// peer is not known before the handshake.
+	// Peer is the peer being dialed; empty for inbound attempts.
 	Peer       peer.ID
 	RemoteAddr ma.Multiaddr
 	// LocalAddr is the local address, when known (inbound).

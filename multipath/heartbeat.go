@@ -275,7 +275,7 @@ func (m *Manager) pathDead(p peer.ID, pa *path) {
 // the peer's addresses; both sides dialing would double the paths). m.mu is
 // held for writing.
 func (m *Manager) maybeDiscover(p peer.ID, pp *peerPaths) {
-	if m.closed || pp.discovering || len(pp.ranked) == 0 || len(pp.ranked) >= m.cfg.DesiredPaths {
+	if live := livePaths(pp); m.closed || pp.discovering || live == 0 || live >= m.cfg.DesiredPaths {
 		return
 	}
 	outbound := false
@@ -337,7 +337,7 @@ func (m *Manager) discover(p peer.ID) {
 		}
 		m.mu.Lock()
 		pp := m.peers[p]
-		if pp == nil || len(pp.ranked) == 0 || len(pp.ranked) >= m.cfg.DesiredPaths || len(pp.paths) >= m.cfg.MaxPaths {
+		if pp == nil || livePaths(pp) == 0 || livePaths(pp) >= m.cfg.DesiredPaths || len(pp.paths) >= m.cfg.MaxPaths {
 			m.mu.Unlock()
 			return
 		}
@@ -389,4 +389,16 @@ func minTime(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// livePaths counts p's ranked paths whose connection is not closing: a peer
+// whose connections are being closed (ClosePeer) gets no new ones.
+func livePaths(pp *peerPaths) int {
+	n := 0
+	for _, pa := range pp.ranked {
+		if !pa.conn.IsClosed() {
+			n++
+		}
+	}
+	return n
 }

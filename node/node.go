@@ -201,13 +201,30 @@ func (n *Node) DHT() *dht.IpfsDHT { return n.dht }
 // Connect connects to the peer at the given addresses (added to the
 // peerstore) and waits for identify to complete. It returns nil at once when
 // already connected. Errors are the swarm's dial errors, which name each
-// address tried.
+// address tried (errors.Is(err, hooks.ErrRejected) when one of our hooks
+// refused), or ErrRefusedByPeer when the peer closed the connection right
+// after the handshake.
 func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
 	if ai.ID == "" {
 		return errors.New("node: Connect: AddrInfo has no peer ID")
 	}
 	if err := n.host.Connect(ctx, ai); err != nil {
 		return fmt.Errorf("node: connect to %s: %w", ai.ID, err)
+	}
+	return n.checkConnected(ai.ID)
+}
+
+// ErrRefusedByPeer is returned when a peer closes a new connection right
+// after the handshake: its gater or hooks refused us. (go-libp2p's QUIC
+// listener decides after the handshake, so the dial itself succeeds, and
+// the basic host's Connect does not notice.)
+var ErrRefusedByPeer = errors.New("node: the peer closed the connection after the handshake (refused by its gater or hooks)")
+
+// checkConnected turns "connected, then closed at once" into
+// ErrRefusedByPeer.
+func (n *Node) checkConnected(p peer.ID) error {
+	if n.host.Network().Connectedness(p) != network.Connected {
+		return fmt.Errorf("node: connect to %s: %w", p, ErrRefusedByPeer)
 	}
 	return nil
 }
@@ -228,7 +245,7 @@ func (n *Node) ConnectPeer(ctx context.Context, p peer.ID) error {
 	var firstErr error
 	if len(n.host.Peerstore().Addrs(p)) > 0 {
 		if firstErr = n.host.Connect(ctx, peer.AddrInfo{ID: p}); firstErr == nil {
-			return nil
+			return n.checkConnected(p)
 		}
 	}
 	ai, err := n.dht.FindPeer(ctx, p)
@@ -241,7 +258,7 @@ func (n *Node) ConnectPeer(ctx context.Context, p peer.ID) error {
 	if err := n.host.Connect(ctx, ai); err != nil {
 		return fmt.Errorf("node: connect to %s at DHT addresses %v: %w", p, ai.Addrs, err)
 	}
-	return nil
+	return n.checkConnected(p)
 }
 
 // NewStream opens a stream to p speaking the first of protocols the peer

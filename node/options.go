@@ -319,9 +319,11 @@ func DataDir(path string) Option {
 }
 
 // BeforeConnect registers a hook run before every outbound dial (before any
-// packet is sent) and every inbound connection (before its handshake; Peer
-// empty). The first hook to return an error rejects; see package hooks.
-// More hooks can be added at run time through Node.Hooks.
+// packet is sent) and for every inbound connection as soon as the transport
+// accepts it (go-libp2p's QUIC listener does so once the QUIC handshake is
+// done; the attempt carries the remote address, not the peer ID). The first
+// hook to return an error rejects; see package hooks. More hooks can be
+// added at run time through Node.Hooks.
 func BeforeConnect(fn hooks.BeforeConnectFunc) Option {
 	return func(c *config) error {
 		if fn == nil {

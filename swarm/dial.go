@@ -399,7 +399,8 @@ func (s *Swarm) dialAddr(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Co
 		// may know why (an AfterHandshake hook's reason).
 		if r, ok := s.gater.(rejectionReporter); ok {
 			if reason := r.TakeRejection(p); reason != nil {
-				err = fmt.Errorf("%w: %w", err, reason)
+				// A refusal, not a network failure: no backoff.
+				err = fmt.Errorf("%w: %w: %w", ErrGaterDisallowedConnection, reason, err)
 			}
 		}
 		return nil, err

@@ -1,0 +1,116 @@
+package gater_test
+
+import (
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/conngater"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/realmnet/realmnet/gater"
+)
+
+const benchSubnetCount = 10_000
+
+// benchConnAddrs is a network.ConnMultiaddrs for InterceptAccept.
+type benchConnAddrs struct{ local, remote ma.Multiaddr }
+
+func (a benchConnAddrs) LocalMultiaddr() ma.Multiaddr  { return a.local }
+func (a benchConnAddrs) RemoteMultiaddr() ma.Multiaddr { return a.remote }
+
+// benchGate is the part of a connection gater the benchmark times.
+type benchGate interface {
+	InterceptAddrDial(peer.ID, ma.Multiaddr) bool
+	InterceptAccept(network.ConnMultiaddrs) bool
+}
+
+// benchSubnets returns benchSubnetCount distinct random IPv4 /24s (fixed
+// seed) and an IPv4 address none of them covers.
+func benchSubnets() ([]*net.IPNet, netip.Addr) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	seen := make(map[[3]byte]bool, benchSubnetCount)
+	subnets := make([]*net.IPNet, 0, benchSubnetCount)
+	for len(subnets) < benchSubnetCount {
+		v := rng.Uint32()
+		key := [3]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8)}
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		subnets = append(subnets, &net.IPNet{IP: net.IP{key[0], key[1], key[2], 0}, Mask: net.CIDRMask(24, 32)})
+	}
+	for {
+		v := rng.Uint32()
+		key := [3]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8)}
+		if !seen[key] {
+			return subnets, netip.AddrFrom4([4]byte{key[0], key[1], key[2], byte(v)})
+		}
+	}
+}
+
+func BenchmarkSubnetDecision(b *testing.B) {
+	subnets, free := benchSubnets()
+	covered := netip.AddrFrom4([4]byte(subnets[len(subnets)/2].IP.To4())).Next()
+	benchAddr := func(a netip.Addr) ma.Multiaddr {
+		return ma.StringCast("/ip4/" + a.String() + "/udp/4001/quic-v1")
+	}
+	addr, blockedAddr := benchAddr(free), benchAddr(covered)
+	conn := benchConnAddrs{local: ma.StringCast("/ip4/192.0.2.254/udp/4001/quic-v1"), remote: addr}
+	p := testPeer(b, 1)
+
+	realmnet, err := gater.New(newStore(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	basic, err := conngater.NewBasicConnectionGater(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, s := range subnets {
+		if err := realmnet.BlockSubnet(s); err != nil {
+			b.Fatal(err)
+		}
+		if err := basic.BlockSubnet(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	for _, side := range []struct {
+		name string
+		g    benchGate
+	}{
+		{"realmnet", realmnet},
+		{"libp2p-BasicConnectionGater", basic},
+	} {
+		// Both gaters must decide the same way: the address is allowed,
+		// one inside a blocked /24 is not.
+		if !side.g.InterceptAddrDial(p, addr) || !side.g.InterceptAccept(conn) {
+			b.Fatalf("%s refused %s", side.name, addr)
+		}
+		if side.g.InterceptAddrDial(p, blockedAddr) || side.g.InterceptAccept(benchConnAddrs{conn.local, blockedAddr}) {
+			b.Fatalf("%s allowed %s", side.name, blockedAddr)
+		}
+		b.Run(side.name, func(b *testing.B) {
+			b.Run("InterceptAddrDial", func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if !side.g.InterceptAddrDial(p, addr) {
+						b.Fatal("refused")
+					}
+				}
+			})
+			b.Run("InterceptAccept", func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if !side.g.InterceptAccept(conn) {
+						b.Fatal("refused")
+					}
+				}
+			})
+		})
+	}
+}

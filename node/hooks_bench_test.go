@@ -1,0 +1,54 @@
+package node_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/realmnet/realmnet/hooks"
+	"github.com/realmnet/realmnet/node"
+)
+
+// BenchmarkDialWithHooks measures one connection (dial, handshake,
+// identify) and its close between two nodes on loopback, with three
+// registered hooks on the dialer (two BeforeConnect, one AfterHandshake,
+// each allowing) against none. The ratio is the cost of running hooks on
+// the dial path.
+func BenchmarkDialWithHooks(b *testing.B) {
+	allowBefore := func(context.Context, hooks.ConnectAttempt) error { return nil }
+	allowAfter := func(context.Context, hooks.Handshake) error { return nil }
+	for _, tc := range []struct {
+		name string
+		opts []node.Option
+	}{
+		{"no-hooks", nil},
+		{"3-hooks", []node.Option{node.BeforeConnect(allowBefore), node.BeforeConnect(allowBefore), node.AfterHandshake(allowAfter)}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			server := benchNode(b)
+			client := benchNode(b, tc.opts...)
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := client.Connect(ctx, server.AddrInfo()); err != nil {
+					b.Fatal(err)
+				}
+				_ = client.Host().Network().ClosePeer(server.ID())
+				for len(server.Host().Network().ConnsToPeer(client.ID())) > 0 {
+					time.Sleep(50 * time.Microsecond)
+				}
+			}
+		})
+	}
+}
+
+func benchNode(b *testing.B, opts ...node.Option) *node.Node {
+	b.Helper()
+	opts = append([]node.Option{node.ListenAddrs(loopback), node.DHTMode(node.DHTClient)}, opts...)
+	n, err := node.New(opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = n.Close() })
+	return n
+}
