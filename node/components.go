@@ -29,6 +29,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"go.uber.org/fx"
 
@@ -96,10 +97,23 @@ func newEventBus() event.Bus { return eventbus.NewBus() }
 // ResourceLimits option's limits over rcmgr's auto-scaled defaults — sized so
 // that a peer may hold MaxPaths connections (rcmgr's default is 8) and the
 // system the pools' ceiling — plus realm scopes.
-func newResourceManager(lc fx.Lifecycle, cfg *config) (*resource.Manager, network.ResourceManager, error) {
+func newResourceManager(lc fx.Lifecycle, cfg *config, id peer.ID) (*resource.Manager, network.ResourceManager, error) {
 	rc := cfg.resources
 	rc.PartialLimitConfig.Apply(resourceLimits(cfg.multipath.MaxPaths, cfg.connLimits.HighWater).ToPartialLimitConfig())
-	rm, err := resource.New(rc, nil)
+	var reg prometheus.Registerer
+	var opts []rcmgr.Option
+	if cfg.metrics != nil {
+		// rcmgr's collectors are process-wide (registered once per
+		// registry); the realm gauge is per node, labelled with its ID.
+		reporter, err := rcmgr.NewStatsTraceReporter()
+		if err != nil {
+			return nil, nil, fmt.Errorf("node: rcmgr metrics: %w", err)
+		}
+		rcmgr.MustRegisterWith(cfg.metrics)
+		opts = append(opts, rcmgr.WithTraceReporter(reporter))
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": id.String()}, cfg.metrics)
+	}
+	rm, err := resource.New(rc, reg, opts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("node: create resource manager: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/fx"
 
 	"github.com/realmnet/realmnet/connmgr"
@@ -88,6 +89,7 @@ type config struct {
 	connLimits       connmgr.Config
 	dataDir          string
 	resources        resource.Config
+	metrics          prometheus.Registerer
 	hookTimeout      time.Duration
 	beforeConnect    []hooks.BeforeConnectFunc
 	afterHandshake   []hooks.AfterHandshakeFunc
@@ -301,6 +303,20 @@ func ResourceLimits(cfg resource.Config) Option {
 			return err
 		}
 		c.resources = cfg
+		return nil
+	}
+}
+
+// Metrics exports the node's metrics to reg: go-libp2p rcmgr's (process-wide
+// collectors, libp2p_rcmgr_*) and the realm scopes' usage
+// (realmnet_realm_usage{realm, resource, node}). Several nodes may share a
+// registry. Without it the node exports nothing.
+func Metrics(reg prometheus.Registerer) Option {
+	return func(c *config) error {
+		if reg == nil {
+			return errors.New("node: Metrics registerer is nil")
+		}
+		c.metrics = reg
 		return nil
 	}
 }

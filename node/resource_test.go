@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/realmnet/realmnet/node"
@@ -156,3 +157,35 @@ func TestAttackerHeldAtLimitsMemberServed(t *testing.T) {
 }
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// TestMetricsExportRealmAndRcmgrUsage: with node.Metrics, realm usage and
+// rcmgr's scopes are on the registry; two nodes can share it.
+func TestMetricsExportRealmAndRcmgrUsage(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	a := newNode(t, node.Metrics(reg))
+	b := newNode(t, node.Metrics(reg))
+	release, err := a.ResourceManager().ReserveRealmStream("chat", network.DirOutbound)
+	require.NoError(t, err)
+	defer release()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, a.Connect(ctx, b.AddrInfo()))
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	names := map[string]bool{}
+	for _, f := range families {
+		names[f.GetName()] = true
+		if f.GetName() == "realmnet_realm_usage" {
+			require.Len(t, f.GetMetric(), 1)
+			m := f.GetMetric()[0]
+			require.Equal(t, 1.0, m.GetGauge().GetValue())
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			require.Equal(t, map[string]string{"realm": "chat", "resource": "streams_outbound", "node": a.ID().String()}, labels)
+		}
+	}
+	require.True(t, names["realmnet_realm_usage"])
+	require.True(t, names["libp2p_rcmgr_connections"], "rcmgr's metrics are exported: %v", names)
+}
