@@ -223,10 +223,14 @@ var ErrRefusedByPeer = errors.New("node: the peer closed the connection after th
 // checkConnected turns "connected, then closed at once" into
 // ErrRefusedByPeer.
 func (n *Node) checkConnected(p peer.ID) error {
-	if n.host.Network().Connectedness(p) != network.Connected {
-		return fmt.Errorf("node: connect to %s: %w", p, ErrRefusedByPeer)
+	// The swarm forgets a connection the peer closed a moment after quic-go
+	// knows it is closed: ask the connections themselves.
+	for _, c := range n.host.Network().ConnsToPeer(p) {
+		if !c.IsClosed() {
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("node: connect to %s: %w", p, ErrRefusedByPeer)
 }
 
 // ConnectPeer connects to p knowing only its peer ID: it dials the addresses
