@@ -100,7 +100,7 @@ func echoOnce(ctx context.Context, n *node.Node, p peer.ID) (network.Conn, error
 
 // TestBestSelectsLowestRTT: 20 ms vs 2 ms one-way delay; best selects the
 // 2 ms path within two heartbeats; after the delays are swapped it
-// switches; a 3 ms difference does not make it switch.
+// switches.
 func TestBestSelectsLowestRTT(t *testing.T) {
 	const heartbeat = 300 * time.Millisecond
 	cfg := multipath.Config{HeartbeatInterval: heartbeat, PathIdleTimeout: 5 * time.Second, DesiredPaths: 1}
@@ -141,40 +141,9 @@ func TestBestSelectsLowestRTT(t *testing.T) {
 	require.Eventually(t, func() bool { return selectedRemote(client, server.ID()).Equal(slow.Multiaddr()) },
 		15*time.Second, 20*time.Millisecond, "best must switch after the delays swap")
 
-	// Now make the standby path 3 ms (RTT) better: below the 5 ms
-	// hysteresis, so no switch for RTT. (On a loaded machine a late
-	// heartbeat may mark a path degraded, and a switch for health is
-	// right; only "lower rtt" switches would break the hysteresis.)
-	sub, err := client.Host().EventBus().Subscribe(new(multipath.EvtPathSelected))
-	require.NoError(t, err)
-	defer sub.Close()
-	fast.SetDelay(500 * time.Microsecond)
-	rtts := func() (fastRTT, slowRTT time.Duration) {
-		for _, p := range client.Paths(server.ID()) {
-			if p.Remote.Equal(fast.Multiaddr()) {
-				fastRTT = p.SmoothedRTT
-			} else {
-				slowRTT = p.SmoothedRTT
-			}
-		}
-		return fastRTT, slowRTT
-	}
-	start := time.Now()
-	for {
-		select {
-		case e := <-sub.Out():
-			sel := e.(multipath.EvtPathSelected)
-			require.NotEqual(t, "lower rtt", sel.Reason, "a 3 ms advantage must not cause a switch (hysteresis 5 ms): %+v", sel)
-		default:
-		}
-		fastRTT, slowRTT := rtts()
-		if time.Since(start) > 10*heartbeat && fastRTT+time.Millisecond < slowRTT {
-			t.Logf("standby SRTT %s, selected SRTT %s: no switch for RTT", fastRTT, slowRTT)
-			break
-		}
-		require.Less(t, time.Since(start), 30*time.Second, "the standby path never got faster: SRTT %s vs %s", fastRTT, slowRTT)
-		time.Sleep(20 * time.Millisecond)
-	}
+	// The hysteresis (a 3 ms advantage does not switch) is checked with
+	// fixed RTTs in TestHysteresis: through a timer-driven proxy on a loaded
+	// machine, a nominal 3 ms gap can measure above 5 ms.
 }
 
 // TestFailoverUnderLoad: blackholing the selected path while streams flow;
