@@ -512,6 +512,13 @@ func (pi *peerInfo) find(c network.Conn) int {
 	return -1
 }
 
+// known reports whether c is accounted.
+func (m *Manager) known(c network.Conn) bool {
+	found := false
+	m.withPeer(c.RemotePeer(), func(pi *peerInfo) { found = pi.find(c) >= 0 })
+	return found
+}
+
 // unaccountLocked removes connection i from pi and every count; the segment
 // is locked.
 func (m *Manager) unaccountLocked(pi *peerInfo, i int) {

@@ -741,17 +741,28 @@ func TestAdmitConnCeilingHoldsWhileVictimCloses(t *testing.T) {
 	}
 	require.Equal(t, 11, m.ConnectionCount())
 
+	// While the victim closes, another goroutine admits a connection (in
+	// the swarm a close never calls back into the manager: the intruder
+	// is concurrent, so it runs on its own goroutine and may have to wait
+	// for the trim in progress).
 	var intruderAdmitted atomic.Bool
+	var intruder sync.WaitGroup
 	victim.onClose = func(*fakeConn) {
 		observe()
-		p := randPeer(t)
-		m.TagPeer(p, "score", 10)
-		intruderAdmitted.Store(m.AdmitConn(newFakeConn(p, network.DirInbound)))
+		intruder.Go(func() {
+			p := randPeer(t)
+			m.TagPeer(p, "score", 10)
+			intruderAdmitted.Store(m.AdmitConn(newFakeConn(p, network.DirInbound)))
+			observe()
+		})
+		time.Sleep(20 * time.Millisecond) // let the intruder race the trim
 		observe()
 	}
 	newcomer := randPeer(t)
 	m.TagPeer(newcomer, "score", 10)
 	admitted := m.AdmitConn(newFakeConn(newcomer, network.DirInbound))
+	observe()
+	intruder.Wait()
 	observe()
 	requireClosed(t, victim)
 	t.Logf("newcomer admitted %v, intruder admitted %v, count %d", admitted, intruderAdmitted.Load(), m.ConnectionCount())

@@ -176,12 +176,15 @@ func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace 
 			m.stats.closed(reason)
 			continue
 		}
-		if !m.forget(v.conn) {
+		if !m.known(v.conn) {
 			continue // closed meanwhile
 		}
+		// Close first, then free the slot: a concurrent admission must not
+		// add its connection while the victim is still in the swarm.
+		_ = v.conn.CloseWithError(network.ConnGarbageCollected)
+		m.forget(v.conn) // false when Disconnected already did it
 		res.closed++
 		m.stats.closed(reason)
-		_ = v.conn.CloseWithError(network.ConnGarbageCollected)
 		if m.emitter != nil {
 			m.trimEvents = append(m.trimEvents, EvtConnTrimmed{Peer: v.conn.RemotePeer(), ConnID: v.conn.ID(), Pool: poolName(sc, target), Reason: reason})
 		}

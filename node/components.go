@@ -68,6 +68,7 @@ func components(cfg *config, key crypto.PrivKey) fx.Option {
 			newSwarm,
 			newMultipath,
 			newHost,
+			newNodeIdentifyTracker,
 			newDHT,
 		),
 		fx.Invoke(start),
@@ -286,6 +287,26 @@ func newMultipath(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, bus event.Bus, p
 	return m, nil
 }
 
+// newNodeIdentifyTracker records identify outcomes for Node.Connect; it
+// forgets a peer when its last connection closes.
+func newNodeIdentifyTracker(lc fx.Lifecycle, bus event.Bus, s *swarm.Swarm) (*identifyTracker, error) {
+	t, err := newIdentifyTracker(bus)
+	if err != nil {
+		return nil, err
+	}
+	forget := &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
+		if n.Connectedness(c.RemotePeer()) != network.Connected {
+			t.forget(c.RemotePeer())
+		}
+	}}
+	s.Notify(forget)
+	lc.Append(fx.StopHook(func() {
+		s.StopNotify(forget)
+		t.close()
+	}))
+	return t, nil
+}
+
 // newHost is libp2p's basic host over our swarm, with identify and ping.
 func newHost(lc fx.Lifecycle, s *swarm.Swarm, bus event.Bus, cm libp2pcoreconnmgr.ConnManager) (host.Host, error) {
 	h, err := basichost.NewHost(s, &basichost.HostOpts{
@@ -343,7 +364,7 @@ func kadMode(m DHTRole) dht.ModeOpt {
 // anything starts: when listening fails, fx rolls all of them back. It
 // listens, starts the host (identify, address manager), then connects to the
 // bootstrap peers.
-func start(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, g *gater.Gater, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT) {
+func start(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, g *gater.Gater, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT, _ *identifyTracker) {
 	g.SetNetwork(s)
 	lc.Append(fx.StartHook(func() error {
 		if err := s.Listen(cfg.listenAddrs...); err != nil {

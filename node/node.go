@@ -50,7 +50,9 @@ type Node struct {
 	hooks *hooks.Registry
 	gater *gater.Gater
 	rm    *resource.Manager
-	dht   *dht.IpfsDHT
+
+	identified *identifyTracker
+	dht        *dht.IpfsDHT
 
 	closeOnce sync.Once
 	closeErr  error
@@ -86,7 +88,7 @@ func New(opts ...Option) (*Node, error) {
 		components(&cfg, key),
 	}
 	fxOpts = append(fxOpts, cfg.fxOptions...)
-	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.hooks, &n.gater, &n.rm, &n.dht))
+	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.hooks, &n.gater, &n.rm, &n.dht, &n.identified))
 	n.app = fx.New(fxOpts...)
 	if err := n.app.Err(); err != nil {
 		return nil, fmt.Errorf("node: build: %w", err)
@@ -208,10 +210,33 @@ func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
 	if ai.ID == "" {
 		return errors.New("node: Connect: AddrInfo has no peer ID")
 	}
+	if n.host.Network().Connectedness(ai.ID) == network.Connected {
+		return nil
+	}
+	return n.connect(ctx, ai, "")
+}
+
+// connect dials through the host (which waits for identify) and then asks
+// the identify outcome whether the peer kept the connection: go-libp2p's
+// QUIC listener decides after the handshake, so a refused dial "succeeds"
+// and only identify fails. where describes the addresses in errors.
+func (n *Node) connect(ctx context.Context, ai peer.AddrInfo, where string) error {
+	start := time.Now()
 	if err := n.host.Connect(ctx, ai); err != nil {
-		return fmt.Errorf("node: connect to %s: %w", ai.ID, err)
+		return fmt.Errorf("node: connect to %s%s: %w", ai.ID, where, err)
+	}
+	if reason, ok := n.identified.wait(ctx, ai.ID, start); ok && refusedByGater(reason) {
+		return fmt.Errorf("node: connect to %s%s: %w (identify: %v)", ai.ID, where, ErrRefusedByPeer, reason)
 	}
 	return n.checkConnected(ai.ID)
+}
+
+// refusedByGater reports whether err says the peer closed the connection
+// with network.ConnGated (its gater or hooks refused us). Other closes — a
+// redundant path closed by multipath, say — are not refusals.
+func refusedByGater(err error) bool {
+	var ce *network.ConnError
+	return errors.As(err, &ce) && ce.Remote && ce.ErrorCode == network.ConnGated
 }
 
 // ErrRefusedByPeer is returned when a peer closes a new connection right
@@ -248,8 +273,8 @@ func (n *Node) ConnectPeer(ctx context.Context, p peer.ID) error {
 	}
 	var firstErr error
 	if len(n.host.Peerstore().Addrs(p)) > 0 {
-		if firstErr = n.host.Connect(ctx, peer.AddrInfo{ID: p}); firstErr == nil {
-			return n.checkConnected(p)
+		if firstErr = n.connect(ctx, peer.AddrInfo{ID: p}, ""); firstErr == nil || errors.Is(firstErr, ErrRefusedByPeer) {
+			return firstErr
 		}
 	}
 	ai, err := n.dht.FindPeer(ctx, p)
@@ -259,10 +284,7 @@ func (n *Node) ConnectPeer(ctx context.Context, p peer.ID) error {
 		}
 		return fmt.Errorf("node: find %s through the DHT: %w", p, err)
 	}
-	if err := n.host.Connect(ctx, ai); err != nil {
-		return fmt.Errorf("node: connect to %s at DHT addresses %v: %w", p, ai.Addrs, err)
-	}
-	return n.checkConnected(p)
+	return n.connect(ctx, ai, fmt.Sprintf(" at DHT addresses %v", ai.Addrs))
 }
 
 // NewStream opens a stream to p speaking the first of protocols the peer
