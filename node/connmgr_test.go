@@ -70,8 +70,13 @@ func TestPoolsHoldUnderInboundBurst(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// The protected peers connect first; the burst must not take their
+	// connections away.
+	for _, o := range others[:len(protected)] {
+		require.NoError(t, o.Connect(ctx, hub.AddrInfo()))
+	}
 	var wg sync.WaitGroup
-	for _, o := range others {
+	for _, o := range others[len(protected):] {
 		wg.Go(func() { _ = o.Connect(ctx, hub.AddrInfo()) }) // some are refused: fine
 	}
 	wg.Wait()
