@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -431,7 +432,7 @@ func TestCustomAndPerPeerStrategy(t *testing.T) {
 func TestPathLimits(t *testing.T) {
 	var listen []string
 	for i := 1; i <= 20; i++ {
-		listen = append(listen, "/ip4/127.0.0."+itoa(i)+"/udp/0/quic-v1")
+		listen = append(listen, "/ip4/127.0.0."+strconv.Itoa(i)+"/udp/0/quic-v1")
 	}
 	server := newNode(t, multipath.Config{MaxPaths: 12, DesiredPaths: 1}, listen...)
 	client := newNode(t, multipath.Config{MaxPaths: 20, DesiredPaths: 20})
@@ -464,13 +465,6 @@ func TestPathLimits(t *testing.T) {
 		remotes[p.Remote.String()] = true
 	}
 	require.Len(t, remotes, 12, "every path uses a distinct remote address")
-}
-
-func itoa(i int) string {
-	if i >= 10 {
-		return string(rune('0'+i/10)) + string(rune('0'+i%10))
-	}
-	return string(rune('0' + i))
 }
 
 // TestStandbyPathDialedAfterIdentify: with the defaults, connecting to a

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -301,18 +302,7 @@ func deadUDPAddr(t *testing.T) ma.Multiaddr {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = pc.Close() })
 	port := pc.LocalAddr().(*net.UDPAddr).Port
-	return ma.StringCast("/ip4/127.0.0.1/udp/" + itoa(port) + "/quic-v1")
-}
-
-func itoa(n int) string {
-	var b [20]byte
-	i := len(b)
-	for n > 0 || i == len(b) {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	return string(b[i:])
+	return ma.StringCast("/ip4/127.0.0.1/udp/" + strconv.Itoa(port) + "/quic-v1")
 }
 
 func TestDialUnreachableFailsWithinTimeoutAndNamesAddress(t *testing.T) {
