@@ -293,7 +293,7 @@ func (m *Manager) maybeDiscover(p peer.ID, pp *peerPaths) {
 // discover dials p's known addresses that no path uses yet, one at a time,
 // until p has DesiredPaths live paths or the addresses run out. An address
 // whose dial failed, or whose path the peer refused (closed with
-// ErrorCodeTooManyPaths or ErrorCodePathRedundant: its MaxPaths is lower),
+// ErrorCodeTooManyPaths: its MaxPaths is lower),
 // is left alone for redialAfter, so that such a peer causes no churn; when
 // the peer still lacks paths, discovery runs again once such an address is
 // eligible.

@@ -355,11 +355,61 @@ func (m *Manager) Connected(_ network.Network, c network.Conn) {
 		go m.heartbeat(p, pa)
 		m.maybeDiscover(p, pp)
 	}
+	if victim != nil && code == ErrorCodePathRedundant && !m.closed {
+		// A redundant connection may already carry streams (both ends
+		// dialed at once and started talking): let them finish, up to
+		// redundantDrain, instead of resetting them. It takes no new
+		// streams meanwhile: the old one is out of selection as soon as
+		// it is closing, and the new one never became a path.
+		if pa := pp.find(victim); pa != nil {
+			pa.state = StateDead
+			m.rerank(p, pp, "path removed")
+		}
+		m.wg.Add(1)
+		go m.drainAndClose(victim, reason)
+		victim = nil
+	}
 	m.mu.Unlock()
 	if victim != nil {
 		log.Debugw("closing connection", "peer", p, "conn", victim.ID(), "reason", reason)
 		_ = victim.CloseWithError(code)
 	}
+}
+
+// redundantDrain bounds how long a redundant connection may finish its
+// streams before it is closed.
+const redundantDrain = 5 * time.Second
+
+// drainAndClose closes a redundant connection once it carries no
+// application stream, or after redundantDrain; owned by the manager (wg).
+func (m *Manager) drainAndClose(c network.Conn, reason string) {
+	defer m.wg.Done()
+	deadline := time.NewTimer(redundantDrain)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for userStreams(c) > 0 {
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			goto closeIt
+		case <-m.ctx.Done():
+			goto closeIt
+		}
+	}
+closeIt:
+	log.Debugw("closing connection", "peer", c.RemotePeer(), "conn", c.ID(), "reason", reason)
+	_ = c.CloseWithError(ErrorCodePathRedundant)
+}
+
+// find returns the path of c, or nil.
+func (pp *peerPaths) find(c network.Conn) *path {
+	for _, pa := range pp.paths {
+		if pa.conn == c {
+			return pa
+		}
+	}
+	return nil
 }
 
 // refuse says which connection, if any, must be closed when c arrives (c

@@ -136,9 +136,8 @@ func newPath(parent context.Context, c network.Conn) *path {
 }
 
 // refusedByPeer reports whether the peer closed the path because it has
-// enough paths (ErrorCodeTooManyPaths) or found it redundant
-// (ErrorCodePathRedundant): quic-go records the close as the cause of the
-// connection's context.
+// enough paths (ErrorCodeTooManyPaths): quic-go records the close as the
+// cause of the connection's context.
 func (pa *path) refusedByPeer() bool {
 	if pa.quic == nil {
 		return false
@@ -147,8 +146,9 @@ func (pa *path) refusedByPeer() bool {
 	if !errors.As(context.Cause(pa.quic.Context()), &appErr) || !appErr.Remote {
 		return false
 	}
-	code := network.ConnErrorCode(appErr.ErrorCode)
-	return code == ErrorCodeTooManyPaths || code == ErrorCodePathRedundant
+	// A redundant path is not a refusal of the address: the other
+	// connection on the same pair serves it.
+	return network.ConnErrorCode(appErr.ErrorCode) == ErrorCodeTooManyPaths
 }
 
 // rtt is the path's round-trip estimate used for selection.

@@ -225,10 +225,34 @@ func (n *Node) connect(ctx context.Context, ai peer.AddrInfo, where string) erro
 	if err := n.host.Connect(ctx, ai); err != nil {
 		return fmt.Errorf("node: connect to %s%s: %w", ai.ID, where, err)
 	}
-	if reason, ok := n.identified.wait(ctx, ai.ID, start); ok && refusedByGater(reason) {
+	reason, ok := n.identified.wait(ctx, ai.ID, start)
+	if ok && refusedByGater(reason) {
 		return fmt.Errorf("node: connect to %s%s: %w (identify: %v)", ai.ID, where, ErrRefusedByPeer, reason)
 	}
+	if ok && reason != nil {
+		// Identify failed for another reason, e.g. the peer closed our
+		// connection as a redundant path because its own connection to us
+		// survives: give that one a moment to arrive.
+		if n.awaitConnection(ctx, ai.ID, time.Second) {
+			return nil
+		}
+		return fmt.Errorf("node: connect to %s%s: the connection closed during identify: %w", ai.ID, where, reason)
+	}
 	return n.checkConnected(ai.ID)
+}
+
+// awaitConnection waits up to limit for an open connection to p.
+func (n *Node) awaitConnection(ctx context.Context, p peer.ID, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for {
+		if n.checkConnected(p) == nil {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // refusedByGater reports whether err says the peer closed the connection
