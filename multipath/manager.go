@@ -286,6 +286,27 @@ func (m *Manager) choose(p peer.ID, pp *peerPaths, conns []network.Conn) network
 }
 
 func (m *Manager) pick(p peer.ID, pp *peerPaths, conns []network.Conn) *path {
+	strategy, selectFunc := pp.strategy, pp.selectFunc
+	if strategy == "" {
+		strategy, selectFunc = m.strategy, m.selectFunc
+	}
+	if strategy == StrategyBest {
+		// The stream-open hot path: the first ranked path among conns,
+		// preferring any that is not degraded; no allocation.
+		var degraded *path
+		for _, pa := range pp.ranked {
+			if !slices.Contains(conns, pa.conn) {
+				continue
+			}
+			if pa.state != StateDegraded {
+				return pa
+			}
+			if degraded == nil {
+				degraded = pa
+			}
+		}
+		return degraded
+	}
 	usable := make([]*path, 0, len(pp.ranked))
 	for _, pa := range pp.ranked {
 		if slices.Contains(conns, pa.conn) {
@@ -298,10 +319,6 @@ func (m *Manager) pick(p peer.ID, pp *peerPaths, conns []network.Conn) *path {
 	// Degraded paths take streams only when nothing else is left.
 	if firstDegraded := slices.IndexFunc(usable, func(pa *path) bool { return pa.state == StateDegraded }); firstDegraded > 0 {
 		usable = usable[:firstDegraded]
-	}
-	strategy, selectFunc := pp.strategy, pp.selectFunc
-	if strategy == "" {
-		strategy, selectFunc = m.strategy, m.selectFunc
 	}
 	switch strategy {
 	case StrategyRoundRobin:
@@ -388,16 +405,16 @@ func (m *Manager) drainAndClose(c network.Conn, reason string) {
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
+wait:
 	for userStreams(c) > 0 {
 		select {
 		case <-tick.C:
 		case <-deadline.C:
-			goto closeIt
+			break wait
 		case <-m.ctx.Done():
-			goto closeIt
+			break wait
 		}
 	}
-closeIt:
 	log.Debugw("closing connection", "peer", c.RemotePeer(), "conn", c.ID(), "reason", reason)
 	_ = c.CloseWithError(ErrorCodePathRedundant)
 }
