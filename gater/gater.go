@@ -609,3 +609,13 @@ func (g *Gater) String() string {
 		len(g.allow.peers), len(g.allow.ips), len(g.allow.subnets))
 	return b.String()
 }
+
+// HasAllowRule reports whether p has an explicit allow rule (AllowPeer),
+// the mark of an allowlisted infrastructure peer (the realm-only policy
+// exempts such peers). Safe for concurrent use.
+func (g *Gater) HasAllowRule(p peer.ID) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	_, ok := g.allow.peers[p]
+	return ok
+}

@@ -37,6 +37,7 @@ import (
 	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/realm"
 	"github.com/realmnet/realmnet/resource"
 	"github.com/realmnet/realmnet/swarm"
 )
@@ -70,6 +71,7 @@ func components(cfg *config, key crypto.PrivKey) fx.Option {
 			newHost,
 			newNodeIdentifyTracker,
 			newDHT,
+			newRealms,
 		),
 		fx.Invoke(start),
 	)
@@ -359,12 +361,36 @@ func kadMode(m DHTRole) dht.ModeOpt {
 	return dht.ModeAutoServer
 }
 
+// newRealms builds the realm service over the host (its stop hook runs
+// before the host's and the DHT's, so goodbyes still go out) and turns the
+// realm-only policy on when asked, exempting bootstrap and allowlisted peers.
+func newRealms(lc fx.Lifecycle, cfg *config, h host.Host, pools *connmgr.Manager, rm *resource.Manager, g *gater.Gater, d *dht.IpfsDHT, paths *multipath.Manager) (*realm.Service, error) {
+	svc, err := realm.NewService(realm.Deps{
+		Host: h, Pools: pools, Resources: rm, Gater: g, Routing: d, Paths: paths.Paths,
+	})
+	if err != nil {
+		return nil, err
+	}
+	lc.Append(fx.StopHook(svc.Close))
+	if cfg.realmOnly {
+		bootstrapPeers := make(map[peer.ID]bool, len(cfg.bootstrap))
+		for _, ai := range cfg.bootstrap {
+			bootstrapPeers[ai.ID] = true
+		}
+		exempt := func(p peer.ID) bool { return bootstrapPeers[p] || g.HasAllowRule(p) }
+		if err := svc.EnableRealmOnly(cfg.authTimeout, cfg.realmOnlyBackoff, exempt); err != nil {
+			return nil, err
+		}
+	}
+	return svc, nil
+}
+
 // start is the node's one start hook. It depends on every component, so
 // that all of them are built, and have their stop hooks registered, before
 // anything starts: when listening fails, fx rolls all of them back. It
 // listens, starts the host (identify, address manager), then connects to the
 // bootstrap peers.
-func start(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, g *gater.Gater, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT, _ *identifyTracker) {
+func start(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, g *gater.Gater, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT, _ *identifyTracker, _ *realm.Service) {
 	g.SetNetwork(s)
 	lc.Append(fx.StartHook(func() error {
 		if err := s.Listen(cfg.listenAddrs...); err != nil {

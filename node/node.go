@@ -31,6 +31,7 @@ import (
 	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/realm"
 	"github.com/realmnet/realmnet/resource"
 	"github.com/realmnet/realmnet/swarm"
 )
@@ -53,6 +54,7 @@ type Node struct {
 
 	identified *identifyTracker
 	dht        *dht.IpfsDHT
+	realms     *realm.Service
 
 	closeOnce sync.Once
 	closeErr  error
@@ -88,7 +90,7 @@ func New(opts ...Option) (*Node, error) {
 		components(&cfg, key),
 	}
 	fxOpts = append(fxOpts, cfg.fxOptions...)
-	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.hooks, &n.gater, &n.rm, &n.dht, &n.identified))
+	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.hooks, &n.gater, &n.rm, &n.dht, &n.identified, &n.realms))
 	n.app = fx.New(fxOpts...)
 	if err := n.app.Err(); err != nil {
 		return nil, fmt.Errorf("node: build: %w", err)
@@ -350,3 +352,23 @@ func (n *Node) Close() error {
 	})
 	return n.closeErr
 }
+
+// JoinRealm joins the realm called name (see package realm): with
+// realm.WithPSK a closed realm, else an open one. It returns at once;
+// members are found (DHT, connected peers, realm.WithPeers, member exchange,
+// mDNS), mutually authenticated, and announced as realm.EvtMemberJoined.
+// Errors: realm.ErrBadName, realm.ErrWeakPSK, realm.ErrAlreadyJoined, an
+// invalid limit (named), ctx's error.
+func (n *Node) JoinRealm(ctx context.Context, name string, opts ...realm.Option) (*realm.Realm, error) {
+	return n.realms.Join(ctx, name, opts...)
+}
+
+// Realm returns the joined realm called name, or nil.
+func (n *Node) Realm(name string) *realm.Realm { return n.realms.Realm(name) }
+
+// Realms returns the joined realms, sorted by name.
+func (n *Node) Realms() []*realm.Realm { return n.realms.Realms() }
+
+// RealmStats returns the realm service's counters: handshakes, refusals
+// (by reason), rejected records and goodbyes, realm-only closes.
+func (n *Node) RealmStats() realm.Stats { return n.realms.Stats() }

@@ -14,6 +14,7 @@ import (
 	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/realm"
 	"github.com/realmnet/realmnet/resource"
 	"github.com/realmnet/realmnet/swarm"
 )
@@ -95,6 +96,9 @@ type config struct {
 	afterHandshake   []hooks.AfterHandshakeFunc
 	bootstrapTimeout time.Duration
 	fxOptions        []fx.Option
+	realmOnly        bool
+	authTimeout      time.Duration
+	realmOnlyBackoff time.Duration
 }
 
 func defaultConfig() config {
@@ -105,6 +109,8 @@ func defaultConfig() config {
 		multipath:        multipath.DefaultConfig(),
 		connLimits:       connmgr.DefaultConfig(),
 		bootstrapTimeout: 10 * time.Second,
+		authTimeout:      realm.DefaultAuthTimeout,
+		realmOnlyBackoff: realm.DefaultRealmOnlyBackoff,
 	}
 }
 
@@ -372,6 +378,44 @@ func HookTimeout(d time.Duration) Option {
 			return fmt.Errorf("node: HookTimeout must be > 0, got %s", d)
 		}
 		c.hookTimeout = d
+		return nil
+	}
+}
+
+// RealmOnly isolates the node to its realms: a connected peer that has not
+// authenticated into a realm shared with this node within AuthTimeout
+// (default 10 s) of connecting is disconnected, and the gater refuses it
+// (dials and inbound handshakes, gater.ErrPeerPolicy) for RealmOnlyBackoff
+// (default 1 min). Bootstrap peers and peers with an allow rule
+// (Gater().AllowPeer) are exempt, so the DHT keeps its infrastructure.
+func RealmOnly() Option {
+	return func(c *config) error {
+		c.realmOnly = true
+		return nil
+	}
+}
+
+// AuthTimeout sets the realm-only policy's time to authenticate (> 0;
+// default realm.DefaultAuthTimeout, 10 s). It has no effect without
+// RealmOnly.
+func AuthTimeout(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("node: AuthTimeout must be > 0, got %s", d)
+		}
+		c.authTimeout = d
+		return nil
+	}
+}
+
+// RealmOnlyBackoff sets how long the realm-only policy refuses a peer it
+// closed (> 0; default realm.DefaultRealmOnlyBackoff, 1 min).
+func RealmOnlyBackoff(d time.Duration) Option {
+	return func(c *config) error {
+		if d <= 0 {
+			return fmt.Errorf("node: RealmOnlyBackoff must be > 0, got %s", d)
+		}
+		c.realmOnlyBackoff = d
 		return nil
 	}
 }

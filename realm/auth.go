@@ -1,0 +1,282 @@
+package realm
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// The handshake (docs/realms.md has the diagram). I is the initiator, R the
+// responder, IDs come from the TLS-authenticated connection:
+//
+//	I → R  hello:  nonce_i ‖ tag     tag   = HMAC(auth, "tag" ‖ nonce_i)
+//	R → I  reply:  nonce_r ‖ MAC_r   MAC_r = HMAC(auth, "resp" ‖ realmID ‖ I ‖ R ‖ nonce_i ‖ nonce_r)
+//	I → R  finish: MAC_i             MAC_i = HMAC(auth, "init" ‖ realmID ‖ I ‖ R ‖ nonce_i ‖ nonce_r)
+//	R → I  end of stream (R has admitted I); I admits R on reading it.
+//
+// R finds the realm by computing the tag with each of its realms' keys; the
+// realm ID is never sent. Any failure resets the stream, with no reason.
+
+// errAuthReset is the initiator's view of a reset or malformed handshake.
+var errAuthReset = fmt.Errorf("%w: stream reset or malformed", ErrAuthFailed)
+
+// authenticate runs the initiator side with p for realm r and admits p on
+// success. Concurrent calls for the same peer share one handshake.
+func (r *Realm) authenticate(ctx context.Context, p peer.ID) error {
+	r.mu.Lock()
+	switch {
+	case r.left:
+		r.mu.Unlock()
+		return ErrLeft
+	case r.members[p] != nil && r.members[p].authenticated:
+		r.mu.Unlock()
+		return nil
+	}
+	if wait, ok := r.pending[p]; ok {
+		r.mu.Unlock()
+		select {
+		case <-wait.done:
+			return wait.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	call := &pendingAuth{done: make(chan struct{})}
+	r.pending[p] = call
+	r.mu.Unlock()
+
+	call.err = r.initiate(ctx, p)
+	r.mu.Lock()
+	delete(r.pending, p)
+	r.mu.Unlock()
+	close(call.done)
+	return call.err
+}
+
+type pendingAuth struct {
+	done chan struct{}
+	err  error
+}
+
+func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
+	s := r.svc
+	ctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
+	defer cancel()
+	defer s.beginFlight(p)()
+	str, err := s.deps.Host.NewStream(network.WithAllowLimitedConn(ctx, "realm auth"), p, AuthProtocol)
+	if err != nil {
+		return fmt.Errorf("realm %q: open handshake with %s: %w", r.name, p, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = str.Reset()
+		}
+	}()
+	deadline, _ := ctx.Deadline()
+	_ = str.SetDeadline(deadline)
+	self := s.deps.Host.ID()
+	remote := str.Conn().RemotePeer()
+
+	nonceI := s.newNonce()
+	tag := newMAC(&r.keys.auth, "tag").bytes(nonceI[:]).sum()
+	if err := writeFrame(str, encodeNonceMAC(&nonceI, &tag)); err != nil {
+		return fmt.Errorf("realm %q: handshake with %s: send hello: %w", r.name, p, err)
+	}
+	frame, err := readFrame(str)
+	if err != nil {
+		s.stats.authBadFrame.Add(1)
+		return fmt.Errorf("%w: %s gave no reply: %v", ErrAuthFailed, p, err)
+	}
+	nonceR, macR, err := decodeNonceMAC(frame)
+	if err != nil {
+		s.stats.authBadFrame.Add(1)
+		return errAuthReset
+	}
+	if !s.freshNonce(nonceR) {
+		s.stats.authReplayed.Add(1)
+		return fmt.Errorf("%w: %s replayed a nonce", ErrAuthFailed, p)
+	}
+	want := r.keys.transcriptMAC("resp", self, remote, &nonceI, &nonceR)
+	if !hmac.Equal(macR[:], want[:]) {
+		s.stats.authBadMAC.Add(1)
+		return fmt.Errorf("%w: %s did not prove the realm key", ErrAuthFailed, p)
+	}
+	macI := r.keys.transcriptMAC("init", self, remote, &nonceI, &nonceR)
+	if err := writeFrame(str, macI[:]); err != nil {
+		return fmt.Errorf("realm %q: handshake with %s: send finish: %w", r.name, p, err)
+	}
+	if err := str.CloseWrite(); err != nil {
+		return fmt.Errorf("realm %q: handshake with %s: %w", r.name, p, err)
+	}
+	// The responder closes its side once it has admitted us; a reset means
+	// it refused (a limit). Nothing else may follow.
+	var one [1]byte
+	if n, err := str.Read(one[:]); n != 0 || !errors.Is(err, io.EOF) {
+		s.stats.authRefused.Add(1)
+		return fmt.Errorf("%w: %s refused the handshake", ErrAuthFailed, p)
+	}
+	if err := r.admit(p); err != nil {
+		s.stats.authRefused.Add(1)
+		return err
+	}
+	s.stats.authSucceeded.Add(1)
+	_ = str.Close()
+	r.exchangeAsync(p)
+	return nil
+}
+
+// respond runs the responder side of a handshake.
+func (s *Service) respond(str network.Stream) {
+	select {
+	case s.handshakes <- struct{}{}:
+		defer func() { <-s.handshakes }()
+	default:
+		s.stats.authRefused.Add(1)
+		_ = str.Reset()
+		return
+	}
+	end := s.beginFlight(str.Conn().RemotePeer())
+	defer end()
+	if _, ok := s.respondHandshake(str); ok {
+		_ = str.Close()
+		return
+	}
+	_ = str.Reset()
+}
+
+// respondHandshake returns the realm the initiator authenticated into, or
+// false after counting the failure.
+func (s *Service) respondHandshake(str network.Stream) (*Realm, bool) {
+	_ = str.SetDeadline(time.Now().Add(HandshakeTimeout))
+	frame, err := readFrame(str)
+	if err != nil {
+		s.stats.authBadFrame.Add(1)
+		return nil, false
+	}
+	nonceI, tag, err := decodeNonceMAC(frame)
+	if err != nil {
+		s.stats.authBadFrame.Add(1)
+		return nil, false
+	}
+	r := s.realmOfTag(&nonceI, &tag)
+	if r == nil {
+		s.stats.authUnknownRealm.Add(1)
+		return nil, false
+	}
+	if !s.freshNonce(nonceI) {
+		s.stats.authReplayed.Add(1)
+		return nil, false
+	}
+	self := s.deps.Host.ID()
+	remote := str.Conn().RemotePeer()
+	nonceR := s.newNonce()
+	macR := r.keys.transcriptMAC("resp", remote, self, &nonceI, &nonceR)
+	if err := writeFrame(str, encodeNonceMAC(&nonceR, &macR)); err != nil {
+		s.stats.authBadFrame.Add(1)
+		return nil, false
+	}
+	frame, err = readFrame(str)
+	if err != nil {
+		s.stats.authBadFrame.Add(1)
+		return nil, false
+	}
+	macI, err := decodeFinish(frame)
+	if err != nil {
+		s.stats.authBadFrame.Add(1)
+		return nil, false
+	}
+	want := r.keys.transcriptMAC("init", remote, self, &nonceI, &nonceR)
+	if !hmac.Equal(macI[:], want[:]) {
+		s.stats.authBadMAC.Add(1)
+		return nil, false
+	}
+	if err := r.admit(remote); err != nil {
+		s.stats.authRefused.Add(1)
+		return nil, false
+	}
+	s.stats.authSucceeded.Add(1)
+	return r, true
+}
+
+// realmOfTag finds the joined realm whose key produced tag over nonce.
+// Every realm is tried (constant-time comparisons), whichever matches.
+func (s *Service) realmOfTag(nonce, tag *[32]byte) *Realm {
+	var found *Realm
+	for _, r := range s.Realms() {
+		want := newMAC(&r.keys.auth, "tag").bytes(nonce[:]).sum()
+		if hmac.Equal(want[:], tag[:]) && found == nil {
+			found = r
+		}
+	}
+	return found
+}
+
+// newNonce returns 32 random bytes and remembers them, so that a hello or
+// reply echoing one of our own nonces (reflection) is refused.
+func (s *Service) newNonce() (n [32]byte) {
+	if _, err := rand.Read(n[:]); err != nil {
+		panic(fmt.Sprintf("realm: crypto/rand: %v", err)) // never fails on supported platforms
+	}
+	s.nonces.Add(n, nil)
+	return n
+}
+
+// freshNonce records a received nonce and reports whether it was new.
+func (s *Service) freshNonce(n [32]byte) bool {
+	seen, _ := s.nonces.ContainsOrAdd(n, nil)
+	return !seen
+}
+
+// flight counts the handshakes running with one peer, in either role.
+type flight struct {
+	n    int
+	done chan struct{} // closed when n drops to zero
+}
+
+// beginFlight marks a handshake with p as running until the returned
+// function is called. A realm stream that arrives from p meanwhile waits for
+// it (the stream may overtake the handshake's last message).
+func (s *Service) beginFlight(p peer.ID) (end func()) {
+	s.flightsMu.Lock()
+	f := s.flights[p]
+	if f == nil {
+		f = &flight{done: make(chan struct{})}
+		s.flights[p] = f
+	}
+	f.n++
+	s.flightsMu.Unlock()
+	return func() {
+		s.flightsMu.Lock()
+		if f.n--; f.n == 0 {
+			close(f.done)
+			delete(s.flights, p)
+		}
+		s.flightsMu.Unlock()
+	}
+}
+
+// awaitFlight waits until no handshake with p is running, or until deadline;
+// it reports whether one was running.
+func (s *Service) awaitFlight(p peer.ID, deadline time.Time) bool {
+	s.flightsMu.Lock()
+	f := s.flights[p]
+	s.flightsMu.Unlock()
+	if f == nil {
+		return false
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-f.done:
+	case <-t.C:
+	case <-s.ctx.Done():
+	}
+	return true
+}

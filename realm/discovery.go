@@ -1,0 +1,93 @@
+package realm
+
+import (
+	"context"
+	"encoding/hex"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+)
+
+// findTimeout bounds one FindProviders round and one Provide.
+const findTimeout = 10 * time.Second
+
+// discover announces the realm in the DHT and looks for members there:
+// Provide of the rendezvous CID (retried each round until it succeeds, then
+// every ReprovideInterval) and, while the realm wants more members,
+// FindProviders rounds spaced by an exponential backoff from 2 s to
+// DiscoveryInterval (cenkalti/backoff, jitter 0.1). A member joining resets
+// the backoff, so a realm that is growing is searched often.
+func (r *Realm) discover() {
+	defer r.wg.Done()
+	bo := &backoff.ExponentialBackOff{
+		InitialInterval:     MinDiscoveryInterval,
+		RandomizationFactor: 0.1,
+		Multiplier:          2,
+		MaxInterval:         r.cfg.DiscoveryInterval,
+	}
+	bo.Reset()
+	var nextProvide time.Time
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-r.joined:
+			bo.Reset()
+			continue
+		case <-timer.C:
+		}
+		if !time.Now().Before(nextProvide) {
+			if err := r.provide(); err != nil {
+				log.Debugw("provide failed", "realm", r.name, "err", err)
+			} else {
+				nextProvide = time.Now().Add(r.cfg.ReprovideInterval)
+			}
+		}
+		if r.wantsMore() {
+			r.findProviders()
+		}
+		timer.Reset(bo.NextBackOff())
+	}
+}
+
+func (r *Realm) provide() error {
+	ctx, cancel := context.WithTimeout(r.ctx, findTimeout)
+	defer cancel()
+	return r.svc.deps.Routing.Provide(ctx, r.cid, true)
+}
+
+func (r *Realm) findProviders() {
+	ctx, cancel := context.WithTimeout(r.ctx, findTimeout)
+	defer cancel()
+	for ai := range r.svc.deps.Routing.FindProvidersAsync(ctx, r.cid, 0) {
+		if ai.ID != r.svc.deps.Host.ID() && !r.authenticated(ai.ID) {
+			r.candidate(ai)
+		}
+	}
+}
+
+// mdnsServiceName is the realm's mDNS service name: derived from the
+// rendezvous key (not the realm name, which stays private to members).
+func (r *Realm) mdnsServiceName() string {
+	return "_realmnet-" + hex.EncodeToString(r.keys.rendezvous[:8]) + "._udp"
+}
+
+// startMDNS runs go-libp2p's mDNS service for the realm; peers it finds
+// become candidates. Errors are logged (mDNS is best effort).
+func (r *Realm) startMDNS() {
+	svc := mdns.NewMdnsService(r.svc.deps.Host, r.mdnsServiceName(), mdnsNotifee{r})
+	if err := svc.Start(); err != nil {
+		log.Warnw("mDNS not started", "realm", r.name, "err", err)
+		return
+	}
+	r.stopMDNS = svc.Close
+}
+
+type mdnsNotifee struct{ r *Realm }
+
+// HandlePeerFound makes a peer found on the LAN a candidate member.
+func (n mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) { n.r.candidate(ai) }

@@ -1,0 +1,93 @@
+package realm
+
+import (
+	"sync/atomic"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// EvtMemberJoined is emitted on the host's event bus and on the realm's own
+// bus (Realm.Subscribe) when a peer completes mutual authentication into a
+// realm it was not a member of. It carries no key material.
+type EvtMemberJoined struct {
+	Realm   string // the realm's name
+	RealmID ID
+	Peer    peer.ID
+}
+
+// EvtMemberLeft is emitted, like EvtMemberJoined, when a member stops being
+// one; Reason says why (one of the Reason* constants).
+type EvtMemberLeft struct {
+	Realm   string
+	RealmID ID
+	Peer    peer.ID
+	Reason  string
+}
+
+// Reasons of EvtMemberLeft.
+const (
+	// ReasonGoodbye: the member left the realm and said so (signed goodbye).
+	ReasonGoodbye = "goodbye"
+	// ReasonGraceExpired: no authenticated connection for ReconnectGrace.
+	ReasonGraceExpired = "reconnect grace expired"
+	// ReasonLocalLeave: this node left the realm (Leave or Close).
+	ReasonLocalLeave = "left locally"
+)
+
+// Stats counts what the realm service refused, for monitoring and for the
+// attack tests: every failed authentication, refused realm stream and
+// rejected record is counted once, under its first reason. Values are
+// totals since the node started.
+type Stats struct {
+	// AuthSucceeded counts completed handshakes (either role).
+	AuthSucceeded uint64
+	// AuthUnknownRealm: a hello whose tag matches none of this node's realms
+	// (a non-member, or a peer in other realms only).
+	AuthUnknownRealm uint64
+	// AuthReplayed: a hello or reply reusing a nonce already seen
+	// (a replayed transcript or a reflected message).
+	AuthReplayed uint64
+	// AuthBadMAC: a reply's MAC_r or a finish's MAC_i did not verify.
+	AuthBadMAC uint64
+	// AuthBadFrame: truncated, oversized or malformed frames, timeouts and
+	// streams reset mid-handshake.
+	AuthBadFrame uint64
+	// AuthRefused: the handshake verified but the member could not be
+	// admitted (realm resource limit) or too many handshakes were running.
+	AuthRefused uint64
+	// StreamsRefused: realm streams reset before dispatch (bad header,
+	// unknown handle, handle of another peer, sender not a member).
+	StreamsRefused uint64
+	// StreamsNoHandler: realm streams from members for a protocol with no
+	// handler in that realm.
+	StreamsNoHandler uint64
+	// RecordsRejected: signed peer records in member exchange that did not
+	// verify (bad signature, a record signed by another key than its peer
+	// ID's, malformed).
+	RecordsRejected uint64
+	// GoodbyesRejected: goodbyes that did not verify.
+	GoodbyesRejected uint64
+	// PeersClosedRealmOnly: peers closed by the realm-only policy.
+	PeersClosedRealmOnly uint64
+}
+
+type counters struct {
+	authSucceeded, authUnknownRealm, authReplayed, authBadMAC, authBadFrame, authRefused atomic.Uint64
+	streamsRefused, streamsNoHandler, recordsRejected, goodbyesRejected, closedRealmOnly atomic.Uint64
+}
+
+func (c *counters) snapshot() Stats {
+	return Stats{
+		AuthSucceeded:        c.authSucceeded.Load(),
+		AuthUnknownRealm:     c.authUnknownRealm.Load(),
+		AuthReplayed:         c.authReplayed.Load(),
+		AuthBadMAC:           c.authBadMAC.Load(),
+		AuthBadFrame:         c.authBadFrame.Load(),
+		AuthRefused:          c.authRefused.Load(),
+		StreamsRefused:       c.streamsRefused.Load(),
+		StreamsNoHandler:     c.streamsNoHandler.Load(),
+		RecordsRejected:      c.recordsRejected.Load(),
+		GoodbyesRejected:     c.goodbyesRejected.Load(),
+		PeersClosedRealmOnly: c.closedRealmOnly.Load(),
+	}
+}

@@ -1,0 +1,167 @@
+package realm
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/resource"
+)
+
+// Errors returned by the realm API.
+var (
+	// ErrWeakPSK: WithPSK got fewer than MinPSKLength bytes.
+	ErrWeakPSK = errors.New("realm: pre-shared key too short")
+	// ErrBadName: the realm name is empty, longer than MaxNameLength or not UTF-8.
+	ErrBadName = errors.New("realm: bad realm name")
+	// ErrBadProtocol: an application protocol ID is empty, too long or not UTF-8.
+	ErrBadProtocol = errors.New("realm: bad protocol ID")
+	// ErrAlreadyJoined: the node is already in a realm of that name.
+	ErrAlreadyJoined = errors.New("realm: already joined")
+	// ErrNotMember: the peer is not an authenticated member of the realm
+	// (and could not be authenticated as one in time).
+	ErrNotMember = errors.New("realm: peer is not a member")
+	// ErrLeft: the realm was left (or the node closed).
+	ErrLeft = errors.New("realm: realm left")
+	// ErrAuthFailed: the peer did not complete mutual authentication for the
+	// realm. The reason is deliberately not given: the peer resets the
+	// stream without saying why.
+	ErrAuthFailed = errors.New("realm: authentication failed")
+)
+
+// Defaults of a realm's options.
+const (
+	// DefaultDiscoveryInterval is the longest wait between two DHT
+	// FindProviders rounds (the rounds back off from 2 s to this; ours).
+	DefaultDiscoveryInterval = 60 * time.Second
+	// MinDiscoveryInterval is the first wait between rounds and the
+	// smallest accepted WithDiscoveryInterval.
+	MinDiscoveryInterval = 2 * time.Second
+	// DefaultReconnectGrace is how long a member stays listed without an
+	// authenticated connection (DeP2P's 15 s).
+	DefaultReconnectGrace = 15 * time.Second
+	// DefaultReprovideInterval is how often a member re-announces itself in
+	// the DHT once its provider record is stored (ours: an hour, far inside
+	// kad-dht's 48 h provider-record validity, so a member that arrives in
+	// a changed network is found quickly).
+	DefaultReprovideInterval = time.Hour
+)
+
+// Option configures a realm at JoinRealm.
+type Option func(*Config) error
+
+// Config is a realm's configuration, built from Options.
+type Config struct {
+	// PSK is the pre-shared key (nil: an open realm).
+	PSK []byte
+	// Limits, when set, are the realm's connection sub-pool watermarks
+	// (connmgr.SetRealmLimits); nil keeps the node's realm defaults.
+	Limits *connmgr.RealmLimits
+	// ResourceLimits, when set, are the realm's resource scope limits
+	// (resource.Manager.SetRealmLimits); nil keeps the node's defaults.
+	ResourceLimits *resource.RealmLimits
+	// DiscoveryInterval caps the FindProviders backoff (2 s → this).
+	DiscoveryInterval time.Duration
+	// ReprovideInterval is the DHT re-provide period.
+	ReprovideInterval time.Duration
+	// ReconnectGrace is how long a disconnected member stays a member.
+	ReconnectGrace time.Duration
+	// MDNS turns on LAN discovery (go-libp2p's mDNS, service name derived
+	// from the rendezvous key, so the realm name is not broadcast).
+	MDNS bool
+	// Peers are known members (or candidates) to connect to at join.
+	Peers []peer.AddrInfo
+}
+
+func defaultConfig() Config {
+	return Config{
+		DiscoveryInterval: DefaultDiscoveryInterval,
+		ReprovideInterval: DefaultReprovideInterval,
+		ReconnectGrace:    DefaultReconnectGrace,
+	}
+}
+
+// WithPSK makes the realm closed: only holders of psk (at least MinPSKLength
+// bytes, else ErrWeakPSK) can authenticate into it. The key is copied.
+func WithPSK(psk []byte) Option {
+	return func(c *Config) error {
+		if len(psk) < MinPSKLength {
+			return fmt.Errorf("%w: %d bytes, want at least %d", ErrWeakPSK, len(psk), MinPSKLength)
+		}
+		c.PSK = append([]byte(nil), psk...)
+		return nil
+	}
+}
+
+// WithLimits sets the realm's connection sub-pool watermarks (connections,
+// counted per path). JoinRealm returns connmgr's error naming an invalid
+// value.
+func WithLimits(l connmgr.RealmLimits) Option {
+	return func(c *Config) error {
+		c.Limits = &l
+		return nil
+	}
+}
+
+// WithResourceLimits sets the realm's resource scope limits (connections —
+// one per member —, streams in and out, memory in bytes). JoinRealm returns
+// the resource manager's error naming a negative value.
+func WithResourceLimits(l resource.RealmLimits) Option {
+	return func(c *Config) error {
+		c.ResourceLimits = &l
+		return nil
+	}
+}
+
+// WithDiscoveryInterval caps the wait between DHT discovery rounds
+// (at least MinDiscoveryInterval; default DefaultDiscoveryInterval).
+func WithDiscoveryInterval(d time.Duration) Option {
+	return func(c *Config) error {
+		if d < MinDiscoveryInterval {
+			return fmt.Errorf("realm: WithDiscoveryInterval: %v is below the minimum %v", d, MinDiscoveryInterval)
+		}
+		c.DiscoveryInterval = d
+		return nil
+	}
+}
+
+// WithReconnectGrace sets how long a member without an authenticated
+// connection stays a member (default DefaultReconnectGrace; > 0).
+func WithReconnectGrace(d time.Duration) Option {
+	return func(c *Config) error {
+		if d <= 0 {
+			return fmt.Errorf("realm: WithReconnectGrace: %v, want > 0", d)
+		}
+		c.ReconnectGrace = d
+		return nil
+	}
+}
+
+// WithMDNS turns on mDNS discovery on the LAN (go-libp2p's
+// p2p/discovery/mdns). The advertised service name is derived from the
+// rendezvous key; peers found are authenticated like any other candidate.
+func WithMDNS() Option {
+	return func(c *Config) error {
+		c.MDNS = true
+		return nil
+	}
+}
+
+// WithPeers gives known members (or candidates) that JoinRealm connects to
+// and authenticates with at once. The error names an entry without a peer ID.
+func WithPeers(peers ...peer.AddrInfo) Option {
+	return func(c *Config) error {
+		for i, ai := range peers {
+			if ai.ID == "" {
+				return fmt.Errorf("realm: WithPeers: entry %d has no peer ID", i)
+			}
+		}
+		c.Peers = append(c.Peers, peers...)
+		return nil
+	}
+}
+
+var errRealmOnlyNoGater = errors.New("realm: realm-only policy needs the gater")

@@ -1,0 +1,414 @@
+package realm
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
+
+	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/internal/eventqueue"
+	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/resource"
+)
+
+// maxCandidateDials bounds a realm's concurrent connect-and-authenticate
+// attempts to candidates (DHT providers, member exchange, mDNS).
+const maxCandidateDials = 8
+
+// candidateTimeout bounds one candidate's connection and handshake.
+const candidateTimeout = 15 * time.Second
+
+// Realm is a joined realm: its members, its stream handlers, its discovery.
+// Its methods are safe for concurrent use. After Leave (or the node's
+// Close) it is inert: NewStream returns ErrLeft, Members is empty.
+type Realm struct {
+	svc  *Service
+	name string
+	keys keys
+	cfg  Config
+	cid  cid.Cid
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	bus    event.Bus
+	events *eventqueue.Queue
+	dials  chan struct{}
+	// joined is signalled (without blocking) when a member joins, so the
+	// discovery loop re-checks whether it wants more.
+	joined chan struct{}
+
+	mu       sync.Mutex
+	members  map[peer.ID]*member
+	pending  map[peer.ID]*pendingAuth
+	trying   map[peer.ID]struct{} // candidates being connected to
+	handlers map[protocol.ID]network.StreamHandler
+	left     bool
+	leaveErr error
+	stopMDNS func() error
+}
+
+// member is one authenticated (or, within its reconnect grace, formerly
+// authenticated) member.
+type member struct {
+	since         time.Time
+	authenticated bool
+	handle        handle
+	release       func()      // the member's connection in the realm's resource scope
+	grace         *time.Timer // running while not authenticated
+}
+
+// MemberInfo describes a member.
+type MemberInfo struct {
+	Peer peer.ID
+	// Since is when the member (last) joined.
+	Since time.Time
+	// Connected is false while the member is within its reconnect grace.
+	Connected bool
+	// Paths are the member's paths (connections), as multipath sees them.
+	Paths []multipath.PathInfo
+}
+
+func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
+	bus := eventbus.NewBus()
+	events, err := eventqueue.New(bus, new(EvtMemberJoined), new(EvtMemberLeft))
+	if err != nil {
+		return nil, fmt.Errorf("realm %q: %w", name, err)
+	}
+	r := &Realm{
+		svc:      s,
+		name:     name,
+		keys:     k,
+		cfg:      cfg,
+		cid:      k.rendezvousCID(),
+		bus:      bus,
+		events:   events,
+		dials:    make(chan struct{}, maxCandidateDials),
+		joined:   make(chan struct{}, 1),
+		members:  make(map[peer.ID]*member),
+		pending:  make(map[peer.ID]*pendingAuth),
+		trying:   make(map[peer.ID]struct{}),
+		handlers: make(map[protocol.ID]network.StreamHandler),
+	}
+	r.ctx, r.cancel = context.WithCancel(s.ctx)
+	return r, nil
+}
+
+// start launches discovery and the first handshakes. It only starts
+// goroutines (the service's lock is held).
+func (r *Realm) start() {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		h := r.svc.deps.Host
+		for _, p := range h.Network().Peers() {
+			if ok, _ := h.Peerstore().SupportsProtocols(p, AuthProtocol); len(ok) > 0 {
+				r.authenticateAsync(p)
+			}
+		}
+		for _, ai := range r.cfg.Peers {
+			r.candidate(ai)
+		}
+	}()
+	if r.svc.deps.Routing != nil {
+		r.wg.Add(1)
+		go r.discover()
+	}
+	if r.cfg.MDNS {
+		r.startMDNS()
+	}
+}
+
+// Name returns the realm's name.
+func (r *Realm) Name() string { return r.name }
+
+// ID returns the realm's ID (the name of its sub-pool and resource scope).
+func (r *Realm) ID() ID { return r.keys.id }
+
+// Members returns the realm's members, sorted, including members within
+// their reconnect grace; never this node.
+func (r *Realm) Members() []peer.ID {
+	r.mu.Lock()
+	out := make([]peer.ID, 0, len(r.members))
+	for p := range r.members {
+		out = append(out, p)
+	}
+	r.mu.Unlock()
+	slices.Sort(out)
+	return out
+}
+
+// Member describes member p; false when p is not a member.
+func (r *Realm) Member(p peer.ID) (MemberInfo, bool) {
+	r.mu.Lock()
+	m := r.members[p]
+	var info MemberInfo
+	if m != nil {
+		info = MemberInfo{Peer: p, Since: m.since, Connected: m.authenticated}
+	}
+	r.mu.Unlock()
+	if m == nil {
+		return MemberInfo{}, false
+	}
+	if r.svc.deps.Paths != nil {
+		info.Paths = r.svc.deps.Paths(p)
+	}
+	return info, true
+}
+
+// Subscribe returns a subscription to this realm's EvtMemberJoined and
+// EvtMemberLeft events, in the order they happened (go-libp2p's event bus;
+// the caller closes it). The host's event bus carries the same events for
+// all realms.
+func (r *Realm) Subscribe(opts ...event.SubscriptionOpt) (event.Subscription, error) {
+	return r.bus.Subscribe([]any{new(EvtMemberJoined), new(EvtMemberLeft)}, opts...)
+}
+
+// WaitMembers blocks until the realm has at least n authenticated members
+// or ctx ends (its error is returned), or the realm is left (ErrLeft).
+func (r *Realm) WaitMembers(ctx context.Context, n int) error {
+	sub, err := r.Subscribe()
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	for {
+		if r.authenticatedCount() >= n {
+			return nil
+		}
+		if r.isLeft() {
+			return ErrLeft
+		}
+		select {
+		case <-sub.Out():
+		case <-r.ctx.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (r *Realm) authenticatedCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.members {
+		if m.authenticated {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *Realm) isLeft() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.left
+}
+
+func (r *Realm) authenticated(p peer.ID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.members[p]
+	return m != nil && m.authenticated
+}
+
+// wantsMore reports whether the realm looks for more members: fewer
+// authenticated members than its sub-pool's HighWater.
+func (r *Realm) wantsMore() bool {
+	high := r.svc.deps.Pools.RealmLimitsOf(connmgr.RealmID(r.keys.id)).HighWater
+	return r.authenticatedCount() < high
+}
+
+// admit makes p an authenticated member (after a handshake): its handle is
+// registered, its connections join the realm's sub-pool, it is charged to
+// the realm's resource scope, and EvtMemberJoined is emitted if it was not a
+// member. Errors: ErrLeft, or the resource scope's *resource.LimitError.
+func (r *Realm) admit(p peer.ID) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.left {
+		return ErrLeft
+	}
+	m := r.members[p]
+	if m == nil {
+		release, err := r.svc.deps.Resources.ReserveRealmConn(resource.RealmID(r.keys.id))
+		if err != nil {
+			return fmt.Errorf("realm %q: admit %s: %w", r.name, p, err)
+		}
+		m = &member{since: time.Now(), handle: r.keys.handle(r.svc.deps.Host.ID(), p), release: release}
+		r.members[p] = m
+		r.svc.setHandle(m.handle, handleEntry{realm: r, peer: p})
+		r.events.Push(EvtMemberJoined{Realm: r.name, RealmID: r.keys.id, Peer: p})
+		r.svc.events.Push(EvtMemberJoined{Realm: r.name, RealmID: r.keys.id, Peer: p})
+		log.Debugw("member joined", "realm", r.name, "peer", p)
+		select {
+		case r.joined <- struct{}{}:
+		default:
+		}
+	}
+	if m.grace != nil {
+		m.grace.Stop()
+		m.grace = nil
+	}
+	m.authenticated = true
+	r.svc.deps.Pools.AssignRealm(p, connmgr.RealmID(r.keys.id))
+	return nil
+}
+
+// removeLocked ends p's membership; r.mu is held.
+func (r *Realm) removeLocked(p peer.ID, reason string) {
+	m := r.members[p]
+	if m == nil {
+		return
+	}
+	delete(r.members, p)
+	if m.grace != nil {
+		m.grace.Stop()
+	}
+	m.release()
+	r.svc.dropHandle(m.handle, r)
+	r.svc.deps.Pools.UnassignRealm(p, connmgr.RealmID(r.keys.id))
+	r.events.Push(EvtMemberLeft{Realm: r.name, RealmID: r.keys.id, Peer: p, Reason: reason})
+	r.svc.events.Push(EvtMemberLeft{Realm: r.name, RealmID: r.keys.id, Peer: p, Reason: reason})
+	log.Debugw("member left", "realm", r.name, "peer", p, "reason", reason)
+}
+
+func (r *Realm) remove(p peer.ID, reason string) {
+	r.mu.Lock()
+	r.removeLocked(p, reason)
+	r.mu.Unlock()
+}
+
+// lostConnection starts p's reconnect grace: p has no connection left.
+func (r *Realm) lostConnection(p peer.ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.members[p]
+	if m == nil || r.left || !m.authenticated {
+		return
+	}
+	m.authenticated = false
+	m.grace = time.AfterFunc(r.cfg.ReconnectGrace, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if cur := r.members[p]; cur == m && !m.authenticated {
+			r.removeLocked(p, ReasonGraceExpired)
+		}
+	})
+	// Try to get the member back while the grace runs.
+	r.candidateLocked(peer.AddrInfo{ID: p})
+}
+
+// authenticateAsync starts a handshake with a connected peer unless p is
+// authenticated or one is running.
+func (r *Realm) authenticateAsync(p peer.ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.left || r.pending[p] != nil || (r.members[p] != nil && r.members[p].authenticated) {
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		if err := r.authenticate(r.ctx, p); err != nil {
+			log.Debugw("handshake failed", "realm", r.name, "peer", p, "err", err)
+		}
+	}()
+}
+
+// candidate connects to a possible member and authenticates, in the
+// background (at most maxCandidateDials at once per realm).
+func (r *Realm) candidate(ai peer.AddrInfo) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.candidateLocked(ai)
+}
+
+func (r *Realm) candidateLocked(ai peer.AddrInfo) {
+	p := ai.ID
+	if r.left || p == r.svc.deps.Host.ID() || p == "" {
+		return
+	}
+	if _, busy := r.trying[p]; busy || r.pending[p] != nil || (r.members[p] != nil && r.members[p].authenticated) {
+		return
+	}
+	r.trying[p] = struct{}{}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer func() {
+			r.mu.Lock()
+			delete(r.trying, p)
+			r.mu.Unlock()
+		}()
+		select {
+		case r.dials <- struct{}{}:
+			defer func() { <-r.dials }()
+		case <-r.ctx.Done():
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.ctx, candidateTimeout)
+		defer cancel()
+		if err := r.connectAndAuthenticate(ctx, ai); err != nil {
+			log.Debugw("candidate not authenticated", "realm", r.name, "peer", p, "err", err)
+		}
+	}()
+}
+
+func (r *Realm) connectAndAuthenticate(ctx context.Context, ai peer.AddrInfo) error {
+	if err := r.svc.deps.Host.Connect(ctx, ai); err != nil {
+		return fmt.Errorf("realm %q: connect to %s: %w", r.name, ai.ID, err)
+	}
+	return r.authenticate(ctx, ai.ID)
+}
+
+// Leave leaves the realm: it stops discovery, sends a signed goodbye to
+// every connected member (waiting for them at most until ctx ends), ends
+// every membership (EvtMemberLeft with ReasonLocalLeave), unassigns the
+// sub-pool and removes the handlers. Idempotent; the error is ctx's if some
+// goodbyes were not acknowledged in time (the realm is left regardless).
+func (r *Realm) Leave(ctx context.Context) error {
+	r.mu.Lock()
+	if r.left {
+		err := r.leaveErr
+		r.mu.Unlock()
+		return err
+	}
+	r.left = true
+	var connected []peer.ID
+	for p, m := range r.members {
+		if m.authenticated {
+			connected = append(connected, p)
+		}
+	}
+	r.mu.Unlock()
+	// No new handshake can match this realm from here on.
+	r.svc.forget(r)
+	err := r.sayGoodbye(ctx, connected)
+	r.cancel()
+	if r.stopMDNS != nil {
+		_ = r.stopMDNS()
+	}
+	r.wg.Wait()
+	r.mu.Lock()
+	for p := range r.members {
+		r.removeLocked(p, ReasonLocalLeave)
+	}
+	clear(r.handlers)
+	r.leaveErr = err
+	r.mu.Unlock()
+	r.events.Close()
+	log.Infow("left realm", "realm", r.name)
+	return err
+}

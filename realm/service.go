@@ -1,0 +1,361 @@
+package realm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru"
+	logging "github.com/ipfs/go-log/v2"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/core/routing"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
+
+	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/gater"
+	"github.com/realmnet/realmnet/internal/eventqueue"
+	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/resource"
+)
+
+var log = logging.Logger("realmnet/realm")
+
+// Protocol IDs. They are the same for every realm, so identify (which lists a
+// node's protocols) reveals that a node runs realms, never which.
+const (
+	// AuthProtocol carries the mutual PSK handshake.
+	AuthProtocol protocol.ID = "/realmnet/realm/auth/1.0.0"
+	// StreamProtocol carries every realm stream (application protocols,
+	// member exchange, goodbyes) behind a header naming the realm handle.
+	StreamProtocol protocol.ID = "/realmnet/realm/stream/1.0.0"
+)
+
+// HandshakeTimeout bounds one handshake, and the header of a realm stream,
+// from the stream's opening (DESIGN.md "realm auth deadline").
+const HandshakeTimeout = 5 * time.Second
+
+// Stream reset codes (network.StreamErrorCode) of realm streams. One code for
+// every membership failure, so a non-member learns nothing about which
+// handles exist.
+const (
+	// ErrorCodeRefused: not dispatched — bad header, unknown handle or the
+	// sender is not a member.
+	ErrorCodeRefused network.StreamErrorCode = 0x5245_0001
+	// ErrorCodeNoHandler: the member's realm has no handler for the protocol.
+	ErrorCodeNoHandler network.StreamErrorCode = 0x5245_0002
+	// ErrorCodeResourceLimit: the realm's stream limit is reached.
+	ErrorCodeResourceLimit network.StreamErrorCode = 0x5245_0003
+)
+
+const (
+	// maxInboundHandshakes bounds concurrent responder handshakes; more are
+	// reset at once (counted as AuthRefused).
+	maxInboundHandshakes = 64
+	// nonceCacheSize is how many recent nonces (sent and received) are kept
+	// to refuse replays and reflections: 2^16 × 32 bytes ≈ 2 MiB at most.
+	nonceCacheSize = 1 << 16
+	// DefaultAuthTimeout is the realm-only policy's time for a connected
+	// peer to authenticate into a shared realm (ours).
+	DefaultAuthTimeout = 10 * time.Second
+	// DefaultRealmOnlyBackoff is how long the realm-only policy then refuses
+	// that peer (ours).
+	DefaultRealmOnlyBackoff = time.Minute
+	// closeGoodbyeBudget bounds the goodbyes Close sends.
+	closeGoodbyeBudget = 500 * time.Millisecond
+)
+
+// Deps are the node components the realm service works through.
+type Deps struct {
+	Host      host.Host         // required
+	Pools     *connmgr.Manager  // required: realm sub-pools
+	Resources *resource.Manager // required: realm resource scopes
+	Gater     *gater.Gater      // required for the realm-only policy
+	// Routing announces and finds members (the DHT); nil disables DHT
+	// discovery.
+	Routing routing.ContentRouting
+	// Paths lists a peer's paths for Realm.Member; nil leaves them empty.
+	Paths func(peer.ID) []multipath.PathInfo
+}
+
+// Service runs a node's realms: it owns the realm protocols' handlers, the
+// realms joined, their members and handles, and the realm-only policy.
+// Its methods are safe for concurrent use. node.Node owns one.
+type Service struct {
+	deps   Deps
+	events *eventqueue.Queue
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu      sync.RWMutex
+	realms  map[string]*Realm
+	handles map[handle]handleEntry
+	closed  bool
+
+	// nonces holds recently sent and received handshake nonces.
+	nonces     *lru.Cache
+	handshakes chan struct{}
+
+	flightsMu sync.Mutex
+	flights   map[peer.ID]*flight
+
+	streams streamTracker
+	policy  *realmOnly
+	stats   counters
+	sub     event.Subscription
+	notify  *network.NotifyBundle
+}
+
+type handleEntry struct {
+	realm *Realm
+	peer  peer.ID
+}
+
+// NewService starts the realm service on deps.Host: it registers the two
+// realm protocols and watches identify and the connections. The error names
+// a missing dependency or an event bus failure.
+func NewService(deps Deps) (*Service, error) {
+	switch {
+	case deps.Host == nil:
+		return nil, errors.New("realm: NewService: nil Host")
+	case deps.Pools == nil:
+		return nil, errors.New("realm: NewService: nil Pools")
+	case deps.Resources == nil:
+		return nil, errors.New("realm: NewService: nil Resources")
+	}
+	nonces, err := lru.New(nonceCacheSize)
+	if err != nil {
+		return nil, fmt.Errorf("realm: nonce cache: %w", err)
+	}
+	events, err := eventqueue.New(deps.Host.EventBus(), new(EvtMemberJoined), new(EvtMemberLeft))
+	if err != nil {
+		return nil, fmt.Errorf("realm: %w", err)
+	}
+	sub, err := deps.Host.EventBus().Subscribe(new(event.EvtPeerIdentificationCompleted), eventbus.Name("realmnet/realm"))
+	if err != nil {
+		events.Close()
+		return nil, fmt.Errorf("realm: subscribe to identify: %w", err)
+	}
+	s := &Service{
+		deps:       deps,
+		events:     events,
+		realms:     make(map[string]*Realm),
+		handles:    make(map[handle]handleEntry),
+		nonces:     nonces,
+		handshakes: make(chan struct{}, maxInboundHandshakes),
+		flights:    make(map[peer.ID]*flight),
+		sub:        sub,
+	}
+	s.streams.init()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.notify = &network.NotifyBundle{ConnectedF: s.connected, DisconnectedF: s.disconnected}
+	deps.Host.Network().Notify(s.notify)
+	deps.Host.SetStreamHandler(AuthProtocol, s.respond)
+	deps.Host.SetStreamHandler(StreamProtocol, s.handleStream)
+	s.wg.Add(1)
+	go s.watchIdentify()
+	return s, nil
+}
+
+// Join joins (or creates) the realm called name. It returns at once: members
+// are authenticated in the background as they are found (connected peers,
+// WithPeers, the DHT, member exchange, mDNS) and announced as
+// EvtMemberJoined. Errors: ErrBadName, ErrWeakPSK (from WithPSK),
+// ErrAlreadyJoined, ErrLeft after Close, an invalid limit (naming it), or
+// ctx's error.
+func (s *Service) Join(ctx context.Context, name string, opts ...Option) (*Realm, error) {
+	if err := validateName(name); err != nil {
+		return nil, err
+	}
+	cfg := defaultConfig()
+	for _, opt := range opts {
+		if opt == nil {
+			return nil, errors.New("realm: nil Option")
+		}
+		if err := opt(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	k := deriveKeys(name, cfg.PSK)
+	cfg.PSK = nil // the keys are derived; do not keep the secret around
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return nil, ErrLeft
+	case s.realms[name] != nil:
+		return nil, fmt.Errorf("%w: %q", ErrAlreadyJoined, name)
+	}
+	if cfg.Limits != nil {
+		if err := s.deps.Pools.SetRealmLimits(connmgr.RealmID(k.id), *cfg.Limits); err != nil {
+			return nil, fmt.Errorf("realm %q: %w", name, err)
+		}
+	}
+	if cfg.ResourceLimits != nil {
+		if err := s.deps.Resources.SetRealmLimits(resource.RealmID(k.id), *cfg.ResourceLimits); err != nil {
+			return nil, fmt.Errorf("realm %q: %w", name, err)
+		}
+	}
+	r, err := newRealm(s, name, k, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.realms[name] = r
+	r.start()
+	log.Infow("joined realm", "realm", name, "id", k.id)
+	return r, nil
+}
+
+// Realm returns the joined realm called name, or nil.
+func (s *Service) Realm(name string) *Realm {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.realms[name]
+}
+
+// Realms returns the joined realms, sorted by name.
+func (s *Service) Realms() []*Realm {
+	s.mu.RLock()
+	out := make([]*Realm, 0, len(s.realms))
+	for _, r := range s.realms {
+		out = append(out, r)
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *Realm) int {
+		switch {
+		case a.name < b.name:
+			return -1
+		case a.name > b.name:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Stats returns the service's counters.
+func (s *Service) Stats() Stats { return s.stats.snapshot() }
+
+// IsMember reports whether p is an authenticated member of at least one
+// joined realm.
+func (s *Service) IsMember(p peer.ID) bool {
+	for _, r := range s.Realms() {
+		if r.authenticated(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// Close leaves every realm (sending goodbyes for at most 500 ms), stops the
+// service's goroutines and removes its handlers. Idempotent.
+func (s *Service) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), closeGoodbyeBudget)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, r := range s.Realms() {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = r.Leave(ctx)
+		}()
+	}
+	wg.Wait()
+	s.deps.Host.RemoveStreamHandler(AuthProtocol)
+	s.deps.Host.RemoveStreamHandler(StreamProtocol)
+	s.deps.Host.Network().StopNotify(s.notify)
+	s.cancel()
+	_ = s.sub.Close()
+	if s.policy != nil {
+		s.policy.close()
+	}
+	s.wg.Wait()
+	s.events.Close()
+	return nil
+}
+
+// forget removes a left realm (called by Leave).
+func (s *Service) forget(r *Realm) {
+	s.mu.Lock()
+	if s.realms[r.name] == r {
+		delete(s.realms, r.name)
+	}
+	s.mu.Unlock()
+}
+
+func (s *Service) setHandle(h handle, e handleEntry) {
+	s.mu.Lock()
+	s.handles[h] = e
+	s.mu.Unlock()
+}
+
+func (s *Service) dropHandle(h handle, r *Realm) {
+	s.mu.Lock()
+	if s.handles[h].realm == r {
+		delete(s.handles, h)
+	}
+	s.mu.Unlock()
+}
+
+func (s *Service) lookupHandle(h handle) (handleEntry, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	e, ok := s.handles[h]
+	return e, ok
+}
+
+// watchIdentify starts a handshake, for every joined realm, with every newly
+// identified peer that speaks AuthProtocol and is not yet authenticated.
+func (s *Service) watchIdentify() {
+	defer s.wg.Done()
+	for e := range s.sub.Out() {
+		evt := e.(event.EvtPeerIdentificationCompleted)
+		if !slices.Contains(evt.Protocols, AuthProtocol) {
+			continue
+		}
+		for _, r := range s.Realms() {
+			r.authenticateAsync(evt.Peer)
+		}
+	}
+}
+
+// connected starts the realm-only timer for a peer's first connection.
+func (s *Service) connected(_ network.Network, c network.Conn) {
+	if s.policy != nil {
+		s.policy.connected(c.RemotePeer())
+	}
+}
+
+// disconnected releases the realm streams of a closed connection and, when
+// the peer has no connection left, starts its members' reconnect grace.
+func (s *Service) disconnected(n network.Network, c network.Conn) {
+	s.streams.releaseConn(c)
+	p := c.RemotePeer()
+	if n.Connectedness(p) == network.Connected {
+		return
+	}
+	if s.policy != nil {
+		s.policy.disconnected(p)
+	}
+	for _, r := range s.Realms() {
+		r.lostConnection(p)
+	}
+}

@@ -1,0 +1,274 @@
+package realm
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/realmnet/realmnet/resource"
+)
+
+// SetStreamHandler sets the handler for application protocol proto inside
+// this realm: only authenticated members of the realm reach it, over the
+// generic StreamProtocol. The handler owns the stream and must close or
+// reset it. The error names a bad protocol ID (ErrBadProtocol) or is
+// ErrLeft.
+func (r *Realm) SetStreamHandler(proto protocol.ID, handler network.StreamHandler) error {
+	if err := checkProtocol(string(proto)); err != nil {
+		return err
+	}
+	if handler == nil {
+		return fmt.Errorf("realm %q: SetStreamHandler %q: nil handler", r.name, proto)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.left {
+		return ErrLeft
+	}
+	r.handlers[proto] = handler
+	return nil
+}
+
+// RemoveStreamHandler removes the handler of proto; later streams for it are
+// reset with ErrorCodeNoHandler.
+func (r *Realm) RemoveStreamHandler(proto protocol.ID) {
+	r.mu.Lock()
+	delete(r.handlers, proto)
+	r.mu.Unlock()
+}
+
+// NewStream opens a realm stream to member p for application protocol proto.
+// A member within its reconnect grace (or a connected peer not yet
+// authenticated) is first connected to and authenticated, within ctx.
+// Errors: ErrNotMember (wrapping the reason when a handshake was tried),
+// ErrBadProtocol, ErrLeft, a *resource.LimitError when the realm's outbound
+// stream limit is reached, or the host's error opening the stream.
+// The stream is charged to the realm until it is closed or reset (or its
+// connection closes).
+func (r *Realm) NewStream(ctx context.Context, p peer.ID, proto protocol.ID) (network.Stream, error) {
+	if err := checkProtocol(string(proto)); err != nil {
+		return nil, err
+	}
+	return r.openStream(ctx, p, streamHeader{kind: kindApp, protocol: proto})
+}
+
+func (r *Realm) openStream(ctx context.Context, p peer.ID, hdr streamHeader) (network.Stream, error) {
+	h, err := r.memberHandle(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	hdr.handle = h
+	release, err := r.svc.deps.Resources.ReserveRealmStream(resource.RealmID(r.keys.id), network.DirOutbound)
+	if err != nil {
+		return nil, fmt.Errorf("realm %q: stream to %s: %w", r.name, p, err)
+	}
+	str, err := r.svc.deps.Host.NewStream(ctx, p, StreamProtocol)
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("realm %q: stream to %s: %w", r.name, p, err)
+	}
+	if err := writeFrame(str, encodeStreamHeader(hdr)); err != nil {
+		release()
+		_ = str.Reset()
+		return nil, fmt.Errorf("realm %q: stream to %s: send header: %w", r.name, p, err)
+	}
+	return r.svc.streams.track(str, release), nil
+}
+
+// memberHandle returns the handle of member p, authenticating it first when
+// it is known but not authenticated right now.
+func (r *Realm) memberHandle(ctx context.Context, p peer.ID) (handle, error) {
+	r.mu.Lock()
+	if r.left {
+		r.mu.Unlock()
+		return handle{}, ErrLeft
+	}
+	m := r.members[p]
+	r.mu.Unlock()
+	if m != nil && m.authenticated {
+		return m.handle, nil
+	}
+	// A member in its grace period, or a connected peer that may be one.
+	if m == nil && r.svc.deps.Host.Network().Connectedness(p) != network.Connected {
+		return handle{}, fmt.Errorf("%w: %s in realm %q", ErrNotMember, p, r.name)
+	}
+	if err := r.connectAndAuthenticate(ctx, peer.AddrInfo{ID: p}); err != nil {
+		return handle{}, fmt.Errorf("%w: %s in realm %q: %w", ErrNotMember, p, r.name, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if m := r.members[p]; m != nil && m.authenticated {
+		return m.handle, nil
+	}
+	return handle{}, fmt.Errorf("%w: %s in realm %q", ErrNotMember, p, r.name)
+}
+
+// handleStream dispatches an inbound realm stream: header (within
+// HandshakeTimeout), handle lookup, membership of the connection's
+// authenticated peer, then the realm's handler. Any failure resets the
+// stream with ErrorCodeRefused and is counted.
+func (s *Service) handleStream(str network.Stream) {
+	deadline := time.Now().Add(HandshakeTimeout)
+	_ = str.SetReadDeadline(deadline)
+	frame, err := readFrame(str)
+	if err != nil {
+		s.refuse(str)
+		return
+	}
+	hdr, err := decodeStreamHeader(frame)
+	if err != nil {
+		s.refuse(str)
+		return
+	}
+	remote := str.Conn().RemotePeer()
+	r := s.memberRealm(hdr.handle, remote)
+	if r == nil && s.awaitFlight(remote, deadline) {
+		// The stream may have overtaken the handshake that admits its sender.
+		r = s.memberRealm(hdr.handle, remote)
+	}
+	if r == nil {
+		s.refuse(str)
+		return
+	}
+	_ = str.SetReadDeadline(time.Time{})
+	switch hdr.kind {
+	case kindMembers:
+		r.answerExchange(str)
+	case kindGoodbye:
+		r.receiveGoodbye(str)
+	default:
+		r.dispatch(str, hdr.protocol)
+	}
+}
+
+// memberRealm returns the realm of handle h if remote is its authenticated
+// member on the other side of that handle, else nil.
+func (s *Service) memberRealm(h handle, remote peer.ID) *Realm {
+	e, ok := s.lookupHandle(h)
+	if !ok || e.peer != remote || !e.realm.authenticated(remote) {
+		return nil
+	}
+	return e.realm
+}
+
+func (s *Service) refuse(str network.Stream) {
+	s.stats.streamsRefused.Add(1)
+	_ = str.ResetWithError(ErrorCodeRefused)
+}
+
+func (r *Realm) dispatch(str network.Stream, proto protocol.ID) {
+	r.mu.Lock()
+	handler := r.handlers[proto]
+	r.mu.Unlock()
+	if handler == nil {
+		r.svc.stats.streamsNoHandler.Add(1)
+		_ = str.ResetWithError(ErrorCodeNoHandler)
+		return
+	}
+	release, err := r.svc.deps.Resources.ReserveRealmStream(resource.RealmID(r.keys.id), network.DirInbound)
+	if err != nil {
+		_ = str.ResetWithError(ErrorCodeResourceLimit)
+		return
+	}
+	handler(r.svc.streams.track(str, release))
+}
+
+// stream is a realm stream as handed to applications: the host stream
+// (whose Protocol is StreamProtocol), released from the realm's resource
+// scope when it is closed or reset, or when its connection closes.
+type stream struct {
+	network.Stream
+	tracker *streamTracker
+	release func()
+	once    sync.Once
+}
+
+func (s *stream) done() {
+	s.once.Do(func() {
+		s.release()
+		s.tracker.forget(s)
+	})
+}
+
+func (s *stream) Close() error {
+	err := s.Stream.Close()
+	s.done()
+	return err
+}
+
+func (s *stream) Reset() error {
+	err := s.Stream.Reset()
+	s.done()
+	return err
+}
+
+func (s *stream) ResetWithError(code network.StreamErrorCode) error {
+	err := s.Stream.ResetWithError(code)
+	s.done()
+	return err
+}
+
+// streamTracker keeps the open realm streams per connection, so the ones
+// whose connection closes are released even if the application never
+// closes them.
+type streamTracker struct {
+	mu     sync.Mutex
+	byConn map[network.Conn]map[*stream]struct{}
+}
+
+func (t *streamTracker) init() { t.byConn = make(map[network.Conn]map[*stream]struct{}) }
+
+func (t *streamTracker) track(str network.Stream, release func()) network.Stream {
+	s := &stream{Stream: str, tracker: t, release: release}
+	c := str.Conn()
+	t.mu.Lock()
+	set := t.byConn[c]
+	if set == nil {
+		set = make(map[*stream]struct{})
+		t.byConn[c] = set
+	}
+	set[s] = struct{}{}
+	t.mu.Unlock()
+	if c.IsClosed() {
+		t.releaseConn(c)
+	}
+	return s
+}
+
+func (t *streamTracker) forget(s *stream) {
+	c := s.Stream.Conn()
+	t.mu.Lock()
+	if set := t.byConn[c]; set != nil {
+		delete(set, s)
+		if len(set) == 0 {
+			delete(t.byConn, c)
+		}
+	}
+	t.mu.Unlock()
+}
+
+func (t *streamTracker) releaseConn(c network.Conn) {
+	t.mu.Lock()
+	set := t.byConn[c]
+	delete(t.byConn, c)
+	t.mu.Unlock()
+	for s := range set {
+		s.once.Do(s.release)
+	}
+}
+
+// open counts tracked realm streams (tests).
+func (t *streamTracker) open() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, set := range t.byConn {
+		n += len(set)
+	}
+	return n
+}

@@ -1,0 +1,140 @@
+package realm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"unicode/utf8"
+
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-msgio"
+)
+
+// MaxFrameSize caps every frame of the realm protocols, in bytes: a frame is
+// an unsigned-varint length followed by that many bytes (go-msgio's varint
+// framing); a longer declared length is refused before anything is allocated.
+const MaxFrameSize = 4096
+
+// Sizes of the handshake frames, in bytes.
+const (
+	nonceSize  = 32
+	macSize    = 32
+	helloSize  = nonceSize + macSize // nonce_i ‖ tag
+	replySize  = nonceSize + macSize // nonce_r ‖ MAC_r
+	finishSize = macSize             // MAC_i
+)
+
+// MaxProtocolLength caps the application protocol ID in a realm stream
+// header, in bytes.
+const MaxProtocolLength = 1024
+
+// ErrBadFrame is wrapped by every decoding error: a frame of the wrong size,
+// an unknown kind, a malformed protocol ID, or a frame over MaxFrameSize.
+var ErrBadFrame = errors.New("realm: bad frame")
+
+// readFrame reads one frame (at most MaxFrameSize bytes) from r.
+// An empty frame yields a nil slice.
+func readFrame(r io.Reader) ([]byte, error) {
+	msg, err := msgio.NewVarintReaderSize(r, MaxFrameSize).ReadMsg()
+	if errors.Is(err, msgio.ErrMsgTooLarge) {
+		return nil, fmt.Errorf("%w: longer than %d bytes", ErrBadFrame, MaxFrameSize)
+	}
+	return msg, err
+}
+
+// writeFrame writes b as one frame in one Write.
+func writeFrame(w io.Writer, b []byte) error {
+	if len(b) > MaxFrameSize {
+		return fmt.Errorf("%w: %d bytes to send, the limit is %d", ErrBadFrame, len(b), MaxFrameSize)
+	}
+	return msgio.NewVarintWriter(w).WriteMsg(b)
+}
+
+// decodeNonceMAC splits a hello (nonce_i ‖ tag) or reply (nonce_r ‖ MAC_r).
+func decodeNonceMAC(b []byte) (nonce, mac [32]byte, err error) {
+	if len(b) != helloSize {
+		return nonce, mac, fmt.Errorf("%w: %d bytes, want %d", ErrBadFrame, len(b), helloSize)
+	}
+	copy(nonce[:], b[:nonceSize])
+	copy(mac[:], b[nonceSize:])
+	return nonce, mac, nil
+}
+
+func encodeNonceMAC(nonce, mac *[32]byte) []byte {
+	b := make([]byte, 0, helloSize)
+	return append(append(b, nonce[:]...), mac[:]...)
+}
+
+// decodeFinish reads MAC_i.
+func decodeFinish(b []byte) (mac [32]byte, err error) {
+	if len(b) != finishSize {
+		return mac, fmt.Errorf("%w: %d bytes, want %d", ErrBadFrame, len(b), finishSize)
+	}
+	copy(mac[:], b)
+	return mac, nil
+}
+
+// streamKind says what a realm stream carries.
+type streamKind byte
+
+const (
+	kindApp      streamKind = 1 // an application protocol
+	kindMembers  streamKind = 2 // member exchange (signed peer records)
+	kindGoodbye  streamKind = 3 // a leaving member's signed goodbye
+	maxKindValue            = kindGoodbye
+)
+
+// streamHeader opens every realm stream: kind (1 byte) ‖ realm handle
+// (16 bytes) ‖ application protocol ID (kindApp only, 1–MaxProtocolLength
+// bytes of UTF-8).
+type streamHeader struct {
+	kind     streamKind
+	handle   handle
+	protocol protocol.ID
+}
+
+const headerFixedSize = 1 + len(handle{})
+
+func encodeStreamHeader(h streamHeader) []byte {
+	b := make([]byte, 0, headerFixedSize+len(h.protocol))
+	b = append(b, byte(h.kind))
+	b = append(b, h.handle[:]...)
+	return append(b, h.protocol...)
+}
+
+func decodeStreamHeader(b []byte) (streamHeader, error) {
+	var h streamHeader
+	if len(b) < headerFixedSize {
+		return h, fmt.Errorf("%w: stream header of %d bytes, want at least %d", ErrBadFrame, len(b), headerFixedSize)
+	}
+	h.kind = streamKind(b[0])
+	if h.kind == 0 || h.kind > maxKindValue {
+		return h, fmt.Errorf("%w: unknown stream kind %d", ErrBadFrame, b[0])
+	}
+	copy(h.handle[:], b[1:headerFixedSize])
+	proto := b[headerFixedSize:]
+	if h.kind != kindApp {
+		if len(proto) != 0 {
+			return h, fmt.Errorf("%w: %d trailing bytes after a kind-%d header", ErrBadFrame, len(proto), h.kind)
+		}
+		return h, nil
+	}
+	if err := checkProtocol(string(proto)); err != nil {
+		return h, fmt.Errorf("%w: %w", ErrBadFrame, err)
+	}
+	h.protocol = protocol.ID(proto)
+	return h, nil
+}
+
+// checkProtocol validates an application protocol ID.
+func checkProtocol(p string) error {
+	switch {
+	case p == "":
+		return fmt.Errorf("%w: empty protocol ID", ErrBadProtocol)
+	case len(p) > MaxProtocolLength:
+		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrBadProtocol, len(p), MaxProtocolLength)
+	case !utf8.ValidString(p):
+		return fmt.Errorf("%w: %q is not valid UTF-8", ErrBadProtocol, p)
+	}
+	return nil
+}
