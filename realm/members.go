@@ -299,14 +299,16 @@ func (r *Realm) sendGoodbye(ctx context.Context, p peer.ID, env []byte) error {
 	if m == nil {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
+	defer cancel()
 	str, err := r.svc.deps.Host.NewStream(ctx, p, StreamProtocol)
 	if err != nil {
 		return fmt.Errorf("realm %q: goodbye to %s: %w", r.name, p, err)
 	}
-	if deadline, ok := ctx.Deadline(); ok {
-		_ = str.SetDeadline(deadline)
-	}
-	if err := writeFrame(str, encodeStreamHeader(streamHeader{kind: kindGoodbye, handle: m.handle})); err == nil {
+	deadline, _ := ctx.Deadline()
+	_ = str.SetDeadline(deadline)
+	err = writeFrame(str, encodeStreamHeader(streamHeader{kind: kindGoodbye, handle: m.handle}))
+	if err == nil {
 		err = writeFrame(str, env)
 	}
 	if err == nil {

@@ -47,9 +47,7 @@ func (s *Service) EnableRealmOnly(authTimeout, backoff time.Duration, exempt fun
 		timers:  make(map[peer.ID]*time.Timer),
 		refused: make(map[peer.ID]time.Time),
 	}
-	s.mu.Lock()
-	s.policy = p
-	s.mu.Unlock()
+	s.policy.Store(p)
 	s.deps.Gater.SetPeerPolicy(p.allow)
 	for _, peer := range s.deps.Host.Network().Peers() {
 		p.connected(peer)

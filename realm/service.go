@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru"
@@ -108,7 +109,7 @@ type Service struct {
 	flights   map[peer.ID]*flight
 
 	streams streamTracker
-	policy  *realmOnly
+	policy  atomic.Pointer[realmOnly]
 	stats   counters
 	sub     event.Subscription
 	notify  *network.NotifyBundle
@@ -284,8 +285,8 @@ func (s *Service) Close() error {
 	s.deps.Host.Network().StopNotify(s.notify)
 	s.cancel()
 	_ = s.sub.Close()
-	if s.policy != nil {
-		s.policy.close()
+	if p := s.policy.Load(); p != nil {
+		p.close()
 	}
 	s.wg.Wait()
 	s.events.Close()
@@ -339,8 +340,8 @@ func (s *Service) watchIdentify() {
 
 // connected starts the realm-only timer for a peer's first connection.
 func (s *Service) connected(_ network.Network, c network.Conn) {
-	if s.policy != nil {
-		s.policy.connected(c.RemotePeer())
+	if p := s.policy.Load(); p != nil {
+		p.connected(c.RemotePeer())
 	}
 }
 
@@ -352,8 +353,8 @@ func (s *Service) disconnected(n network.Network, c network.Conn) {
 	if n.Connectedness(p) == network.Connected {
 		return
 	}
-	if s.policy != nil {
-		s.policy.disconnected(p)
+	if policy := s.policy.Load(); policy != nil {
+		policy.disconnected(p)
 	}
 	for _, r := range s.Realms() {
 		r.lostConnection(p)

@@ -261,14 +261,3 @@ func (t *streamTracker) releaseConn(c network.Conn) {
 		s.once.Do(s.release)
 	}
 }
-
-// open counts tracked realm streams (tests).
-func (t *streamTracker) open() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	n := 0
-	for _, set := range t.byConn {
-		n += len(set)
-	}
-	return n
-}
