@@ -142,7 +142,12 @@ func (s *Service) respond(str network.Stream) {
 		_ = str.Reset()
 		return
 	}
-	end := s.beginFlight(str.Conn().RemotePeer())
+	end, ok := s.beginInbound(str.Conn().RemotePeer())
+	if !ok {
+		s.stats.authRefused.Add(1)
+		_ = str.Reset()
+		return
+	}
 	defer end()
 	if _, ok := s.respondHandshake(str); ok {
 		_ = str.Close()
@@ -236,8 +241,28 @@ func (s *Service) freshNonce(n [32]byte) bool {
 
 // flight counts the handshakes running with one peer, in either role.
 type flight struct {
-	n    int
-	done chan struct{} // closed when n drops to zero
+	n       int
+	inbound int           // of which responder handshakes
+	done    chan struct{} // closed when n drops to zero
+}
+
+// beginInbound is beginFlight for a responder handshake; false when p
+// already has maxInboundHandshakesPerPeer running, so one peer cannot take
+// every responder slot.
+func (s *Service) beginInbound(p peer.ID) (end func(), ok bool) {
+	s.flightsMu.Lock()
+	defer s.flightsMu.Unlock()
+	if f := s.flights[p]; f != nil && f.inbound >= maxInboundHandshakesPerPeer {
+		return nil, false
+	}
+	f := s.flightLocked(p)
+	f.inbound++
+	return func() {
+		s.flightsMu.Lock()
+		f.inbound--
+		s.flightsMu.Unlock()
+		s.endFlight(p, f)
+	}, true
 }
 
 // beginFlight marks a handshake with p as running until the returned
@@ -245,20 +270,28 @@ type flight struct {
 // it (the stream may overtake the handshake's last message).
 func (s *Service) beginFlight(p peer.ID) (end func()) {
 	s.flightsMu.Lock()
+	f := s.flightLocked(p)
+	s.flightsMu.Unlock()
+	return func() { s.endFlight(p, f) }
+}
+
+// flightLocked counts one more handshake with p; flightsMu is held.
+func (s *Service) flightLocked(p peer.ID) *flight {
 	f := s.flights[p]
 	if f == nil {
 		f = &flight{done: make(chan struct{})}
 		s.flights[p] = f
 	}
 	f.n++
-	s.flightsMu.Unlock()
-	return func() {
-		s.flightsMu.Lock()
-		if f.n--; f.n == 0 {
-			close(f.done)
-			delete(s.flights, p)
-		}
-		s.flightsMu.Unlock()
+	return f
+}
+
+func (s *Service) endFlight(p peer.ID, f *flight) {
+	s.flightsMu.Lock()
+	defer s.flightsMu.Unlock()
+	if f.n--; f.n == 0 {
+		close(f.done)
+		delete(s.flights, p)
 	}
 }
 

@@ -36,7 +36,15 @@ func (r *Realm) discover() {
 		case <-r.ctx.Done():
 			return
 		case <-r.joined:
+			// A member joined: look again soon (it may know more).
 			bo.Reset()
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+			timer.Reset(bo.NextBackOff())
 			continue
 		case <-timer.C:
 		}

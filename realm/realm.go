@@ -282,6 +282,11 @@ func (r *Realm) removeLocked(p peer.ID, reason string) {
 	r.events.Push(EvtMemberLeft{Realm: r.name, RealmID: r.keys.id, Peer: p, Reason: reason})
 	r.svc.events.Push(EvtMemberLeft{Realm: r.name, RealmID: r.keys.id, Peer: p, Reason: reason})
 	log.Debugw("member left", "realm", r.name, "peer", p, "reason", reason)
+	// Under the realm-only policy, a peer still connected must now share
+	// another realm within AuthTimeout.
+	if policy := r.svc.policy.Load(); policy != nil && r.svc.deps.Host.Network().Connectedness(p) == network.Connected {
+		policy.connected(p)
+	}
 }
 
 func (r *Realm) remove(p peer.ID, reason string) {

@@ -59,6 +59,9 @@ const (
 	// maxInboundHandshakes bounds concurrent responder handshakes; more are
 	// reset at once (counted as AuthRefused).
 	maxInboundHandshakes = 64
+	// maxInboundHandshakesPerPeer bounds one peer's concurrent responder
+	// handshakes (a peer in several shared realms runs one per realm).
+	maxInboundHandshakesPerPeer = 8
 	// nonceCacheSize is how many recent nonces (sent and received) are kept
 	// to refuse replays and reflections: 2^16 × 32 bytes ≈ 2 MiB at most.
 	nonceCacheSize = 1 << 16
