@@ -86,6 +86,16 @@ func newDemoCommand() *cobra.Command {
 			"(p50, p99), and exits with status 0 when every step succeeded. With\n" +
 			"--multipath every node listens on two addresses and every pair ends with\n" +
 			"two paths: the selected one and a warm standby.\n\n" +
+			"Then the nodes join two realms, blue and green, each with a pre-shared key\n" +
+			"drawn at random for the run: node 0 joins both, odd nodes blue, even nodes\n" +
+			"green. Members find and authenticate each other with no address given (the\n" +
+			"peers they are connected to, the DHT rendezvous record, member exchange).\n" +
+			"demo waits until every member lists every other member, echoes over realm\n" +
+			"streams between every pair of members of each realm, and checks isolation:\n" +
+			"a realm stream from a member to a node outside the realm must fail with\n" +
+			"realm.ErrNotMember, and a realm's connection sub-pool must hold members\n" +
+			"only. It prints the members and sub-pools per node and realm and the realm\n" +
+			"service's counters, and exits with status 1 when a check fails.\n\n" +
 			"The whole run is bounded by --timeout; the lookups grow with the square of\n" +
 			"--nodes, so many nodes on a small machine may need a longer one.",
 		Args: cobra.NoArgs,
@@ -140,6 +150,10 @@ func runDemo(ctx context.Context, out io.Writer, options demoOptions) (peerIDs [
 		d.discover,
 		d.echo,
 		d.waitForPaths,
+		d.joinRealms,
+		d.waitForRealmMembers,
+		d.realmEcho,
+		d.checkIsolation,
 	}
 	for _, step := range steps {
 		if err := step(ctx); err != nil {
@@ -147,11 +161,14 @@ func runDemo(ctx context.Context, out io.Writer, options demoOptions) (peerIDs [
 		}
 	}
 	d.report()
+	d.reportRealms()
 	return d.peerIDs(), nil
 }
 
 // demo is one in-process demo network. Its steps run in order: start,
-// waitForRoutingTables, discover, echo, report; close ends it.
+// waitForRoutingTables, discover, echo, waitForPaths, joinRealms,
+// waitForRealmMembers, realmEcho, checkIsolation, then report and
+// reportRealms; close ends it.
 type demo struct {
 	out     io.Writer
 	options demoOptions
@@ -161,6 +178,14 @@ type demo struct {
 	lookups lookupCounts
 	// echoRoundTrips holds one round-trip time per ordered pair of nodes.
 	echoRoundTrips []time.Duration
+
+	// realms are the demo's realms, in demoRealmNames order.
+	realms []*demoRealm
+	// realmEchoRoundTrips holds one round-trip time per ordered pair of
+	// members of a realm.
+	realmEchoRoundTrips []time.Duration
+	// isolation holds the isolation checks that ran.
+	isolation []isolationCheck
 }
 
 // lookupCounts sums up the DHT lookups of discover.
@@ -434,13 +459,21 @@ func (d *demo) echo(ctx context.Context) error {
 // stream, checks that the same bytes come back, and returns the time from
 // opening the stream to reading the last byte back.
 func echoOnce(ctx context.Context, sender *node.Node, receiver peer.ID) (time.Duration, error) {
+	return echoOver(ctx, func(ctx context.Context) (network.Stream, error) {
+		return sender.NewStream(ctx, receiver, echoProtocol)
+	})
+}
+
+// echoOver is echoOnce over the stream that open returns: any stream whose
+// other end runs serveEcho.
+func echoOver(ctx context.Context, open func(context.Context) (network.Stream, error)) (time.Duration, error) {
 	payload := make([]byte, echoPayloadSize)
 	rand.Read(payload)
 
 	ctx, cancel := context.WithTimeout(ctx, echoTimeout)
 	defer cancel()
 	begin := time.Now()
-	stream, err := sender.NewStream(ctx, receiver, echoProtocol)
+	stream, err := open(ctx)
 	if err != nil {
 		return 0, err
 	}

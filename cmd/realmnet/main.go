@@ -4,7 +4,8 @@
 //
 //	realmnet demo [--nodes 5]   start a small network in one process, find every
 //	                            node through the DHT, echo between every pair,
-//	                            and print a summary
+//	                            run two realms (blue, green) over it, check
+//	                            their isolation, and print a summary
 //	realmnet run [flags]        run one long-lived node until SIGINT or SIGTERM
 //	realmnet id --identity FILE print the peer ID of the key in FILE
 //

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -26,9 +28,73 @@ func TestDemoWithThreeNodes(t *testing.T) {
 			t.Errorf("summary lacks node %d's short peer ID %s:\n%s", index, shortID(peerID), summary)
 		}
 	}
-	for _, want := range []string{"p50", "DHT lookups 6/6", "6 pairs, 6 answered by other nodes", "echo 6/6"} {
+	for _, want := range []string{"p50", "DHT lookups 6/6", "6 pairs, 6 answered by other nodes", "echo 6/6",
+		// Realms: node 0 in both, node 1 in blue, node 2 in green.
+		"realm blue: ID ", "members: nodes 0, 1\n", "realm green: ID ", "members: nodes 0, 2\n",
+		"realm echo: 4 exchanges",
+		"isolation: node 1 → node 2 over realm blue refused with realm.ErrNotMember",
+		"isolation: node 2 → node 1 over realm green refused with realm.ErrNotMember",
+		"AUTH OK", "UNKNOWN REALM",
+	} {
 		if !strings.Contains(summary, want) {
 			t.Errorf("summary lacks %q:\n%s", want, summary)
+		}
+	}
+	// Members and sub-pools, per node and realm: each sub-pool holds the
+	// member's connections (two paths or more per pair with --multipath).
+	for _, prefix := range [][]string{{"0", "blue", "1"}, {"0", "green", "2"}, {"1", "blue", "0"}, {"2", "green", "0"}} {
+		if !hasMemberRow(summary, prefix) {
+			t.Errorf("summary lacks a row %q with a non-empty sub-pool:\n%s", prefix, summary)
+		}
+	}
+}
+
+// hasMemberRow reports whether a line of text is a row of the realm members
+// table that starts with node, realm and members, with connections in the
+// realm's sub-pool: "0  blue  1  2 (16/64)  2".
+func hasMemberRow(text string, prefix []string) bool {
+	for line := range strings.Lines(text) {
+		fields := strings.Fields(line)
+		if len(fields) != len(prefix)+3 || !slices.Equal(fields[:len(prefix)], prefix) {
+			continue
+		}
+		pool, poolErr := strconv.Atoi(fields[len(prefix)])
+		conns, connsErr := strconv.Atoi(fields[len(prefix)+2])
+		return poolErr == nil && connsErr == nil && pool > 0 && conns > 0
+	}
+	return false
+}
+
+func TestRealmMembershipAndIsolationPairs(t *testing.T) {
+	for _, test := range []struct {
+		nodes       int
+		blue, green []int
+		blueCheck   []int // sender, target; nil: skipped
+		greenCheck  []int
+	}{
+		{2, []int{0, 1}, []int{0}, nil, []int{0, 1}},
+		{3, []int{0, 1}, []int{0, 2}, []int{1, 2}, []int{2, 1}},
+		{5, []int{0, 1, 3}, []int{0, 2, 4}, []int{1, 2}, []int{2, 1}},
+	} {
+		realms := []*demoRealm{{name: "blue"}, {name: "green"}}
+		for index := range test.nodes {
+			for _, realmIndex := range realmIndexesOf(index) {
+				realms[realmIndex].members = append(realms[realmIndex].members, index)
+			}
+		}
+		if !slices.Equal(realms[0].members, test.blue) || !slices.Equal(realms[1].members, test.green) {
+			t.Errorf("%d nodes: blue %v, green %v; want %v, %v", test.nodes,
+				realms[0].members, realms[1].members, test.blue, test.green)
+		}
+		for realmIndex, want := range [][]int{test.blueCheck, test.greenCheck} {
+			sender, target, ok := isolationPair(realms[realmIndex], realms[1-realmIndex], test.nodes)
+			switch {
+			case want == nil && ok:
+				t.Errorf("%d nodes, realm %s: isolation check %d → %d, want none", test.nodes, realms[realmIndex].name, sender, target)
+			case want != nil && (!ok || sender != want[0] || target != want[1]):
+				t.Errorf("%d nodes, realm %s: isolation check %d → %d (%v), want %d → %d", test.nodes,
+					realms[realmIndex].name, sender, target, ok, want[0], want[1])
+			}
 		}
 	}
 }

@@ -1,0 +1,424 @@
+// Command chat is a terminal chat inside a realm, between processes: every
+// line typed is sent to every member of the realm over a realm stream, and
+// only members — nodes that hold the realm's pre-shared key — can send or
+// receive.
+//
+// Make a key (at least 16 bytes; a trailing newline is ignored) and share
+// it with the members only:
+//
+//	head -c 32 /dev/urandom | base64 > chat.psk
+//
+// In a first terminal:
+//
+//	go run ./examples/chat --realm friends --psk-file chat.psk
+//
+// It prints its addresses, e.g. /ip4/127.0.0.1/udp/41234/quic-v1/p2p/12D3KooW…
+// In a second terminal, give one of them to --peer:
+//
+//	go run ./examples/chat --realm friends --psk-file chat.psk --peer /ip4/127.0.0.1/udp/41234/quic-v1/p2p/12D3KooW…
+//
+// Both print "* …xxxxxx joined" once they have authenticated each other;
+// then each line typed in one terminal appears in the other, prefixed by
+// the sender's short peer ID. A third process needs only one member's
+// address: member exchange and the DHT introduce it to the others. On one
+// LAN, --mdns with --listen /ip4/0.0.0.0/udp/0/quic-v1 finds members without
+// --peer. Ctrl-D (end of input) or Ctrl-C leaves the realm — the other
+// members print "* …xxxxxx left (goodbye)" — and exits.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unicode"
+
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/realmnet/realmnet/node"
+	"github.com/realmnet/realmnet/realm"
+)
+
+const (
+	// chatProtocol is the chat's protocol inside the realm: one message per
+	// stream, the receiver closes the stream once it has read it.
+	chatProtocol = protocol.ID("/realmnet/chat/1.0.0")
+	// maxMessageSize caps one message (one line), in bytes.
+	maxMessageSize = 4096
+	// maxPSKFileSize caps the PSK file read.
+	maxPSKFileSize = 64 << 10
+	// sendTimeout bounds the delivery of one message to one member, and the
+	// receiver's read of it.
+	sendTimeout = 5 * time.Second
+	// leaveTimeout bounds the goodbyes sent when leaving.
+	leaveTimeout = 2 * time.Second
+	// defaultListenAddr is where the chat listens without --listen.
+	defaultListenAddr = "/ip4/127.0.0.1/udp/0/quic-v1"
+)
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ", ") }
+
+func (l *stringList) Set(value string) error {
+	*l = append(*l, value)
+	return nil
+}
+
+// flags are the command line.
+type flags struct {
+	realm   string
+	pskFile string
+	listen  stringList
+	peers   stringList
+	mdns    bool
+}
+
+// config is what the chat runs with.
+type config struct {
+	realm  string
+	psk    []byte
+	listen []string
+	peers  []peer.AddrInfo
+	mdns   bool
+}
+
+func main() {
+	var f flags
+	flag.StringVar(&f.realm, "realm", "", "name of the realm to chat in (required)")
+	flag.StringVar(&f.pskFile, "psk-file", "", "file holding the realm's pre-shared key, at least 16 bytes (required)")
+	flag.Var(&f.listen, "listen", "QUIC multiaddr to listen on (repeatable; default "+defaultListenAddr+")")
+	flag.Var(&f.peers, "peer", "multiaddr of a member, ending in /p2p/<peer ID> (repeatable)")
+	flag.BoolVar(&f.mdns, "mdns", false, "find members on the LAN with mDNS")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fail(fmt.Errorf("unexpected arguments %q", flag.Args()))
+	}
+	cfg, err := f.config()
+	if err != nil {
+		fail(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c, err := start(ctx, cfg, os.Stdout)
+	if err != nil {
+		fail(err)
+	}
+	if err := c.run(ctx, os.Stdin); err != nil {
+		fail(err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "chat:", err)
+	os.Exit(1)
+}
+
+// config checks the flags, reads the PSK file and parses the peers.
+// Errors name the flag and the bad value.
+func (f flags) config() (config, error) {
+	cfg := config{realm: f.realm, listen: f.listen, mdns: f.mdns}
+	if f.realm == "" {
+		return cfg, errors.New("--realm is required")
+	}
+	if f.pskFile == "" {
+		return cfg, errors.New("--psk-file is required")
+	}
+	psk, err := readPSK(f.pskFile)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.psk = psk
+	if len(cfg.listen) == 0 {
+		cfg.listen = []string{defaultListenAddr}
+	}
+	for _, addr := range cfg.listen {
+		if _, err := ma.NewMultiaddr(addr); err != nil {
+			return cfg, fmt.Errorf("--listen %q is not a multiaddr: %w", addr, err)
+		}
+	}
+	cfg.peers, err = parsePeers(f.peers)
+	return cfg, err
+}
+
+// readPSK reads a pre-shared key file: its bytes, without one trailing
+// newline ("\n" or "\r\n"), at least realm.MinPSKLength of them.
+func readPSK(path string) ([]byte, error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--psk-file: %w", err)
+	}
+	defer file.Close()
+	psk, err := io.ReadAll(io.LimitReader(file, maxPSKFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("--psk-file %s: %w", path, err)
+	}
+	if len(psk) > maxPSKFileSize {
+		return nil, fmt.Errorf("--psk-file %s: larger than %d bytes; is it the right file?", path, maxPSKFileSize)
+	}
+	if trimmed, ok := strings.CutSuffix(string(psk), "\n"); ok {
+		psk = []byte(strings.TrimSuffix(trimmed, "\r"))
+	}
+	if len(psk) < realm.MinPSKLength {
+		return nil, fmt.Errorf("--psk-file %s: the key is %d bytes, want at least %d "+
+			"(e.g. head -c 32 /dev/urandom | base64 > %s)", path, len(psk), realm.MinPSKLength, path)
+	}
+	return psk, nil
+}
+
+// parsePeers parses multiaddrs ending in /p2p/<peer ID>, merging the
+// addresses of one peer.
+func parsePeers(values []string) ([]peer.AddrInfo, error) {
+	addrs := make([]ma.Multiaddr, 0, len(values))
+	for _, value := range values {
+		if _, err := peer.AddrInfoFromString(value); err != nil {
+			return nil, fmt.Errorf("--peer %q is not a multiaddr ending in /p2p/<peer ID>: %w", value, err)
+		}
+		addrs = append(addrs, ma.StringCast(value))
+	}
+	return peer.AddrInfosFromP2pAddrs(addrs...)
+}
+
+// chat is one running chat: a node, in one realm.
+type chat struct {
+	node  *node.Node
+	realm *realm.Realm
+	out   *printer
+	sub   event.Subscription
+	// events ends when sub's channel is closed.
+	events sync.WaitGroup
+}
+
+// printer serializes the lines printed by the chat's goroutines.
+type printer struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (p *printer) printf(format string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.w, format+"\n", args...)
+}
+
+// start starts a node, joins the realm and prints the node's addresses;
+// run then chats until the input ends or ctx is done.
+func start(ctx context.Context, cfg config, out io.Writer) (*chat, error) {
+	n, err := node.New(node.ListenAddrs(cfg.listen...))
+	if err != nil {
+		return nil, err
+	}
+	c := &chat{node: n, out: &printer{w: out}}
+	opts := []realm.Option{realm.WithPSK(cfg.psk)}
+	if len(cfg.peers) > 0 {
+		opts = append(opts, realm.WithPeers(cfg.peers...))
+	}
+	if cfg.mdns {
+		opts = append(opts, realm.WithMDNS())
+	}
+	// Subscribe before the first member can join: start the node, then the
+	// realm, and only then handshakes run.
+	c.realm, err = n.JoinRealm(ctx, cfg.realm, opts...)
+	if err != nil {
+		_ = n.Close()
+		return nil, fmt.Errorf("join realm %q: %w", cfg.realm, err)
+	}
+	if c.sub, err = c.realm.Subscribe(); err != nil {
+		_ = n.Close()
+		return nil, fmt.Errorf("subscribe to realm %q: %w", cfg.realm, err)
+	}
+	if err := c.realm.SetStreamHandler(chatProtocol, c.receive); err != nil {
+		_ = c.sub.Close()
+		_ = n.Close()
+		return nil, err
+	}
+	c.events.Add(1)
+	go c.printEvents()
+
+	ai := n.AddrInfo()
+	addrs, err := peer.AddrInfoToP2pAddrs(&ai)
+	if err != nil {
+		_ = c.close()
+		return nil, err
+	}
+	c.out.printf("peer %s in realm %q (realm ID %s); other members can use --peer with:", n.ID(), cfg.realm, c.realm.ID())
+	for _, addr := range addrs {
+		c.out.printf("  %s", addr)
+	}
+	// A member may have authenticated before the subscription existed.
+	for _, p := range c.realm.Members() {
+		c.out.printf("* %s is a member", shortID(p))
+	}
+	c.out.printf("type a line and press Enter to send it to every member; Ctrl-D or Ctrl-C leaves")
+	return c, nil
+}
+
+// run sends every line of in to every member until in ends or ctx is done,
+// then leaves the realm and closes the node.
+func (c *chat) run(ctx context.Context, in io.Reader) error {
+	lines := make(chan string)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		defer close(lines)
+		reader := bufio.NewReader(in)
+		for {
+			line, err := reader.ReadString('\n')
+			if line != "" {
+				select {
+				case lines <- strings.TrimRight(line, "\r\n"):
+				case <-done:
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return c.close()
+		case line, ok := <-lines:
+			if !ok {
+				return c.close()
+			}
+			c.send(ctx, line)
+		}
+	}
+}
+
+// send delivers line to every member, in parallel, and prints the failures.
+func (c *chat) send(ctx context.Context, line string) {
+	switch {
+	case strings.TrimSpace(line) == "":
+		return
+	case len(line) > maxMessageSize:
+		c.out.printf("! not sent: the line is %d bytes, the limit is %d", len(line), maxMessageSize)
+		return
+	}
+	members := c.realm.Members()
+	if len(members) == 0 {
+		c.out.printf("! not sent: no member yet")
+		return
+	}
+	var wg sync.WaitGroup
+	for _, p := range members {
+		wg.Go(func() {
+			if err := c.sendTo(ctx, p, line); err != nil {
+				c.out.printf("! not delivered to %s: %v", shortID(p), err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// sendTo sends line to member p over a realm stream and waits until p has
+// read it (p closes the stream).
+func (c *chat) sendTo(ctx context.Context, p peer.ID, line string) error {
+	ctx, cancel := context.WithTimeout(ctx, sendTimeout)
+	defer cancel()
+	s, err := c.realm.NewStream(ctx, p, chatProtocol)
+	if err != nil {
+		return err
+	}
+	deadline, _ := ctx.Deadline()
+	_ = s.SetDeadline(deadline)
+	if _, err := io.WriteString(s, line+"\n"); err != nil {
+		_ = s.Reset()
+		return err
+	}
+	if err := s.CloseWrite(); err != nil {
+		_ = s.Reset()
+		return err
+	}
+	if _, err := io.Copy(io.Discard, io.LimitReader(s, 1)); err != nil {
+		_ = s.Reset()
+		return err
+	}
+	return s.Close()
+}
+
+// receive is the chat protocol's handler: only members of the realm reach
+// it. The sender is the stream's authenticated peer, never something the
+// message says.
+func (c *chat) receive(s network.Stream) {
+	_ = s.SetDeadline(time.Now().Add(sendTimeout))
+	message, err := io.ReadAll(io.LimitReader(s, maxMessageSize+2))
+	if err != nil || len(message) > maxMessageSize+1 {
+		_ = s.Reset()
+		return
+	}
+	from := shortID(s.Conn().RemotePeer())
+	for line := range strings.Lines(string(message)) {
+		c.out.printf("%s: %s", from, printable(strings.TrimRight(line, "\r\n")))
+	}
+	_ = s.Close()
+}
+
+// printEvents prints members joining and leaving until the subscription
+// closes.
+func (c *chat) printEvents() {
+	defer c.events.Done()
+	for e := range c.sub.Out() {
+		switch e := e.(type) {
+		case realm.EvtMemberJoined:
+			c.out.printf("* %s joined", shortID(e.Peer))
+		case realm.EvtMemberLeft:
+			if e.Reason != realm.ReasonLocalLeave {
+				c.out.printf("* %s left (%s)", shortID(e.Peer), e.Reason)
+			}
+		}
+	}
+}
+
+// close leaves the realm (goodbyes for at most leaveTimeout) and closes the
+// node.
+func (c *chat) close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
+	defer cancel()
+	leaveErr := c.realm.Leave(ctx)
+	_ = c.sub.Close()
+	c.events.Wait()
+	c.out.printf("left realm %q", c.realm.Name())
+	if err := c.node.Close(); err != nil {
+		return err
+	}
+	if leaveErr != nil {
+		// Some member did not acknowledge the goodbye in time; it will
+		// notice when the connection closes.
+		c.out.printf("! %v", leaveErr)
+	}
+	return nil
+}
+
+// shortID is the last six characters of a peer ID.
+func shortID(p peer.ID) string {
+	s := p.String()
+	return "…" + s[max(0, len(s)-6):]
+}
+
+// printable replaces control characters, so a member cannot send terminal
+// escape sequences.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r != '\t' && unicode.IsControl(r) {
+			return unicode.ReplacementChar
+		}
+		return r
+	}, s)
+}
