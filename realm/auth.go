@@ -16,13 +16,18 @@ import (
 // The handshake (docs/realms.md has the diagram). I is the initiator, R the
 // responder, IDs come from the TLS-authenticated connection:
 //
-//	I → R  hello:  nonce_i ‖ tag     tag   = HMAC(auth, "tag" ‖ nonce_i)
+//	I → R  hello:  nonce_i ‖ tag     tag   = HMAC(auth, "tag" ‖ I ‖ R ‖ nonce_i)
 //	R → I  reply:  nonce_r ‖ MAC_r   MAC_r = HMAC(auth, "resp" ‖ realmID ‖ I ‖ R ‖ nonce_i ‖ nonce_r)
 //	I → R  finish: MAC_i             MAC_i = HMAC(auth, "init" ‖ realmID ‖ I ‖ R ‖ nonce_i ‖ nonce_r)
-//	R → I  end of stream (R has admitted I); I admits R on reading it.
+//	I ⇄ R  end of stream both ways: R closes its side once it has admitted
+//	       I; I admits R on reading it.
 //
 // R finds the realm by computing the tag with each of its realms' keys; the
 // realm ID is never sent. Any failure resets the stream, with no reason.
+// The tag binds both peer IDs (the text has HMAC(auth, "tag" ‖
+// nonce_i)): otherwise a hello collected by any node a member talks to could
+// be replayed to third nodes, and whether they answer would reveal who
+// shares a realm with whom.
 
 // errAuthReset is the initiator's view of a reset or malformed handshake.
 var errAuthReset = fmt.Errorf("%w: stream reset or malformed", ErrAuthFailed)
@@ -85,7 +90,7 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 	remote := str.Conn().RemotePeer()
 
 	nonceI := s.newNonce()
-	tag := newMAC(&r.keys.auth, "tag").bytes(nonceI[:]).sum()
+	tag := r.keys.helloTag(self, remote, &nonceI)
 	if err := writeFrame(str, encodeNonceMAC(&nonceI, &tag)); err != nil {
 		return fmt.Errorf("realm %q: handshake with %s: send hello: %w", r.name, p, err)
 	}
@@ -99,28 +104,28 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 		s.stats.authBadFrame.Add(1)
 		return errAuthReset
 	}
-	if !s.freshNonce(nonceR) {
-		s.stats.authReplayed.Add(1)
-		return fmt.Errorf("%w: %s replayed a nonce", ErrAuthFailed, p)
-	}
 	want := r.keys.transcriptMAC("resp", self, remote, &nonceI, &nonceR)
 	if !hmac.Equal(macR[:], want[:]) {
 		s.stats.authBadMAC.Add(1)
 		return fmt.Errorf("%w: %s did not prove the realm key", ErrAuthFailed, p)
 	}
+	// Only a reply that proves the key may enter the nonce cache.
+	if !s.freshNonce(nonceR) {
+		s.stats.authReplayed.Add(1)
+		return fmt.Errorf("%w: %s replayed a nonce", ErrAuthFailed, p)
+	}
 	macI := r.keys.transcriptMAC("init", self, remote, &nonceI, &nonceR)
 	if err := writeFrame(str, macI[:]); err != nil {
 		return fmt.Errorf("realm %q: handshake with %s: send finish: %w", r.name, p, err)
 	}
-	if err := str.CloseWrite(); err != nil {
-		return fmt.Errorf("realm %q: handshake with %s: %w", r.name, p, err)
-	}
+	// Our end of stream; its error is not the outcome (the responder may
+	// already have stopped reading): the responder's end of stream is.
+	_ = str.CloseWrite()
 	// The responder closes its side once it has admitted us; a reset means
 	// it refused (a limit). Nothing else may follow.
-	var one [1]byte
-	if n, err := str.Read(one[:]); n != 0 || !errors.Is(err, io.EOF) {
+	if err := expectEOF(str); err != nil {
 		s.stats.authRefused.Add(1)
-		return fmt.Errorf("%w: %s refused the handshake", ErrAuthFailed, p)
+		return fmt.Errorf("%w: %s refused the handshake: %v", ErrAuthFailed, p, err)
 	}
 	if err := r.admit(p); err != nil {
 		s.stats.authRefused.Add(1)
@@ -150,7 +155,7 @@ func (s *Service) respond(str network.Stream) {
 	}
 	defer end()
 	if _, ok := s.respondHandshake(str); ok {
-		_ = str.Close()
+		closeGracefully(str)
 		return
 	}
 	_ = str.Reset()
@@ -170,7 +175,9 @@ func (s *Service) respondHandshake(str network.Stream) (*Realm, bool) {
 		s.stats.authBadFrame.Add(1)
 		return nil, false
 	}
-	r := s.realmOfTag(&nonceI, &tag)
+	self := s.deps.Host.ID()
+	remote := str.Conn().RemotePeer()
+	r := s.realmOfTag(remote, self, &nonceI, &tag)
 	if r == nil {
 		s.stats.authUnknownRealm.Add(1)
 		return nil, false
@@ -179,8 +186,6 @@ func (s *Service) respondHandshake(str network.Stream) (*Realm, bool) {
 		s.stats.authReplayed.Add(1)
 		return nil, false
 	}
-	self := s.deps.Host.ID()
-	remote := str.Conn().RemotePeer()
 	nonceR := s.newNonce()
 	macR := r.keys.transcriptMAC("resp", remote, self, &nonceI, &nonceR)
 	if err := writeFrame(str, encodeNonceMAC(&nonceR, &macR)); err != nil {
@@ -210,12 +215,13 @@ func (s *Service) respondHandshake(str network.Stream) (*Realm, bool) {
 	return r, true
 }
 
-// realmOfTag finds the joined realm whose key produced tag over nonce.
-// Every realm is tried (constant-time comparisons), whichever matches.
-func (s *Service) realmOfTag(nonce, tag *[32]byte) *Realm {
+// realmOfTag finds the joined realm whose key produced the tag of a hello
+// from initiator to responder. Every realm is tried (constant-time
+// comparisons), whichever matches.
+func (s *Service) realmOfTag(initiator, responder peer.ID, nonce, tag *[32]byte) *Realm {
 	var found *Realm
 	for _, r := range s.Realms() {
-		want := newMAC(&r.keys.auth, "tag").bytes(nonce[:]).sum()
+		want := r.keys.helloTag(initiator, responder, nonce)
 		if hmac.Equal(want[:], tag[:]) && found == nil {
 			found = r
 		}
@@ -312,4 +318,32 @@ func (s *Service) awaitFlight(p peer.ID, deadline time.Time) bool {
 	case <-s.ctx.Done():
 	}
 	return true
+}
+
+// expectEOF reads the peer's end of stream: anything else (data, a reset,
+// the deadline) is an error.
+func expectEOF(str network.Stream) error {
+	var one [1]byte
+	n, err := str.Read(one[:])
+	switch {
+	case n != 0:
+		return errors.New("unexpected data after the last frame")
+	case errors.Is(err, io.EOF):
+		return nil
+	case err == nil:
+		return errors.New("no end of stream")
+	}
+	return err
+}
+
+// closeGracefully ends a stream whose exchange succeeded: our end of stream
+// first, then the peer's, then Close — closing the read side early would
+// make the peer's own CloseWrite fail (QUIC STOP_SENDING).
+func closeGracefully(str network.Stream) {
+	_ = str.CloseWrite()
+	if expectEOF(str) != nil {
+		_ = str.Reset()
+		return
+	}
+	_ = str.Close()
 }

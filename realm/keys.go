@@ -111,6 +111,12 @@ func (m macBuilder) sum() (out [32]byte) {
 	return out
 }
 
+// helloTag is the tag of a hello from initiator to responder:
+// HMAC(auth, "tag" ‖ initiator ‖ responder ‖ nonce_i).
+func (k *keys) helloTag(initiator, responder peer.ID, nonceI *[32]byte) [32]byte {
+	return newMAC(&k.auth, "tag").peer(initiator).peer(responder).bytes(nonceI[:]).sum()
+}
+
 // transcriptMAC is MAC_r (label "resp") or MAC_i (label "init"): both bind the
 // realm ID, the TLS-authenticated initiator and responder IDs and both nonces.
 func (k *keys) transcriptMAC(label string, initiator, responder peer.ID, nonceI, nonceR *[32]byte) [32]byte {

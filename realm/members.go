@@ -69,6 +69,11 @@ func (r *Realm) exchange(ctx context.Context, p peer.ID) error {
 		_ = str.Reset()
 		return err
 	}
+	_ = str.CloseWrite()
+	if err := expectEOF(str); err != nil {
+		_ = str.Reset()
+		return err
+	}
 	return str.Close()
 }
 
@@ -83,7 +88,7 @@ func (r *Realm) answerExchange(str network.Stream) {
 		_ = str.Reset()
 		return
 	}
-	_ = str.Close()
+	closeGracefully(str)
 }
 
 // sendRecords writes this node's own signed record and those of its other
@@ -311,15 +316,12 @@ func (r *Realm) sendGoodbye(ctx context.Context, p peer.ID, env []byte) error {
 	if err == nil {
 		err = writeFrame(str, env)
 	}
-	if err == nil {
-		err = str.CloseWrite()
-	}
 	if err != nil {
 		_ = str.Reset()
 		return fmt.Errorf("realm %q: goodbye to %s: %w", r.name, p, err)
 	}
-	var one [1]byte
-	if _, err := str.Read(one[:]); !errors.Is(err, io.EOF) {
+	_ = str.CloseWrite() // the receiver's end of stream is the acknowledgement
+	if err := expectEOF(str); err != nil {
 		_ = str.Reset()
 		return fmt.Errorf("realm %q: goodbye to %s not acknowledged: %w", r.name, p, err)
 	}
@@ -347,7 +349,7 @@ func (r *Realm) receiveGoodbye(str network.Stream) {
 		return
 	}
 	r.remove(remote, ReasonGoodbye)
-	_ = str.Close()
+	closeGracefully(str)
 }
 
 func (r *Realm) checkGoodbye(remote, signer peer.ID, g *goodbye) error {

@@ -89,12 +89,15 @@ func (r *Realm) memberHandle(ctx context.Context, p peer.ID) (handle, error) {
 		return handle{}, ErrLeft
 	}
 	m := r.members[p]
-	r.mu.Unlock()
-	if m != nil && m.authenticated {
-		return m.handle, nil
+	known := m != nil
+	if known && m.authenticated {
+		h := m.handle
+		r.mu.Unlock()
+		return h, nil
 	}
+	r.mu.Unlock()
 	// A member in its grace period, or a connected peer that may be one.
-	if m == nil && r.svc.deps.Host.Network().Connectedness(p) != network.Connected {
+	if !known && r.svc.deps.Host.Network().Connectedness(p) != network.Connected {
 		return handle{}, fmt.Errorf("%w: %s in realm %q", ErrNotMember, p, r.name)
 	}
 	if err := r.connectAndAuthenticate(ctx, peer.AddrInfo{ID: p}); err != nil {
