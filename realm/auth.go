@@ -75,6 +75,8 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
 	defer cancel()
 	defer s.beginFlight(p)()
+	byes, done := r.beginHandshake(p)
+	defer done()
 	str, err := s.deps.Host.NewStream(network.WithAllowLimitedConn(ctx, "realm auth"), p, AuthProtocol)
 	if err != nil {
 		return fmt.Errorf("realm %q: open handshake with %s: %w", r.name, p, err)
@@ -127,7 +129,7 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 		s.stats.authRefused.Add(1)
 		return fmt.Errorf("%w: %s refused the handshake: %v", ErrAuthFailed, p, err)
 	}
-	if err := r.admit(p); err != nil {
+	if err := r.admit(p, byes); err != nil {
 		s.stats.authRefused.Add(1)
 		return err
 	}
@@ -182,6 +184,8 @@ func (s *Service) respondHandshake(str network.Stream) (*Realm, bool) {
 		s.stats.authUnknownRealm.Add(1)
 		return nil, false
 	}
+	byes, done := r.beginHandshake(remote)
+	defer done()
 	if !s.freshNonce(nonceI) {
 		s.stats.authReplayed.Add(1)
 		return nil, false
@@ -207,7 +211,7 @@ func (s *Service) respondHandshake(str network.Stream) (*Realm, bool) {
 		s.stats.authBadMAC.Add(1)
 		return nil, false
 	}
-	if err := r.admit(remote); err != nil {
+	if err := r.admit(remote, byes); err != nil {
 		s.stats.authRefused.Add(1)
 		return nil, false
 	}

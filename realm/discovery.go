@@ -13,7 +13,8 @@ import (
 // findTimeout bounds one FindProviders round and one Provide.
 const findTimeout = 10 * time.Second
 
-// discover announces the realm in the DHT and looks for members there:
+// discover announces the realm in the DHT, looks for members there and
+// retries the WithPeers peers that are not members yet:
 // Provide of the rendezvous CID (retried each round until it succeeds, then
 // every ReprovideInterval) and, while the realm wants more members,
 // FindProviders rounds spaced by an exponential backoff from 2 s to
@@ -48,7 +49,7 @@ func (r *Realm) discover() {
 			continue
 		case <-timer.C:
 		}
-		if !time.Now().Before(nextProvide) {
+		if r.svc.deps.Routing != nil && !time.Now().Before(nextProvide) {
 			if err := r.provide(); err != nil {
 				log.Debugw("provide failed", "realm", r.name, "err", err)
 			} else {
@@ -56,7 +57,16 @@ func (r *Realm) discover() {
 			}
 		}
 		if r.wantsMore() {
-			r.findProviders()
+			if r.svc.deps.Routing != nil {
+				r.findProviders()
+			}
+			// Known peers (WithPeers) whose handshake failed are tried
+			// again every round.
+			for _, ai := range r.cfg.Peers {
+				if !r.authenticated(ai.ID) {
+					r.candidate(ai)
+				}
+			}
 		}
 		timer.Reset(bo.NextBackOff())
 	}

@@ -1,6 +1,7 @@
 package realm
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"encoding/binary"
@@ -251,6 +252,10 @@ func decodeGoodbye(b []byte) (peer.ID, *goodbye, error) {
 	if err != nil {
 		return "", nil, fmt.Errorf("%w: goodbye: %w", ErrBadFrame, err)
 	}
+	// ConsumeTypedEnvelope checks the domain, not the payload type.
+	if !bytes.Equal(env.PayloadType, goodbyeCodec) {
+		return "", nil, fmt.Errorf("%w: goodbye: payload type %q", ErrBadFrame, env.PayloadType)
+	}
 	signer, err := peer.IDFromPublicKey(env.PublicKey)
 	if err != nil {
 		return "", nil, fmt.Errorf("%w: goodbye signer: %w", ErrBadFrame, err)
@@ -258,10 +263,13 @@ func decodeGoodbye(b []byte) (peer.ID, *goodbye, error) {
 	return signer, &g, nil
 }
 
-// sayGoodbye sends a signed goodbye to each peer and waits for each to
-// close its side (it has removed us), until ctx ends.
-func (r *Realm) sayGoodbye(ctx context.Context, peers []peer.ID) error {
-	if len(peers) == 0 {
+// sayGoodbye sends a signed goodbye to each member and each peer of a
+// handshake still running, and waits for each to close its side (it has
+// removed us), until ctx ends. The error joins the members' failures; a
+// peer whose handshake did not admit us refuses the goodbye, which is
+// expected.
+func (r *Realm) sayGoodbye(ctx context.Context, members, handshaking []peer.ID) error {
+	if len(members)+len(handshaking) == 0 {
 		return nil
 	}
 	h := r.svc.deps.Host
@@ -272,13 +280,12 @@ func (r *Realm) sayGoodbye(ctx context.Context, peers []peer.ID) error {
 		return err
 	}
 	var wg sync.WaitGroup
-	errs := make([]error, len(peers))
-	for i, p := range peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = r.sendGoodbye(ctx, p, env)
-		}()
+	errs := make([]error, len(members))
+	for i, p := range members {
+		wg.Go(func() { errs[i] = r.sendGoodbye(ctx, p, env) })
+	}
+	for _, p := range handshaking {
+		wg.Go(func() { _ = r.sendGoodbye(ctx, p, env) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)
@@ -296,14 +303,9 @@ func sealWith(rec record.Record, key crypto.PrivKey) ([]byte, error) {
 }
 
 func (r *Realm) sendGoodbye(ctx context.Context, p peer.ID, env []byte) error {
-	// The realm is already marked left: open the stream directly with the
-	// member's handle.
-	r.mu.Lock()
-	m := r.members[p]
-	r.mu.Unlock()
-	if m == nil {
-		return nil
-	}
+	// The realm is already marked left: open the stream directly, with the
+	// pair's handle.
+	h := r.keys.handle(r.svc.deps.Host.ID(), p)
 	ctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
 	defer cancel()
 	str, err := r.svc.deps.Host.NewStream(ctx, p, StreamProtocol)
@@ -312,7 +314,7 @@ func (r *Realm) sendGoodbye(ctx context.Context, p peer.ID, env []byte) error {
 	}
 	deadline, _ := ctx.Deadline()
 	_ = str.SetDeadline(deadline)
-	err = writeFrame(str, encodeStreamHeader(streamHeader{kind: kindGoodbye, handle: m.handle}))
+	err = writeFrame(str, encodeStreamHeader(streamHeader{kind: kindGoodbye, handle: h}))
 	if err == nil {
 		err = writeFrame(str, env)
 	}
@@ -348,7 +350,10 @@ func (r *Realm) receiveGoodbye(str network.Stream) {
 		_ = str.Reset()
 		return
 	}
-	r.remove(remote, ReasonGoodbye)
+	r.mu.Lock()
+	r.goodbyes[remote]++
+	r.removeLocked(remote, ReasonGoodbye)
+	r.mu.Unlock()
 	closeGracefully(str)
 }
 

@@ -2,6 +2,7 @@ package realm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -53,6 +54,12 @@ type Realm struct {
 	pending  map[peer.ID]*pendingAuth
 	trying   map[peer.ID]struct{} // candidates being connected to
 	handlers map[protocol.ID]network.StreamHandler
+	// handshaking counts the handshakes running with each peer for this
+	// realm (either role): Leave says goodbye to those peers too.
+	handshaking map[peer.ID]int
+	// goodbyes counts the goodbyes received from each peer; a handshake
+	// that began before the latest one does not admit the peer.
+	goodbyes map[peer.ID]uint64
 	left     bool
 	leaveErr error
 	stopMDNS func() error
@@ -99,6 +106,9 @@ func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
 		pending:  make(map[peer.ID]*pendingAuth),
 		trying:   make(map[peer.ID]struct{}),
 		handlers: make(map[protocol.ID]network.StreamHandler),
+
+		handshaking: make(map[peer.ID]int),
+		goodbyes:    make(map[peer.ID]uint64),
 	}
 	r.ctx, r.cancel = context.WithCancel(s.ctx)
 	return r, nil
@@ -120,10 +130,8 @@ func (r *Realm) start() {
 			r.candidate(ai)
 		}
 	}()
-	if r.svc.deps.Routing != nil {
-		r.wg.Add(1)
-		go r.discover()
-	}
+	r.wg.Add(1)
+	go r.discover()
 	if r.cfg.MDNS {
 		r.startMDNS()
 	}
@@ -230,15 +238,38 @@ func (r *Realm) wantsMore() bool {
 	return r.authenticatedCount() < high
 }
 
-// admit makes p an authenticated member (after a handshake): its handle is
-// registered, its connections join the realm's sub-pool, it is charged to
-// the realm's resource scope, and EvtMemberJoined is emitted if it was not a
-// member. Errors: ErrLeft, or the resource scope's *resource.LimitError.
-func (r *Realm) admit(p peer.ID) error {
+// beginHandshake records a handshake with p for this realm until done is
+// called, and returns how many goodbyes p had sent when it began.
+func (r *Realm) beginHandshake(p peer.ID) (goodbyes uint64, done func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.left {
+	r.handshaking[p]++
+	return r.goodbyes[p], func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.handshaking[p]--; r.handshaking[p] <= 0 {
+			delete(r.handshaking, p)
+		}
+	}
+}
+
+// errSaidGoodbye refuses a handshake that raced with the peer's goodbye.
+var errSaidGoodbye = errors.New("realm: the peer said goodbye during the handshake")
+
+// admit makes p an authenticated member after a handshake that began when p
+// had sent goodbyes goodbyes: its handle is registered, its connections
+// join the realm's sub-pool, it is charged to the realm's resource scope,
+// and EvtMemberJoined is emitted if it was not a member. Errors: ErrLeft,
+// errSaidGoodbye (p left meanwhile), or the resource scope's
+// *resource.LimitError.
+func (r *Realm) admit(p peer.ID, goodbyes uint64) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.left:
 		return ErrLeft
+	case r.goodbyes[p] != goodbyes:
+		return errSaidGoodbye
 	}
 	m := r.members[p]
 	if m == nil {
@@ -287,12 +318,6 @@ func (r *Realm) removeLocked(p peer.ID, reason string) {
 	if policy := r.svc.policy.Load(); policy != nil && r.svc.deps.Host.Network().Connectedness(p) == network.Connected {
 		policy.connected(p)
 	}
-}
-
-func (r *Realm) remove(p peer.ID, reason string) {
-	r.mu.Lock()
-	r.removeLocked(p, reason)
-	r.mu.Unlock()
 }
 
 // lostConnection starts p's reconnect grace: p has no connection left.
@@ -391,16 +416,23 @@ func (r *Realm) Leave(ctx context.Context) error {
 		return err
 	}
 	r.left = true
-	var connected []peer.ID
+	var connected, handshaking []peer.ID
 	for p, m := range r.members {
 		if m.authenticated {
 			connected = append(connected, p)
 		}
 	}
+	// A peer in the middle of a handshake may admit this node before it
+	// learns that the realm is left: it gets a goodbye too (best effort).
+	for p := range r.handshaking {
+		if m := r.members[p]; m == nil || !m.authenticated {
+			handshaking = append(handshaking, p)
+		}
+	}
 	r.mu.Unlock()
 	// No new handshake can match this realm from here on.
 	r.svc.forget(r)
-	err := r.sayGoodbye(ctx, connected)
+	err := r.sayGoodbye(ctx, connected, handshaking)
 	r.cancel()
 	if r.stopMDNS != nil {
 		_ = r.stopMDNS()

@@ -7,12 +7,13 @@ import (
 	"unicode/utf8"
 
 	"github.com/libp2p/go-libp2p/core/protocol"
-	"github.com/libp2p/go-msgio"
+	"github.com/multiformats/go-varint"
 )
 
 // MaxFrameSize caps every frame of the realm protocols, in bytes: a frame is
-// an unsigned-varint length followed by that many bytes (go-msgio's varint
-// framing); a longer declared length is refused before anything is allocated.
+// an unsigned-varint length followed by that many bytes (the varint framing
+// of go-msgio and of libp2p's protocols); a longer declared length is
+// refused before anything is allocated.
 const MaxFrameSize = 4096
 
 // Sizes of the handshake frames, in bytes.
@@ -32,14 +33,44 @@ const MaxProtocolLength = 1024
 // an unknown kind, a malformed protocol ID, or a frame over MaxFrameSize.
 var ErrBadFrame = errors.New("realm: bad frame")
 
-// readFrame reads one frame (at most MaxFrameSize bytes) from r.
-// An empty frame yields a nil slice.
+// readFrame reads one frame (at most MaxFrameSize bytes) from r. An empty
+// frame yields a nil slice. The length is read one byte at a time (never
+// past the frame) as a minimal unsigned varint (go-varint) and checked
+// against MaxFrameSize as a uint64, before any allocation — go-msgio's
+// reader converts it to int first, which on 32-bit platforms lets a 5-byte
+// frame claim a negative or wrapped length. Malformed lengths wrap
+// ErrBadFrame; a frame cut short is io.ErrUnexpectedEOF (or the stream's
+// error).
 func readFrame(r io.Reader) ([]byte, error) {
-	msg, err := msgio.NewVarintReaderSize(r, MaxFrameSize).ReadMsg()
-	if errors.Is(err, msgio.ErrMsgTooLarge) {
-		return nil, fmt.Errorf("%w: longer than %d bytes", ErrBadFrame, MaxFrameSize)
+	n, err := varint.ReadUvarint(byteReader{r})
+	switch {
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return nil, err
+	case errors.Is(err, varint.ErrOverflow) || errors.Is(err, varint.ErrNotMinimal):
+		return nil, fmt.Errorf("%w: frame length: %w", ErrBadFrame, err)
+	case err != nil:
+		return nil, err
+	case n > MaxFrameSize:
+		return nil, fmt.Errorf("%w: %d bytes declared, the limit is %d", ErrBadFrame, n, MaxFrameSize)
+	case n == 0:
+		return nil, nil
 	}
-	return msg, err
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// byteReader reads single bytes from r, without buffering.
+type byteReader struct{ r io.Reader }
+
+func (b byteReader) ReadByte() (byte, error) {
+	var one [1]byte
+	if _, err := io.ReadFull(b.r, one[:]); err != nil {
+		return 0, err
+	}
+	return one[0], nil
 }
 
 // writeFrame writes b as one frame in one Write.
@@ -47,7 +78,10 @@ func writeFrame(w io.Writer, b []byte) error {
 	if len(b) > MaxFrameSize {
 		return fmt.Errorf("%w: %d bytes to send, the limit is %d", ErrBadFrame, len(b), MaxFrameSize)
 	}
-	return msgio.NewVarintWriter(w).WriteMsg(b)
+	frame := make([]byte, varint.MaxLenUvarint63, varint.MaxLenUvarint63+len(b))
+	frame = append(frame[:varint.PutUvarint(frame, uint64(len(b)))], b...)
+	_, err := w.Write(frame)
+	return err
 }
 
 // decodeNonceMAC splits a hello (nonce_i ‖ tag) or reply (nonce_r ‖ MAC_r).
