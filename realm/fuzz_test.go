@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -325,31 +326,63 @@ var fuzzDecoders = map[string]func([]byte) error{
 	},
 }
 
-// fuzzKnownLax lists seeds that should be refused but are accepted today, with
-// the reason; TestFuzzSeedsDecode logs them instead of failing.
-var fuzzKnownLax = map[string]string{
-	// record.ConsumeTypedEnvelope does not compare the envelope's payload
-	// type with the record's Codec, and decodeGoodbye does not either. The
-	// signature covers the payload type, so only the signer can make one.
-	"FuzzDecodeGoodbye/wrong-codec": "decodeGoodbye does not check the payload type",
+// fuzzCorpus reads the committed corpus of the fuzz target called name
+// (files in the "go test fuzz v1" format holding one []byte), named
+// "corpus/<file name>".
+func fuzzCorpus(t *testing.T, name string) []fuzzSeed {
+	t.Helper()
+	dir := filepath.Join("testdata", "fuzz", name)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("corpus of %s: %v", name, err)
+	}
+	var out []fuzzSeed
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		header, value, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+		quoted, hasPrefix := strings.CutPrefix(value, "[]byte(")
+		quoted, hasSuffix := strings.CutSuffix(quoted, ")")
+		if !hasPrefix || !hasSuffix || header != "go test fuzz v1" {
+			t.Fatalf("%s/%s: not one []byte in the go test fuzz v1 format", name, e.Name())
+		}
+		data, err := strconv.Unquote(quoted)
+		if err != nil {
+			t.Fatalf("%s/%s: %v", name, e.Name(), err)
+		}
+		out = append(out, fuzzSeed{name: "corpus/" + e.Name(), data: []byte(data)})
+	}
+	return out
 }
 
-// TestFuzzSeedsDecode checks that the seeds are what their names say: the
-// "valid-" ones decode, the others are refused. (The fuzz targets check
-// properties that hold either way.)
+// TestFuzzSeedsDecode checks that the seeds, and the committed corpus files
+// named after them, are what their names say: the "valid-" ones decode, the
+// others are refused. (The fuzz targets check properties that hold either
+// way.)
 func TestFuzzSeedsDecode(t *testing.T) {
 	for _, name := range fuzzTargets {
 		decode := fuzzDecoders[name]
 		if decode == nil {
 			t.Fatalf("no decoder for %s", name)
 		}
-		for _, s := range fuzzSeeds(t, name) {
-			err := decode(s.data)
-			if issue, ok := fuzzKnownLax[name+"/"+s.name]; ok && err == nil {
-				t.Logf("%s/%s: accepted (known issue: %s)", name, s.name, issue)
-				continue
+		seeds := fuzzSeeds(t, name)
+		named := make(map[string]bool, len(seeds))
+		for _, s := range seeds {
+			named[s.name] = true
+		}
+		// Committed files named after a seed (others are inputs the fuzzer
+		// found, checked by the fuzz target only).
+		for _, s := range fuzzCorpus(t, name) {
+			if named[strings.TrimPrefix(s.name, "corpus/")] {
+				seeds = append(seeds, s)
 			}
-			if valid := strings.HasPrefix(s.name, "valid-"); valid != (err == nil) {
+		}
+		for _, s := range seeds {
+			err := decode(s.data)
+			base := strings.TrimPrefix(s.name, "corpus/")
+			if valid := strings.HasPrefix(base, "valid-"); valid != (err == nil) {
 				t.Errorf("%s/%s: err = %v", name, s.name, err)
 			}
 		}
