@@ -29,6 +29,9 @@ import (
 // be replayed to third nodes, and whether they answer would reveal who
 // shares a realm with whom.
 
+// errNoReply: the responder sent no reply (reset, closed, timed out).
+var errNoReply = errors.New("no reply")
+
 // errAuthReset is the initiator's view of a reset or malformed handshake.
 var errAuthReset = fmt.Errorf("%w: stream reset or malformed", ErrAuthFailed)
 
@@ -99,7 +102,7 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 	frame, err := readFrame(str)
 	if err != nil {
 		s.stats.authBadFrame.Add(1)
-		return fmt.Errorf("%w: %s gave no reply: %v", ErrAuthFailed, p, err)
+		return fmt.Errorf("%w: %s: %w: %w", ErrAuthFailed, p, errNoReply, err)
 	}
 	nonceR, macR, err := decodeNonceMAC(frame)
 	if err != nil {

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/resource"
@@ -74,6 +76,8 @@ type Config struct {
 	MDNS bool
 	// Peers are known members (or candidates) to connect to at join.
 	Peers []peer.AddrInfo
+	// Handlers are stream handlers set before the first member is admitted.
+	Handlers map[protocol.ID]network.StreamHandler
 }
 
 func defaultConfig() Config {
@@ -165,3 +169,23 @@ func WithPeers(peers ...peer.AddrInfo) Option {
 }
 
 var errRealmOnlyNoGater = errors.New("realm: realm-only policy needs the gater")
+
+// WithStreamHandler sets a stream handler for application protocol proto
+// before the realm starts admitting members, so the first members' streams
+// find it (Realm.SetStreamHandler after JoinRealm may be late for them).
+// The error names a bad protocol ID (ErrBadProtocol) or a nil handler.
+func WithStreamHandler(proto protocol.ID, handler network.StreamHandler) Option {
+	return func(c *Config) error {
+		if err := checkProtocol(string(proto)); err != nil {
+			return err
+		}
+		if handler == nil {
+			return fmt.Errorf("realm: WithStreamHandler %q: nil handler", proto)
+		}
+		if c.Handlers == nil {
+			c.Handlers = make(map[protocol.ID]network.StreamHandler)
+		}
+		c.Handlers[proto] = handler
+		return nil
+	}
+}

@@ -110,6 +110,10 @@ func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
 		handshaking: make(map[peer.ID]int),
 		goodbyes:    make(map[peer.ID]uint64),
 	}
+	for proto, h := range cfg.Handlers {
+		r.handlers[proto] = h
+	}
+	r.cfg.Handlers = nil
 	r.ctx, r.cancel = context.WithCancel(s.ctx)
 	return r, nil
 }
@@ -176,8 +180,10 @@ func (r *Realm) Member(p peer.ID) (MemberInfo, bool) {
 
 // Subscribe returns a subscription to this realm's EvtMemberJoined and
 // EvtMemberLeft events, in the order they happened (go-libp2p's event bus;
-// the caller closes it). The host's event bus carries the same events for
-// all realms.
+// the caller reads it and closes it: events wait for a full subscription).
+// Members admitted before the call are not replayed: list them with
+// Members, or subscribe to the host's event bus, which carries the same
+// events for all realms, before JoinRealm.
 func (r *Realm) Subscribe(opts ...event.SubscriptionOpt) (event.Subscription, error) {
 	return r.bus.Subscribe([]any{new(EvtMemberJoined), new(EvtMemberLeft)}, opts...)
 }
@@ -351,10 +357,44 @@ func (r *Realm) authenticateAsync(p peer.ID) {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		if err := r.authenticate(r.ctx, p); err != nil {
-			log.Debugw("handshake failed", "realm", r.name, "peer", p, "err", err)
+		for attempt := 0; ; attempt++ {
+			err := r.authenticate(r.ctx, p)
+			if err == nil {
+				return
+			}
+			log.Debugw("handshake failed", "realm", r.name, "peer", p, "attempt", attempt+1, "err", err)
+			if attempt+1 == len(handshakeRetries) || !r.retryable(p, err) {
+				return
+			}
+			select {
+			case <-time.After(handshakeRetries[attempt]):
+			case <-r.ctx.Done():
+				return
+			}
 		}
 	}()
+}
+
+// handshakeRetries are the waits before the retries of a handshake with a
+// connected peer that failed for a reason other than the peer's refusal
+// (its length + 1 is the number of attempts; ours).
+var handshakeRetries = []time.Duration{250 * time.Millisecond, time.Second}
+
+// retryable reports whether a failed handshake with p is worth another try:
+// the realm is joined, p is still connected and not a member, and p did not
+// refuse (a peer that resets the stream is not in the realm, or is at its
+// limit: discovery rounds try again later).
+func (r *Realm) retryable(p peer.ID, err error) bool {
+	var reset *network.StreamError
+	switch {
+	case errors.Is(err, ErrLeft), errors.Is(err, errSaidGoodbye), r.ctx.Err() != nil:
+		return false
+	case errors.As(err, &reset) && reset.Remote:
+		return false
+	case errors.Is(err, ErrAuthFailed) && !errors.Is(err, errNoReply):
+		return false
+	}
+	return r.svc.deps.Host.Network().Connectedness(p) == network.Connected && !r.authenticated(p)
 }
 
 // candidate connects to a possible member and authenticates, in the
@@ -406,8 +446,11 @@ func (r *Realm) connectAndAuthenticate(ctx context.Context, ai peer.AddrInfo) er
 // Leave leaves the realm: it stops discovery, sends a signed goodbye to
 // every connected member (waiting for them at most until ctx ends), ends
 // every membership (EvtMemberLeft with ReasonLocalLeave), unassigns the
-// sub-pool and removes the handlers. Idempotent; the error is ctx's if some
-// goodbyes were not acknowledged in time (the realm is left regardless).
+// sub-pool and removes the handlers. The realm is left whatever happens;
+// the error joins the goodbyes that failed (not acknowledged before ctx
+// ended, or refused) and, when a Subscribe subscriber did not take the last
+// events before ctx ended, ctx's error. A second call returns the first
+// call's error once it has finished.
 func (r *Realm) Leave(ctx context.Context) error {
 	r.mu.Lock()
 	if r.left {
@@ -443,9 +486,15 @@ func (r *Realm) Leave(ctx context.Context) error {
 		r.removeLocked(p, ReasonLocalLeave)
 	}
 	clear(r.handlers)
+	r.mu.Unlock()
+	// A subscriber that does not read its subscription must not block
+	// Leave past ctx (go-libp2p's bus blocks the emitter).
+	if qerr := r.events.CloseContext(ctx); err == nil && qerr != nil {
+		err = fmt.Errorf("realm %q: events not delivered: %w", r.name, qerr)
+	}
+	r.mu.Lock()
 	r.leaveErr = err
 	r.mu.Unlock()
-	r.events.Close()
 	log.Infow("left realm", "realm", r.name)
 	return err
 }

@@ -292,7 +292,7 @@ func (s *Service) Close() error {
 		p.close()
 	}
 	s.wg.Wait()
-	s.events.Close()
+	_ = s.events.CloseContext(ctx)
 	return nil
 }
 

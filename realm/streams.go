@@ -63,9 +63,14 @@ func (r *Realm) openStream(ctx context.Context, p peer.ID, hdr streamHeader) (ne
 		return nil, err
 	}
 	hdr.handle = h
-	release, err := r.svc.deps.Resources.ReserveRealmStream(resource.RealmID(r.keys.id), network.DirOutbound)
-	if err != nil {
-		return nil, fmt.Errorf("realm %q: stream to %s: %w", r.name, p, err)
+	// Application streams are charged to the realm's scope (inbound ones in
+	// dispatch); the realm's own short exchanges are not, on either side.
+	release := func() {}
+	if hdr.kind == kindApp {
+		release, err = r.svc.deps.Resources.ReserveRealmStream(resource.RealmID(r.keys.id), network.DirOutbound)
+		if err != nil {
+			return nil, fmt.Errorf("realm %q: stream to %s: %w", r.name, p, err)
+		}
 	}
 	str, err := r.svc.deps.Host.NewStream(ctx, p, StreamProtocol)
 	if err != nil {

@@ -5,6 +5,7 @@
 package eventqueue
 
 import (
+	"context"
 	"fmt"
 	"reflect"
 	"sync"
@@ -24,7 +25,9 @@ type Queue struct {
 	wake chan struct{}
 	stop chan struct{}
 	done chan struct{}
-	once sync.Once
+	// closed is closed once the emitters are closed.
+	closed chan struct{}
+	once   sync.Once
 }
 
 // New creates the queue for the given event types, each a pointer to a
@@ -36,6 +39,7 @@ func New(bus event.Bus, types ...any) (*Queue, error) {
 		wake:     make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
+		closed:   make(chan struct{}),
 	}
 	for _, t := range types {
 		em, err := bus.Emitter(t)
@@ -87,13 +91,29 @@ func (q *Queue) flush() {
 }
 
 // Close emits what is queued, stops the goroutine and closes the emitters.
-// Idempotent.
-func (q *Queue) Close() {
+// Idempotent. It waits for every subscriber to take its events (go-libp2p's
+// event bus blocks an emitter on a full subscription); CloseContext does not.
+func (q *Queue) Close() { _ = q.CloseContext(context.Background()) }
+
+// CloseContext is Close that stops waiting when ctx ends, and then returns
+// ctx's error: the queue's goroutine finishes by itself, emitting what is
+// left and closing the emitters, once slow subscribers read or close their
+// subscriptions.
+func (q *Queue) CloseContext(ctx context.Context) error {
 	q.once.Do(func() {
 		close(q.stop)
-		<-q.done
-		q.closeEmitters()
+		go func() {
+			<-q.done
+			q.closeEmitters()
+			close(q.closed)
+		}()
 	})
+	select {
+	case <-q.closed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 func (q *Queue) closeEmitters() {

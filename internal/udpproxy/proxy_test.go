@@ -373,7 +373,9 @@ func TestOversized(t *testing.T) {
 	if _, ok := roundTrip(t, c, bytes.Repeat([]byte{'y'}, 1000), 2*time.Second); !ok {
 		t.Fatal("datagram at the size limit was not forwarded")
 	}
-	waitFor(t, 2*time.Second, "counters", func() bool { return p.Stats().ToClient == 1 })
+	// Each side counts after its write returns, so the echo may be counted
+	// before the datagram that caused it: wait for both.
+	waitFor(t, 2*time.Second, "counters", func() bool { st := p.Stats(); return st.ToClient == 1 && st.ToTarget == 1 })
 	if st := p.Stats(); st.Oversized != 1 || st.ToTarget != 1 || st.ToClient != 1 {
 		t.Errorf("Stats() = %+v, want 1 oversized and 1 forwarded each way", st)
 	}
