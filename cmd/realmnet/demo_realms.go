@@ -92,12 +92,10 @@ func (d *demo) joinRealms(ctx context.Context) error {
 	for index, demoNode := range d.nodes {
 		for _, realmIndex := range realmIndexesOf(index) {
 			dr := d.realms[realmIndex]
-			joined, err := demoNode.JoinRealm(ctx, dr.name, realm.WithPSK(psks[realmIndex]))
+			joined, err := demoNode.JoinRealm(ctx, dr.name, realm.WithPSK(psks[realmIndex]),
+				realm.WithStreamHandler(realmEchoProtocol, serveEcho))
 			if err != nil {
 				return fmt.Errorf("node %d joining realm %s: %w", index, dr.name, err)
-			}
-			if err := joined.SetStreamHandler(realmEchoProtocol, serveEcho); err != nil {
-				return fmt.Errorf("node %d: realm %s: %w", index, dr.name, err)
 			}
 			dr.members = append(dr.members, index)
 			dr.joined[index] = joined

@@ -229,21 +229,19 @@ func start(ctx context.Context, cfg config, out io.Writer) (*chat, error) {
 	if cfg.mdns {
 		opts = append(opts, realm.WithMDNS())
 	}
-	// Subscribe before the first member can join: start the node, then the
-	// realm, and only then handshakes run.
+	// Subscribe (on the host's bus, which carries every realm's member
+	// events) and set the handler before joining: JoinRealm starts
+	// admitting members before it returns.
+	opts = append(opts, realm.WithStreamHandler(chatProtocol, c.receive))
+	if c.sub, err = n.Host().EventBus().Subscribe([]any{new(realm.EvtMemberJoined), new(realm.EvtMemberLeft)}); err != nil {
+		_ = n.Close()
+		return nil, fmt.Errorf("subscribe to member events: %w", err)
+	}
 	c.realm, err = n.JoinRealm(ctx, cfg.realm, opts...)
 	if err != nil {
-		_ = n.Close()
-		return nil, fmt.Errorf("join realm %q: %w", cfg.realm, err)
-	}
-	if c.sub, err = c.realm.Subscribe(); err != nil {
-		_ = n.Close()
-		return nil, fmt.Errorf("subscribe to realm %q: %w", cfg.realm, err)
-	}
-	if err := c.realm.SetStreamHandler(chatProtocol, c.receive); err != nil {
 		_ = c.sub.Close()
 		_ = n.Close()
-		return nil, err
+		return nil, fmt.Errorf("join realm %q: %w", cfg.realm, err)
 	}
 	c.events.Add(1)
 	go c.printEvents()
@@ -377,9 +375,11 @@ func (c *chat) printEvents() {
 	for e := range c.sub.Out() {
 		switch e := e.(type) {
 		case realm.EvtMemberJoined:
-			c.out.printf("* %s joined", shortID(e.Peer))
+			if e.Realm == c.realm.Name() {
+				c.out.printf("* %s joined", shortID(e.Peer))
+			}
 		case realm.EvtMemberLeft:
-			if e.Reason != realm.ReasonLocalLeave {
+			if e.Realm == c.realm.Name() && e.Reason != realm.ReasonLocalLeave {
 				c.out.printf("* %s left (%s)", shortID(e.Peer), e.Reason)
 			}
 		}
