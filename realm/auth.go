@@ -78,7 +78,10 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
 	defer cancel()
 	defer s.beginFlight(p)()
-	byes, done := r.beginHandshake(p)
+	byes, done, err := r.beginHandshake(p)
+	if err != nil {
+		return err
+	}
 	defer done()
 	str, err := s.deps.Host.NewStream(network.WithAllowLimitedConn(ctx, "realm auth"), p, AuthProtocol)
 	if err != nil {
@@ -133,6 +136,12 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 		return fmt.Errorf("%w: %s refused the handshake: %v", ErrAuthFailed, p, err)
 	}
 	if err := r.admit(p, byes); err != nil {
+		if errors.Is(err, ErrLeft) {
+			// p admitted us: it is owed a goodbye.
+			r.mu.Lock()
+			r.admittedBy[p] = struct{}{}
+			r.mu.Unlock()
+		}
 		s.stats.authRefused.Add(1)
 		return err
 	}
@@ -187,7 +196,11 @@ func (s *Service) respondHandshake(str network.Stream) (*Realm, bool) {
 		s.stats.authUnknownRealm.Add(1)
 		return nil, false
 	}
-	byes, done := r.beginHandshake(remote)
+	byes, done, err := r.beginHandshake(remote)
+	if err != nil {
+		s.stats.authRefused.Add(1)
+		return nil, false
+	}
 	defer done()
 	if !s.freshNonce(nonceI) {
 		s.stats.authReplayed.Add(1)

@@ -263,13 +263,11 @@ func decodeGoodbye(b []byte) (peer.ID, *goodbye, error) {
 	return signer, &g, nil
 }
 
-// sayGoodbye sends a signed goodbye to each member and each peer of a
-// handshake still running, and waits for each to close its side (it has
-// removed us), until ctx ends. The error joins the members' failures; a
-// peer whose handshake did not admit us refuses the goodbye, which is
-// expected.
-func (r *Realm) sayGoodbye(ctx context.Context, members, handshaking []peer.ID) error {
-	if len(members)+len(handshaking) == 0 {
+// sayGoodbye sends a signed goodbye to each peer and waits for each to
+// close its side (it has removed us), until ctx ends. The error joins the
+// failures.
+func (r *Realm) sayGoodbye(ctx context.Context, peers []peer.ID) error {
+	if len(peers) == 0 {
 		return nil
 	}
 	h := r.svc.deps.Host
@@ -280,12 +278,9 @@ func (r *Realm) sayGoodbye(ctx context.Context, members, handshaking []peer.ID) 
 		return err
 	}
 	var wg sync.WaitGroup
-	errs := make([]error, len(members))
-	for i, p := range members {
+	errs := make([]error, len(peers))
+	for i, p := range peers {
 		wg.Go(func() { errs[i] = r.sendGoodbye(ctx, p, env) })
-	}
-	for _, p := range handshaking {
-		wg.Go(func() { _ = r.sendGoodbye(ctx, p, env) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)

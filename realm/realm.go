@@ -55,8 +55,12 @@ type Realm struct {
 	trying   map[peer.ID]struct{} // candidates being connected to
 	handlers map[protocol.ID]network.StreamHandler
 	// handshaking counts the handshakes running with each peer for this
-	// realm (either role): Leave says goodbye to those peers too.
+	// realm (either role); Leave waits for them.
 	handshaking map[peer.ID]int
+	// admittedBy holds peers that admitted this node in a handshake this
+	// node could no longer complete (the realm was being left): they are
+	// owed a goodbye.
+	admittedBy map[peer.ID]struct{}
 	// goodbyes counts the goodbyes received from each peer; a handshake
 	// that began before the latest one does not admit the peer.
 	goodbyes map[peer.ID]uint64
@@ -108,6 +112,7 @@ func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
 		handlers: make(map[protocol.ID]network.StreamHandler),
 
 		handshaking: make(map[peer.ID]int),
+		admittedBy:  make(map[peer.ID]struct{}),
 		goodbyes:    make(map[peer.ID]uint64),
 	}
 	for proto, h := range cfg.Handlers {
@@ -245,16 +250,42 @@ func (r *Realm) wantsMore() bool {
 }
 
 // beginHandshake records a handshake with p for this realm until done is
-// called, and returns how many goodbyes p had sent when it began.
-func (r *Realm) beginHandshake(p peer.ID) (goodbyes uint64, done func()) {
+// called, and returns how many goodbyes p had sent when it began. It fails
+// with ErrLeft once the realm is left, so every handshake Leave does not see
+// is one that cannot start.
+func (r *Realm) beginHandshake(p peer.ID) (goodbyes uint64, done func(), err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.left {
+		return 0, nil, ErrLeft
+	}
 	r.handshaking[p]++
 	return r.goodbyes[p], func() {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		if r.handshaking[p]--; r.handshaking[p] <= 0 {
 			delete(r.handshaking, p)
+		}
+	}, nil
+}
+
+// awaitHandshakes waits until no handshake of this realm runs, or ctx ends.
+// Handshakes end by themselves within HandshakeTimeout; Leave, their only
+// caller, waits for them to finish rather than aborting them, so it polls.
+func (r *Realm) awaitHandshakes(ctx context.Context) {
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		r.mu.Lock()
+		n := len(r.handshaking)
+		r.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return
 		}
 	}
 }
@@ -459,23 +490,26 @@ func (r *Realm) Leave(ctx context.Context) error {
 		return err
 	}
 	r.left = true
-	var connected, handshaking []peer.ID
+	r.mu.Unlock()
+	// No new handshake can match this realm from here on; the ones running
+	// end (at most HandshakeTimeout) before the goodbyes go out, so a peer
+	// that admits this node in a handshake's last message still gets one.
+	r.svc.forget(r)
+	r.awaitHandshakes(ctx)
+	r.mu.Lock()
+	var goodbyeTo []peer.ID
 	for p, m := range r.members {
 		if m.authenticated {
-			connected = append(connected, p)
+			goodbyeTo = append(goodbyeTo, p)
 		}
 	}
-	// A peer in the middle of a handshake may admit this node before it
-	// learns that the realm is left: it gets a goodbye too (best effort).
-	for p := range r.handshaking {
+	for p := range r.admittedBy {
 		if m := r.members[p]; m == nil || !m.authenticated {
-			handshaking = append(handshaking, p)
+			goodbyeTo = append(goodbyeTo, p)
 		}
 	}
 	r.mu.Unlock()
-	// No new handshake can match this realm from here on.
-	r.svc.forget(r)
-	err := r.sayGoodbye(ctx, connected, handshaking)
+	err := r.sayGoodbye(ctx, goodbyeTo)
 	r.cancel()
 	if r.stopMDNS != nil {
 		_ = r.stopMDNS()
