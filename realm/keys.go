@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"unicode/utf8"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -140,13 +139,5 @@ func (k *keys) handle(a, b peer.ID) (h handle) {
 type handle [16]byte
 
 func validateName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("%w: empty", ErrBadName)
-	case len(name) > MaxNameLength:
-		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrBadName, len(name), MaxNameLength)
-	case !utf8.ValidString(name):
-		return fmt.Errorf("%w: %q is not valid UTF-8", ErrBadName, name)
-	}
-	return nil
+	return checkText(ErrBadName, "realm name", name, MaxNameLength)
 }

@@ -162,13 +162,19 @@ func decodeStreamHeader(b []byte) (streamHeader, error) {
 
 // checkProtocol validates an application protocol ID.
 func checkProtocol(p string) error {
+	return checkText(ErrBadProtocol, "protocol ID", p, MaxProtocolLength)
+}
+
+// checkText checks that s is non-empty UTF-8 of at most limit bytes; the
+// error wraps kind and names what and the value.
+func checkText(kind error, what, s string, limit int) error {
 	switch {
-	case p == "":
-		return fmt.Errorf("%w: empty protocol ID", ErrBadProtocol)
-	case len(p) > MaxProtocolLength:
-		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrBadProtocol, len(p), MaxProtocolLength)
-	case !utf8.ValidString(p):
-		return fmt.Errorf("%w: %q is not valid UTF-8", ErrBadProtocol, p)
+	case s == "":
+		return fmt.Errorf("%w: empty %s", kind, what)
+	case len(s) > limit:
+		return fmt.Errorf("%w: %s of %d bytes, the limit is %d", kind, what, len(s), limit)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("%w: %s %q is not valid UTF-8", kind, what, s)
 	}
 	return nil
 }
