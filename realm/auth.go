@@ -136,11 +136,14 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 		return fmt.Errorf("%w: %s refused the handshake: %v", ErrAuthFailed, p, err)
 	}
 	if err := r.admit(p, byes); err != nil {
+		// p admitted us: undo it with a goodbye — sent by Leave when the
+		// realm is being left, at once otherwise (e.g. our realm limit).
 		if errors.Is(err, ErrLeft) {
-			// p admitted us: it is owed a goodbye.
 			r.mu.Lock()
 			r.admittedBy[p] = struct{}{}
 			r.mu.Unlock()
+		} else {
+			r.goodbyeAsync(p)
 		}
 		s.stats.authRefused.Add(1)
 		return err

@@ -8,6 +8,8 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+
+	"github.com/realmnet/realmnet/connmgr"
 )
 
 // findTimeout bounds one FindProviders round and one Provide.
@@ -81,7 +83,10 @@ func (r *Realm) provide() error {
 func (r *Realm) findProviders() {
 	ctx, cancel := context.WithTimeout(r.ctx, findTimeout)
 	defer cancel()
-	for ai := range r.svc.deps.Routing.FindProvidersAsync(ctx, r.cid, 0) {
+	// At most HighWater providers per round (kad-dht stops the query once it
+	// has them), so a DHT answer cannot flood the realm with candidates.
+	count := r.svc.deps.Pools.RealmLimitsOf(connmgr.RealmID(r.keys.id)).HighWater
+	for ai := range r.svc.deps.Routing.FindProvidersAsync(ctx, r.cid, count) {
 		if ai.ID != r.svc.deps.Host.ID() && !r.authenticated(ai.ID) {
 			r.candidate(ai)
 		}

@@ -286,6 +286,23 @@ func (r *Realm) sayGoodbye(ctx context.Context, peers []peer.ID) error {
 	return errors.Join(errs...)
 }
 
+// goodbyeAsync sends a goodbye to p in the background (p admitted this node
+// in a handshake this node could not complete).
+func (r *Realm) goodbyeAsync(p peer.ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.left {
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		if err := r.sayGoodbye(r.ctx, []peer.ID{p}); err != nil {
+			log.Debugw("goodbye after a failed admission", "realm", r.name, "peer", p, "err", err)
+		}
+	}()
+}
+
 func sealWith(rec record.Record, key crypto.PrivKey) ([]byte, error) {
 	if key == nil {
 		return nil, errors.New("realm: no private key in the peerstore")

@@ -101,7 +101,13 @@ func (p *realmOnly) check(id peer.ID) {
 		return
 	}
 	p.mu.Lock()
-	p.refused[id] = time.Now().Add(p.backoff)
+	now := time.Now()
+	for other, until := range p.refused { // expired refusals go here, not only when their peer returns
+		if now.After(until) {
+			delete(p.refused, other)
+		}
+	}
+	p.refused[id] = now.Add(p.backoff)
 	p.mu.Unlock()
 	p.svc.stats.closedRealmOnly.Add(1)
 	log.Debugw("realm-only: closing unauthenticated peer", "peer", id)

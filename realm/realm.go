@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -24,6 +25,12 @@ import (
 // maxCandidateDials bounds a realm's concurrent connect-and-authenticate
 // attempts to candidates (DHT providers, member exchange, mDNS).
 const maxCandidateDials = 8
+
+// maxCandidates bounds the candidates a realm holds at once (dialing or
+// waiting for one of the maxCandidateDials slots); more are dropped, so a
+// member exchange or a DHT answer full of made-up peers cannot grow the
+// node's goroutines.
+const maxCandidates = 64
 
 // candidateTimeout bounds one candidate's connection and handshake.
 const candidateTimeout = 15 * time.Second
@@ -63,9 +70,13 @@ type Realm struct {
 	admittedBy map[peer.ID]struct{}
 	// goodbyes counts the goodbyes received from each peer; a handshake
 	// that began before the latest one does not admit the peer.
-	goodbyes map[peer.ID]uint64
-	left     bool
-	leaveErr error
+	goodbyes  map[peer.ID]uint64
+	left      bool
+	leaveErr  error
+	leaveDone chan struct{} // closed when Leave has finished
+	// leaving mirrors left for readers that must not take mu (the service,
+	// under its own lock).
+	leaving  atomic.Bool
 	stopMDNS func() error
 }
 
@@ -111,6 +122,7 @@ func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
 		trying:   make(map[peer.ID]struct{}),
 		handlers: make(map[protocol.ID]network.StreamHandler),
 
+		leaveDone:   make(chan struct{}),
 		handshaking: make(map[peer.ID]int),
 		admittedBy:  make(map[peer.ID]struct{}),
 		goodbyes:    make(map[peer.ID]uint64),
@@ -331,6 +343,11 @@ func (r *Realm) admit(p peer.ID, goodbyes uint64) error {
 	}
 	m.authenticated = true
 	r.svc.deps.Pools.AssignRealm(p, connmgr.RealmID(r.keys.id))
+	// The connection may have closed before the admission (the swarm's
+	// Disconnected then found no member to start the grace of).
+	if r.svc.deps.Host.Network().Connectedness(p) != network.Connected {
+		r.startGraceLocked(p, m)
+	}
 	return nil
 }
 
@@ -365,7 +382,18 @@ func (r *Realm) lostConnection(p peer.ID) {
 	if m == nil || r.left || !m.authenticated {
 		return
 	}
+	r.startGraceLocked(p, m)
+	// Try to get the member back while the grace runs.
+	r.candidateLocked(peer.AddrInfo{ID: p})
+}
+
+// startGraceLocked marks m (member p) not authenticated and removes it
+// after ReconnectGrace unless it authenticates again; r.mu is held.
+func (r *Realm) startGraceLocked(p peer.ID, m *member) {
 	m.authenticated = false
+	if m.grace != nil {
+		m.grace.Stop()
+	}
 	m.grace = time.AfterFunc(r.cfg.ReconnectGrace, func() {
 		r.mu.Lock()
 		defer r.mu.Unlock()
@@ -373,8 +401,6 @@ func (r *Realm) lostConnection(p peer.ID) {
 			r.removeLocked(p, ReasonGraceExpired)
 		}
 	})
-	// Try to get the member back while the grace runs.
-	r.candidateLocked(peer.AddrInfo{ID: p})
 }
 
 // authenticateAsync starts a handshake with a connected peer unless p is
@@ -394,7 +420,7 @@ func (r *Realm) authenticateAsync(p peer.ID) {
 				return
 			}
 			log.Debugw("handshake failed", "realm", r.name, "peer", p, "attempt", attempt+1, "err", err)
-			if attempt+1 == len(handshakeRetries) || !r.retryable(p, err) {
+			if attempt == len(handshakeRetries) || !r.retryable(p, err) {
 				return
 			}
 			select {
@@ -418,7 +444,7 @@ var handshakeRetries = []time.Duration{250 * time.Millisecond, time.Second}
 func (r *Realm) retryable(p peer.ID, err error) bool {
 	var reset *network.StreamError
 	switch {
-	case errors.Is(err, ErrLeft), errors.Is(err, errSaidGoodbye), r.ctx.Err() != nil:
+	case errors.Is(err, ErrLeft), errors.Is(err, errSaidGoodbye), errors.Is(err, network.ErrResourceLimitExceeded), r.ctx.Err() != nil:
 		return false
 	case errors.As(err, &reset) && reset.Remote:
 		return false
@@ -443,6 +469,9 @@ func (r *Realm) candidateLocked(ai peer.AddrInfo) {
 	}
 	if _, busy := r.trying[p]; busy || r.pending[p] != nil || (r.members[p] != nil && r.members[p].authenticated) {
 		return
+	}
+	if len(r.trying) >= maxCandidates {
+		return // discovery offers it again later
 	}
 	r.trying[p] = struct{}{}
 	r.wg.Add(1)
@@ -485,16 +514,23 @@ func (r *Realm) connectAndAuthenticate(ctx context.Context, ai peer.AddrInfo) er
 func (r *Realm) Leave(ctx context.Context) error {
 	r.mu.Lock()
 	if r.left {
-		err := r.leaveErr
 		r.mu.Unlock()
-		return err
+		select {
+		case <-r.leaveDone:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.leaveErr
 	}
 	r.left = true
+	r.leaving.Store(true)
 	r.mu.Unlock()
-	// No new handshake can match this realm from here on; the ones running
-	// end (at most HandshakeTimeout) before the goodbyes go out, so a peer
-	// that admits this node in a handshake's last message still gets one.
-	r.svc.forget(r)
+	// No new handshake can start from here on (admissions fail with
+	// ErrLeft); the ones running end (at most HandshakeTimeout) before the
+	// goodbyes go out, so a peer that admits this node in a handshake's last
+	// message still gets one. The name stays taken until Leave returns.
 	r.awaitHandshakes(ctx)
 	r.mu.Lock()
 	var goodbyeTo []peer.ID
@@ -529,6 +565,8 @@ func (r *Realm) Leave(ctx context.Context) error {
 	r.mu.Lock()
 	r.leaveErr = err
 	r.mu.Unlock()
+	r.svc.forget(r)
+	close(r.leaveDone)
 	log.Infow("left realm", "realm", r.name)
 	return err
 }

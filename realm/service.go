@@ -198,18 +198,26 @@ func (s *Service) Join(ctx context.Context, name string, opts ...Option) (*Realm
 	switch {
 	case s.closed:
 		return nil, ErrLeft
+	case s.realms[name] != nil && s.realms[name].leaving.Load():
+		return nil, fmt.Errorf("%w: %q is still being left (Leave has not returned)", ErrAlreadyJoined, name)
 	case s.realms[name] != nil:
 		return nil, fmt.Errorf("%w: %q", ErrAlreadyJoined, name)
 	}
+	// Limits are set at every join — the node's defaults when the option
+	// is absent — so a previous join's options do not linger.
+	limits := s.deps.Pools.Config().RealmDefaults
 	if cfg.Limits != nil {
-		if err := s.deps.Pools.SetRealmLimits(connmgr.RealmID(k.id), *cfg.Limits); err != nil {
-			return nil, fmt.Errorf("realm %q: %w", name, err)
-		}
+		limits = *cfg.Limits
 	}
+	if err := s.deps.Pools.SetRealmLimits(connmgr.RealmID(k.id), limits); err != nil {
+		return nil, fmt.Errorf("realm %q: %w", name, err)
+	}
+	var resourceLimits resource.RealmLimits // zero fields: the node's defaults
 	if cfg.ResourceLimits != nil {
-		if err := s.deps.Resources.SetRealmLimits(resource.RealmID(k.id), *cfg.ResourceLimits); err != nil {
-			return nil, fmt.Errorf("realm %q: %w", name, err)
-		}
+		resourceLimits = *cfg.ResourceLimits
+	}
+	if err := s.deps.Resources.SetRealmLimits(resource.RealmID(k.id), resourceLimits); err != nil {
+		return nil, fmt.Errorf("realm %q: %w", name, err)
 	}
 	r, err := newRealm(s, name, k, cfg)
 	if err != nil {
