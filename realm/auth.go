@@ -156,26 +156,35 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 
 // respond runs the responder side of a handshake.
 func (s *Service) respond(str network.Stream) {
-	select {
-	case s.handshakes <- struct{}{}:
-		defer func() { <-s.handshakes }()
-	default:
-		s.stats.authRefused.Add(1)
-		_ = str.Reset()
-		return
-	}
-	end, ok := s.beginInbound(str.Conn().RemotePeer())
-	if !ok {
-		s.stats.authRefused.Add(1)
-		_ = str.Reset()
-		return
-	}
-	defer end()
 	if _, ok := s.respondHandshake(str); ok {
 		closeGracefully(str)
 		return
 	}
 	_ = str.Reset()
+}
+
+// responderSlot takes one of the node's responder slots and one of the
+// peer's, for a hello whose tag matched a realm; false (counted) when
+// either is exhausted. Slots are taken only then, so peers without a realm
+// key (who cannot make a matching tag for their own peer ID) never hold
+// any.
+func (s *Service) responderSlot(p peer.ID) (release func(), ok bool) {
+	select {
+	case s.handshakes <- struct{}{}:
+	default:
+		s.stats.authRefused.Add(1)
+		return nil, false
+	}
+	end, ok := s.beginInbound(p)
+	if !ok {
+		<-s.handshakes
+		s.stats.authRefused.Add(1)
+		return nil, false
+	}
+	return func() {
+		end()
+		<-s.handshakes
+	}, true
 }
 
 // respondHandshake returns the realm the initiator authenticated into, or
@@ -199,6 +208,11 @@ func (s *Service) respondHandshake(str network.Stream) (*Realm, bool) {
 		s.stats.authUnknownRealm.Add(1)
 		return nil, false
 	}
+	release, ok := s.responderSlot(remote)
+	if !ok {
+		return nil, false
+	}
+	defer release()
 	byes, done, err := r.beginHandshake(remote)
 	if err != nil {
 		s.stats.authRefused.Add(1)

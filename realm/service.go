@@ -56,8 +56,12 @@ const (
 )
 
 const (
-	// maxInboundHandshakes bounds concurrent responder handshakes; more are
-	// reset at once (counted as AuthRefused).
+	// maxInboundHandshakes bounds concurrent responder handshakes past a
+	// hello whose tag matched one of our realms (only key holders get
+	// there); more are reset at once (counted as AuthRefused). A hello that
+	// is slow, malformed or matches no realm takes no slot: it costs a
+	// stream (bounded by go-libp2p's resource manager) for at most
+	// HandshakeTimeout.
 	maxInboundHandshakes = 64
 	// maxInboundHandshakesPerPeer bounds one peer's concurrent responder
 	// handshakes (a peer in several shared realms runs one per realm).
