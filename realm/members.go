@@ -224,14 +224,19 @@ var goodbyeCodec = []byte("/realmnet/realm/goodbye")
 // goodbyeMaxAge bounds the clock difference accepted on a goodbye.
 const goodbyeMaxAge = 5 * time.Minute
 
+// Domain is the goodbye's signature domain (record.Record).
 func (g *goodbye) Domain() string { return goodbyeDomain }
-func (g *goodbye) Codec() []byte  { return goodbyeCodec }
 
+// Codec is the goodbye envelope's payload type (record.Record).
+func (g *goodbye) Codec() []byte { return goodbyeCodec }
+
+// MarshalRecord encodes time ‖ proof (40 bytes).
 func (g *goodbye) MarshalRecord() ([]byte, error) {
 	b := binary.BigEndian.AppendUint64(make([]byte, 0, 40), uint64(g.unixNano))
 	return append(b, g.proof[:]...), nil
 }
 
+// UnmarshalRecord decodes time ‖ proof; any other length is ErrBadFrame.
 func (g *goodbye) UnmarshalRecord(b []byte) error {
 	if len(b) != 40 {
 		return fmt.Errorf("%w: goodbye of %d bytes, want 40", ErrBadFrame, len(b))

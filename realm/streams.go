@@ -203,18 +203,22 @@ func (s *stream) done() {
 	})
 }
 
+// Close closes the stream and releases its realm-scope charge.
 func (s *stream) Close() error {
 	err := s.Stream.Close()
 	s.done()
 	return err
 }
 
+// Reset resets the stream and releases its realm-scope charge.
 func (s *stream) Reset() error {
 	err := s.Stream.Reset()
 	s.done()
 	return err
 }
 
+// ResetWithError resets the stream with code and releases its realm-scope
+// charge.
 func (s *stream) ResetWithError(code network.StreamErrorCode) error {
 	err := s.Stream.ResetWithError(code)
 	s.done()

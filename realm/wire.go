@@ -65,6 +65,7 @@ func readFrame(r io.Reader) ([]byte, error) {
 // byteReader reads single bytes from r, without buffering.
 type byteReader struct{ r io.Reader }
 
+// ReadByte reads exactly one byte (io.ByteReader).
 func (b byteReader) ReadByte() (byte, error) {
 	var one [1]byte
 	if _, err := io.ReadFull(b.r, one[:]); err != nil {
