@@ -39,20 +39,13 @@ const exchangeAddrTTL = 10 * time.Minute
 
 // exchangeAsync starts a member exchange with p in the background.
 func (r *Realm) exchangeAsync(p peer.ID) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.left {
-		return
-	}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	r.spawn(func() {
 		ctx, cancel := context.WithTimeout(r.ctx, HandshakeTimeout)
 		defer cancel()
 		if err := r.exchange(ctx, p); err != nil {
 			log.Debugw("member exchange failed", "realm", r.name, "peer", p, "err", err)
 		}
-	}()
+	})
 }
 
 func (r *Realm) exchange(ctx context.Context, p peer.ID) error {
@@ -294,18 +287,11 @@ func (r *Realm) sayGoodbye(ctx context.Context, peers []peer.ID) error {
 // goodbyeAsync sends a goodbye to p in the background (p admitted this node
 // in a handshake this node could not complete).
 func (r *Realm) goodbyeAsync(p peer.ID) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.left {
-		return
-	}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	r.spawn(func() {
 		if err := r.sayGoodbye(r.ctx, []peer.ID{p}); err != nil {
 			log.Debugw("goodbye after a failed admission", "realm", r.name, "peer", p, "err", err)
 		}
-	}()
+	})
 }
 
 func sealWith(rec record.Record, key crypto.PrivKey) ([]byte, error) {

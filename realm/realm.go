@@ -343,11 +343,6 @@ func (r *Realm) admit(p peer.ID, goodbyes uint64) error {
 	}
 	m.authenticated = true
 	r.svc.deps.Pools.AssignRealm(p, connmgr.RealmID(r.keys.id))
-	// The connection may have closed before the admission (the swarm's
-	// Disconnected then found no member to start the grace of).
-	if r.svc.deps.Host.Network().Connectedness(p) != network.Connected {
-		r.startGraceLocked(p, m)
-	}
 	return nil
 }
 
@@ -408,12 +403,10 @@ func (r *Realm) startGraceLocked(p peer.ID, m *member) {
 func (r *Realm) authenticateAsync(p peer.ID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.left || r.pending[p] != nil || (r.members[p] != nil && r.members[p].authenticated) {
+	if r.pending[p] != nil || (r.members[p] != nil && r.members[p].authenticated) {
 		return
 	}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	r.spawnLocked(func() {
 		for attempt := 0; ; attempt++ {
 			err := r.authenticate(r.ctx, p)
 			if err == nil {
@@ -429,6 +422,26 @@ func (r *Realm) authenticateAsync(p peer.ID) {
 				return
 			}
 		}
+	})
+}
+
+// spawn runs f on a goroutine owned by the realm (Leave waits for it),
+// unless the realm is left.
+func (r *Realm) spawn(f func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.spawnLocked(f)
+}
+
+// spawnLocked is spawn with r.mu held.
+func (r *Realm) spawnLocked(f func()) {
+	if r.left {
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		f()
 	}()
 }
 
@@ -474,9 +487,7 @@ func (r *Realm) candidateLocked(ai peer.AddrInfo) {
 		return // discovery offers it again later
 	}
 	r.trying[p] = struct{}{}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	r.spawnLocked(func() {
 		defer func() {
 			r.mu.Lock()
 			delete(r.trying, p)
@@ -493,7 +504,7 @@ func (r *Realm) candidateLocked(ai peer.AddrInfo) {
 		if err := r.connectAndAuthenticate(ctx, ai); err != nil {
 			log.Debugw("candidate not authenticated", "realm", r.name, "peer", p, "err", err)
 		}
-	}()
+	})
 }
 
 func (r *Realm) connectAndAuthenticate(ctx context.Context, ai peer.AddrInfo) error {
