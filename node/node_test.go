@@ -113,10 +113,13 @@ func TestDHTTenNodesFindEachOther(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	// Wait until every node's routing table holds the bootstrap node.
+	// Wait until every node's routing table holds the bootstrap node, and
+	// the bootstrap node's holds every node: a lookup that reaches the
+	// bootstrap node before it has added the target ends "not found".
 	for _, n := range nodes[1:] {
-		require.Eventually(t, func() bool { return n.DHT().RoutingTable().Find(first.ID()) != "" },
-			10*time.Second, 20*time.Millisecond)
+		require.Eventually(t, func() bool {
+			return n.DHT().RoutingTable().Find(first.ID()) != "" && first.DHT().RoutingTable().Find(n.ID()) != ""
+		}, 10*time.Second, 20*time.Millisecond)
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, count*count)

@@ -274,8 +274,10 @@ func (s *Service) IsMember(p peer.ID) bool {
 	return false
 }
 
-// Close leaves every realm (sending goodbyes for at most 500 ms), stops the
-// service's goroutines and removes its handlers. Idempotent.
+// Close leaves every realm (sending goodbyes for at most 500 ms) and stops
+// the service's goroutines; its protocol handlers, left on the host, refuse
+// every stream from then on. The node closes the service just before the
+// host. Idempotent.
 func (s *Service) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -295,8 +297,10 @@ func (s *Service) Close() error {
 		}()
 	}
 	wg.Wait()
-	s.deps.Host.RemoveStreamHandler(AuthProtocol)
-	s.deps.Host.RemoveStreamHandler(StreamProtocol)
+	// The protocol handlers stay registered: they now refuse everything
+	// (no realm, no handle), and removing them would make identify push a
+	// protocol change to every connected peer while the node shuts down
+	// (slow over a dead path: go-libp2p's Close waits for the pushes).
 	s.deps.Host.Network().StopNotify(s.notify)
 	s.cancel()
 	_ = s.sub.Close()
