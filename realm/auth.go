@@ -257,7 +257,7 @@ func (s *Service) respondHandshake(str network.Stream) (*Realm, bool) {
 // comparisons), whichever matches.
 func (s *Service) realmOfTag(initiator, responder peer.ID, nonce, tag *[32]byte) *Realm {
 	var found *Realm
-	for _, r := range s.Realms() {
+	for _, r := range s.joined() {
 		want := r.keys.helloTag(initiator, responder, nonce)
 		if hmac.Equal(want[:], tag[:]) && found == nil {
 			found = r

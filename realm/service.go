@@ -242,12 +242,7 @@ func (s *Service) Realm(name string) *Realm {
 
 // Realms returns the joined realms, sorted by name.
 func (s *Service) Realms() []*Realm {
-	s.mu.RLock()
-	out := make([]*Realm, 0, len(s.realms))
-	for _, r := range s.realms {
-		out = append(out, r)
-	}
-	s.mu.RUnlock()
+	out := s.joined()
 	slices.SortFunc(out, func(a, b *Realm) int {
 		switch {
 		case a.name < b.name:
@@ -260,13 +255,25 @@ func (s *Service) Realms() []*Realm {
 	return out
 }
 
+// joined returns the joined realms in no particular order (the internal
+// paths: every hello, identify and disconnection).
+func (s *Service) joined() []*Realm {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]*Realm, 0, len(s.realms))
+	for _, r := range s.realms {
+		out = append(out, r)
+	}
+	return out
+}
+
 // Stats returns the service's counters.
 func (s *Service) Stats() Stats { return s.stats.snapshot() }
 
 // IsMember reports whether p is an authenticated member of at least one
 // joined realm.
 func (s *Service) IsMember(p peer.ID) bool {
-	for _, r := range s.Realms() {
+	for _, r := range s.joined() {
 		if r.authenticated(p) {
 			return true
 		}
@@ -351,7 +358,7 @@ func (s *Service) watchIdentify() {
 		if !slices.Contains(evt.Protocols, AuthProtocol) {
 			continue
 		}
-		for _, r := range s.Realms() {
+		for _, r := range s.joined() {
 			r.authenticateAsync(evt.Peer)
 		}
 	}
@@ -375,7 +382,7 @@ func (s *Service) disconnected(n network.Network, c network.Conn) {
 	if policy := s.policy.Load(); policy != nil {
 		policy.disconnected(p)
 	}
-	for _, r := range s.Realms() {
+	for _, r := range s.joined() {
 		r.lostConnection(p)
 	}
 }
