@@ -240,6 +240,12 @@ func (n *Node) connect(ctx context.Context, ai peer.AddrInfo, where string) erro
 		}
 		return fmt.Errorf("node: connect to %s%s: the connection closed during identify: %w", ai.ID, where, reason)
 	}
+	// No identify outcome for our connection: if it is gone, it may have
+	// been the redundant one of two simultaneous dials (multipath closes
+	// it); the surviving one may take a moment to be added.
+	if n.awaitConnection(ctx, ai.ID, time.Second) {
+		return nil
+	}
 	return n.checkConnected(ai.ID)
 }
 
