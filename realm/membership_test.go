@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -326,15 +325,10 @@ func TestMembershipDHTDiscoveryTwentyNodes(t *testing.T) {
 		return out
 	}
 	const limit = 10 * time.Second
-	var nextTrace time.Time
 	for {
 		m := missing()
 		if len(m) == 0 {
 			break
-		}
-		if os.Getenv("REALM_TRACE") != "" && time.Now().After(nextTrace) {
-			nextTrace = time.Now().Add(500 * time.Millisecond)
-			t.Logf("%v: %d missing: %v", time.Since(lastJoin).Round(time.Millisecond), len(m), m)
 		}
 		if time.Since(lastJoin) > limit {
 			require.Failf(t, "realms did not converge", "%v after the last join:\n%s", limit, strings.Join(m, "\n"))
