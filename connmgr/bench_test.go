@@ -20,6 +20,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/core"
 )
 
 // Benchmarks comparing realmnet's connection manager with go-libp2p's
@@ -219,7 +220,7 @@ func BenchmarkTrimOpenConns(b *testing.B) {
 						GracePeriod: time.Nanosecond,
 						// Above N: the unassigned pool never reaches its
 						// HighWater, so the global trim does the work.
-						Unassigned: connmgr.Limits{LowWater: tc.n, HighWater: 2 * tc.n},
+						Unassigned: core.PoolLimits{LowWater: tc.n, HighWater: 2 * tc.n},
 					}, nil)
 					if err != nil {
 						b.Fatal(err)

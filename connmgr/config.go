@@ -3,11 +3,9 @@ package connmgr
 import (
 	"fmt"
 	"time"
-)
 
-// RealmID names a realm's sub-pool. The realm package derives the real
-// values (HKDF over the realm's key); here it is an opaque comparable value.
-type RealmID string
+	"github.com/realmnet/realmnet/core"
+)
 
 // Defaults of the global pool (DESIGN.md: the DeP2P desktop preset and
 // go-libp2p's silence period), of the unassigned pool and of realms.
@@ -39,17 +37,6 @@ const (
 	CeilingPercent = 10
 )
 
-// Limits are a pool's watermarks: at or above HighWater the pool is trimmed
-// down to LowWater. Both count connections, not peers.
-type Limits struct {
-	LowWater, HighWater int
-}
-
-// RealmLimits are a realm sub-pool's watermarks. Above HighWater the realm
-// is trimmed to LowWater inside itself; LowWater is also a reservation: a
-// global trim never takes the realm below it.
-type RealmLimits = Limits
-
 // Config holds the manager's tunables. Zero fields take the defaults.
 type Config struct {
 	// LowWater and HighWater are the global pool's watermarks (every
@@ -65,9 +52,11 @@ type Config struct {
 	MaxConnsPerPeer int
 	// Unassigned holds the watermarks of the connections to peers in no
 	// realm (DHT, infrastructure, not yet authenticated); trimmed first.
-	Unassigned Limits
-	// RealmDefaults apply to realms without SetRealmLimits.
-	RealmDefaults RealmLimits
+	Unassigned core.PoolLimits
+	// RealmDefaults apply to realms without SetRealmLimits. A realm's
+	// sub-pool is trimmed inside itself above its HighWater, and a global
+	// trim never takes it below its LowWater (a reservation).
+	RealmDefaults core.PoolLimits
 	// RealmWeight is added to a peer's score per realm it is in (≥ 0).
 	RealmWeight int
 	// DecayResolution is how often decaying tags are visited (> 0).
@@ -84,8 +73,8 @@ func DefaultConfig() Config {
 		GracePeriod:     DefaultGracePeriod,
 		SilencePeriod:   DefaultSilencePeriod,
 		MaxConnsPerPeer: DefaultMaxConnsPerPeer,
-		Unassigned:      Limits{DefaultUnassignedLowWater, DefaultUnassignedHighWater},
-		RealmDefaults:   RealmLimits{DefaultRealmLowWater, DefaultRealmHighWater},
+		Unassigned:      core.PoolLimits{LowWater: DefaultUnassignedLowWater, HighWater: DefaultUnassignedHighWater},
+		RealmDefaults:   core.PoolLimits{LowWater: DefaultRealmLowWater, HighWater: DefaultRealmHighWater},
 		RealmWeight:     DefaultRealmWeight,
 		DecayResolution: DefaultDecayResolution,
 	}
@@ -108,11 +97,11 @@ func (c Config) WithDefaults() (Config, error) {
 	if c.MaxConnsPerPeer == 0 {
 		c.MaxConnsPerPeer = d.MaxConnsPerPeer
 	}
-	if c.Unassigned == (Limits{}) {
-		c.Unassigned = Limits{min(d.Unassigned.LowWater, c.LowWater), min(d.Unassigned.HighWater, c.HighWater)}
+	if c.Unassigned == (core.PoolLimits{}) {
+		c.Unassigned = core.PoolLimits{LowWater: min(d.Unassigned.LowWater, c.LowWater), HighWater: min(d.Unassigned.HighWater, c.HighWater)}
 	}
-	if c.RealmDefaults == (RealmLimits{}) {
-		c.RealmDefaults = RealmLimits{min(d.RealmDefaults.LowWater, c.LowWater), min(d.RealmDefaults.HighWater, c.HighWater)}
+	if c.RealmDefaults == (core.PoolLimits{}) {
+		c.RealmDefaults = core.PoolLimits{LowWater: min(d.RealmDefaults.LowWater, c.LowWater), HighWater: min(d.RealmDefaults.HighWater, c.HighWater)}
 	}
 	if c.RealmWeight == 0 {
 		c.RealmWeight = d.RealmWeight
@@ -124,7 +113,7 @@ func (c Config) WithDefaults() (Config, error) {
 }
 
 func (c Config) validate() error {
-	if err := checkLimits("Config", Limits{c.LowWater, c.HighWater}); err != nil {
+	if err := checkLimits("Config", core.PoolLimits{LowWater: c.LowWater, HighWater: c.HighWater}); err != nil {
 		return err
 	}
 	switch {
@@ -146,7 +135,7 @@ func (c Config) validate() error {
 }
 
 // checkLimits validates one pair of watermarks; what names them in errors.
-func checkLimits(what string, l Limits) error {
+func checkLimits(what string, l core.PoolLimits) error {
 	switch {
 	case l.LowWater < 0:
 		return fmt.Errorf("connmgr: %s.LowWater must be >= 0, got %d", what, l.LowWater)

@@ -67,7 +67,7 @@ func (m *Manager) RegisterDecayingTag(name string, interval time.Duration, decay
 	}
 	interval = max(interval, m.cfg.DecayResolution)
 	t := &decayingTag{d: d, name: name, interval: interval, decayFn: decayFn, bumpFn: bumpFn,
-		nextVisit: time.Now().Add(interval)}
+		nextVisit: d.m.clock.Now().Add(interval)}
 	d.tags[name] = t
 	return t, nil
 }
@@ -75,7 +75,7 @@ func (m *Manager) RegisterDecayingTag(name string, interval time.Duration, decay
 // run visits the due tags every DecayResolution until the manager closes.
 func (d *decayer) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	ticker := time.NewTicker(d.m.cfg.DecayResolution)
+	ticker := d.m.clock.Ticker(d.m.cfg.DecayResolution)
 	defer ticker.Stop()
 	for {
 		select {
@@ -142,7 +142,7 @@ func (t *decayingTag) Bump(p peer.ID, delta int) error {
 	pi := m.entry(s, p)
 	v := pi.decaying[t]
 	if v == nil {
-		now := time.Now()
+		now := m.clock.Now()
 		v = &connmgr.DecayingValue{Tag: t, Peer: p, Added: now, LastVisit: now}
 		pi.decaying[t] = v
 	}

@@ -13,23 +13,30 @@
 // ties broken torrent-style. Protected peers and connections inside their
 // grace period are never trimmed (past the global ceiling, HighWater + 10 %,
 // the grace period no longer holds). See docs/connection-management.md.
+//
+// The Manager is the pools stage of the swarm's admission pipeline
+// (core.AdmissionStage): a connection is counted, or refused at the ceiling,
+// before it is announced; its notifiee only forgets closed connections.
 package connmgr
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/realmnet/realmnet/core"
 )
 
 var log = logging.Logger("realmnet/connmgr")
@@ -68,7 +75,7 @@ type peerInfo struct {
 
 // connInfo is what the manager knows of one connection.
 type connInfo struct {
-	conn    network.Conn
+	conn    core.Conn
 	opened  time.Time
 	inbound bool
 	// Activity sampling (background loop): streams opened, bytes moved,
@@ -80,9 +87,10 @@ type connInfo struct {
 
 // realmPool is one realm's sub-pool.
 type realmPool struct {
-	id     RealmID
+	id     core.RealmID
+	pool   core.Pool // core.RealmPool(id)
 	count  atomic.Int64
-	limits atomic.Pointer[RealmLimits]
+	limits atomic.Pointer[core.PoolLimits]
 	trims  atomic.Uint64
 }
 
@@ -90,6 +98,7 @@ type realmPool struct {
 // for concurrent use; Close stops its background goroutines.
 type Manager struct {
 	cfg      Config
+	clock    clock.Clock
 	selector atomic.Pointer[PathSelector]
 	emitter  event.Emitter // nil without an event bus
 
@@ -99,7 +108,7 @@ type Manager struct {
 	protected   map[peer.ID]map[string]struct{}
 
 	realmsMu sync.RWMutex
-	realms   map[RealmID]*realmPool
+	realms   map[core.RealmID]*realmPool
 
 	global, unassigned atomic.Int64
 
@@ -126,21 +135,42 @@ type Manager struct {
 var (
 	_ connmgr.ConnManager = (*Manager)(nil)
 	_ connmgr.Decayer     = (*Manager)(nil)
+	_ core.AdmissionStage = (*Manager)(nil)
+	_ core.PoolReporter   = (*Manager)(nil)
 )
+
+// ErrPoolFull is matched (errors.Is) by the refusal of a connection at
+// admission: the global pool was at its ceiling and nothing cheaper could
+// be closed, or the peer already had MaxConnsPerPeer connections. The
+// refusal itself is a *core.RefusedError naming the reason.
+var ErrPoolFull = errors.New("connmgr: connection pool full")
+
+// Option configures a Manager beyond its Config.
+type Option func(*Manager)
+
+// WithClock makes the manager read time from c (github.com/benbjohnson/clock,
+// as go-libp2p's BasicConnMgr WithClock): grace and silence periods, the
+// background loop, activity, decaying tags. Tests pass a mock clock to move
+// time without sleeping.
+func WithClock(c clock.Clock) Option { return func(m *Manager) { m.clock = c } }
 
 // New creates a manager and starts its background loop. bus, when not nil,
 // receives EvtConnTrimmed events. It returns an error naming a bad Config
 // field.
-func New(cfg Config, bus event.Bus) (*Manager, error) {
+func New(cfg Config, bus event.Bus, opts ...Option) (*Manager, error) {
 	cfg, err := cfg.WithDefaults()
 	if err != nil {
 		return nil, err
 	}
 	m := &Manager{
 		cfg:       cfg,
+		clock:     clock.New(),
 		protected: make(map[peer.ID]map[string]struct{}),
-		realms:    make(map[RealmID]*realmPool),
+		realms:    make(map[core.RealmID]*realmPool),
 		trigger:   make(chan struct{}, 1),
+	}
+	for _, opt := range opts {
+		opt(m)
 	}
 	for i := range m.segments {
 		m.segments[i].peers = make(map[peer.ID]*peerInfo)
@@ -196,7 +226,7 @@ func (m *Manager) entry(s *segment, p peer.ID) *peerInfo {
 	if pi == nil {
 		pi = &peerInfo{
 			id:        p,
-			firstSeen: time.Now(),
+			firstSeen: m.clock.Now(),
 			temp:      true,
 			tags:      make(map[string]int),
 			decaying:  make(map[*decayingTag]*connmgr.DecayingValue),
@@ -334,23 +364,25 @@ func (m *Manager) CheckLimit(l connmgr.GetConnLimiter) error {
 	return nil
 }
 
-// AdmitConn accounts a new connection in the global pool and in its peer's
-// pools. The swarm calls it before it adds the connection, so the global
-// count never exceeds the ceiling (HighWater + 10 %): at the ceiling it
-// trims at once — first ordinarily, then, if the pool is still full, also
+// AdmitConn is the pools stage of the swarm's admission pipeline
+// (core.AdmissionStage): it accounts a new connection in the global pool and
+// in its peer's pools before the connection is announced, so the global
+// count never exceeds the ceiling (HighWater + 10 %). At the ceiling it trims
+// at once — first ordinarily, then, if the pool is still full, also
 // connections inside their grace period (never protected ones), the new
 // connection included. Among equals the new connection yields: it gets in
 // only by displacing something cheaper (a redundant path, a peer of lower
-// class or score), so a full pool refuses newcomers instead of churning. It
-// returns false when c must be closed instead: the peer has MaxConnsPerPeer
-// connections, or c was the cheapest connection. Calling it twice for one
-// connection is harmless.
-func (m *Manager) AdmitConn(c network.Conn) bool {
+// class or score), so a full pool refuses newcomers instead of churning.
+// The error, when c must be closed instead, is a *core.RefusedError
+// matching ErrPoolFull: ReasonMaxConnsPerPeer (the peer has
+// MaxConnsPerPeer connections) or ReasonPoolCeiling (c was the cheapest
+// connection). Calling it twice for one connection is harmless.
+func (m *Manager) AdmitConn(_ context.Context, c core.Conn) error {
 	switch m.precheck(c) {
 	case alreadyKnown:
-		return true
+		return nil
 	case refused:
-		return false
+		return m.refusal(c, core.ReasonMaxConnsPerPeer)
 	}
 	for {
 		cur := m.global.Load()
@@ -365,16 +397,36 @@ func (m *Manager) AdmitConn(c network.Conn) bool {
 			if over {
 				m.triggerTrim()
 			}
-			return added != refused
+			if added == refused {
+				return m.refusal(c, core.ReasonMaxConnsPerPeer)
+			}
+			return nil
 		}
-		return m.admitAtCeiling(c)
+		if !m.admitAtCeiling(c) {
+			return m.refusal(c, core.ReasonPoolCeiling)
+		}
+		return nil
 	}
 }
+
+// refusal builds AdmitConn's error.
+func (m *Manager) refusal(c core.Conn, reason core.CloseReason) error {
+	err := fmt.Errorf("%w: global pool at %d of ceiling %d", ErrPoolFull, m.global.Load(), m.cfg.ceiling())
+	if reason == core.ReasonMaxConnsPerPeer {
+		err = fmt.Errorf("%w: peer has MaxConnsPerPeer=%d connections", ErrPoolFull, m.cfg.MaxConnsPerPeer)
+	}
+	return &core.RefusedError{Stage: core.StagePools, Reason: reason, Code: network.ConnGarbageCollected,
+		Peer: c.RemotePeer(), Err: err}
+}
+
+// AbortConn forgets a connection AdmitConn counted that a later stage of the
+// pipeline refused.
+func (m *Manager) AbortConn(c core.Conn) { m.forget(c) }
 
 // precheck tells, before any count moves, whether c is known already or
 // its peer is full (MaxConnsPerPeer); admitted means "go on". The checks are
 // repeated under the same lock by account.
-func (m *Manager) precheck(c network.Conn) accountResult {
+func (m *Manager) precheck(c core.Conn) accountResult {
 	p := c.RemotePeer()
 	s := m.segment(p)
 	s.Lock()
@@ -407,7 +459,7 @@ const (
 // slot is reserved with compare-and-swap like on the fast path. When nothing
 // can be closed (every candidate is protected), c is admitted above the
 // ceiling: protection wins.
-func (m *Manager) admitAtCeiling(c network.Conn) bool {
+func (m *Manager) admitAtCeiling(c core.Conn) bool {
 	m.trimMu.Lock()
 	ordinaryDone := false
 	for {
@@ -420,10 +472,10 @@ func (m *Manager) admitAtCeiling(c network.Conn) bool {
 		}
 		if !ordinaryDone {
 			ordinaryDone = true
-			m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, ReasonCeiling, nil)
+			m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, core.ReasonPoolCeiling, nil)
 			continue
 		}
-		res := m.trimLocked(scopeGlobal, nil, int(cur)-m.cfg.ceiling()+1, true, ReasonCeiling, c)
+		res := m.trimLocked(scopeGlobal, nil, int(cur)-m.cfg.ceiling()+1, true, core.ReasonPoolCeiling, c)
 		if res.newcomer {
 			m.unlockTrim()
 			m.stats.refused.Add(1)
@@ -448,7 +500,7 @@ func (m *Manager) admitAtCeiling(c network.Conn) bool {
 // account adds c to its peer's entry and pools (not to the global count),
 // under one segment lock. It also reports whether the unassigned pool or one
 // of the peer's realms is now above its HighWater (an immediate trim is due).
-func (m *Manager) account(c network.Conn) (accountResult, bool) {
+func (m *Manager) account(c core.Conn) (accountResult, bool) {
 	p := c.RemotePeer()
 	s := m.segment(p)
 	s.Lock()
@@ -461,7 +513,7 @@ func (m *Manager) account(c network.Conn) (accountResult, bool) {
 		m.stats.refused.Add(1)
 		return refused, false
 	}
-	now := time.Now()
+	now := m.clock.Now()
 	if pi.temp {
 		pi.temp = false
 		pi.firstSeen = now
@@ -497,7 +549,7 @@ func (m *Manager) forget(c network.Conn) bool {
 		// Keep the entry (tags, realms) as a temporary one: it expires
 		// after the grace period unless the peer connects again.
 		pi.temp = true
-		pi.firstSeen = time.Now()
+		pi.firstSeen = m.clock.Now()
 	}
 	return true
 }
@@ -535,9 +587,9 @@ func (m *Manager) unaccountLocked(pi *peerInfo, i int) {
 	}
 }
 
-// Notifee returns the network.Notifiee the swarm notifies: Connected admits
-// a connection the swarm has not admitted yet (and closes it when refused),
-// Disconnected forgets it.
+// Notifee returns the network.Notifiee the swarm notifies: Disconnected
+// forgets the connection. Connections are counted by AdmitConn, before they
+// are announced; Connected has nothing left to do.
 func (m *Manager) Notifee() network.Notifiee { return (*notifee)(m) }
 
 type notifee Manager
@@ -545,18 +597,14 @@ type notifee Manager
 func (n *notifee) Listen(network.Network, ma.Multiaddr)      {}
 func (n *notifee) ListenClose(network.Network, ma.Multiaddr) {}
 
-func (n *notifee) Connected(_ network.Network, c network.Conn) {
-	if !(*Manager)(n).AdmitConn(c) {
-		_ = c.CloseWithError(network.ConnGarbageCollected)
-	}
-}
+func (n *notifee) Connected(network.Network, network.Conn) {}
 
 func (n *notifee) Disconnected(_ network.Network, c network.Conn) {
 	(*Manager)(n).forget(c)
 }
 
 // realm returns the pool of r, creating it with the default limits.
-func (m *Manager) realm(r RealmID) *realmPool {
+func (m *Manager) realm(r core.RealmID) *realmPool {
 	m.realmsMu.RLock()
 	rp := m.realms[r]
 	m.realmsMu.RUnlock()
@@ -566,7 +614,7 @@ func (m *Manager) realm(r RealmID) *realmPool {
 	m.realmsMu.Lock()
 	defer m.realmsMu.Unlock()
 	if rp = m.realms[r]; rp == nil {
-		rp = &realmPool{id: r}
+		rp = &realmPool{id: r, pool: core.RealmPool(r)}
 		limits := m.cfg.RealmDefaults
 		rp.limits.Store(&limits)
 		m.realms[r] = rp
@@ -576,7 +624,7 @@ func (m *Manager) realm(r RealmID) *realmPool {
 
 // SetRealmLimits sets the watermarks of realm r's sub-pool. The error names
 // a bad value.
-func (m *Manager) SetRealmLimits(r RealmID, l RealmLimits) error {
+func (m *Manager) SetRealmLimits(r core.RealmID, l core.PoolLimits) error {
 	if err := checkLimits(fmt.Sprintf("RealmLimits of realm %q", r), l); err != nil {
 		return err
 	}
@@ -586,12 +634,12 @@ func (m *Manager) SetRealmLimits(r RealmID, l RealmLimits) error {
 }
 
 // RealmLimitsOf returns the watermarks of realm r.
-func (m *Manager) RealmLimitsOf(r RealmID) RealmLimits { return *m.realm(r).limits.Load() }
+func (m *Manager) RealmLimitsOf(r core.RealmID) core.PoolLimits { return *m.realm(r).limits.Load() }
 
 // AssignRealm puts p, and its connections, into realm r's sub-pool: the
 // realm package calls it when p authenticates as a member. A peer may be in
 // several realms; it then counts in each. p's score gains RealmWeight.
-func (m *Manager) AssignRealm(p peer.ID, r RealmID) {
+func (m *Manager) AssignRealm(p peer.ID, r core.RealmID) {
 	rp := m.realm(r)
 	s := m.segment(p)
 	s.Lock()
@@ -617,7 +665,7 @@ func (m *Manager) AssignRealm(p peer.ID, r RealmID) {
 }
 
 // UnassignRealm takes p out of realm r's sub-pool (the member left).
-func (m *Manager) UnassignRealm(p peer.ID, r RealmID) {
+func (m *Manager) UnassignRealm(p peer.ID, r core.RealmID) {
 	m.realmsMu.RLock()
 	rp := m.realms[r]
 	m.realmsMu.RUnlock()
@@ -639,8 +687,8 @@ func (m *Manager) UnassignRealm(p peer.ID, r RealmID) {
 }
 
 // Realms returns the realms p is assigned to.
-func (m *Manager) Realms(p peer.ID) []RealmID {
-	var out []RealmID
+func (m *Manager) Realms(p peer.ID) []core.RealmID {
+	var out []core.RealmID
 	m.withPeer(p, func(pi *peerInfo) {
 		for _, rp := range pi.realms {
 			out = append(out, rp.id)
@@ -649,21 +697,21 @@ func (m *Manager) Realms(p peer.ID) []RealmID {
 	return out
 }
 
-// PoolOf names p's pool: "unassigned", or "realm:" and its realms joined by
-// commas. The swarm puts it in hooks.EvtConnectionOpened.
-func (m *Manager) PoolOf(p peer.ID) string {
-	pool := "unassigned"
+// PoolsOf implements core.PoolReporter: p's pools besides core.PoolGlobal
+// — core.PoolUnassigned, or the sub-pool of each realm p is assigned to.
+// The swarm puts it in swarm.EvtConnectionOpened.
+func (m *Manager) PoolsOf(p peer.ID) []core.Pool {
+	out := []core.Pool{core.PoolUnassigned}
 	m.withPeer(p, func(pi *peerInfo) {
 		if len(pi.realms) == 0 {
 			return
 		}
-		names := make([]string, len(pi.realms))
-		for i, rp := range pi.realms {
-			names[i] = string(rp.id)
+		out = out[:0]
+		for _, rp := range pi.realms {
+			out = append(out, rp.pool)
 		}
-		pool = "realm:" + strings.Join(names, ",")
 	})
-	return pool
+	return out
 }
 
 // Connections returns every connection (path) to p the manager accounts.
@@ -720,7 +768,7 @@ func (m *Manager) ConnectionsMap() map[peer.ID][]network.Conn {
 }
 
 // RealmConnections returns the connections of realm r's sub-pool.
-func (m *Manager) RealmConnections(r RealmID) []network.Conn {
+func (m *Manager) RealmConnections(r core.RealmID) []network.Conn {
 	m.realmsMu.RLock()
 	rp := m.realms[r]
 	m.realmsMu.RUnlock()

@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	tu "github.com/libp2p/go-libp2p/core/test"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
+	"github.com/realmnet/realmnet/core"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -42,8 +43,8 @@ func testConfig() Config {
 		GracePeriod:     time.Hour,
 		SilencePeriod:   time.Hour,
 		MaxConnsPerPeer: 12,
-		Unassigned:      Limits{LowWater: 1000, HighWater: 1000},
-		RealmDefaults:   RealmLimits{LowWater: 0, HighWater: 1000},
+		Unassigned:      core.PoolLimits{LowWater: 1000, HighWater: 1000},
+		RealmDefaults:   core.PoolLimits{LowWater: 0, HighWater: 1000},
 		RealmWeight:     DefaultRealmWeight,
 	}
 }
@@ -62,7 +63,7 @@ func randPeer(t testing.TB) peer.ID { return tu.RandPeerIDFatal(t) }
 func admit(t testing.TB, m *Manager, p peer.ID) *fakeConn {
 	t.Helper()
 	c := newFakeConn(p, network.DirOutbound)
-	require.True(t, m.AdmitConn(c), "AdmitConn refused %s", c)
+	require.True(t, tryAdmit(m, c), "AdmitConn refused %s", c)
 	return c
 }
 
@@ -107,7 +108,7 @@ func oldTagged(t testing.TB, m *Manager, value int) *fakeConn {
 
 // oldMember returns an aged connection to a new peer tagged with value and
 // assigned to realms before it connects.
-func oldMember(t testing.TB, m *Manager, value int, realms ...RealmID) *fakeConn {
+func oldMember(t testing.TB, m *Manager, value int, realms ...core.RealmID) *fakeConn {
 	t.Helper()
 	p := randPeer(t)
 	m.TagPeer(p, "score", value)
@@ -129,15 +130,15 @@ func isTemp(m *Manager, p peer.ID) bool {
 func requireOpen(t testing.TB, conns ...*fakeConn) {
 	t.Helper()
 	for _, c := range conns {
-		require.False(t, c.isClosed(), "%s was closed", c)
+		require.False(t, c.IsClosed(), "%s was closed", c)
 	}
 }
 
 func requireClosed(t testing.TB, conns ...*fakeConn) {
 	t.Helper()
 	for _, c := range conns {
-		require.True(t, c.isClosed(), "%s is still open", c)
-		require.Equal(t, uint32(network.ConnGarbageCollected), c.closeCode.Load(), "%s closed with the wrong code", c)
+		require.True(t, c.IsClosed(), "%s is still open", c)
+		require.Equal(t, network.ConnGarbageCollected, c.CloseCode(), "%s closed with the wrong code", c)
 	}
 }
 
@@ -146,7 +147,7 @@ func requireCloseOrder(t testing.TB, want ...*fakeConn) {
 	t.Helper()
 	requireClosed(t, want...)
 	for i := 1; i < len(want); i++ {
-		require.Less(t, want[i-1].closedAt(), want[i].closedAt(), "%s should close before %s", want[i-1], want[i])
+		require.Less(t, want[i-1].ClosedAt(), want[i].ClosedAt(), "%s should close before %s", want[i-1], want[i])
 	}
 }
 
@@ -198,7 +199,7 @@ func TestTagsFollowGoLibp2pSemantics(t *testing.T) {
 
 	start := time.Now()
 	c := newFakeConn(p, network.DirInbound)
-	not.Connected(nil, c)
+	require.True(t, tryAdmit(m, c))
 	end := time.Now()
 	require.Equal(t, 1, m.ConnectionCount())
 
@@ -397,8 +398,8 @@ func TestVictimOrderRedundantPathsFirst(t *testing.T) {
 		now := time.Now()
 		for i := range 3 {
 			c := newFakeConn(xp, network.DirOutbound)
-			c.setOpened(now.Add(time.Duration(i-3) * time.Minute)) // x[2] newest
-			require.True(t, m.AdmitConn(c))
+			c.SetOpened(now.Add(time.Duration(i-3) * time.Minute)) // x[2] newest
+			require.True(t, tryAdmit(m, c))
 			x = append(x, c)
 		}
 		age(t, m, x...)
@@ -472,7 +473,7 @@ func TestVictimOrderUnassignedBeforeRealmMembers(t *testing.T) {
 	require.Equal(t, 3, st.Global.Count)
 	require.Zero(t, st.Unassigned.Count)
 	require.Equal(t, 3, st.Realms["r"].Count)
-	require.Equal(t, uint64(3), st.Closed[ReasonGlobal])
+	require.Equal(t, uint64(3), st.Closed[core.ReasonGlobalHighWater])
 }
 
 func TestVictimOrderAscendingScore(t *testing.T) {
@@ -502,7 +503,7 @@ func TestVictimOrderScoreCountsRealmWeightAndActivity(t *testing.T) {
 	var idleSince, activeSince time.Time
 	withConnInfo(t, m, p1, func(ci *connInfo) { idleSince = ci.lastActive })
 	withConnInfo(t, m, p4, func(ci *connInfo) { activeSince = ci.lastActive })
-	p4.openStreams(1)
+	p4.OpenStreams(1)
 	m.sampleActivity()
 	withConnInfo(t, m, p1, func(ci *connInfo) { require.Equal(t, idleSince, ci.lastActive, "idle connection marked active") })
 	withConnInfo(t, m, p4, func(ci *connInfo) { require.True(t, ci.lastActive.After(activeSince), "sampling missed a stream") })
@@ -552,7 +553,7 @@ func TestVictimOrderTies(t *testing.T) {
 			mk := func(s side) *fakeConn {
 				p := randPeer(t)
 				c := newFakeConn(p, s.dir)
-				require.True(t, m.AdmitConn(c))
+				require.True(t, tryAdmit(m, c))
 				age(t, m, c)
 				if s.authed {
 					m.AssignRealm(p, "r")
@@ -625,7 +626,7 @@ func TestTrimNeverClosesProtectedOrInGrace(t *testing.T) {
 func TestAdmitConnAtCeiling(t *testing.T) {
 	cfg := testConfig()
 	cfg.LowWater, cfg.HighWater = 5, 10 // ceiling 11
-	cfg.Unassigned = Limits{LowWater: 100, HighWater: 100}
+	cfg.Unassigned = core.PoolLimits{LowWater: 100, HighWater: 100}
 	m := newTestManager(t, cfg, nil)
 	require.Equal(t, 11, m.cfg.ceiling())
 
@@ -653,43 +654,44 @@ func TestAdmitConnAtCeiling(t *testing.T) {
 	valuable := randPeer(t)
 	m.TagPeer(valuable, "score", 100)
 	nc := newFakeConn(valuable, network.DirInbound)
-	require.True(t, m.AdmitConn(nc))
+	require.True(t, tryAdmit(m, nc))
 	requireClosed(t, cheapest)
 	requireOpen(t, protected...)
 	requireOpen(t, others...)
 	requireOpen(t, nc)
 	require.Equal(t, 11, m.ConnectionCount())
-	require.Equal(t, uint64(1), m.Stats().Closed[ReasonCeiling])
+	require.Equal(t, uint64(1), m.Stats().Closed[core.ReasonPoolCeiling])
 
 	// Among equals the newcomer yields (no churn).
 	equal := randPeer(t)
 	m.TagPeer(equal, "score", 50)
-	require.False(t, m.AdmitConn(newFakeConn(equal, network.DirInbound)))
+	require.False(t, tryAdmit(m, newFakeConn(equal, network.DirInbound)))
 	requireOpen(t, others...)
 	require.Equal(t, uint64(1), m.Stats().Refused)
 
 	// A newcomer cheaper than everything unprotected is refused, and
 	// nothing is closed for it.
 	poor := newFakeConn(randPeer(t), network.DirInbound)
-	require.False(t, m.AdmitConn(poor))
+	require.False(t, tryAdmit(m, poor))
 	require.Equal(t, 11, m.ConnectionCount())
 	require.Equal(t, uint64(2), m.Stats().Refused)
 	requireOpen(t, protected...)
 	requireOpen(t, others...)
 	requireOpen(t, nc)
 
-	// Through the notifiee the refused connection is closed.
+	// The notifiee admits nothing: admission is the pipeline's
+	// (AdmitConn, before a connection is announced), not Connected's.
 	poor2 := newFakeConn(randPeer(t), network.DirInbound)
 	m.Notifee().Connected(nil, poor2)
-	requireClosed(t, poor2)
+	requireOpen(t, poor2)
 	require.Equal(t, 11, m.ConnectionCount())
-	require.Equal(t, uint64(3), m.Stats().Refused)
+	require.Equal(t, uint64(2), m.Stats().Refused)
 	require.Nil(t, m.Connection(poor2.RemotePeer()))
 
 	// Below the ceiling nothing is closed at admission.
 	m.Notifee().Disconnected(nil, others[0])
 	extra := newFakeConn(randPeer(t), network.DirInbound)
-	require.True(t, m.AdmitConn(extra))
+	require.True(t, tryAdmit(m, extra))
 	require.Equal(t, 11, m.ConnectionCount())
 	requireOpen(t, others[1:]...)
 }
@@ -708,7 +710,7 @@ func TestAdmitConnAtCeilingTrimsOrdinarilyFirst(t *testing.T) {
 	// At the ceiling the ordinary trim goes first: it cannot touch the
 	// connections in their grace period, only the old ones, down to
 	// LowWater if it can.
-	require.True(t, m.AdmitConn(newFakeConn(randPeer(t), network.DirOutbound)))
+	require.True(t, tryAdmit(m, newFakeConn(randPeer(t), network.DirOutbound)))
 	requireClosed(t, old...)
 	requireOpen(t, fresh...)
 	require.Equal(t, 7, m.ConnectionCount())
@@ -747,20 +749,20 @@ func TestAdmitConnCeilingHoldsWhileVictimCloses(t *testing.T) {
 	// for the trim in progress).
 	var intruderAdmitted atomic.Bool
 	var intruder sync.WaitGroup
-	victim.onClose = func(*fakeConn) {
+	victim.OnClose(func(*fakeConn) {
 		observe()
 		intruder.Go(func() {
 			p := randPeer(t)
 			m.TagPeer(p, "score", 10)
-			intruderAdmitted.Store(m.AdmitConn(newFakeConn(p, network.DirInbound)))
+			intruderAdmitted.Store(tryAdmit(m, newFakeConn(p, network.DirInbound)))
 			observe()
 		})
 		time.Sleep(20 * time.Millisecond) // let the intruder race the trim
 		observe()
-	}
+	})
 	newcomer := randPeer(t)
 	m.TagPeer(newcomer, "score", 10)
-	admitted := m.AdmitConn(newFakeConn(newcomer, network.DirInbound))
+	admitted := tryAdmit(m, newFakeConn(newcomer, network.DirInbound))
 	observe()
 	intruder.Wait()
 	observe()
@@ -781,7 +783,7 @@ func TestAdmitConnCeilingNewcomerToReservedRealm(t *testing.T) {
 		cfg := testConfig()
 		cfg.LowWater, cfg.HighWater = 5, 10 // ceiling 11
 		m := newTestManager(t, cfg, nil)
-		require.NoError(t, m.SetRealmLimits("reserved", RealmLimits{LowWater: 20, HighWater: 40}))
+		require.NoError(t, m.SetRealmLimits("reserved", core.PoolLimits{LowWater: 20, HighWater: 40}))
 		return m
 	}
 
@@ -797,7 +799,7 @@ func TestAdmitConnCeilingNewcomerToReservedRealm(t *testing.T) {
 		p := randPeer(t)
 		m.TagPeer(p, "score", -100) // by far the cheapest
 		m.AssignRealm(p, "reserved")
-		ok := m.AdmitConn(newFakeConn(p, network.DirInbound))
+		ok := tryAdmit(m, newFakeConn(p, network.DirInbound))
 		assert.False(t, ok, "the cheapest newcomer was admitted")
 		requireOpen(t, members...)
 		require.LessOrEqual(t, m.ConnectionCount(), m.cfg.ceiling())
@@ -814,7 +816,7 @@ func TestAdmitConnCeilingNewcomerToReservedRealm(t *testing.T) {
 		require.Equal(t, 11, m.Stats().Realms["reserved"].Count)
 		p := randPeer(t)
 		m.AssignRealm(p, "reserved")
-		ok := m.AdmitConn(newFakeConn(p, network.DirInbound))
+		ok := tryAdmit(m, newFakeConn(p, network.DirInbound))
 		requireOpen(t, members...)
 		assert.False(t, ok, "admitted although nothing could make room")
 		require.LessOrEqual(t, m.ConnectionCount(), m.cfg.ceiling(), "the global count passed the ceiling")
@@ -871,7 +873,7 @@ func TestAdmitConnCeilingConcurrent(t *testing.T) {
 					dir = network.DirInbound
 				}
 				c := newFakeConn(p, dir)
-				ok := m.AdmitConn(c)
+				ok := tryAdmit(m, c)
 				observe()
 				mu.Lock()
 				all = append(all, c)
@@ -890,7 +892,7 @@ func TestAdmitConnCeilingConcurrent(t *testing.T) {
 	require.LessOrEqual(t, int(peak.Load()), ceiling, "the global count passed the ceiling")
 	open := 0
 	for _, c := range admitted {
-		if !c.isClosed() {
+		if !c.IsClosed() {
 			open++
 		}
 	}
@@ -915,15 +917,21 @@ func TestMaxConnsPerPeer(t *testing.T) {
 		conns = append(conns, admit(t, m, p))
 	}
 	fourth := newFakeConn(p, network.DirInbound)
-	require.False(t, m.AdmitConn(fourth), "the (MaxConnsPerPeer+1)th connection was admitted")
+	require.False(t, tryAdmit(m, fourth), "the (MaxConnsPerPeer+1)th connection was admitted")
 	require.Equal(t, 3, m.ConnectionCount())
 	require.Equal(t, 3, m.Stats().Unassigned.Count)
 	require.Equal(t, uint64(1), m.Stats().Refused)
 	require.Len(t, m.Connections(p), 3)
 
+	// The refusal names its reason and matches ErrPoolFull.
 	fifth := newFakeConn(p, network.DirInbound)
-	m.Notifee().Connected(nil, fifth)
-	requireClosed(t, fifth)
+	err := m.AdmitConn(context.Background(), fifth)
+	require.ErrorIs(t, err, ErrPoolFull)
+	require.ErrorIs(t, err, core.ErrRefused)
+	var refused *core.RefusedError
+	require.ErrorAs(t, err, &refused)
+	require.Equal(t, core.ReasonMaxConnsPerPeer, refused.Reason)
+	require.Equal(t, core.StagePools, refused.Stage)
 	require.Equal(t, uint64(2), m.Stats().Refused)
 
 	// Other peers are not affected; a freed slot can be used again.
@@ -960,7 +968,7 @@ func TestRealmCountsMoveWithAssignment(t *testing.T) {
 	check(3, 1, 2, 0)
 	m.AssignRealm(p, "b") // counts in both realms
 	check(3, 1, 2, 2)
-	require.ElementsMatch(t, []RealmID{"a", "b"}, m.Realms(p))
+	require.ElementsMatch(t, []core.RealmID{"a", "b"}, m.Realms(p))
 	require.ElementsMatch(t, []network.Conn{c1, c2}, m.RealmConnections("a"))
 	require.ElementsMatch(t, []network.Conn{c1, c2}, m.RealmConnections("b"))
 
@@ -997,7 +1005,7 @@ func TestGlobalTrimKeepsRealmLowWater(t *testing.T) {
 	cfg := testConfig()
 	cfg.LowWater, cfg.HighWater = 1, 5
 	m := newTestManager(t, cfg, nil)
-	require.NoError(t, m.SetRealmLimits("r", RealmLimits{LowWater: 3, HighWater: 10}))
+	require.NoError(t, m.SetRealmLimits("r", core.PoolLimits{LowWater: 3, HighWater: 10}))
 
 	var members, unassigned []*fakeConn
 	for range 4 {
@@ -1013,7 +1021,7 @@ func TestGlobalTrimKeepsRealmLowWater(t *testing.T) {
 	require.Equal(t, 3, st.Global.Count)
 	closed := 0
 	for _, c := range members {
-		if c.isClosed() {
+		if c.IsClosed() {
 			closed++
 		}
 	}
@@ -1028,8 +1036,8 @@ func TestGlobalTrimKeepsRealmLowWater(t *testing.T) {
 
 func TestRealmTrimThroughTrigger(t *testing.T) {
 	m := newTestManager(t, testConfig(), nil) // background ticker never fires: only triggers
-	require.NoError(t, m.SetRealmLimits("a", RealmLimits{LowWater: 2, HighWater: 4}))
-	require.NoError(t, m.SetRealmLimits("b", RealmLimits{LowWater: 2, HighWater: 10}))
+	require.NoError(t, m.SetRealmLimits("a", core.PoolLimits{LowWater: 2, HighWater: 4}))
+	require.NoError(t, m.SetRealmLimits("b", core.PoolLimits{LowWater: 2, HighWater: 10}))
 
 	shared := oldTagged(t, m, -100) // in a and b, by far the cheapest
 	b1 := oldTagged(t, m, 0)
@@ -1057,12 +1065,12 @@ func TestRealmTrimThroughTrigger(t *testing.T) {
 	st := m.Stats()
 	require.Equal(t, 2, st.Realms["a"].Count)
 	require.Equal(t, 2, st.Realms["b"].Count)
-	require.Equal(t, uint64(3), st.Closed[ReasonRealm])
+	require.Equal(t, uint64(3), st.Closed[core.ReasonRealmHighWater])
 	require.GreaterOrEqual(t, st.Realms["a"].Trims, uint64(1))
 	require.Equal(t, 3, st.Global.Count)
 
 	// Lower limits trigger a trim too.
-	require.NoError(t, m.SetRealmLimits("a", RealmLimits{LowWater: 1, HighWater: 1}))
+	require.NoError(t, m.SetRealmLimits("a", core.PoolLimits{LowWater: 1, HighWater: 1}))
 	require.Eventually(t, func() bool { return m.Stats().Realms["a"].Count == 1 }, 5*time.Second, time.Millisecond)
 	syncTrims(m)
 	requireClosed(t, as[3])
@@ -1070,7 +1078,7 @@ func TestRealmTrimThroughTrigger(t *testing.T) {
 
 	// And from the other side: realm a, at its LowWater, keeps the shared
 	// peer when realm b is trimmed.
-	require.NoError(t, m.SetRealmLimits("b", RealmLimits{LowWater: 0, HighWater: 1}))
+	require.NoError(t, m.SetRealmLimits("b", core.PoolLimits{LowWater: 0, HighWater: 1}))
 	require.Eventually(t, func() bool { return m.Stats().Realms["b"].Count == 1 }, 5*time.Second, time.Millisecond)
 	syncTrims(m)
 	requireClosed(t, b1)
@@ -1082,7 +1090,7 @@ func TestRealmTrimThroughTrigger(t *testing.T) {
 func TestUnassignedPoolTrimmedToLowWater(t *testing.T) {
 	t.Run("trigger on admission", func(t *testing.T) {
 		cfg := testConfig()
-		cfg.Unassigned = Limits{LowWater: 2, HighWater: 4}
+		cfg.Unassigned = core.PoolLimits{LowWater: 2, HighWater: 4}
 		m := newTestManager(t, cfg, nil)
 		var members []*fakeConn
 		for range 3 {
@@ -1103,13 +1111,13 @@ func TestUnassignedPoolTrimmedToLowWater(t *testing.T) {
 		requireOpen(t, un[3], fresh)
 		requireOpen(t, members...)
 		st := m.Stats()
-		require.Equal(t, uint64(3), st.Closed[ReasonUnassigned])
+		require.Equal(t, uint64(3), st.Closed[core.ReasonUnassignedHighWater])
 		require.Equal(t, uint64(1), st.Unassigned.Trims)
 		require.Equal(t, 3, st.Realms["r"].Count)
 	})
 	t.Run("TrimOpenConns at HighWater", func(t *testing.T) {
 		cfg := testConfig()
-		cfg.Unassigned = Limits{LowWater: 1, HighWater: 3}
+		cfg.Unassigned = core.PoolLimits{LowWater: 1, HighWater: 3}
 		m := newTestManager(t, cfg, nil)
 		member := oldMember(t, m, -100, "r")
 		var un []*fakeConn
@@ -1285,7 +1293,7 @@ func TestTrimOpenConnsNotSkippedAfterUnrelatedTrim(t *testing.T) {
 	}()
 	waitBlockedOnTrimLock(t, "(*Manager).TrimOpenConns", 1)
 	// TrimConnections(ctx, 1) got the lock first.
-	closed := m.trimLocked(scopeGlobal, nil, 1, false, ReasonManual, nil).closed
+	closed := m.trimLocked(scopeGlobal, nil, 1, false, core.ReasonManualTrim, nil).closed
 	release()
 	<-done
 	require.Equal(t, 1, closed)
@@ -1314,7 +1322,7 @@ func TestTrimConnectionsClosesExactlyN(t *testing.T) {
 	requireCloseOrder(t, byScore[:4]...)
 	requireOpen(t, byScore[4:]...)
 	require.Equal(t, 8, m.ConnectionCount())
-	require.Equal(t, uint64(4), m.Stats().Closed[ReasonManual])
+	require.Equal(t, uint64(4), m.Stats().Closed[core.ReasonManualTrim])
 
 	n, err = m.TrimConnections(context.Background(), 100)
 	require.NoError(t, err)
@@ -1344,10 +1352,10 @@ func TestEveryTrimmedConnectionEmitsAnEvent(t *testing.T) {
 
 	cfg := testConfig()
 	cfg.LowWater, cfg.HighWater = 2, 20 // ceiling 22
-	cfg.Unassigned = Limits{LowWater: 3, HighWater: 5}
+	cfg.Unassigned = core.PoolLimits{LowWater: 3, HighWater: 5}
 	m := newTestManager(t, cfg, bus)
-	require.NoError(t, m.SetRealmLimits("r", RealmLimits{LowWater: 1, HighWater: 3}))
-	require.NoError(t, m.SetRealmLimits("big", RealmLimits{LowWater: 0, HighWater: 1000}))
+	require.NoError(t, m.SetRealmLimits("r", core.PoolLimits{LowWater: 1, HighWater: 3}))
+	require.NoError(t, m.SetRealmLimits("big", core.PoolLimits{LowWater: 0, HighWater: 1000}))
 
 	// Six unassigned connections: the sixth passes the unassigned HighWater
 	// and triggers a trim (6 → 3); four members of realm r: the fourth
@@ -1368,7 +1376,7 @@ func TestEveryTrimmedConnectionEmitsAnEvent(t *testing.T) {
 	m.TrimOpenConns(context.Background())
 	// Then global 4 → 2, from the unassigned connections (realm r is at
 	// its LowWater).
-	want := map[string]int{"unassigned/" + ReasonUnassigned: 3, "realm:r/" + ReasonRealm: 3, "global/" + ReasonGlobal: 2}
+	want := map[string]int{"unassigned/" + string(core.ReasonUnassignedHighWater): 3, "realm:r/" + string(core.ReasonRealmHighWater): 3, "global/" + string(core.ReasonGlobalHighWater): 2}
 	require.Equal(t, 2, m.ConnectionCount())
 
 	more := oldTagged(t, m, 100)
@@ -1376,7 +1384,7 @@ func TestEveryTrimmedConnectionEmitsAnEvent(t *testing.T) {
 	n, err := m.TrimConnections(context.Background(), 1)
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
-	want["global/"+ReasonManual] = 1
+	want["global/"+string(core.ReasonManualTrim)] = 1
 	requireOpen(t, more)
 
 	// Fill up to the ceiling with new members of realm big, then admit one
@@ -1390,13 +1398,13 @@ func TestEveryTrimmedConnectionEmitsAnEvent(t *testing.T) {
 	m.TagPeer(vip, "score", 1000)
 	m.AssignRealm(vip, "big")
 	conns = append(conns, admit(t, m, vip))
-	want["global/"+ReasonCeiling] = 1
+	want["global/"+string(core.ReasonPoolCeiling)] = 1
 	requireClosed(t, more)
 	syncTrims(m)
 
 	closed := map[string]*fakeConn{}
 	for _, c := range conns {
-		if c.isClosed() {
+		if c.IsClosed() {
 			closed[c.ID()] = c
 		}
 	}
@@ -1415,7 +1423,7 @@ func TestEveryTrimmedConnectionEmitsAnEvent(t *testing.T) {
 			require.True(t, ok, "event for a connection that is not closed: %+v", ev)
 			require.Equal(t, c.RemotePeer(), ev.Peer)
 			delete(closed, ev.ConnID)
-			got[ev.Pool+"/"+ev.Reason]++
+			got[string(ev.Pool)+"/"+string(ev.Reason)]++
 		case <-time.After(5 * time.Second):
 			t.Fatalf("missing events; got %v, want %v", got, want)
 		}
@@ -1428,11 +1436,11 @@ func TestEveryTrimmedConnectionEmitsAnEvent(t *testing.T) {
 	default:
 	}
 	st := m.Stats()
-	require.Equal(t, uint64(3), st.Closed[ReasonUnassigned])
-	require.Equal(t, uint64(3), st.Closed[ReasonRealm])
-	require.Equal(t, uint64(2), st.Closed[ReasonGlobal])
-	require.Equal(t, uint64(1), st.Closed[ReasonManual])
-	require.Equal(t, uint64(1), st.Closed[ReasonCeiling])
+	require.Equal(t, uint64(3), st.Closed[core.ReasonUnassignedHighWater])
+	require.Equal(t, uint64(3), st.Closed[core.ReasonRealmHighWater])
+	require.Equal(t, uint64(2), st.Closed[core.ReasonGlobalHighWater])
+	require.Equal(t, uint64(1), st.Closed[core.ReasonManualTrim])
+	require.Equal(t, uint64(1), st.Closed[core.ReasonPoolCeiling])
 }
 
 // ---------------------------------------------------------------------------
@@ -1453,11 +1461,11 @@ func TestConfigValidation(t *testing.T) {
 		{"negative max conns", Config{MaxConnsPerPeer: -1}, []string{"Config.MaxConnsPerPeer", "-1"}},
 		{"negative realm weight", Config{RealmWeight: -3}, []string{"Config.RealmWeight", "-3"}},
 		{"negative decay resolution", Config{DecayResolution: -5 * time.Millisecond}, []string{"Config.DecayResolution", "-5ms"}},
-		{"unassigned low above high", Config{Unassigned: Limits{LowWater: 5, HighWater: 3}}, []string{"Config.Unassigned.LowWater", "5", "3"}},
-		{"unassigned negative low", Config{Unassigned: Limits{LowWater: -1, HighWater: 3}}, []string{"Config.Unassigned.LowWater", "-1"}},
-		{"unassigned zero high", Config{Unassigned: Limits{LowWater: 2}}, []string{"Config.Unassigned.HighWater", "0"}},
-		{"realm low above high", Config{RealmDefaults: RealmLimits{LowWater: 4, HighWater: 2}}, []string{"Config.RealmDefaults.LowWater", "4", "2"}},
-		{"realm negative high", Config{RealmDefaults: RealmLimits{HighWater: -7}}, []string{"Config.RealmDefaults.HighWater", "-7"}},
+		{"unassigned low above high", Config{Unassigned: core.PoolLimits{LowWater: 5, HighWater: 3}}, []string{"Config.Unassigned.LowWater", "5", "3"}},
+		{"unassigned negative low", Config{Unassigned: core.PoolLimits{LowWater: -1, HighWater: 3}}, []string{"Config.Unassigned.LowWater", "-1"}},
+		{"unassigned zero high", Config{Unassigned: core.PoolLimits{LowWater: 2}}, []string{"Config.Unassigned.HighWater", "0"}},
+		{"realm low above high", Config{RealmDefaults: core.PoolLimits{LowWater: 4, HighWater: 2}}, []string{"Config.RealmDefaults.LowWater", "4", "2"}},
+		{"realm negative high", Config{RealmDefaults: core.PoolLimits{HighWater: -7}}, []string{"Config.RealmDefaults.HighWater", "-7"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1483,13 +1491,13 @@ func TestConfigValidation(t *testing.T) {
 		require.Equal(t, DefaultHighWater, st.Global.HighWater)
 		require.Equal(t, DefaultUnassignedLowWater, st.Unassigned.LowWater)
 		require.Equal(t, DefaultUnassignedHighWater, st.Unassigned.HighWater)
-		require.Equal(t, RealmLimits{DefaultRealmLowWater, DefaultRealmHighWater}, m.RealmLimitsOf("new"))
+		require.Equal(t, core.PoolLimits{LowWater: DefaultRealmLowWater, HighWater: DefaultRealmHighWater}, m.RealmLimitsOf("new"))
 	})
 	t.Run("pool defaults capped at the global watermarks", func(t *testing.T) {
 		got, err := Config{LowWater: 10, HighWater: 20}.WithDefaults()
 		require.NoError(t, err)
-		require.Equal(t, Limits{10, 20}, got.Unassigned)
-		require.Equal(t, RealmLimits{10, 20}, got.RealmDefaults)
+		require.Equal(t, core.PoolLimits{LowWater: 10, HighWater: 20}, got.Unassigned)
+		require.Equal(t, core.PoolLimits{LowWater: 10, HighWater: 20}, got.RealmDefaults)
 		require.Equal(t, DefaultGracePeriod, got.GracePeriod)
 		require.Equal(t, DefaultSilencePeriod, got.SilencePeriod)
 		require.Equal(t, DefaultMaxConnsPerPeer, got.MaxConnsPerPeer)
@@ -1498,12 +1506,12 @@ func TestConfigValidation(t *testing.T) {
 
 		got, err = Config{LowWater: 50, HighWater: 60}.WithDefaults()
 		require.NoError(t, err)
-		require.Equal(t, Limits{DefaultUnassignedLowWater, 60}, got.Unassigned)
-		require.Equal(t, RealmLimits{DefaultRealmLowWater, 60}, got.RealmDefaults)
+		require.Equal(t, core.PoolLimits{LowWater: DefaultUnassignedLowWater, HighWater: 60}, got.Unassigned)
+		require.Equal(t, core.PoolLimits{LowWater: DefaultRealmLowWater, HighWater: 60}, got.RealmDefaults)
 	})
 	t.Run("set fields are kept", func(t *testing.T) {
 		in := Config{LowWater: 1, HighWater: 2, GracePeriod: time.Second, SilencePeriod: 3 * time.Second,
-			MaxConnsPerPeer: 4, Unassigned: Limits{5, 6}, RealmDefaults: RealmLimits{7, 8}, RealmWeight: 9,
+			MaxConnsPerPeer: 4, Unassigned: core.PoolLimits{LowWater: 5, HighWater: 6}, RealmDefaults: core.PoolLimits{LowWater: 7, HighWater: 8}, RealmWeight: 9,
 			DecayResolution: 10 * time.Millisecond}
 		got, err := in.WithDefaults()
 		require.NoError(t, err)
@@ -1511,16 +1519,16 @@ func TestConfigValidation(t *testing.T) {
 	})
 	t.Run("SetRealmLimits names realm and value", func(t *testing.T) {
 		m := newTestManager(t, testConfig(), nil)
-		err := m.SetRealmLimits("blue", RealmLimits{LowWater: 9, HighWater: 3})
+		err := m.SetRealmLimits("blue", core.PoolLimits{LowWater: 9, HighWater: 3})
 		require.Error(t, err)
 		for _, w := range []string{"blue", "LowWater", "9", "3"} {
 			require.Contains(t, err.Error(), w)
 		}
-		err = m.SetRealmLimits("blue", RealmLimits{LowWater: -2, HighWater: 3})
+		err = m.SetRealmLimits("blue", core.PoolLimits{LowWater: -2, HighWater: 3})
 		require.ErrorContains(t, err, "-2")
 		require.Equal(t, m.cfg.RealmDefaults, m.RealmLimitsOf("blue"), "a refused limit was stored")
-		require.NoError(t, m.SetRealmLimits("blue", RealmLimits{LowWater: 1, HighWater: 3}))
-		require.Equal(t, RealmLimits{1, 3}, m.RealmLimitsOf("blue"))
+		require.NoError(t, m.SetRealmLimits("blue", core.PoolLimits{LowWater: 1, HighWater: 3}))
+		require.Equal(t, core.PoolLimits{LowWater: 1, HighWater: 3}, m.RealmLimitsOf("blue"))
 		require.Equal(t, 3, m.Stats().Realms["blue"].HighWater)
 	})
 }
@@ -1534,8 +1542,8 @@ func TestConcurrentOperationsBalance(t *testing.T) {
 	cfg.GracePeriod = time.Millisecond
 	cfg.SilencePeriod = 5 * time.Millisecond // the background loop runs too
 	cfg.MaxConnsPerPeer = 3
-	cfg.Unassigned = Limits{LowWater: 4, HighWater: 10}
-	cfg.RealmDefaults = RealmLimits{LowWater: 2, HighWater: 8}
+	cfg.Unassigned = core.PoolLimits{LowWater: 4, HighWater: 10}
+	cfg.RealmDefaults = core.PoolLimits{LowWater: 2, HighWater: 8}
 	cfg.DecayResolution = 5 * time.Millisecond
 	m := newTestManager(t, cfg, nil)
 	tag, err := m.RegisterDecayingTag("d", 5*time.Millisecond, connmgr.DecayFixed(1), connmgr.BumpSumBounded(0, 50))
@@ -1547,7 +1555,7 @@ func TestConcurrentOperationsBalance(t *testing.T) {
 	for i := range peers {
 		peers[i] = randPeer(t)
 	}
-	realms := []RealmID{"a", "b", "c"}
+	realms := []core.RealmID{"a", "b", "c"}
 
 	const workers, ops = 16, 300
 	var (
@@ -1567,7 +1575,7 @@ func TestConcurrentOperationsBalance(t *testing.T) {
 				case 0, 1, 2:
 					c := newFakeConn(p, network.Direction(1+rng.IntN(2)))
 					if rng.IntN(2) == 0 {
-						m.AdmitConn(c)
+						tryAdmit(m, c)
 					} else {
 						m.Notifee().Connected(nil, c)
 					}
@@ -1605,7 +1613,7 @@ func TestConcurrentOperationsBalance(t *testing.T) {
 					_ = m.Connection(p)
 					_ = m.RealmConnections(realms[rng.IntN(len(realms))])
 					if rng.IntN(4) == 0 {
-						_ = m.SetRealmLimits(realms[rng.IntN(len(realms))], RealmLimits{LowWater: rng.IntN(3), HighWater: 3 + rng.IntN(8)})
+						_ = m.SetRealmLimits(realms[rng.IntN(len(realms))], core.PoolLimits{LowWater: rng.IntN(3), HighWater: 3 + rng.IntN(8)})
 					}
 				}
 			}
@@ -1632,7 +1640,7 @@ func TestConcurrentOperationsBalance(t *testing.T) {
 			}
 		}
 	}
-	realmConns := map[RealmID]int{}
+	realmConns := map[core.RealmID]int{}
 	for _, r := range realms {
 		realmConns[r] = len(m.RealmConnections(r))
 	}

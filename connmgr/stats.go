@@ -4,6 +4,8 @@ import (
 	"sync/atomic"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/realmnet/realmnet/core"
 )
 
 // EvtConnTrimmed is emitted on the event bus for every connection a trim
@@ -11,11 +13,12 @@ import (
 type EvtConnTrimmed struct {
 	Peer   peer.ID
 	ConnID string
-	// Pool is "global", "unassigned" or "realm:<id>": the pool being
-	// trimmed.
-	Pool string
-	// Reason is one of the Reason constants.
-	Reason string
+	// Pool is the pool being trimmed.
+	Pool core.Pool
+	// Reason says why: core.ReasonGlobalHighWater,
+	// ReasonUnassignedHighWater, ReasonRealmHighWater, ReasonPoolCeiling or
+	// ReasonManualTrim.
+	Reason core.CloseReason
 }
 
 // PoolStats describes one pool.
@@ -31,16 +34,17 @@ type PoolStats struct {
 // Stats is a snapshot of the pools and of what the trims closed.
 type Stats struct {
 	Global, Unassigned PoolStats
-	Realms             map[RealmID]PoolStats
-	// Closed counts the connections closed, by reason (the Reason
-	// constants).
-	Closed map[string]uint64
+	Realms             map[core.RealmID]PoolStats
+	// Closed counts the connections closed by trims, by reason (the
+	// trim reasons of EvtConnTrimmed.Reason; each is present, 0 or more).
+	Closed map[core.CloseReason]uint64
 	// Refused counts connections refused at admission (MaxConnsPerPeer, or
 	// the newcomer was the cheapest connection at the ceiling).
 	Refused uint64
 }
 
-var reasons = [...]string{ReasonGlobal, ReasonUnassigned, ReasonRealm, ReasonCeiling, ReasonManual}
+var reasons = [...]core.CloseReason{core.ReasonGlobalHighWater, core.ReasonUnassignedHighWater,
+	core.ReasonRealmHighWater, core.ReasonPoolCeiling, core.ReasonManualTrim}
 
 type statsCounters struct {
 	closedBy                     [len(reasons)]atomic.Uint64
@@ -48,7 +52,7 @@ type statsCounters struct {
 	refused                      atomic.Uint64
 }
 
-func (s *statsCounters) closed(reason string) {
+func (s *statsCounters) closed(reason core.CloseReason) {
 	for i, r := range reasons {
 		if r == reason {
 			s.closedBy[i].Add(1)
@@ -65,8 +69,8 @@ func (m *Manager) Stats() Stats {
 			Trims: m.stats.globalTrims.Load()},
 		Unassigned: PoolStats{Count: int(m.unassigned.Load()), LowWater: m.cfg.Unassigned.LowWater,
 			HighWater: m.cfg.Unassigned.HighWater, Trims: m.stats.unassignedTrims.Load()},
-		Realms:  make(map[RealmID]PoolStats),
-		Closed:  make(map[string]uint64, len(reasons)),
+		Realms:  make(map[core.RealmID]PoolStats),
+		Closed:  make(map[core.CloseReason]uint64, len(reasons)),
 		Refused: m.stats.refused.Load(),
 	}
 	m.realmsMu.RLock()

@@ -8,16 +8,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/quic-go/quic-go"
-)
 
-// Reasons a connection is closed, in EvtConnTrimmed and Stats.
-const (
-	ReasonGlobal     = "global pool above HighWater"
-	ReasonUnassigned = "unassigned pool above HighWater"
-	ReasonRealm      = "realm pool above HighWater"
-	ReasonCeiling    = "global pool at its ceiling"
-	ReasonManual     = "TrimConnections"
+	"github.com/realmnet/realmnet/core"
 )
 
 // Victim classes, closed in this order.
@@ -41,7 +33,7 @@ const (
 
 // candidate is a snapshot of one connection that a trim may close.
 type candidate struct {
-	conn          network.Conn
+	conn          core.Conn
 	realms        []*realmPool
 	class         int
 	score         int
@@ -131,11 +123,11 @@ type trimResult struct {
 // Only the cheapest candidates are ordered: a quickselect finds the 2×need
 // (+64) smallest keys, only those are sorted, and the rest is sorted only if
 // skipped candidates (reservations) leave the walk short.
-func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace bool, reason string, newcomer network.Conn) trimResult {
+func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace bool, reason core.CloseReason, newcomer core.Conn) trimResult {
 	if need <= 0 {
 		return trimResult{}
 	}
-	now := time.Now()
+	now := m.clock.Now()
 	cands := m.snapshot(sc, target, now, newcomer)
 
 	graceStart := now.Add(-m.cfg.GracePeriod).UnixNano()
@@ -186,7 +178,7 @@ func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace 
 		res.closed++
 		m.stats.closed(reason)
 		if m.emitter != nil {
-			m.trimEvents = append(m.trimEvents, EvtConnTrimmed{Peer: v.conn.RemotePeer(), ConnID: v.conn.ID(), Pool: poolName(sc, target), Reason: reason})
+			m.trimEvents = append(m.trimEvents, EvtConnTrimmed{Peer: v.conn.RemotePeer(), ConnID: v.conn.ID(), Pool: poolOf(sc, target), Reason: reason})
 		}
 	}
 	clear(cands) // drop the references to connections
@@ -201,7 +193,7 @@ func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace 
 	case scopeRealm:
 		target.trims.Add(1)
 	}
-	log.Debugw("trimmed", "pool", poolName(sc, target), "reason", reason, "closed", res.closed, "need", need)
+	log.Debugw("trimmed", "pool", poolOf(sc, target), "reason", reason, "closed", res.closed, "need", need)
 	return res
 }
 
@@ -248,14 +240,14 @@ func selectSmallest(keys []sortKey, k int, compare func(a, b sortKey) int) {
 	}
 }
 
-func poolName(sc scope, target *realmPool) string {
+func poolOf(sc scope, target *realmPool) core.Pool {
 	switch sc {
 	case scopeUnassigned:
-		return "unassigned"
+		return core.PoolUnassigned
 	case scopeRealm:
-		return "realm:" + string(target.id)
+		return target.pool
 	}
-	return "global"
+	return core.PoolGlobal
 }
 
 // realmCount is a pending decrement of one realm's count during a trim.
@@ -296,7 +288,7 @@ func (m *Manager) reservationAllows(realms []*realmPool, target *realmPool, pend
 
 // snapshot copies the candidates of a trim out of the peer table, then
 // marks the non-selected paths of multi-path peers as redundant.
-func (m *Manager) snapshot(sc scope, target *realmPool, now time.Time, newcomer network.Conn) []candidate {
+func (m *Manager) snapshot(sc scope, target *realmPool, now time.Time, newcomer core.Conn) []candidate {
 	cands := m.trimBuffer[:0]
 	if need := int(m.global.Load()) + 1; cap(cands) < need {
 		cands = make([]candidate, 0, need+need/8)
@@ -421,7 +413,7 @@ func (m *Manager) TrimOpenConns(_ context.Context) {
 		return // a full trim ran while this call waited
 	}
 	m.trimPoolsLocked(true)
-	m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, ReasonGlobal, nil)
+	m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, core.ReasonGlobalHighWater, nil)
 	m.fullTrims.Add(1)
 }
 
@@ -434,7 +426,7 @@ func (m *Manager) TrimConnections(ctx context.Context, n int) (int, error) {
 	}
 	m.trimMu.Lock()
 	defer m.unlockTrim()
-	return m.trimLocked(scopeGlobal, nil, n, false, ReasonManual, nil).closed, nil
+	return m.trimLocked(scopeGlobal, nil, n, false, core.ReasonManualTrim, nil).closed, nil
 }
 
 // trimPoolsLocked trims the unassigned pool and every realm pool that is
@@ -447,7 +439,7 @@ func (m *Manager) trimPoolsLocked(atOrAbove bool) {
 		return count > int64(high)
 	}
 	if n := m.unassigned.Load(); over(n, m.cfg.Unassigned.HighWater) {
-		m.trimLocked(scopeUnassigned, nil, int(n)-m.cfg.Unassigned.LowWater, false, ReasonUnassigned, nil)
+		m.trimLocked(scopeUnassigned, nil, int(n)-m.cfg.Unassigned.LowWater, false, core.ReasonUnassignedHighWater, nil)
 	}
 	m.realmsMu.RLock()
 	realms := make([]*realmPool, 0, len(m.realms))
@@ -458,7 +450,7 @@ func (m *Manager) trimPoolsLocked(atOrAbove bool) {
 	for _, rp := range realms {
 		limits := rp.limits.Load()
 		if n := rp.count.Load(); over(n, limits.HighWater) {
-			m.trimLocked(scopeRealm, rp, int(n)-limits.LowWater, false, ReasonRealm, nil)
+			m.trimLocked(scopeRealm, rp, int(n)-limits.LowWater, false, core.ReasonRealmHighWater, nil)
 		}
 	}
 }
@@ -468,7 +460,7 @@ func (m *Manager) trimPoolsLocked(atOrAbove bool) {
 // immediate trims that triggers ask for.
 func (m *Manager) background() {
 	defer m.wg.Done()
-	ticker := time.NewTicker(m.cfg.SilencePeriod)
+	ticker := m.clock.Ticker(m.cfg.SilencePeriod)
 	defer ticker.Stop()
 	for {
 		select {
@@ -480,7 +472,7 @@ func (m *Manager) background() {
 			m.trimMu.Lock()
 			m.trimPoolsLocked(true)
 			if int(m.global.Load()) >= m.cfg.HighWater {
-				m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, ReasonGlobal, nil)
+				m.trimLocked(scopeGlobal, nil, m.needGlobal(), false, core.ReasonGlobalHighWater, nil)
 			}
 			m.unlockTrim()
 		case <-m.trigger:
@@ -491,29 +483,18 @@ func (m *Manager) background() {
 	}
 }
 
-// streamCounter is implemented by the swarm's connections.
-type streamCounter interface{ StreamsOpened() uint64 }
-
 // sampleActivity records, per connection, whether it carried traffic since
 // the last sample (streams opened, QUIC bytes moved) and its throughput.
 func (m *Manager) sampleActivity() {
-	now := time.Now()
+	now := m.clock.Now()
 	period := m.cfg.SilencePeriod.Seconds()
 	for i := range m.segments {
 		s := &m.segments[i]
 		s.Lock()
 		for _, pi := range s.peers {
 			for _, ci := range pi.conns {
-				c := ci.conn
-				var streams, bytes uint64
-				if sc, ok := c.(streamCounter); ok {
-					streams = sc.StreamsOpened()
-				}
-				var qc *quic.Conn
-				if c.As(&qc) {
-					st := qc.ConnectionStats()
-					bytes = st.BytesSent + st.BytesReceived
-				}
+				a := ci.conn.Activity()
+				streams, bytes := a.StreamsOpened, a.Bytes()
 				if streams != ci.streams || bytes != ci.bytes {
 					ci.lastActive = now
 					pi.active = now
@@ -530,7 +511,7 @@ func (m *Manager) sampleActivity() {
 // without a connection (go-libp2p semantics). Entries that hold realm
 // assignments or decaying tags stay.
 func (m *Manager) expireTemporary() {
-	cutoff := time.Now().Add(-m.cfg.GracePeriod)
+	cutoff := m.clock.Now().Add(-m.cfg.GracePeriod)
 	for i := range m.segments {
 		s := &m.segments[i]
 		s.Lock()

@@ -11,12 +11,19 @@
 // BasicConnectionGater, which scans them. Blocking also closes the existing
 // connections the rule covers (go-libp2p's gater does not).
 //
-// Hooks run at: InterceptAddrDial (BeforeConnect, outbound: before any packet
-// is sent), InterceptAccept (BeforeConnect, inbound: when the transport
-// accepts, the peer ID not passed) and InterceptSecured (AfterHandshake,
-// both directions). The swarm asks
-// CheckPeerDial / CheckAddrDial / TakeRejection so that an outbound
-// rejection reaches the dialer as an error matching hooks.ErrRejected.
+// Where it decides (docs/admission.md):
+//   - Dials, before any packet is sent: CheckPeerDial (peer rules, peer
+//     policy) and CheckAddrDial (address rules, BeforeConnect hooks) — the
+//     swarm's core.DialGater.
+//   - Inbound, when the QUIC transport accepts (InterceptAccept): address
+//     rules, BeforeConnect hooks (the peer ID is not known yet).
+//   - Every connection, once authenticated and before it is announced:
+//     AdmitConn, the first stage of the swarm's admission pipeline
+//     (core.AdmissionStage) — peer and address rules, the peer policy, then
+//     the AfterHandshake hooks with the connection's ID. This is the one
+//     place the peer rules are checked for a connection; InterceptSecured
+//     leaves the decision to it, and a refusal reaches the dialer as the
+//     dial's error (errors.Is(err, hooks.ErrRejected) for a hook).
 package gater
 
 import (
@@ -29,19 +36,19 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-cidranger"
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/control"
-	ic "github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/hooks"
 )
 
@@ -56,10 +63,6 @@ var (
 	// ErrPeerPolicy: the peer policy (e.g. realm-only) refuses the peer.
 	ErrPeerPolicy = errors.New("gater: peer refused by policy")
 )
-
-// rejectionTTL is how long an outbound AfterHandshake rejection waits for the
-// swarm to collect it (TakeRejection) before it is dropped.
-const rejectionTTL = 30 * time.Second
 
 // datastore key prefix of the rules: /realmnet/gater/<block|allow>/<kind>/<value>.
 var rulesPrefix = datastore.NewKey("/realmnet/gater")
@@ -103,15 +106,13 @@ type Gater struct {
 
 	network atomic.Pointer[network.Network]
 	policy  atomic.Pointer[func(peer.ID) bool]
-
-	rejectionsMu sync.Mutex
-	rejections   map[peer.ID]rejection
 }
 
-type rejection struct {
-	err error
-	at  time.Time
-}
+var (
+	_ connmgr.ConnectionGater = (*Gater)(nil)
+	_ core.AdmissionStage     = (*Gater)(nil)
+	_ core.DialGater          = (*Gater)(nil)
+)
 
 // New creates a gater whose rules persist in ds (an in-memory datastore
 // keeps them for the process only) and loads the rules ds already holds.
@@ -121,8 +122,7 @@ func New(ds datastore.Datastore, registry *hooks.Registry) (*Gater, error) {
 	if ds == nil {
 		return nil, errors.New("gater: New: datastore is nil")
 	}
-	g := &Gater{ds: ds, hooks: registry, block: newRuleSet(), allow: newRuleSet(),
-		rejections: make(map[peer.ID]rejection)}
+	g := &Gater{ds: ds, hooks: registry, block: newRuleSet(), allow: newRuleSet()}
 	if err := g.load(context.Background()); err != nil {
 		return nil, err
 	}
@@ -535,68 +535,63 @@ func (g *Gater) InterceptAccept(addrs network.ConnMultiaddrs) bool {
 	return true
 }
 
-// InterceptSecured runs once the TLS handshake has proven the peer: peer
-// rules, the peer policy for inbound peers, then the AfterHandshake hooks.
-// An outbound rejection is kept for TakeRejection, so the dialer learns the
-// hook's reason.
-func (g *Gater) InterceptSecured(dir network.Direction, p peer.ID, addrs network.ConnMultiaddrs) bool {
-	if !g.peerAllowed(p) {
-		return false
-	}
-	if dir == network.DirInbound {
-		if policy := g.policy.Load(); policy != nil && !(*policy)(p) {
-			return false
-		}
-	}
-	if g.hooks == nil {
-		return true
-	}
-	h := hooks.Handshake{Direction: dir, Peer: p, RemoteAddr: addrs.RemoteMultiaddr(), LocalAddr: addrs.LocalMultiaddr()}
-	if sec, ok := addrs.(interface{ RemotePublicKey() ic.PubKey }); ok {
-		h.RemotePublicKey = sec.RemotePublicKey()
-	}
-	if id, ok := addrs.(interface{ ID() string }); ok {
-		h.ConnID = id.ID()
-	}
-	if err := g.hooks.RunAfterHandshake(context.Background(), h); err != nil {
-		log.Debugw("connection rejected by a hook", "peer", p, "direction", dir, "error", err)
-		if dir == network.DirOutbound {
-			g.rejectionsMu.Lock()
-			now := time.Now()
-			for q, r := range g.rejections {
-				if now.Sub(r.at) > rejectionTTL {
-					delete(g.rejections, q)
-				}
-			}
-			g.rejections[p] = rejection{err: err, at: now}
-			g.rejectionsMu.Unlock()
-		}
-		return false
-	}
+// InterceptSecured allows every connection: go-libp2p's QUIC transport
+// calls it right after the TLS handshake, inside its accept loop, where a
+// slow AfterHandshake hook would hold up every other inbound connection.
+// realmnet's swarm decides instead, per connection and concurrently, in
+// AdmitConn — before anyone sees the connection.
+func (g *Gater) InterceptSecured(network.Direction, peer.ID, network.ConnMultiaddrs) bool {
 	return true
 }
 
-// TakeRejection returns, and forgets, the reason the last outbound
-// connection to p was refused after its handshake; nil when there is none.
-// The swarm calls it when a dial fails.
-func (g *Gater) TakeRejection(p peer.ID) error {
-	g.rejectionsMu.Lock()
-	defer g.rejectionsMu.Unlock()
-	r, ok := g.rejections[p]
-	if !ok {
-		return nil
-	}
-	delete(g.rejections, p)
-	if time.Since(r.at) > rejectionTTL {
-		return nil // too old to belong to the dial asking
-	}
-	return r.err
+// AdmitConn is the gater stage of the swarm's admission pipeline
+// (core.AdmissionStage), the one check of the rules for a connection: peer
+// rules, address rules, the peer policy, then the AfterHandshake hooks (in
+// registration order, first rejection wins, each bounded by the registry's
+// timeout and by ctx) with the connection's ID. It returns nil, or a
+// *core.RefusedError (code network.ConnGated) whose reason is
+// core.ReasonBlocked (wrapping ErrPeerBlocked or ErrAddrBlocked),
+// core.ReasonPeerPolicy (ErrPeerPolicy) or core.ReasonHookRejected (the
+// hook's *hooks.RejectedError, matching hooks.ErrRejected).
+func (g *Gater) AdmitConn(ctx context.Context, c core.Conn) error {
+	return g.admit(ctx, c, c.ID())
 }
 
-// InterceptUpgraded checks the rules once more for the finished connection
-// (a rule may have been added during the handshake).
+// AbortConn implements core.AdmissionStage; the gater reserves nothing.
+func (g *Gater) AbortConn(core.Conn) {}
+
+func (g *Gater) admit(ctx context.Context, c network.Conn, connID string) error {
+	p := c.RemotePeer()
+	refuse := func(reason core.CloseReason, err error) error {
+		return &core.RefusedError{Stage: core.StageGater, Reason: reason, Code: network.ConnGated, Peer: p, Err: err}
+	}
+	if !g.peerAllowed(p) {
+		return refuse(core.ReasonBlocked, fmt.Errorf("%w: %s", ErrPeerBlocked, p))
+	}
+	if !g.maAllowed(c.RemoteMultiaddr()) {
+		return refuse(core.ReasonBlocked, fmt.Errorf("%w: %s", ErrAddrBlocked, c.RemoteMultiaddr()))
+	}
+	if policy := g.policy.Load(); policy != nil && !(*policy)(p) {
+		return refuse(core.ReasonPeerPolicy, fmt.Errorf("%w: %s", ErrPeerPolicy, p))
+	}
+	if g.hooks == nil || g.hooks.Empty() {
+		return nil
+	}
+	h := hooks.Handshake{Direction: c.Stat().Direction, Peer: p, RemotePublicKey: c.RemotePublicKey(),
+		RemoteAddr: c.RemoteMultiaddr(), LocalAddr: c.LocalMultiaddr(), ConnID: connID}
+	if err := g.hooks.RunAfterHandshake(ctx, h); err != nil {
+		log.Debugw("connection rejected by a hook", "peer", p, "conn", connID, "direction", h.Direction, "error", err)
+		return refuse(core.ReasonHookRejected, err)
+	}
+	return nil
+}
+
+// InterceptUpgraded runs AdmitConn's checks — rules, peer policy,
+// AfterHandshake hooks — for hosts that use this gater with go-libp2p's own
+// swarm (which calls it once per connection); realmnet's swarm calls
+// AdmitConn instead.
 func (g *Gater) InterceptUpgraded(c network.Conn) (bool, control.DisconnectReason) {
-	return g.peerAllowed(c.RemotePeer()) && g.maAllowed(c.RemoteMultiaddr()), 0
+	return g.admit(context.Background(), c, c.ID()) == nil, 0
 }
 
 // String summarises the rules for logs.

@@ -1,9 +1,10 @@
 // Package hooks holds the BeforeConnect and AfterHandshake hook types and
 // their registry. Hooks let an application refuse a connection: before any
 // packet is sent to a peer (outbound) or as soon as one arrives (inbound),
-// and once the TLS handshake has proven the peer's identity. It is a leaf:
-// no network I/O, no imports from the rest of realmnet; the gater calls the
-// registry at its intercept points.
+// and once the TLS handshake has proven the peer's identity, before the
+// connection is announced to anyone. It is a leaf: no network I/O, no
+// imports from the rest of realmnet; the gater runs the registry at its
+// decision points (docs/admission.md).
 //
 // Rules (iroh's EndpointHooks): hooks run in registration order and the
 // first non-nil error rejects; a panicking hook is recovered and counts as a
@@ -53,8 +54,8 @@ type Handshake struct {
 	RemotePublicKey ic.PubKey
 	RemoteAddr      ma.Multiaddr
 	LocalAddr       ma.Multiaddr
-	// ConnID identifies the connection in logs and events; it may be empty
-	// when the connection has no swarm identity yet.
+	// ConnID is the connection's ID (network.Conn.ID), the same that its
+	// events, paths and logs carry.
 	ConnID string
 }
 
@@ -229,49 +230,4 @@ func (r *Registry) call(ctx context.Context, hook func(context.Context) error) e
 	case <-ctx.Done():
 		return fmt.Errorf("hook did not return within %s: %w", r.timeout, ctx.Err())
 	}
-}
-
-// Lifecycle events, emitted on the host's event bus by the swarm for users
-// who only observe (the seed design's Notifiee extension). Subscribe with
-// host.EventBus().Subscribe(new(hooks.EvtConnectionOpened)), etc.
-
-// EvtConnectionOpened: a connection (path) was added.
-type EvtConnectionOpened struct {
-	Peer      peer.ID
-	ConnID    string
-	Direction network.Direction
-	// Local and Remote are the path's addresses.
-	Local, Remote ma.Multiaddr
-	// Pool is the connection manager's pool of the peer: "unassigned" or
-	// "realm:<id>,..." ("" without a connection manager that says).
-	Pool string
-}
-
-// EvtConnectionClosed: a connection (path) was removed.
-type EvtConnectionClosed struct {
-	Peer      peer.ID
-	ConnID    string
-	Direction network.Direction
-	Local     ma.Multiaddr
-	Remote    ma.Multiaddr
-}
-
-// EvtStreamOpened: a stream's protocol was set (outbound: chosen; inbound:
-// negotiated), so it now carries that protocol.
-type EvtStreamOpened struct {
-	Peer      peer.ID
-	ConnID    string
-	StreamID  string
-	Direction network.Direction
-	Protocol  string
-}
-
-// EvtStreamClosed: a stream that was opened (EvtStreamOpened) was closed or
-// reset.
-type EvtStreamClosed struct {
-	Peer      peer.ID
-	ConnID    string
-	StreamID  string
-	Direction network.Direction
-	Protocol  string
 }

@@ -35,6 +35,7 @@ import (
 	"go.uber.org/fx"
 
 	rconnmgr "github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/internal/udpproxy"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
@@ -75,8 +76,8 @@ func benchEchoHandler(s network.Stream) {
 }
 
 // benchHealthy reports whether a path is in selection as a healthy path.
-func benchHealthy(pi multipath.PathInfo) bool {
-	return pi.State == multipath.StateActive || pi.State == multipath.StateStandby
+func benchHealthy(pi core.PathInfo) bool {
+	return pi.State == core.PathActive || pi.State == core.PathStandby
 }
 
 // benchWaitPaths waits until p has at least want healthy paths on n whose
@@ -375,7 +376,7 @@ func (e *benchFailoverEnv) waitHealthy(b *testing.B) {
 		var healthy, present [2]bool
 		for _, pi := range e.client.Paths(sid) {
 			if i := e.proxyOf(pi.Remote); i >= 0 {
-				present[i] = present[i] || pi.State != multipath.StateDead
+				present[i] = present[i] || pi.State != core.PathDead
 				healthy[i] = healthy[i] || benchHealthy(pi)
 			}
 		}
@@ -787,7 +788,7 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 		node.DHTMode(node.DHTClient),
 		node.ConnLimits(rconnmgr.Config{
 			LowWater: 1800, HighWater: 2000,
-			Unassigned: rconnmgr.Limits{LowWater: 1800, HighWater: 2000},
+			Unassigned: core.PoolLimits{LowWater: 1800, HighWater: 2000},
 		}),
 	)
 	var wg sync.WaitGroup
@@ -893,7 +894,7 @@ func benchEnsureTwoPaths(b *testing.B, n *node.Node, peers []peer.AddrInfo) int 
 	for _, ai := range missing {
 		var used []ma.Multiaddr
 		for _, pi := range n.Paths(ai.ID) {
-			if pi.State != multipath.StateDead {
+			if pi.State != core.PathDead {
 				used = append(used, pi.Remote)
 			}
 		}

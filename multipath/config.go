@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/realmnet/realmnet/core"
 )
 
 // Strategy names how the path for each new stream is chosen.
@@ -41,7 +43,7 @@ func ParseStrategy(s string) (Strategy, error) {
 // the index of the path for the next stream; an index out of range means the
 // first. It runs on the stream-open path: keep it fast, do not block, do not
 // call the Manager.
-type SelectFunc func(p peer.ID, paths []PathInfo) int
+type SelectFunc func(p peer.ID, paths []core.PathInfo) int
 
 // Default values; their sources are in DESIGN.md and docs/multipath.md.
 const (

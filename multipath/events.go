@@ -4,13 +4,15 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/realmnet/realmnet/core"
 )
 
 // EvtPathAdded is emitted on the host's event bus when a connection becomes a
 // path of its peer.
 type EvtPathAdded struct {
 	Peer peer.ID
-	Path PathInfo
+	Path core.PathInfo
 }
 
 // EvtPathSelected is emitted when StrategyBest's selected path of a peer
@@ -18,9 +20,8 @@ type EvtPathAdded struct {
 type EvtPathSelected struct {
 	Peer     peer.ID
 	Old, New string // connection IDs
-	// Reason is "path added", "lower rtt", "healthier", "path degraded",
-	// "path dead" or "path removed".
-	Reason string
+	// Reason says why the selection changed.
+	Reason core.SwitchReason
 }
 
 // EvtPathDead is emitted when a path has not answered a heartbeat for

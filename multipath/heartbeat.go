@@ -15,6 +15,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	msmux "github.com/multiformats/go-multistream"
+
+	"github.com/realmnet/realmnet/core"
 )
 
 // heartbeat probes one path until it is removed or dead. It is owned by the
@@ -23,7 +25,7 @@ import (
 // the last one, or max(4×SRTT, 200 ms) while the path carries streams. A
 // probe unanswered after max(4×SRTT, 200 ms) makes the path degraded; no
 // answer for PathIdleTimeout makes it dead.
-func (m *Manager) heartbeat(p peer.ID, pa *path) {
+func (m *Manager) heartbeat(ctx context.Context, p peer.ID, pa *path) {
 	defer m.wg.Done()
 	var stream *heartbeatStream
 	defer func() {
@@ -32,19 +34,19 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 		}
 	}()
 	probe, answer := make([]byte, ping.PingSize), make([]byte, ping.PingSize)
-	next := time.Now() // validate at once
+	next := m.clock.Now() // validate at once
 	var lastProbe time.Time
-	timer := time.NewTimer(0)
+	timer := m.clock.Timer(0)
 	defer timer.Stop()
 	for {
 		deadline := m.idleDeadline(pa)
-		if !time.Now().Before(deadline) {
+		if !m.clock.Now().Before(deadline) {
 			m.pathDead(p, pa)
 			return
 		}
-		timer.Reset(time.Until(minTime(next, deadline)))
+		timer.Reset(minTime(next, deadline).Sub(m.clock.Now()))
 		select {
-		case <-pa.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-pa.wake:
 			// A stream is being sent over the path: probe at the busy
@@ -54,7 +56,7 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 			continue
 		case <-timer.C:
 		}
-		if time.Now().Before(next) {
+		if m.clock.Now().Before(next) {
 			continue // woke for the idle deadline; checked at the top
 		}
 		if pa.conn.IsClosed() {
@@ -68,21 +70,20 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 		}
 		if stream == nil {
 			var err error
-			if stream, err = m.openHeartbeatStream(pa); err != nil {
+			if stream, err = m.openHeartbeatStream(ctx, pa); err != nil {
 				log.Debugw("open heartbeat stream", "peer", p, "conn", pa.conn.ID(), "error", err)
-				next = time.Now().Add(m.busyInterval(pa))
+				next = m.clock.Now().Add(m.busyInterval(pa))
 				continue
 			}
 		}
-		start := time.Now()
-		lastProbe = start
+		lastProbe = m.clock.Now()
 		_, _ = rand.Read(probe)
 		// Removal or Close interrupts a probe that waits for its answer.
 		current := stream
-		interrupt := context.AfterFunc(pa.ctx, func() { _ = current.SetDeadline(time.Now()) })
-		rtt, err := m.exchange(p, pa, stream, probe, answer, start, deadline)
+		interrupt := context.AfterFunc(ctx, func() { _ = current.SetDeadline(time.Now()) })
+		rtt, err := m.exchange(p, pa, stream, probe, answer, deadline)
 		interrupt()
-		if pa.ctx.Err() != nil {
+		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
@@ -100,7 +101,7 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 			answeredBefore := stream.answered
 			_ = stream.Reset()
 			stream = nil
-			next = time.Now()
+			next = m.clock.Now()
 			if !answeredBefore {
 				next = next.Add(min(m.busyInterval(pa), m.cfg.HeartbeatInterval))
 			}
@@ -108,7 +109,7 @@ func (m *Manager) heartbeat(p peer.ID, pa *path) {
 		}
 		stream.answered = true
 		m.answered(p, pa, rtt)
-		next = start.Add(m.probeInterval(pa))
+		next = lastProbe.Add(m.probeInterval(pa))
 	}
 }
 
@@ -132,17 +133,20 @@ func (s *heartbeatStream) Read(b []byte) (int, error)  { return s.rw.Read(b) }
 func (s *heartbeatStream) Write(b []byte) (int, error) { return s.rw.Write(b) }
 
 // exchange sends one probe and waits for its echo: first for the probe
-// timeout, after which the path is degraded, then until the idle deadline.
-func (m *Manager) exchange(p peer.ID, pa *path, s *heartbeatStream, probe, answer []byte, start, deadline time.Time) (time.Duration, error) {
-	_ = s.SetWriteDeadline(deadline)
+// timeout, after which the path is degraded, then until the idle deadline
+// (a time of the manager's clock). The round trip is measured in real time.
+func (m *Manager) exchange(p peer.ID, pa *path, s *heartbeatStream, probe, answer []byte, deadline time.Time) (time.Duration, error) {
+	start := time.Now()
+	idle := start.Add(deadline.Sub(m.clock.Now())) // the idle deadline in real time
+	_ = s.SetWriteDeadline(idle)
 	if _, err := s.Write(probe); err != nil {
 		return 0, err
 	}
-	_ = s.SetReadDeadline(minTime(start.Add(m.busyInterval(pa)), deadline))
+	_ = s.SetReadDeadline(minTime(start.Add(m.busyInterval(pa)), idle))
 	n, err := io.ReadFull(s, answer)
-	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(deadline) {
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(idle) {
 		m.degraded(p, pa)
-		_ = s.SetReadDeadline(deadline)
+		_ = s.SetReadDeadline(idle)
 		var more int
 		more, err = io.ReadFull(s, answer[n:])
 		n += more
@@ -160,8 +164,8 @@ func (m *Manager) exchange(p peer.ID, pa *path, s *heartbeatStream, probe, answe
 // /ipfs/ping/1.0.0, negotiated lazily with the first probe. It is charged to
 // the resource manager's ping service scope, like go-libp2p's own pings.
 // Opening a QUIC stream is local: it does not wait for the peer.
-func (m *Manager) openHeartbeatStream(pa *path) (*heartbeatStream, error) {
-	ctx, cancel := context.WithTimeout(pa.ctx, m.busyInterval(pa))
+func (m *Manager) openHeartbeatStream(ctx context.Context, pa *path) (*heartbeatStream, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.busyInterval(pa))
 	defer cancel()
 	s, err := pa.conn.NewStream(ctx)
 	if err != nil {
@@ -203,16 +207,16 @@ func (m *Manager) idleDeadline(pa *path) time.Time {
 func (m *Manager) answered(p peer.ID, pa *path, rtt time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed || pa.state == StateDead {
+	if m.closed || !pa.usable() {
 		return
 	}
-	pa.lastAnswer = time.Now()
+	pa.lastAnswer = m.clock.Now()
 	pa.heartbeatRTT.Store(int64(rtt))
-	if pa.state == StateValidating || pa.state == StateDegraded {
-		pa.state = StateStandby // rerank makes it active if selected
+	if pa.state == core.PathValidating || pa.state == core.PathDegraded {
+		pa.state = core.PathStandby // rerank makes it active if selected
 	}
 	if pp := m.peers[p]; pp != nil {
-		m.rerank(p, pp, "heartbeat")
+		m.rerank(p, pp, core.SwitchLowerRTT)
 	}
 }
 
@@ -221,14 +225,14 @@ func (m *Manager) answered(p peer.ID, pa *path, rtt time.Duration) {
 func (m *Manager) withoutHeartbeat(p peer.ID, pa *path) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed || pa.state == StateDead {
+	if m.closed || !pa.usable() {
 		return
 	}
 	log.Debugw("peer does not answer heartbeats; path kept on QUIC liveness", "peer", p, "conn", pa.conn.ID())
-	pa.state = StateStandby
-	pa.lastAnswer = time.Now()
+	pa.state = core.PathStandby
+	pa.lastAnswer = m.clock.Now()
 	if pp := m.peers[p]; pp != nil {
-		m.rerank(p, pp, "heartbeat")
+		m.rerank(p, pp, core.SwitchLowerRTT)
 	}
 }
 
@@ -236,13 +240,13 @@ func (m *Manager) withoutHeartbeat(p peer.ID, pa *path) {
 func (m *Manager) degraded(p peer.ID, pa *path) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed || pa.state == StateDead || pa.state == StateDegraded {
+	if m.closed || !pa.usable() || pa.state == core.PathDegraded {
 		return
 	}
-	pa.state = StateDegraded
+	pa.state = core.PathDegraded
 	log.Debugw("path degraded", "peer", p, "conn", pa.conn.ID())
 	if pp := m.peers[p]; pp != nil {
-		m.rerank(p, pp, "path degraded")
+		m.rerank(p, pp, core.SwitchPathDegraded)
 	}
 }
 
@@ -250,19 +254,19 @@ func (m *Manager) degraded(p peer.ID, pa *path) {
 // connection (Disconnected then removes it).
 func (m *Manager) pathDead(p peer.ID, pa *path) {
 	m.mu.Lock()
-	if m.closed || pa.state == StateDead {
+	if m.closed || !pa.usable() {
 		m.mu.Unlock()
 		return
 	}
-	validated := pa.state != StateValidating
-	pa.state = StateDead
-	silent := time.Since(pa.lastAnswer)
+	validated := pa.state != core.PathValidating
+	pa.state = core.PathDead
+	silent := m.clock.Since(pa.lastAnswer)
 	if pp := m.peers[p]; pp != nil {
 		if !validated && pa.conn.Stat().Direction == network.DirOutbound {
 			// Never answered: do not redial this address at once.
-			pp.failedAddrs[string(pa.conn.RemoteMultiaddr().Bytes())] = time.Now()
+			pp.failedAddrs[string(pa.conn.RemoteMultiaddr().Bytes())] = m.clock.Now()
 		}
-		m.rerank(p, pp, "path dead")
+		m.rerank(p, pp, core.SwitchPathDead)
 	}
 	m.events.Push(EvtPathDead{Peer: p, ConnID: pa.conn.ID(), SilentFor: silent})
 	m.mu.Unlock()
@@ -319,7 +323,7 @@ func (m *Manager) discover(p peer.ID) {
 			if pp.retry != nil {
 				pp.retry.Stop()
 			}
-			pp.retry = time.AfterFunc(time.Until(retryAt), func() {
+			pp.retry = m.clock.AfterFunc(retryAt.Sub(m.clock.Now()), func() {
 				m.mu.Lock()
 				defer m.mu.Unlock()
 				if pp := m.peers[p]; pp != nil {
@@ -347,7 +351,7 @@ func (m *Manager) discover(p peer.ID) {
 		}
 		key := string(addr.Bytes())
 		failedAt, failed := pp.failedAddrs[key]
-		recent := failed && time.Since(failedAt) < redialAfter
+		recent := failed && m.clock.Since(failedAt) < redialAfter
 		if recent && !inUse {
 			if at := failedAt.Add(redialAfter); retryAt.IsZero() || at.Before(retryAt) {
 				retryAt = at
@@ -362,7 +366,7 @@ func (m *Manager) discover(p peer.ID) {
 			log.Debugw("standby path dial failed", "peer", p, "addr", addr, "error", err)
 			m.mu.Lock()
 			if pp := m.peers[p]; pp != nil {
-				pp.failedAddrs[key] = time.Now()
+				pp.failedAddrs[key] = m.clock.Now()
 			}
 			m.mu.Unlock()
 		}

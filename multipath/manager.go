@@ -2,7 +2,9 @@
 // heartbeats every path on its own, measures RTT and loss, marks paths
 // validating, active, standby, degraded or dead, opens standby paths, and
 // picks the path for every new stream (best, round_robin, least_loaded or a
-// user function). The Manager is the swarm's swarm.PathSelector and a
+// user function). The Manager is the swarm's path admission stage
+// (core.AdmissionStage: redundant connections and MaxPaths are decided
+// before a connection is announced), its core.PathSelector and a
 // network.Notifiee; it never imports the swarm, it talks to it through the
 // Dialer interface.
 //
@@ -21,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -28,6 +31,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/internal/eventqueue"
 )
 
@@ -39,11 +43,18 @@ const (
 	// ErrorCodePathDead: no heartbeat answer for PathIdleTimeout.
 	ErrorCodePathDead network.ConnErrorCode = 0x52_4d_00_01
 	// ErrorCodePathRedundant: another connection uses the same pair of
-	// addresses.
+	// addresses and survives this one (see Manager.AdmitConn).
 	ErrorCodePathRedundant network.ConnErrorCode = 0x52_4d_00_02
 	// ErrorCodeTooManyPaths: the peer already has MaxPaths paths.
 	ErrorCodeTooManyPaths network.ConnErrorCode = 0x52_4d_00_03
 )
+
+// redundantDrain bounds how long a redundant connection that this node
+// dialed may finish its streams before this node closes it: in-flight
+// requests on it (identify, a DHT query) usually end within milliseconds,
+// and long-lived streams are moved to the survivor by their owners'
+// retries.
+const redundantDrain = 5 * time.Second
 
 // pathDialTimeout bounds the dial of one standby path.
 const pathDialTimeout = 5 * time.Second
@@ -78,7 +89,7 @@ type peerPaths struct {
 	failedAddrs map[string]time.Time // by address bytes
 	// retry runs discovery again when addresses dialed recently become
 	// eligible and the peer still lacks paths.
-	retry *time.Timer
+	retry *clock.Timer
 }
 
 // Manager owns the paths of every peer. Create it with New, register it with
@@ -86,6 +97,8 @@ type peerPaths struct {
 // Safe for concurrent use.
 type Manager struct {
 	cfg    Config
+	clock  clock.Clock
+	local  peer.ID
 	dialer Dialer
 	events *eventqueue.Queue
 	sub    event.Subscription
@@ -94,20 +107,37 @@ type Manager struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu         sync.RWMutex
-	closed     bool
+	mu     sync.RWMutex
+	closed bool
+	// collecting, while AdmitConn runs, receives the events the admission
+	// produces instead of the queue: they are emitted when the connection
+	// is announced (Connected) and dropped if it is not (AbortConn).
+	collecting *[]any
 	peers      map[peer.ID]*peerPaths
 	strategy   Strategy
 	selectFunc SelectFunc
 }
 
-var _ network.Notifiee = (*Manager)(nil)
+var (
+	_ network.Notifiee    = (*Manager)(nil)
+	_ core.AdmissionStage = (*Manager)(nil)
+	_ core.PathSelector   = (*Manager)(nil)
+)
+
+// Option configures a Manager beyond its Config.
+type Option func(*Manager)
+
+// WithClock makes the manager read time from c (github.com/benbjohnson/clock,
+// as go-libp2p's connection manager's WithClock): heartbeat schedules, idle
+// deadlines, redial delays and drains. Tests pass a mock clock to move time
+// without sleeping; network I/O deadlines stay in real time.
+func WithClock(c clock.Clock) Option { return func(m *Manager) { m.clock = c } }
 
 // New creates a manager. bus receives the path events and supplies
 // event.EvtPeerIdentificationCompleted (after identify, the peer's listen
 // addresses are known and standby paths are dialed). It returns an error
 // naming a bad Config field.
-func New(d Dialer, bus event.Bus, cfg Config) (*Manager, error) {
+func New(d Dialer, bus event.Bus, cfg Config, opts ...Option) (*Manager, error) {
 	if d == nil {
 		return nil, errors.New("multipath: New: Dialer is nil")
 	}
@@ -130,6 +160,8 @@ func New(d Dialer, bus event.Bus, cfg Config) (*Manager, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Manager{
 		cfg:        cfg,
+		clock:      clock.New(),
+		local:      d.LocalPeer(),
 		dialer:     d,
 		events:     q,
 		sub:        sub,
@@ -138,6 +170,9 @@ func New(d Dialer, bus event.Bus, cfg Config) (*Manager, error) {
 		peers:      make(map[peer.ID]*peerPaths),
 		strategy:   cfg.Strategy,
 		selectFunc: cfg.Select,
+	}
+	for _, opt := range opts {
+		opt(m)
 	}
 	m.wg.Add(1)
 	go m.watchIdentify()
@@ -212,14 +247,14 @@ func (m *Manager) peer(p peer.ID) *peerPaths {
 
 // Paths returns snapshots of p's paths, in order of arrival, dead ones
 // included until their connection is gone.
-func (m *Manager) Paths(p peer.ID) []PathInfo {
+func (m *Manager) Paths(p peer.ID) []core.PathInfo {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	pp := m.peers[p]
 	if pp == nil {
 		return nil
 	}
-	out := make([]PathInfo, len(pp.paths))
+	out := make([]core.PathInfo, len(pp.paths))
 	for i, pa := range pp.paths {
 		out[i] = pa.info(pa == pp.selected)
 	}
@@ -228,12 +263,12 @@ func (m *Manager) Paths(p peer.ID) []PathInfo {
 
 // Selected returns the path StrategyBest has selected for p; false when p
 // has no usable path.
-func (m *Manager) Selected(p peer.ID) (PathInfo, bool) {
+func (m *Manager) Selected(p peer.ID) (core.PathInfo, bool) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	pp := m.peers[p]
 	if pp == nil || pp.selected == nil {
-		return PathInfo{}, false
+		return core.PathInfo{}, false
 	}
 	return pp.selected.info(true), true
 }
@@ -245,29 +280,31 @@ func (m *Manager) Selected(p peer.ID) (PathInfo, bool) {
 func (m *Manager) SelectedPath(p peer.ID, conns []network.Conn) network.Conn {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	if pp := m.peers[p]; pp != nil && pp.selected != nil && slices.Contains(conns, pp.selected.conn) {
+	if pp := m.peers[p]; pp != nil && pp.selected != nil && slices.Contains(conns, network.Conn(pp.selected.conn)) {
 		return pp.selected.conn
 	}
 	return nil
 }
 
-// SelectPath implements swarm.PathSelector: it returns, among conns, the
-// connection of the path the peer's strategy picks. A connection the manager
-// does not know yet (its Connected notification is still running) is used
-// only when no known path is among conns.
+// SelectPath implements core.PathSelector: it returns, among conns, the
+// connection of the path the peer's strategy picks, or nil when none of
+// them is a usable path (every one redundant or dead: the swarm then
+// dials). Every connection the swarm announces passed AdmitConn, so the
+// manager knows them all; after Close it returns the newest connection.
 func (m *Manager) SelectPath(p peer.ID, conns []network.Conn) network.Conn {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	pp := m.peers[p]
-	if pp != nil && len(pp.ranked) > 0 {
-		if c := m.choose(p, pp, conns); c != nil {
-			return c
+	if m.closed {
+		if len(conns) == 0 {
+			return nil
 		}
+		return conns[len(conns)-1]
 	}
-	if len(conns) == 0 {
+	pp := m.peers[p]
+	if pp == nil || len(pp.ranked) == 0 {
 		return nil
 	}
-	return conns[len(conns)-1]
+	return m.choose(p, pp, conns)
 }
 
 // choose applies the peer's strategy to its ranked paths that are among
@@ -295,10 +332,10 @@ func (m *Manager) pick(p peer.ID, pp *peerPaths, conns []network.Conn) *path {
 		// preferring any that is not degraded; no allocation.
 		var degraded *path
 		for _, pa := range pp.ranked {
-			if !slices.Contains(conns, pa.conn) {
+			if !slices.Contains(conns, network.Conn(pa.conn)) {
 				continue
 			}
-			if pa.state != StateDegraded {
+			if pa.state != core.PathDegraded {
 				return pa
 			}
 			if degraded == nil {
@@ -309,7 +346,7 @@ func (m *Manager) pick(p peer.ID, pp *peerPaths, conns []network.Conn) *path {
 	}
 	usable := make([]*path, 0, len(pp.ranked))
 	for _, pa := range pp.ranked {
-		if slices.Contains(conns, pa.conn) {
+		if slices.Contains(conns, network.Conn(pa.conn)) {
 			usable = append(usable, pa)
 		}
 	}
@@ -317,7 +354,7 @@ func (m *Manager) pick(p peer.ID, pp *peerPaths, conns []network.Conn) *path {
 		return nil
 	}
 	// Degraded paths take streams only when nothing else is left.
-	if firstDegraded := slices.IndexFunc(usable, func(pa *path) bool { return pa.state == StateDegraded }); firstDegraded > 0 {
+	if firstDegraded := slices.IndexFunc(usable, func(pa *path) bool { return pa.state == core.PathDegraded }); firstDegraded > 0 {
 		usable = usable[:firstDegraded]
 	}
 	switch strategy {
@@ -332,7 +369,7 @@ func (m *Manager) pick(p peer.ID, pp *peerPaths, conns []network.Conn) *path {
 		}
 		return best
 	case StrategyCustom:
-		infos := make([]PathInfo, len(usable))
+		infos := make([]core.PathInfo, len(usable))
 		for i, pa := range usable {
 			infos[i] = pa.info(pa == pp.selected)
 		}
@@ -351,72 +388,249 @@ func (m *Manager) Listen(network.Network, ma.Multiaddr) {}
 // ListenClose implements network.Notifiee; nothing to do.
 func (m *Manager) ListenClose(network.Network, ma.Multiaddr) {}
 
-// Connected registers the connection as a path of its peer, unless the peer
-// already has a path on the same address pair (redundant) or MaxPaths paths;
-// then the connection is closed.
-func (m *Manager) Connected(_ network.Network, c network.Conn) {
+// AdmitConn is the path admission stage of the swarm's pipeline
+// (core.AdmissionStage), run before the connection is announced, one
+// connection of a peer at a time:
+//
+//   - Redundancy. Two connections to a peer on the same pair of addresses
+//     (both ends dialed at the same moment) are one path too many. The one
+//     dialed by the smaller peer ID survives; of two dialed by the same
+//     side, the older survives, and only that side judges (the other admits
+//     both). Both ends compute the same rule from facts both see, so they
+//     keep the same connection. When c loses, AdmitConn returns a
+//     *core.RefusedError with ReasonPathRedundant and the Survivor. When an
+//     announced path loses to c, that path leaves selection at once
+//     (core.PathRedundant) and, once c is announced, finishes its streams
+//     and is closed by the side that dialed it (within 5 s); it is
+//     reinstated if c closes first.
+//   - MaxPaths. A peer with MaxPaths live paths gets no more:
+//     *core.RefusedError with ReasonMaxPaths and ErrorCodeTooManyPaths.
+//
+// Otherwise c becomes a path (validating until its first heartbeat answer).
+func (m *Manager) AdmitConn(_ context.Context, c core.Conn) error {
 	p := c.RemotePeer()
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.closed {
-		m.mu.Unlock()
-		return
+		return nil // shutting down: nothing to keep track of
 	}
 	pp := m.peer(p)
-	victim, code, reason := m.refuse(pp, c)
-	if victim != c {
-		pa := newPath(m.ctx, c)
-		pp.paths = append(pp.paths, pa)
-		m.events.Push(EvtPathAdded{Peer: p, Path: pa.info(false)})
-		m.rerank(p, pp, "path added")
-		m.wg.Add(1)
-		go m.heartbeat(p, pa)
-		m.maybeDiscover(p, pp)
-	}
-	if victim != nil && code == ErrorCodePathRedundant && !m.closed {
-		// A redundant connection may already carry streams (both ends
-		// dialed at once and started talking): let them finish, up to
-		// redundantDrain, instead of resetting them. It takes no new
-		// streams meanwhile: the old one is out of selection as soon as
-		// it is closing, and the new one never became a path.
-		if pa := pp.find(victim); pa != nil {
-			pa.state = StateDead
-			m.rerank(p, pp, "path removed")
+	var losers []*path
+	live := 0
+	for _, pa := range pp.paths {
+		// A closing connection (its Disconnected is on its way) is no
+		// path any more.
+		if !pa.usable() || pa.conn.IsClosed() {
+			continue
 		}
-		m.wg.Add(1)
-		go m.drainAndClose(victim, reason)
-		victim = nil
+		live++
+		if !sameAddrs(pa.conn, c) {
+			continue
+		}
+		switch m.loser(pa.conn, c) {
+		case c:
+			return &core.RefusedError{Stage: core.StagePaths, Reason: core.ReasonPathRedundant, Code: ErrorCodePathRedundant,
+				Peer: p, Survivor: pa.conn, Err: fmt.Errorf("multipath: redundant with %s (same addresses)", pa.conn.ID())}
+		case pa.conn:
+			losers = append(losers, pa)
+		}
 	}
-	m.mu.Unlock()
-	if victim != nil {
-		log.Debugw("closing connection", "peer", p, "conn", victim.ID(), "reason", reason)
-		_ = victim.CloseWithError(code)
+	if live-len(losers) >= m.cfg.MaxPaths {
+		return &core.RefusedError{Stage: core.StagePaths, Reason: core.ReasonMaxPaths, Code: ErrorCodeTooManyPaths,
+			Peer: p, Err: fmt.Errorf("multipath: peer already has MaxPaths=%d paths", m.cfg.MaxPaths)}
+	}
+	pa := newPath(m.ctx, c, m.clock.Now())
+	pa.selectedBefore = pp.selected
+	pp.paths = append(pp.paths, pa)
+	reason := core.SwitchPathAdded
+	for _, loser := range losers {
+		if loser == pp.selected {
+			reason = core.SwitchPathRedundant
+		}
+		loser.stateBefore = loser.state
+		loser.state = core.PathRedundant
+		loser.survivor = c
+		if loser.stopHeartbeat != nil {
+			loser.stopHeartbeat()
+		}
+	}
+	events := []any{EvtPathAdded{Peer: p, Path: pa.info(false)}}
+	m.collecting = &events
+	m.rerank(p, pp, reason)
+	m.collecting = nil
+	pa.pending = events
+	return nil
+}
+
+// loser returns which of two connections on the same pair of addresses is
+// redundant — the one not dialed by the smaller peer ID; of two dialed by
+// the same side, the newer — or nil when the peer dialed both (it decides).
+// existing was admitted before newcomer.
+func (m *Manager) loser(existing, newcomer core.Conn) core.Conn {
+	newDialer, oldDialer := dialerOf(newcomer, m.local), dialerOf(existing, m.local)
+	switch {
+	case newDialer == oldDialer && newDialer != m.local:
+		return nil
+	case newDialer == oldDialer:
+		return newcomer
+	case newDialer < oldDialer:
+		return existing
+	}
+	return newcomer
+}
+
+// AbortConn undoes AdmitConn for a connection a later stage refused: its
+// path is removed and the paths it made redundant are reinstated.
+func (m *Manager) AbortConn(c core.Conn) {
+	p := c.RemotePeer()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	pp := m.peers[p]
+	if pp == nil {
+		return
+	}
+	var selectedBefore *path
+	if i := slices.IndexFunc(pp.paths, func(pa *path) bool { return pa.conn == c }); i >= 0 {
+		pa := pp.paths[i]
+		pp.paths = slices.Delete(pp.paths, i, i+1)
+		pa.cancel()
+		selectedBefore = pa.selectedBefore
+	}
+	// Undo without a trace: c was never announced, so neither were the
+	// events of its admission; the paths it retired get their state back.
+	for _, loser := range pp.paths {
+		if loser.state == core.PathRedundant && loser.survivor == c && !loser.conn.IsClosed() {
+			loser.state = loser.stateBefore
+			loser.survivor = nil
+			if loser.stopHeartbeat != nil {
+				m.startHeartbeat(p, loser)
+			}
+		}
+	}
+	if pp.selected == nil || pp.selected.conn == c {
+		pp.selected = selectedBefore
+	}
+	var discard []any
+	m.collecting = &discard
+	m.rerank(p, pp, core.SwitchPathRemoved)
+	m.collecting = nil
+	if len(pp.paths) == 0 && !pp.discovering && pp.strategy == "" {
+		delete(m.peers, p)
 	}
 }
 
-// redundantDrain bounds how long a redundant connection may finish its
-// streams before it is closed.
-const redundantDrain = 5 * time.Second
+// emit queues an event, or collects it during an admission; m.mu is held.
+func (m *Manager) emit(evt any) {
+	if m.collecting != nil {
+		*m.collecting = append(*m.collecting, evt)
+		return
+	}
+	m.events.Push(evt)
+}
 
-// drainAndClose closes a redundant connection once it carries no
-// application stream, or after redundantDrain; owned by the manager (wg).
-func (m *Manager) drainAndClose(c network.Conn, reason string) {
-	defer m.wg.Done()
-	deadline := time.NewTimer(redundantDrain)
-	defer deadline.Stop()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-wait:
-	for userStreams(c) > 0 {
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			break wait
-		case <-m.ctx.Done():
-			break wait
+// Connected starts the heartbeat of an admitted path, retires the paths it
+// made redundant, and dials standby paths when the peer has too few.
+func (m *Manager) Connected(_ network.Network, nc network.Conn) {
+	p := nc.RemotePeer()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	pp := m.peers[p]
+	if pp == nil {
+		return
+	}
+	pa := pp.find(nc)
+	if pa == nil || pa.conn.IsClosed() {
+		return
+	}
+	for _, evt := range pa.pending {
+		m.events.Push(evt)
+	}
+	pa.pending = nil
+	m.startHeartbeat(p, pa)
+	for _, loser := range pp.paths {
+		if loser.state == core.PathRedundant && loser.survivor == pa.conn && !loser.draining {
+			loser.draining = true
+			m.wg.Add(1)
+			go m.drainAndClose(p, loser)
 		}
 	}
-	log.Debugw("closing connection", "peer", c.RemotePeer(), "conn", c.ID(), "reason", reason)
-	_ = c.CloseWithError(ErrorCodePathRedundant)
+	m.maybeDiscover(p, pp)
+}
+
+// startHeartbeat starts pa's heartbeat goroutine; m.mu is held.
+func (m *Manager) startHeartbeat(p peer.ID, pa *path) {
+	ctx, stop := context.WithCancel(pa.ctx)
+	pa.stopHeartbeat = stop
+	m.wg.Add(1)
+	go m.heartbeat(ctx, p, pa)
+}
+
+// drainAndClose closes a redundant path this node dialed once it carries no
+// application stream, or after redundantDrain, unless it is reinstated
+// first; a redundant path the peer dialed is left for the peer to close (it
+// may still finish streams of its own on it), and closed here only after
+// the swarm's RedundantIdleTimeout without streams. Owned by the manager
+// (wg).
+func (m *Manager) drainAndClose(p peer.ID, pa *path) {
+	defer m.wg.Done()
+	ours := pa.conn.Stat().Direction == network.DirOutbound
+	deadline := m.clock.Now().Add(redundantDrain)
+	idleSince := m.clock.Now()
+	tick := m.clock.Ticker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-pa.ctx.Done():
+			return
+		}
+		m.mu.Lock()
+		stillRedundant := pa.state == core.PathRedundant
+		if !stillRedundant {
+			pa.draining = false
+		}
+		m.mu.Unlock()
+		if !stillRedundant || pa.conn.IsClosed() {
+			return
+		}
+		now := m.clock.Now()
+		busy := userStreams(pa.conn) > 0
+		if busy {
+			idleSince = now
+		}
+		if (ours && (!busy || !now.Before(deadline))) || (!ours && now.Sub(idleSince) >= redundantIdleTimeout) {
+			break
+		}
+	}
+	log.Debugw("closing redundant path", "peer", p, "conn", pa.conn.ID(), "survivor", pa.survivor.ID())
+	_ = pa.conn.CloseWithError(ErrorCodePathRedundant)
+}
+
+// redundantIdleTimeout is how long a redundant path the peer dialed may stay
+// without a stream before this node closes it (the swarm's
+// RedundantIdleTimeout, for peers that do not close it themselves).
+const redundantIdleTimeout = 10 * time.Second
+
+// reinstateLocked returns the paths that survivor made redundant to
+// selection (survivor is gone, or was never announced); m.mu is held.
+func (m *Manager) reinstateLocked(p peer.ID, pp *peerPaths, survivor core.Conn) {
+	for _, pa := range pp.paths {
+		if pa.state != core.PathRedundant || pa.survivor != survivor || pa.conn.IsClosed() {
+			continue
+		}
+		log.Debugw("redundant path reinstated", "peer", p, "conn", pa.conn.ID())
+		pa.state = core.PathValidating
+		pa.survivor = nil
+		pa.draining = false
+		pa.lastAnswer = m.clock.Now()
+		m.startHeartbeat(p, pa)
+	}
 }
 
 // find returns the path of c, or nil.
@@ -427,35 +641,6 @@ func (pp *peerPaths) find(c network.Conn) *path {
 		}
 	}
 	return nil
-}
-
-// refuse says which connection, if any, must be closed when c arrives (c
-// itself or an older redundant one), with which code and why; m.mu is held.
-func (m *Manager) refuse(pp *peerPaths, c network.Conn) (network.Conn, network.ConnErrorCode, string) {
-	for _, pa := range pp.paths {
-		// A path whose connection is closing (a swarm dial race lost)
-		// is no reason to close anything.
-		if pa.state == StateDead || pa.conn.IsClosed() || !sameAddrs(pa.conn, c) {
-			continue
-		}
-		// Both ends must close the same one of two redundant connections:
-		// keep the one dialed by the smaller peer ID; of two dialed by the
-		// same side, that side closes the newer.
-		local := m.dialer.LocalPeer()
-		newDialer, oldDialer := dialerOf(c, local), dialerOf(pa.conn, local)
-		switch {
-		case newDialer == oldDialer && newDialer != local:
-			return nil, 0, "" // the dialer decides
-		case newDialer == oldDialer, newDialer > oldDialer:
-			return c, ErrorCodePathRedundant, "redundant with " + pa.conn.ID()
-		default:
-			return pa.conn, ErrorCodePathRedundant, "redundant with " + c.ID()
-		}
-	}
-	if len(pp.paths) >= m.cfg.MaxPaths {
-		return c, ErrorCodeTooManyPaths, fmt.Sprintf("peer already has MaxPaths=%d paths", m.cfg.MaxPaths)
-	}
-	return nil, 0, ""
 }
 
 func dialerOf(c network.Conn, local peer.ID) peer.ID {
@@ -470,8 +655,8 @@ func sameAddrs(a, b network.Conn) bool {
 }
 
 // Disconnected removes the connection's path, fails over when it was the
-// selected one, and dials a replacement when the peer has fewer than
-// DesiredPaths.
+// selected one, reinstates the paths it had made redundant, and dials a
+// replacement when the peer has fewer than DesiredPaths.
 func (m *Manager) Disconnected(_ network.Network, c network.Conn) {
 	p := c.RemotePeer()
 	m.mu.Lock()
@@ -491,9 +676,10 @@ func (m *Manager) Disconnected(_ network.Network, c network.Conn) {
 	pp.paths = slices.Delete(pp.paths, i, i+1)
 	pa.cancel()
 	if c.Stat().Direction == network.DirOutbound && pa.refusedByPeer() {
-		pp.failedAddrs[string(c.RemoteMultiaddr().Bytes())] = time.Now()
+		pp.failedAddrs[string(c.RemoteMultiaddr().Bytes())] = m.clock.Now()
 	}
-	m.rerank(p, pp, "path removed")
+	m.reinstateLocked(p, pp, pa.conn)
+	m.rerank(p, pp, core.SwitchPathRemoved)
 	m.events.Push(EvtPathRemoved{Peer: p, ConnID: c.ID()})
 	if len(pp.paths) == 0 && !pp.discovering && pp.strategy == "" {
 		delete(m.peers, p)
@@ -503,11 +689,14 @@ func (m *Manager) Disconnected(_ network.Network, c network.Conn) {
 }
 
 // rerank recomputes the ranking and StrategyBest's selection of p's paths
-// and updates the active/standby states; m.mu is held for writing.
-func (m *Manager) rerank(p peer.ID, pp *peerPaths, reason string) {
+// and updates the active/standby states; m.mu is held for writing. reason
+// is the switch's reason if the selection changes; core.SwitchLowerRTT
+// (after a heartbeat) becomes core.SwitchHealthier when the new path is in
+// a healthier class.
+func (m *Manager) rerank(p peer.ID, pp *peerPaths, reason core.SwitchReason) {
 	ranked := pp.ranked[:0]
 	for _, pa := range pp.paths {
-		if pa.state != StateDead {
+		if pa.usable() {
 			ranked = append(ranked, pa)
 		}
 	}
@@ -542,11 +731,11 @@ func (m *Manager) rerank(p peer.ID, pp *peerPaths, reason string) {
 	pp.selected = next
 	for _, pa := range ranked {
 		switch {
-		case pa.state == StateValidating || pa.state == StateDegraded:
+		case pa.state == core.PathValidating || pa.state == core.PathDegraded:
 		case pa == next:
-			pa.state = StateActive
+			pa.state = core.PathActive
 		default:
-			pa.state = StateStandby
+			pa.state = core.PathStandby
 		}
 	}
 	if old != next {
@@ -556,14 +745,11 @@ func (m *Manager) rerank(p peer.ID, pp *peerPaths, reason string) {
 		}
 		if next != nil {
 			evt.New = next.conn.ID()
-			if reason == "heartbeat" {
-				evt.Reason = "lower rtt"
-				if old != nil && next.healthClass() < old.healthClass() {
-					evt.Reason = "healthier"
-				}
+			if reason == core.SwitchLowerRTT && old != nil && next.healthClass() < old.healthClass() {
+				evt.Reason = core.SwitchHealthier
 			}
 		}
-		m.events.Push(evt)
+		m.emit(evt)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/internal/udpproxy"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
@@ -121,15 +122,15 @@ func TestBestSelectsLowestRTT(t *testing.T) {
 
 	require.Eventually(t, func() bool {
 		ps := client.Paths(server.ID())
-		return len(ps) == 2 && ps[0].State != multipath.StateValidating && ps[1].State != multipath.StateValidating
+		return len(ps) == 2 && ps[0].State != core.PathValidating && ps[1].State != core.PathValidating
 	}, 5*time.Second, 10*time.Millisecond, "both paths answer heartbeats")
 	paths := client.Paths(server.ID())
 	for _, p := range paths {
 		if p.Remote.Equal(fast.Multiaddr()) {
-			require.Equal(t, multipath.StateActive, p.State)
+			require.Equal(t, core.PathActive, p.State)
 			require.True(t, p.Selected)
 		} else {
-			require.Equal(t, multipath.StateStandby, p.State)
+			require.Equal(t, core.PathStandby, p.State)
 			require.Greater(t, p.SmoothedRTT, 30*time.Millisecond)
 		}
 		require.Greater(t, p.HeartbeatRTT, time.Duration(0))
@@ -160,7 +161,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 	dialPath(t, client, server, b.Multiaddr())
 	require.Eventually(t, func() bool {
 		ps := client.Paths(server.ID())
-		return len(ps) == 2 && ps[0].State != multipath.StateValidating && ps[1].State != multipath.StateValidating
+		return len(ps) == 2 && ps[0].State != core.PathValidating && ps[1].State != core.PathValidating
 	}, 5*time.Second, 10*time.Millisecond)
 
 	sub, err := client.Host().EventBus().Subscribe(new(multipath.EvtPathDead))
@@ -242,7 +243,7 @@ func TestIdlePathDies(t *testing.T) {
 	dialPath(t, client, server, proxy.Multiaddr())
 	require.Eventually(t, func() bool {
 		ps := client.Paths(server.ID())
-		return len(ps) == 1 && ps[0].State == multipath.StateActive
+		return len(ps) == 1 && ps[0].State == core.PathActive
 	}, 5*time.Second, 10*time.Millisecond)
 
 	blackholed := time.Now()
@@ -267,7 +268,7 @@ func TestPathEventsInOrder(t *testing.T) {
 	c := dialPath(t, client, server, proxy.Multiaddr())
 	require.Eventually(t, func() bool {
 		ps := client.Paths(server.ID())
-		return len(ps) == 1 && ps[0].State == multipath.StateActive
+		return len(ps) == 1 && ps[0].State == core.PathActive
 	}, 5*time.Second, 10*time.Millisecond)
 	proxy.SetBlackhole(true)
 
@@ -283,7 +284,7 @@ func TestPathEventsInOrder(t *testing.T) {
 			case multipath.EvtPathSelected:
 				if e.New == "" {
 					require.Equal(t, c.ID(), e.Old)
-					kinds = append(kinds, "unselected:"+e.Reason)
+					kinds = append(kinds, "unselected:"+string(e.Reason))
 				} else {
 					require.Equal(t, c.ID(), e.New)
 					kinds = append(kinds, "selected")
@@ -300,7 +301,7 @@ func TestPathEventsInOrder(t *testing.T) {
 			t.Fatalf("events so far: %v", kinds)
 		}
 	}
-	require.Equal(t, []string{"added", "selected", "unselected:path dead", "dead", "removed"}, kinds)
+	require.Equal(t, []string{"added", "selected", "unselected:path_dead", "dead", "removed"}, kinds)
 }
 
 func threePaths(t *testing.T, cfg multipath.Config) (server, client *node.Node, conns []network.Conn) {
@@ -315,7 +316,7 @@ func threePaths(t *testing.T, cfg multipath.Config) (server, client *node.Node, 
 	// paths and take the connections from the swarm.
 	require.Eventually(t, func() bool {
 		for _, p := range client.Paths(server.ID()) {
-			if p.State == multipath.StateValidating {
+			if p.State == core.PathValidating {
 				return false
 			}
 		}
@@ -357,7 +358,7 @@ func TestLeastLoadedPicksFewestStreams(t *testing.T) {
 	}
 	healthy := func() bool {
 		for _, p := range client.Paths(server.ID()) {
-			if p.State != multipath.StateActive && p.State != multipath.StateStandby {
+			if p.State != core.PathActive && p.State != core.PathStandby {
 				return false
 			}
 		}
@@ -399,7 +400,7 @@ func TestCustomAndPerPeerStrategy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var seen []int
-	err := client.Multipath().SetPeerStrategy(server.ID(), multipath.StrategyCustom, func(_ peer.ID, paths []multipath.PathInfo) int {
+	err := client.Multipath().SetPeerStrategy(server.ID(), multipath.StrategyCustom, func(_ peer.ID, paths []core.PathInfo) int {
 		seen = append(seen, len(paths))
 		for i, p := range paths {
 			if p.ConnID == conns[1].ID() {
@@ -481,11 +482,11 @@ func TestStandbyPathDialedAfterIdentify(t *testing.T) {
 		if len(ps) != 2 {
 			return false
 		}
-		states := map[multipath.State]int{}
+		states := map[core.PathState]int{}
 		for _, p := range ps {
 			states[p.State]++
 		}
-		return states[multipath.StateActive] == 1 && states[multipath.StateStandby] == 1
+		return states[core.PathActive] == 1 && states[core.PathStandby] == 1
 	}, 10*time.Second, 10*time.Millisecond)
 	require.Eventually(t, func() bool { return len(server.Paths(client.ID())) == 2 }, 5*time.Second, 10*time.Millisecond,
 		"the listener sees both paths and dials none itself")
@@ -493,8 +494,9 @@ func TestStandbyPathDialedAfterIdentify(t *testing.T) {
 	require.Len(t, client.Paths(server.ID()), 2, "no more than DesiredPaths")
 }
 
-// TestRedundantPathClosed: two connections on the same address pair; one is
-// closed.
+// TestRedundantPathClosed: DialPath to an address a connection already
+// uses returns that connection; concurrent dials of one address pair leave
+// one connection, the same on both ends, and every caller gets it.
 func TestRedundantPathClosed(t *testing.T) {
 	server := newNode(t, multipath.Config{})
 	client := newNode(t, multipath.Config{})
@@ -502,12 +504,35 @@ func TestRedundantPathClosed(t *testing.T) {
 	first := dialPath(t, client, server, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	second, err := client.Swarm().DialPath(ctx, server.ID(), addr)
+	again, err := client.Swarm().DialPath(ctx, server.ID(), addr)
 	require.NoError(t, err)
-	require.Eventually(t, second.IsClosed, 5*time.Second, 10*time.Millisecond, "the newer redundant connection is closed")
-	require.False(t, first.IsClosed())
-	require.Len(t, client.Paths(server.ID()), 1)
-	require.Eventually(t, func() bool { return len(server.Paths(client.ID())) == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Same(t, first, again)
+
+	for range 5 {
+		server, client := newNode(t, multipath.Config{}), newNode(t, multipath.Config{})
+		client.Host().Peerstore().AddAddrs(server.ID(), server.Addrs(), time.Hour)
+		addr := server.Swarm().ListenAddresses()[0]
+		var conns [3]network.Conn
+		var wg sync.WaitGroup
+		for i := range conns {
+			wg.Go(func() {
+				c, err := client.Swarm().DialPath(ctx, server.ID(), addr)
+				require.NoError(t, err)
+				conns[i] = c
+			})
+		}
+		wg.Wait()
+		require.Same(t, conns[0], conns[1], "every caller gets the surviving connection")
+		require.Same(t, conns[0], conns[2], "every caller gets the surviving connection")
+		require.False(t, conns[0].IsClosed())
+		require.Eventually(t, func() bool {
+			return len(client.Host().Network().ConnsToPeer(server.ID())) == 1 &&
+				len(server.Host().Network().ConnsToPeer(client.ID())) == 1
+		}, 5*time.Second, 10*time.Millisecond, "one connection left on both ends")
+		serverSide := server.Host().Network().ConnsToPeer(client.ID())[0]
+		require.True(t, serverSide.RemoteMultiaddr().Equal(conns[0].LocalMultiaddr()))
+		require.Len(t, client.Paths(server.ID()), 1)
+	}
 }
 
 func TestConfigValidation(t *testing.T) {

@@ -3,7 +3,6 @@ package multipath
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -11,92 +10,20 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/quic-go/quic-go"
+
+	"github.com/realmnet/realmnet/core"
 )
-
-// State is where a path stands in its life.
-type State int
-
-const (
-	// StateValidating: the path is new and has not answered a heartbeat
-	// yet. It can carry streams when nothing better exists (a peer's first
-	// connection has just completed a handshake over it).
-	StateValidating State = iota
-	// StateActive: healthy and selected.
-	StateActive
-	// StateStandby: healthy, not selected; ready for failover.
-	StateStandby
-	// StateDegraded: a heartbeat is overdue (no answer within
-	// max(4×SRTT, 200 ms)). Out of selection while a healthy path exists.
-	StateDegraded
-	// StateDead: no heartbeat answer for PathIdleTimeout. Out of selection
-	// at once; the connection is closed.
-	StateDead
-)
-
-// String returns "validating", "active", "standby", "degraded" or "dead".
-func (s State) String() string {
-	switch s {
-	case StateValidating:
-		return "validating"
-	case StateActive:
-		return "active"
-	case StateStandby:
-		return "standby"
-	case StateDegraded:
-		return "degraded"
-	case StateDead:
-		return "dead"
-	}
-	return fmt.Sprintf("State(%d)", int(s))
-}
-
-// PathInfo is a snapshot of one path. RTT and loss come from quic-go's own
-// estimator (RFC 9002), which the heartbeats keep fed; HeartbeatRTT is the
-// latest heartbeat round trip measured at stream level.
-type PathInfo struct {
-	// ConnID is the connection's ID (network.Conn.ID).
-	ConnID string
-	// Local and Remote are the path's addresses.
-	Local, Remote ma.Multiaddr
-	// IPv6 is true for an IPv6 path, false for IPv4.
-	IPv6 bool
-	// Relayed is true for a limited (relayed) connection.
-	Relayed bool
-	// Direction says who dialed.
-	Direction network.Direction
-	// Opened is when the connection was established.
-	Opened time.Time
-	// SmoothedRTT, MinRTT and LatestRTT are quic-go's estimates.
-	SmoothedRTT, MinRTT, LatestRTT time.Duration
-	// HeartbeatRTT is the latest heartbeat round trip (0 before the first).
-	HeartbeatRTT time.Duration
-	// Loss is packets lost / packets sent, in [0, 1].
-	Loss float64
-	// OpenStreams counts the application's streams on the path; heartbeat
-	// streams (/ipfs/ping/1.0.0) are not counted.
-	OpenStreams int
-	// BytesSent and BytesReceived are QUIC payload bytes, retransmissions
-	// included.
-	BytesSent, BytesReceived uint64
-	// LastHeartbeat is when the last heartbeat answer arrived (the
-	// connection's opening time before the first).
-	LastHeartbeat time.Time
-	// State is the path's state.
-	State State
-	// Selected is true for the path StrategyBest selects.
-	Selected bool
-}
 
 // path is the manager's record of one connection. state and lastAnswer are
 // guarded by Manager.mu.
 type path struct {
-	conn    network.Conn
+	conn    core.Conn
 	quic    *quic.Conn // nil when the connection is not QUIC
 	ipv6    bool
 	relayed bool
 
 	// ctx is cancelled when the path is removed or the manager closes; it
-	// stops the path's heartbeat goroutine.
+	// stops the path's heartbeat and drain goroutines.
 	ctx    context.Context
 	cancel context.CancelFunc
 
@@ -110,11 +37,33 @@ type path struct {
 	// QUIC bytes moved at the last probe (heartbeat goroutine only).
 	streamsSeen, bytesSeen uint64
 
-	state      State
+	state      core.PathState
 	lastAnswer time.Time
+	// survivor is the connection that made this path redundant
+	// (state core.PathRedundant); draining is set while drainAndClose
+	// runs for it.
+	survivor core.Conn
+	draining bool
+	// stateBefore is the state a path had before it became redundant
+	// (restored when its survivor's admission is aborted).
+	stateBefore core.PathState
+	// selectedBefore is the peer's selected path before this one was
+	// admitted, and pending the events of its admission, emitted when it
+	// is announced.
+	selectedBefore *path
+	pending        []any
+	// stopHeartbeat stops the path's heartbeat goroutine (nil before the
+	// first); the path stays.
+	stopHeartbeat context.CancelFunc
 }
 
-func newPath(parent context.Context, c network.Conn) *path {
+// usable reports whether the path can be selected: neither dead nor
+// redundant. Manager.mu is held.
+func (pa *path) usable() bool {
+	return pa.state != core.PathDead && pa.state != core.PathRedundant
+}
+
+func newPath(parent context.Context, c core.Conn, now time.Time) *path {
 	ctx, cancel := context.WithCancel(parent)
 	pa := &path{
 		conn:       c,
@@ -122,8 +71,8 @@ func newPath(parent context.Context, c network.Conn) *path {
 		ctx:        ctx,
 		cancel:     cancel,
 		wake:       make(chan struct{}, 1),
-		state:      StateValidating,
-		lastAnswer: time.Now(),
+		state:      core.PathValidating,
+		lastAnswer: now,
 	}
 	var qc *quic.Conn
 	if c.As(&qc) {
@@ -165,9 +114,9 @@ func (pa *path) rtt() time.Duration {
 // degraded.
 func (pa *path) healthClass() int {
 	switch pa.state {
-	case StateActive, StateStandby:
+	case core.PathActive, core.PathStandby:
 		return 0
-	case StateValidating:
+	case core.PathValidating:
 		return 1
 	}
 	return 2
@@ -181,9 +130,6 @@ func (pa *path) biasedRTT() time.Duration {
 	return pa.rtt()
 }
 
-// streamCounter is implemented by the swarm's connections.
-type streamCounter interface{ StreamsOpened() uint64 }
-
 // busyBytes is how many QUIC bytes (both directions) must have moved on a
 // path since the previous probe for it to count as busy: well above what
 // heartbeats alone move (about 100 bytes per probe and direction, ours and
@@ -195,18 +141,10 @@ const busyBytes = 2048
 // more than busyBytes moved. An open but silent stream (kad-dht keeps one
 // per peer) does not make a path busy. Heartbeat goroutine only.
 func (pa *path) busy() bool {
-	busy := false
-	if sc, ok := pa.conn.(streamCounter); ok {
-		n := sc.StreamsOpened()
-		busy = n > pa.streamsSeen+1 // more than our own heartbeat stream
-		pa.streamsSeen = n
-	}
-	if pa.quic != nil {
-		qs := pa.quic.ConnectionStats()
-		moved := qs.BytesSent + qs.BytesReceived
-		busy = busy || moved-pa.bytesSeen > busyBytes
-		pa.bytesSeen = moved
-	}
+	a := pa.conn.Activity()
+	busy := a.StreamsOpened > pa.streamsSeen+1 || // more than our own heartbeat stream
+		a.Bytes()-pa.bytesSeen > busyBytes
+	pa.streamsSeen, pa.bytesSeen = a.StreamsOpened, a.Bytes()
 	return busy
 }
 
@@ -222,9 +160,9 @@ func userStreams(c network.Conn) int {
 }
 
 // info builds the snapshot; called with Manager.mu held (read).
-func (pa *path) info(selected bool) PathInfo {
+func (pa *path) info(selected bool) core.PathInfo {
 	st := pa.conn.Stat()
-	in := PathInfo{
+	in := core.PathInfo{
 		ConnID:        pa.conn.ID(),
 		Local:         pa.conn.LocalMultiaddr(),
 		Remote:        pa.conn.RemoteMultiaddr(),

@@ -21,7 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/transport"
-	"github.com/libp2p/go-libp2p/p2p/host/basic"
+	basichost "github.com/libp2p/go-libp2p/p2p/host/basic"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoremem"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
@@ -34,6 +34,7 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
@@ -68,6 +69,7 @@ func components(cfg *config, key crypto.PrivKey) fx.Option {
 			newTransport,
 			newSwarm,
 			newMultipath,
+			newRealmBackend,
 			newHost,
 			newNodeIdentifyTracker,
 			newDHT,
@@ -188,7 +190,7 @@ func newGater(lc fx.Lifecycle, cfg *config, registry *hooks.Registry) (*gater.Ga
 // its HighWater exceeds the resource manager's system connection limit (a
 // resource manager given through node.Fx; the default one is sized to fit).
 func newConnManager(lc fx.Lifecycle, cfg *config, bus event.Bus, rm network.ResourceManager) (*connmgr.Manager, error) {
-	cm, err := connmgr.New(cfg.connLimits, bus)
+	cm, err := connmgr.New(cfg.connLimits, bus, connmgr.WithClock(cfg.clock))
 	if err != nil {
 		return nil, err
 	}
@@ -229,6 +231,10 @@ func newQUICReuse(lc fx.Lifecycle, resetKey quic.StatelessResetKey, tokenKey qui
 	return cm, nil
 }
 
+// newTransport is go-libp2p's QUIC transport. It asks the gater
+// InterceptAccept (address rules, BeforeConnect hooks) before the handshake;
+// the gater's InterceptSecured allows everything, the peer being judged by
+// the swarm's admission pipeline instead.
 func newTransport(key crypto.PrivKey, reuse *quicreuse.ConnManager, gater libp2pcoreconnmgr.ConnectionGater, rm network.ResourceManager) (transport.Transport, error) {
 	t, err := libp2pquic.NewTransport(key, reuse, nil, gater, rm)
 	if err != nil {
@@ -245,20 +251,23 @@ type swarmParams struct {
 	Peerstore peerstore.Peerstore
 	Transport transport.Transport
 	Resources network.ResourceManager
-	Gater     libp2pcoreconnmgr.ConnectionGater
+	Gater     *gater.Gater
 	Bus       event.Bus
 	Pools     *connmgr.Manager
 }
 
+// newSwarm is realmnet's swarm. Its admission pipeline is completed by
+// newMultipath, which needs the swarm to dial: gater, paths, pools.
 func newSwarm(p swarmParams) (*swarm.Swarm, error) {
 	s, err := swarm.New(swarm.Params{
 		LocalPeer:       p.ID,
 		Peerstore:       p.Peerstore,
 		Transport:       p.Transport,
 		ResourceManager: p.Resources,
-		Gater:           p.Gater,
+		Dials:           p.Gater,
+		Admission:       []core.AdmissionStage{p.Gater, p.Pools},
+		Pools:           p.Pools,
 		EventBus:        p.Bus,
-		Admitter:        p.Pools,
 		Config:          p.Config.swarm,
 	})
 	if err != nil {
@@ -268,15 +277,17 @@ func newSwarm(p swarmParams) (*swarm.Swarm, error) {
 	return s, nil
 }
 
-// newMultipath is the path manager, installed as the swarm's path selector
-// and notifiee before anything connects. Its stop hook runs after the host's
+// newMultipath is the path manager, installed before anything connects as
+// the second stage of the swarm's admission pipeline (gater, paths, pools),
+// its path selector and a notifiee. Its stop hook runs after the host's
 // (which closes the swarm): by then every path is gone, and its goroutines
 // only wait to be stopped.
-func newMultipath(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, bus event.Bus, pools *connmgr.Manager) (*multipath.Manager, error) {
-	m, err := multipath.New(s, bus, cfg.multipath)
+func newMultipath(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, bus event.Bus, g *gater.Gater, pools *connmgr.Manager) (*multipath.Manager, error) {
+	m, err := multipath.New(s, bus, cfg.multipath, multipath.WithClock(cfg.clock))
 	if err != nil {
 		return nil, err
 	}
+	s.SetAdmission(g, m, pools)
 	s.SetPathSelector(m)
 	s.Notify(m)
 	pools.SetPathSelector(m)
@@ -364,10 +375,8 @@ func kadMode(m DHTRole) dht.ModeOpt {
 // newRealms builds the realm service over the host (its stop hook runs
 // before the host's and the DHT's, so goodbyes still go out) and turns the
 // realm-only policy on when asked, exempting bootstrap and allowlisted peers.
-func newRealms(lc fx.Lifecycle, cfg *config, h host.Host, pools *connmgr.Manager, rm *resource.Manager, g *gater.Gater, d *dht.IpfsDHT, paths *multipath.Manager) (*realm.Service, error) {
-	svc, err := realm.NewService(realm.Deps{
-		Host: h, Pools: pools, Resources: rm, Gater: g, Routing: d, Paths: paths.Paths,
-	})
+func newRealms(lc fx.Lifecycle, cfg *config, h host.Host, backend *realmBackend, g *gater.Gater, d *dht.IpfsDHT) (*realm.Service, error) {
+	svc, err := realm.NewService(realm.Deps{Host: h, Backend: backend, Routing: d, Clock: cfg.clock})
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/node"
 )
 
@@ -88,8 +89,8 @@ func TestPoolsHoldUnderInboundBurst(t *testing.T) {
 		"not at or below HighWater within one SilencePeriod (count %d)", hub.ConnectionCount())
 	t.Logf("max pool %d, max swarm %d, %d connections %s after the burst; stats %+v",
 		maxPool.Load(), maxSwarm.Load(), hub.ConnectionCount(), time.Since(burstEnd).Round(time.Millisecond), hub.Stats())
-	require.Positive(t, hub.Stats().Closed[connmgr.ReasonCeiling]+hub.Stats().Closed[connmgr.ReasonGlobal]+
-		hub.Stats().Closed[connmgr.ReasonUnassigned], "trims closed connections")
+	require.Positive(t, hub.Stats().Closed[core.ReasonPoolCeiling]+hub.Stats().Closed[core.ReasonGlobalHighWater]+
+		hub.Stats().Closed[core.ReasonUnassignedHighWater], "trims closed connections")
 	require.LessOrEqual(t, maxPool.Load(), int64(ceiling))
 
 	for _, p := range protected {
@@ -124,14 +125,14 @@ func TestConnManagerOptionsAndLimits(t *testing.T) {
 	require.ErrorContains(t, err, "LowWater (50)")
 	_, err = node.New(node.ConnLimits(connmgr.Config{LowWater: 1, HighWater: 10, GracePeriod: -time.Second}))
 	require.ErrorContains(t, err, "GracePeriod")
-	_, err = node.New(node.RealmDefaults(connmgr.RealmLimits{LowWater: 9, HighWater: 3}))
+	_, err = node.New(node.RealmDefaults(core.PoolLimits{LowWater: 9, HighWater: 3}))
 	require.ErrorContains(t, err, "RealmDefaults")
 
-	n := newNode(t, node.ConnLimits(connmgr.Config{LowWater: 5, HighWater: 50}), node.RealmDefaults(connmgr.RealmLimits{LowWater: 2, HighWater: 8}))
+	n := newNode(t, node.ConnLimits(connmgr.Config{LowWater: 5, HighWater: 50}), node.RealmDefaults(core.PoolLimits{LowWater: 2, HighWater: 8}))
 	cfg := n.ConnManager().Config()
 	require.Equal(t, 5, cfg.LowWater)
 	require.Equal(t, 50, cfg.HighWater)
-	require.Equal(t, connmgr.RealmLimits{LowWater: 2, HighWater: 8}, cfg.RealmDefaults)
+	require.Equal(t, core.PoolLimits{LowWater: 2, HighWater: 8}, cfg.RealmDefaults)
 	require.Equal(t, connmgr.DefaultGracePeriod, cfg.GracePeriod)
 
 	// The host and kad-dht see realmnet's manager.

@@ -28,6 +28,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
@@ -176,7 +177,7 @@ func (n *Node) Connection(p peer.ID) network.Conn { return n.pools.Connection(p)
 func (n *Node) ConnectionsMap() map[peer.ID][]network.Conn { return n.pools.ConnectionsMap() }
 
 // RealmConnections returns the connections of realm r's sub-pool.
-func (n *Node) RealmConnections(r connmgr.RealmID) []network.Conn { return n.pools.RealmConnections(r) }
+func (n *Node) RealmConnections(r core.RealmID) []network.Conn { return n.pools.RealmConnections(r) }
 
 // ConnectionCount returns the number of connections (several per peer
 // count several times).
@@ -197,17 +198,20 @@ func (n *Node) Multipath() *multipath.Manager { return n.paths }
 
 // Paths returns snapshots of the paths (connections) to p: addresses, RTT,
 // loss, state, which one is selected. Empty when not connected.
-func (n *Node) Paths(p peer.ID) []multipath.PathInfo { return n.paths.Paths(p) }
+func (n *Node) Paths(p peer.ID) []core.PathInfo { return n.paths.Paths(p) }
 
 // DHT returns the node's Kademlia DHT (protocol prefix /realmnet).
 func (n *Node) DHT() *dht.IpfsDHT { return n.dht }
 
 // Connect connects to the peer at the given addresses (added to the
-// peerstore) and waits for identify to complete. It returns nil at once when
-// already connected. Errors are the swarm's dial errors, which name each
-// address tried (errors.Is(err, hooks.ErrRejected) when one of our hooks
-// refused), or ErrRefusedByPeer when the peer closed the connection right
-// after the handshake.
+// peerstore) and waits for identify to complete on the connection that
+// survives admission (when both ends dial each other at the same moment,
+// both keep the same one of the two connections). It returns nil at once
+// when already connected. Errors are the swarm's dial errors, which name
+// each address tried (errors.Is(err, hooks.ErrRejected) when one of our
+// hooks refused, errors.Is(err, core.ErrRefused) for any stage of our
+// admission), or ErrRefusedByPeer when the peer closed the connection
+// right after the handshake.
 func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
 	if ai.ID == "" {
 		return errors.New("node: Connect: AddrInfo has no peer ID")
@@ -218,49 +222,24 @@ func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
 	return n.connect(ctx, ai, "")
 }
 
-// connect dials through the host (which waits for identify) and then asks
-// the identify outcome whether the peer kept the connection: go-libp2p's
-// QUIC listener decides after the handshake, so a refused dial "succeeds"
-// and only identify fails. where describes the addresses in errors.
+// connect dials through the host (which waits for identify on the
+// connection the swarm returns: the survivor of admission) and then asks
+// the identify outcome whether the peer kept the connection: the peer's
+// admission decides after the handshake, so a refused dial "succeeds" and
+// only identify fails. where describes the addresses in errors.
 func (n *Node) connect(ctx context.Context, ai peer.AddrInfo, where string) error {
 	start := time.Now()
 	if err := n.host.Connect(ctx, ai); err != nil {
 		return fmt.Errorf("node: connect to %s%s: %w", ai.ID, where, err)
 	}
 	reason, ok := n.identified.wait(ctx, ai.ID, start)
-	if ok && refusedByGater(reason) {
+	switch {
+	case ok && refusedByGater(reason):
 		return fmt.Errorf("node: connect to %s%s: %w (identify: %v)", ai.ID, where, ErrRefusedByPeer, reason)
-	}
-	if ok && reason != nil {
-		// Identify failed for another reason, e.g. the peer closed our
-		// connection as a redundant path because its own connection to us
-		// survives: give that one a moment to arrive.
-		if n.awaitConnection(ctx, ai.ID, time.Second) {
-			return nil
-		}
+	case ok && reason != nil && n.checkConnected(ai.ID) != nil:
 		return fmt.Errorf("node: connect to %s%s: the connection closed during identify: %w", ai.ID, where, reason)
 	}
-	// No identify outcome for our connection: if it is gone, it may have
-	// been the redundant one of two simultaneous dials (multipath closes
-	// it); the surviving one may take a moment to be added.
-	if n.awaitConnection(ctx, ai.ID, time.Second) {
-		return nil
-	}
 	return n.checkConnected(ai.ID)
-}
-
-// awaitConnection waits up to limit for an open connection to p.
-func (n *Node) awaitConnection(ctx context.Context, p peer.ID, limit time.Duration) bool {
-	deadline := time.Now().Add(limit)
-	for {
-		if n.checkConnected(p) == nil {
-			return true
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // refusedByGater reports whether err says the peer closed the connection

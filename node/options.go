@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -12,6 +13,7 @@ import (
 	"go.uber.org/fx"
 
 	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/realm"
@@ -99,6 +101,7 @@ type config struct {
 	realmOnly        bool
 	authTimeout      time.Duration
 	realmOnlyBackoff time.Duration
+	clock            clock.Clock
 }
 
 func defaultConfig() config {
@@ -111,6 +114,7 @@ func defaultConfig() config {
 		bootstrapTimeout: 10 * time.Second,
 		authTimeout:      realm.DefaultAuthTimeout,
 		realmOnlyBackoff: realm.DefaultRealmOnlyBackoff,
+		clock:            clock.New(),
 	}
 }
 
@@ -275,7 +279,7 @@ func ConnLimits(cfg connmgr.Config) Option {
 		if err != nil {
 			return err
 		}
-		if cfg.RealmDefaults == (connmgr.RealmLimits{}) && realmDefaults != connmgr.DefaultConfig().RealmDefaults {
+		if cfg.RealmDefaults == (core.PoolLimits{}) && realmDefaults != connmgr.DefaultConfig().RealmDefaults {
 			full.RealmDefaults = realmDefaults // set by RealmDefaults before
 		}
 		c.connLimits = full
@@ -285,7 +289,7 @@ func ConnLimits(cfg connmgr.Config) Option {
 
 // RealmDefaults sets the watermarks of every realm sub-pool that has no
 // limits of its own (default 16/64). The error names a bad value.
-func RealmDefaults(l connmgr.RealmLimits) Option {
+func RealmDefaults(l core.PoolLimits) Option {
 	return func(c *config) error {
 		cfg := c.connLimits
 		cfg.RealmDefaults = l
@@ -357,9 +361,13 @@ func BeforeConnect(fn hooks.BeforeConnectFunc) Option {
 }
 
 // AfterHandshake registers a hook run once a connection's TLS handshake has
-// proven the peer (both directions). The first hook to return an error
-// rejects; an outbound rejection reaches the dialer as an error matching
-// hooks.ErrRejected, an inbound one closes the connection.
+// proven the peer (both directions), in the first stage of the swarm's
+// admission pipeline: after the peer rules, before anyone sees the
+// connection, one connection at a time per peer (connections of different
+// peers run their hooks concurrently). Handshake.ConnID is the connection's
+// ID. The first hook to return an error rejects; an outbound rejection
+// reaches the dialer as an error matching hooks.ErrRejected, an inbound one
+// closes the connection (network.ConnGated).
 func AfterHandshake(fn hooks.AfterHandshakeFunc) Option {
 	return func(c *config) error {
 		if fn == nil {
@@ -416,6 +424,23 @@ func RealmOnlyBackoff(d time.Duration) Option {
 			return fmt.Errorf("node: RealmOnlyBackoff must be > 0, got %s", d)
 		}
 		c.realmOnlyBackoff = d
+		return nil
+	}
+}
+
+// Clock makes the node's policies read time from c
+// (github.com/benbjohnson/clock, as go-libp2p's connection manager's
+// WithClock): the connection manager's grace and silence periods, multipath's
+// heartbeat schedule and idle deadlines, realms' reconnect graces, the
+// realm-only policy and handshake retries. Tests pass a mock clock to move
+// that time without sleeping; network I/O deadlines and dial timeouts stay in
+// real time. Default: the real clock. A nil clock is an error.
+func Clock(c clock.Clock) Option {
+	return func(cfg *config) error {
+		if c == nil {
+			return errors.New("node: Clock is nil")
+		}
+		cfg.clock = c
 		return nil
 	}
 }

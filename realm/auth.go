@@ -43,11 +43,11 @@ func (r *Realm) authenticate(ctx context.Context, p peer.ID) error {
 	case r.left:
 		r.mu.Unlock()
 		return ErrLeft
-	case r.members[p] != nil && r.members[p].authenticated:
+	case r.membership.members[p] != nil && r.membership.members[p].authenticated:
 		r.mu.Unlock()
 		return nil
 	}
-	if wait, ok := r.pending[p]; ok {
+	if wait, ok := r.handshakes.pending[p]; ok {
 		r.mu.Unlock()
 		select {
 		case <-wait.done:
@@ -57,12 +57,12 @@ func (r *Realm) authenticate(ctx context.Context, p peer.ID) error {
 		}
 	}
 	call := &pendingAuth{done: make(chan struct{})}
-	r.pending[p] = call
+	r.handshakes.pending[p] = call
 	r.mu.Unlock()
 
 	call.err = r.initiate(ctx, p)
 	r.mu.Lock()
-	delete(r.pending, p)
+	delete(r.handshakes.pending, p)
 	r.mu.Unlock()
 	close(call.done)
 	return call.err
@@ -140,7 +140,7 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 		// realm is being left, at once otherwise (e.g. our realm limit).
 		if errors.Is(err, ErrLeft) {
 			r.mu.Lock()
-			r.admittedBy[p] = struct{}{}
+			r.membership.admittedBy[p] = struct{}{}
 			r.mu.Unlock()
 		} else {
 			r.goodbyeAsync(p)
@@ -383,4 +383,94 @@ func closeGracefully(str network.Stream) {
 		return
 	}
 	_ = str.Close()
+}
+
+// beginHandshake records a handshake with p for this realm until done is
+// called, and returns how many goodbyes p had sent when it began. It fails
+// with ErrLeft once the realm is left, so every handshake Leave does not see
+// is one that cannot start.
+func (r *Realm) beginHandshake(p peer.ID) (goodbyes uint64, done func(), err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.left {
+		return 0, nil, ErrLeft
+	}
+	r.handshakes.running[p]++
+	return r.membership.goodbyes[p], func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.handshakes.running[p]--; r.handshakes.running[p] <= 0 {
+			delete(r.handshakes.running, p)
+		}
+	}, nil
+}
+
+// awaitHandshakes waits until no handshake of this realm runs, or ctx ends.
+// Handshakes end by themselves within HandshakeTimeout; Leave, their only
+// caller, waits for them to finish rather than aborting them, so it polls.
+func (r *Realm) awaitHandshakes(ctx context.Context) {
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		r.mu.Lock()
+		n := len(r.handshakes.running)
+		r.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// authenticateAsync starts a handshake with a connected peer unless p is
+// authenticated or one is running.
+func (r *Realm) authenticateAsync(p peer.ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.handshakes.pending[p] != nil || (r.membership.members[p] != nil && r.membership.members[p].authenticated) {
+		return
+	}
+	r.spawnLocked(func() {
+		for attempt := 0; ; attempt++ {
+			err := r.authenticate(r.ctx, p)
+			if err == nil {
+				return
+			}
+			log.Debugw("handshake failed", "realm", r.name, "peer", p, "attempt", attempt+1, "err", err)
+			if attempt == len(handshakeRetries) || !r.retryable(p, err) {
+				return
+			}
+			select {
+			case <-r.svc.deps.Clock.After(handshakeRetries[attempt]):
+			case <-r.ctx.Done():
+				return
+			}
+		}
+	})
+}
+
+// handshakeRetries are the waits before the retries of a handshake with a
+// connected peer that failed for a reason other than the peer's refusal
+// (its length + 1 is the number of attempts; ours).
+var handshakeRetries = []time.Duration{250 * time.Millisecond, time.Second}
+
+// retryable reports whether a failed handshake with p is worth another try:
+// the realm is joined, p is still connected and not a member, and p did not
+// refuse (a peer that resets the stream is not in the realm, or is at its
+// limit: discovery rounds try again later).
+func (r *Realm) retryable(p peer.ID, err error) bool {
+	var reset *network.StreamError
+	switch {
+	case errors.Is(err, ErrLeft), errors.Is(err, errSaidGoodbye), errors.Is(err, network.ErrResourceLimitExceeded), r.ctx.Err() != nil:
+		return false
+	case errors.As(err, &reset) && reset.Remote:
+		return false
+	case errors.Is(err, ErrAuthFailed) && !errors.Is(err, errNoReply):
+		return false
+	}
+	return r.svc.deps.Host.Network().Connectedness(p) == network.Connected && !r.authenticated(p)
 }

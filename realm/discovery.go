@@ -3,13 +3,12 @@ package realm
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
-
-	"github.com/realmnet/realmnet/connmgr"
 )
 
 // findTimeout bounds one FindProviders round and one Provide.
@@ -38,7 +37,7 @@ func (r *Realm) discover() {
 		select {
 		case <-r.ctx.Done():
 			return
-		case <-r.joined:
+		case <-r.candidates.joined:
 			// A member joined: look again soon (it may know more).
 			bo.Reset()
 			if !timer.Stop() {
@@ -85,7 +84,7 @@ func (r *Realm) findProviders() {
 	defer cancel()
 	// At most HighWater providers per round (kad-dht stops the query once it
 	// has them), so a DHT answer cannot flood the realm with candidates.
-	count := r.svc.deps.Pools.RealmLimitsOf(connmgr.RealmID(r.keys.id)).HighWater
+	count := r.svc.deps.Backend.RealmPoolLimits(r.keys.id).HighWater
 	for ai := range r.svc.deps.Routing.FindProvidersAsync(ctx, r.cid, count) {
 		if ai.ID != r.svc.deps.Host.ID() && !r.authenticated(ai.ID) {
 			r.candidate(ai)
@@ -114,3 +113,57 @@ type mdnsNotifee struct{ r *Realm }
 
 // HandlePeerFound makes a peer found on the LAN a candidate member.
 func (n mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) { n.r.candidate(ai) }
+
+// wantsMore reports whether the realm looks for more members: fewer
+// authenticated members than its sub-pool's HighWater.
+func (r *Realm) wantsMore() bool {
+	high := r.svc.deps.Backend.RealmPoolLimits(r.keys.id).HighWater
+	return r.authenticatedCount() < high
+}
+
+// candidate connects to a possible member and authenticates, in the
+// background (at most maxCandidateDials at once per realm).
+func (r *Realm) candidate(ai peer.AddrInfo) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.candidateLocked(ai)
+}
+
+func (r *Realm) candidateLocked(ai peer.AddrInfo) {
+	p := ai.ID
+	if r.left || p == r.svc.deps.Host.ID() || p == "" {
+		return
+	}
+	if _, busy := r.candidates.trying[p]; busy || r.handshakes.pending[p] != nil || (r.membership.members[p] != nil && r.membership.members[p].authenticated) {
+		return
+	}
+	if len(r.candidates.trying) >= maxCandidates {
+		return // discovery offers it again later
+	}
+	r.candidates.trying[p] = struct{}{}
+	r.spawnLocked(func() {
+		defer func() {
+			r.mu.Lock()
+			delete(r.candidates.trying, p)
+			r.mu.Unlock()
+		}()
+		select {
+		case r.candidates.dials <- struct{}{}:
+			defer func() { <-r.candidates.dials }()
+		case <-r.ctx.Done():
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.ctx, candidateTimeout)
+		defer cancel()
+		if err := r.connectAndAuthenticate(ctx, ai); err != nil {
+			log.Debugw("candidate not authenticated", "realm", r.name, "peer", p, "err", err)
+		}
+	})
+}
+
+func (r *Realm) connectAndAuthenticate(ctx context.Context, ai peer.AddrInfo) error {
+	if err := r.svc.deps.Host.Connect(ctx, ai); err != nil {
+		return fmt.Errorf("realm %q: connect to %s: %w", r.name, ai.ID, err)
+	}
+	return r.authenticate(ctx, ai.ID)
+}

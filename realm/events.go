@@ -4,6 +4,7 @@ import (
 	"sync/atomic"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/realmnet/realmnet/core"
 )
 
 // EvtMemberJoined is emitted on the host's event bus and on the realm's own
@@ -11,7 +12,7 @@ import (
 // realm it was not a member of. It carries no key material.
 type EvtMemberJoined struct {
 	Realm   string // the realm's name
-	RealmID ID
+	RealmID core.RealmID
 	Peer    peer.ID
 }
 
@@ -19,7 +20,7 @@ type EvtMemberJoined struct {
 // one; Reason says why (one of the Reason* constants).
 type EvtMemberLeft struct {
 	Realm   string
-	RealmID ID
+	RealmID core.RealmID
 	Peer    peer.ID
 	Reason  string
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	mh "github.com/multiformats/go-multihash"
+	"github.com/realmnet/realmnet/core"
 	"golang.org/x/crypto/hkdf"
 )
 
@@ -21,12 +22,6 @@ const MinPSKLength = 16
 
 // MaxNameLength is the longest realm name JoinRealm accepts, in bytes.
 const MaxNameLength = 256
-
-// ID identifies a realm locally: 16 bytes of HKDF-SHA256 output, hex-encoded
-// (32 characters). It names the realm's connection sub-pool
-// (connmgr.RealmID) and resource scope (resource.RealmID) and appears in
-// metrics. It is never sent on the wire, and knowing it gives no key.
-type ID string
 
 // Salts of the key schedule, one per purpose; the realm name is the HKDF info.
 // Changing any of them changes every realm's identity (hence the version).
@@ -48,7 +43,7 @@ const (
 // so learning one (the ID from metrics, the rendezvous CID from the DHT)
 // tells nothing about the auth key.
 type keys struct {
-	id         ID
+	id         core.RealmID
 	idBytes    [16]byte
 	auth       [32]byte
 	rendezvous [32]byte
@@ -64,7 +59,7 @@ func deriveKeys(name string, psk []byte) keys {
 	expand(secret, saltID, name, k.idBytes[:])
 	expand(secret, saltAuth, name, k.auth[:])
 	expand(secret, saltRendezvous, name, k.rendezvous[:])
-	k.id = ID(hex.EncodeToString(k.idBytes[:]))
+	k.id = core.RealmID(hex.EncodeToString(k.idBytes[:]))
 	return k
 }
 

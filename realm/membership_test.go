@@ -17,7 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/stretchr/testify/require"
 
-	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/node"
 	"github.com/realmnet/realmnet/realm"
 	"github.com/realmnet/realmnet/resource"
@@ -601,8 +601,8 @@ func TestMembershipPoolsAndResources(t *testing.T) {
 	}
 	ctx := memCtx(t, 20*time.Second)
 	require.NoError(t, x.Connect(ctx, a.AddrInfo())) // a non-member
-	poolID := connmgr.RealmID(ra.ID())
-	scopeA, scopeB := resource.RealmID(ra.ID()), resource.RealmID(rb.ID())
+	poolID := ra.ID()
+	scopeA, scopeB := ra.ID(), rb.ID()
 	require.Equal(t, ra.ID(), rb.ID())
 
 	poolPeers := func() []peer.ID {
@@ -634,20 +634,20 @@ func TestMembershipPoolsAndResources(t *testing.T) {
 		return slices.Equal(poolPeers(), members)
 	}, 5*time.Second, 10*time.Millisecond, "realm pool peers %v, want %v", poolPeers(), members)
 	require.True(t, memConnected(a, x))
-	require.Equal(t, []connmgr.RealmID{poolID}, a.ConnManager().Realms(b.ID()))
+	require.Equal(t, []core.RealmID{poolID}, a.ConnManager().Realms(b.ID()))
 	require.Empty(t, a.ConnManager().Realms(x.ID()))
 
-	view := func(n *node.Node, id resource.RealmID) resource.RealmStat {
+	view := func(n *node.Node, id core.RealmID) resource.RealmStat {
 		st, _ := n.ResourceManager().ViewRealm(id)
 		return st
 	}
 	st := view(a, scopeA)
-	require.Equal(t, len(ra.Members()), st.Conns)
-	require.Equal(t, 2, st.Conns)
+	require.Equal(t, len(ra.Members()), st.Members)
+	require.Equal(t, 2, st.Members)
 
 	inbound := make(chan network.Stream, 4)
 	require.NoError(t, rb.SetStreamHandler("/hold", func(s network.Stream) { inbound <- s }))
-	streams := func(n *node.Node, id resource.RealmID) [2]int {
+	streams := func(n *node.Node, id core.RealmID) [2]int {
 		st := view(n, id)
 		return [2]int{st.StreamsInbound, st.StreamsOutbound}
 	}
@@ -690,7 +690,7 @@ func TestMembershipPoolsAndResources(t *testing.T) {
 	expectStreams("connection closed", [2]int{0, 0}, [2]int{0, 0})
 	_, _ = s, in // never closed by the application
 	// b is within its reconnect grace: still a member, still charged.
-	require.Equal(t, 2, view(a, scopeA).Conns)
+	require.Equal(t, 2, view(a, scopeA).Members)
 	// The realm reconnects b by itself; its new connections join the pool.
 	require.Eventually(t, func() bool {
 		info, ok := ra.Member(b.ID())
@@ -711,10 +711,10 @@ func TestMembershipPoolsAndResources(t *testing.T) {
 	require.Empty(t, a.ConnManager().RealmConnections(poolID))
 	require.Empty(t, a.ConnManager().Realms(b.ID()))
 	st = view(a, scopeA)
-	require.Zero(t, st.Conns)
+	require.Zero(t, st.Members)
 	require.Zero(t, st.StreamsInbound+st.StreamsOutbound)
 	// b and c removed a on its goodbye: their scopes count one member now.
-	require.Eventually(t, func() bool { return view(b, scopeB).Conns == 1 }, 2*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return view(b, scopeB).Members == 1 }, 2*time.Second, 5*time.Millisecond,
 		"b still counts a; b's view of a: %+v", func() any { i, _ := rb.Member(a.ID()); return i }())
 }
 
@@ -891,7 +891,7 @@ func TestMembershipNewStreamAndJoinErrors(t *testing.T) {
 	require.ErrorIs(t, err, realm.ErrAlreadyJoined)
 	_, err = a.JoinRealm(ctx, "")
 	require.ErrorIs(t, err, realm.ErrBadName)
-	_, err = a.JoinRealm(ctx, "limits", realm.WithPSK(testPSK), realm.WithLimits(connmgr.RealmLimits{LowWater: 5, HighWater: 2}))
+	_, err = a.JoinRealm(ctx, "limits", realm.WithPSK(testPSK), realm.WithPoolLimits(core.PoolLimits{LowWater: 5, HighWater: 2}))
 	require.Error(t, err)
 	require.Regexp(t, `LowWater\D*5\b`, err.Error())
 	require.Regexp(t, `HighWater\D*2\b`, err.Error())
@@ -899,8 +899,8 @@ func TestMembershipNewStreamAndJoinErrors(t *testing.T) {
 	require.Nil(t, a.Realm("weak"))
 	require.Equal(t, []*realm.Realm{ra}, a.Realms())
 	// The name is free: a valid join works.
-	rl := join(t, a, "limits", realm.WithPSK(testPSK), realm.WithLimits(connmgr.RealmLimits{LowWater: 2, HighWater: 5}))
-	require.Equal(t, connmgr.RealmLimits{LowWater: 2, HighWater: 5}, a.ConnManager().RealmLimitsOf(connmgr.RealmID(rl.ID())))
+	rl := join(t, a, "limits", realm.WithPSK(testPSK), realm.WithPoolLimits(core.PoolLimits{LowWater: 2, HighWater: 5}))
+	require.Equal(t, core.PoolLimits{LowWater: 2, HighWater: 5}, a.ConnManager().RealmLimitsOf(rl.ID()))
 
 	// After Leave.
 	require.NoError(t, ra.Leave(ctx))

@@ -9,8 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
-	"github.com/realmnet/realmnet/connmgr"
-	"github.com/realmnet/realmnet/resource"
+	"github.com/realmnet/realmnet/core"
 )
 
 // Errors returned by the realm API.
@@ -59,12 +58,12 @@ type Option func(*Config) error
 type Config struct {
 	// PSK is the pre-shared key (nil: an open realm).
 	PSK []byte
-	// Limits, when set, are the realm's connection sub-pool watermarks
-	// (connmgr.SetRealmLimits); nil keeps the node's realm defaults.
-	Limits *connmgr.RealmLimits
-	// ResourceLimits, when set, are the realm's resource scope limits
-	// (resource.Manager.SetRealmLimits); nil keeps the node's defaults.
-	ResourceLimits *resource.RealmLimits
+	// PoolLimits, when set, are the realm's connection sub-pool
+	// watermarks; nil keeps the node's realm defaults.
+	PoolLimits *core.PoolLimits
+	// ScopeLimits, when set, are the realm's resource scope limits; nil
+	// keeps the node's defaults.
+	ScopeLimits *core.RealmScopeLimits
 	// DiscoveryInterval caps the FindProviders backoff (2 s → this).
 	DiscoveryInterval time.Duration
 	// ReprovideInterval is the DHT re-provide period.
@@ -100,22 +99,23 @@ func WithPSK(psk []byte) Option {
 	}
 }
 
-// WithLimits sets the realm's connection sub-pool watermarks (connections,
-// counted per path). JoinRealm returns connmgr's error naming an invalid
-// value.
-func WithLimits(l connmgr.RealmLimits) Option {
+// WithPoolLimits sets the realm's connection sub-pool watermarks
+// (connections, counted per path: a member with two paths counts two).
+// JoinRealm returns the connection manager's error naming an invalid value.
+func WithPoolLimits(l core.PoolLimits) Option {
 	return func(c *Config) error {
-		c.Limits = &l
+		c.PoolLimits = &l
 		return nil
 	}
 }
 
-// WithResourceLimits sets the realm's resource scope limits (connections —
-// one per member —, streams in and out, memory in bytes). JoinRealm returns
-// the resource manager's error naming a negative value.
-func WithResourceLimits(l resource.RealmLimits) Option {
+// WithScopeLimits sets the realm's resource scope limits: members (one per
+// member, whatever its paths) and application streams in and out; zero
+// fields keep the node's defaults. JoinRealm returns the resource manager's
+// error naming a negative value.
+func WithScopeLimits(l core.RealmScopeLimits) Option {
 	return func(c *Config) error {
-		c.ResourceLimits = &l
+		c.ScopeLimits = &l
 		return nil
 	}
 }
@@ -167,8 +167,6 @@ func WithPeers(peers ...peer.AddrInfo) Option {
 		return nil
 	}
 }
-
-var errRealmOnlyNoGater = errors.New("realm: realm-only policy needs the gater")
 
 // WithStreamHandler sets a stream handler for application protocol proto
 // before the realm starts admitting members, so the first members' streams

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -20,7 +21,7 @@ type realmOnly struct {
 	exempt      func(peer.ID) bool
 
 	mu      sync.Mutex
-	timers  map[peer.ID]*time.Timer
+	timers  map[peer.ID]*clock.Timer
 	refused map[peer.ID]time.Time // until when
 	closed  bool
 }
@@ -28,12 +29,9 @@ type realmOnly struct {
 // EnableRealmOnly turns the realm-only policy on: peers must authenticate
 // into a shared realm within authTimeout of connecting (> 0), else they are
 // disconnected and refused for backoff (> 0). exempt (may be nil) names
-// peers the policy never touches. It needs Deps.Gater; the error says so,
-// or names a bad duration.
+// peers the policy never touches. The error names a bad duration.
 func (s *Service) EnableRealmOnly(authTimeout, backoff time.Duration, exempt func(peer.ID) bool) error {
 	switch {
-	case s.deps.Gater == nil:
-		return errRealmOnlyNoGater
 	case authTimeout <= 0:
 		return fmt.Errorf("realm: realm-only: AuthTimeout %v, want > 0", authTimeout)
 	case backoff <= 0:
@@ -44,11 +42,11 @@ func (s *Service) EnableRealmOnly(authTimeout, backoff time.Duration, exempt fun
 	}
 	p := &realmOnly{
 		svc: s, authTimeout: authTimeout, backoff: backoff, exempt: exempt,
-		timers:  make(map[peer.ID]*time.Timer),
+		timers:  make(map[peer.ID]*clock.Timer),
 		refused: make(map[peer.ID]time.Time),
 	}
 	s.policy.Store(p)
-	s.deps.Gater.SetPeerPolicy(p.allow)
+	s.deps.Backend.SetPeerPolicy(p.allow)
 	for _, peer := range s.deps.Host.Network().Peers() {
 		p.connected(peer)
 	}
@@ -63,7 +61,7 @@ func (p *realmOnly) allow(id peer.ID) bool {
 	if !ok {
 		return true
 	}
-	if time.Now().After(until) {
+	if p.svc.deps.Clock.Now().After(until) {
 		delete(p.refused, id)
 		return true
 	}
@@ -79,7 +77,7 @@ func (p *realmOnly) connected(id peer.ID) {
 	if p.closed || p.timers[id] != nil {
 		return
 	}
-	p.timers[id] = time.AfterFunc(p.authTimeout, func() { p.check(id) })
+	p.timers[id] = p.svc.deps.Clock.AfterFunc(p.authTimeout, func() { p.check(id) })
 }
 
 func (p *realmOnly) disconnected(id peer.ID) {
@@ -101,7 +99,7 @@ func (p *realmOnly) check(id peer.ID) {
 		return
 	}
 	p.mu.Lock()
-	now := time.Now()
+	now := p.svc.deps.Clock.Now()
 	for other, until := range p.refused { // expired refusals go here, not only when their peer returns
 		if now.After(until) {
 			delete(p.refused, other)

@@ -2,13 +2,12 @@ package realm
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -16,10 +15,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 
-	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/internal/eventqueue"
-	"github.com/realmnet/realmnet/multipath"
-	"github.com/realmnet/realmnet/resource"
 )
 
 // maxCandidateDials bounds a realm's concurrent connect-and-authenticate
@@ -38,6 +35,11 @@ const candidateTimeout = 15 * time.Second
 // Realm is a joined realm: its members, its stream handlers, its discovery.
 // Its methods are safe for concurrent use. After Leave (or the node's
 // Close) it is inert: NewStream returns ErrLeft, Members is empty.
+//
+// Its state is split by concern — membership (membership.go), handshakes
+// (auth.go), candidates (discovery.go), goodbyes (goodbye.go) — under one
+// lock, mu, because admissions must see membership, handshakes, goodbyes and
+// the realm's end at once.
 type Realm struct {
 	svc  *Service
 	name string
@@ -51,33 +53,54 @@ type Realm struct {
 
 	bus    event.Bus
 	events *eventqueue.Queue
-	dials  chan struct{}
-	// joined is signalled (without blocking) when a member joins, so the
-	// discovery loop re-checks whether it wants more.
-	joined chan struct{}
 
-	mu       sync.Mutex
-	members  map[peer.ID]*member
-	pending  map[peer.ID]*pendingAuth
-	trying   map[peer.ID]struct{} // candidates being connected to
-	handlers map[protocol.ID]network.StreamHandler
-	// handshaking counts the handshakes running with each peer for this
-	// realm (either role); Leave waits for them.
-	handshaking map[peer.ID]int
-	// admittedBy holds peers that admitted this node in a handshake this
-	// node could no longer complete (the realm was being left): they are
-	// owed a goodbye.
-	admittedBy map[peer.ID]struct{}
-	// goodbyes counts the goodbyes received from each peer; a handshake
-	// that began before the latest one does not admit the peer.
-	goodbyes  map[peer.ID]uint64
-	left      bool
-	leaveErr  error
-	leaveDone chan struct{} // closed when Leave has finished
+	mu         sync.Mutex
+	membership membership
+	handshakes handshakes
+	candidates candidates
+	handlers   map[protocol.ID]network.StreamHandler
+	left       bool
+	leaveErr   error
+	leaveDone  chan struct{} // closed when Leave has finished
 	// leaving mirrors left for readers that must not take mu (the service,
 	// under its own lock).
 	leaving  atomic.Bool
 	stopMDNS func() error
+}
+
+// membership is who is in the realm and what is known of who left;
+// guarded by Realm.mu.
+type membership struct {
+	members map[peer.ID]*member
+	// goodbyes counts the goodbyes received from each peer; a handshake
+	// that began before the latest one does not admit the peer.
+	goodbyes map[peer.ID]uint64
+	// admittedBy holds peers that admitted this node in a handshake this
+	// node could no longer complete (the realm was being left): they are
+	// owed a goodbye.
+	admittedBy map[peer.ID]struct{}
+}
+
+// handshakes are the realm's handshakes in progress; guarded by Realm.mu.
+type handshakes struct {
+	// pending holds the initiator handshake running with each peer, which
+	// concurrent authenticate calls share.
+	pending map[peer.ID]*pendingAuth
+	// running counts the handshakes running with each peer for this realm
+	// (either role); Leave waits for them.
+	running map[peer.ID]int
+}
+
+// candidates are the peers being connected to as possible members; trying
+// is guarded by Realm.mu.
+type candidates struct {
+	trying map[peer.ID]struct{}
+	// dials holds one token per connect-and-authenticate in progress (at
+	// most maxCandidateDials).
+	dials chan struct{}
+	// joined is signalled (without blocking) when a member joins, so the
+	// discovery loop re-checks whether it wants more.
+	joined chan struct{}
 }
 
 // member is one authenticated (or, within its reconnect grace, formerly
@@ -86,8 +109,8 @@ type member struct {
 	since         time.Time
 	authenticated bool
 	handle        handle
-	release       func()      // the member's connection in the realm's resource scope
-	grace         *time.Timer // running while not authenticated
+	release       func()       // the member's charge in the realm's resource scope
+	grace         *clock.Timer // running while not authenticated
 }
 
 // MemberInfo describes a member.
@@ -98,7 +121,7 @@ type MemberInfo struct {
 	// Connected is false while the member is within its reconnect grace.
 	Connected bool
 	// Paths are the member's paths (connections), as multipath sees them.
-	Paths []multipath.PathInfo
+	Paths []core.PathInfo
 }
 
 func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
@@ -108,24 +131,29 @@ func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
 		return nil, fmt.Errorf("realm %q: %w", name, err)
 	}
 	r := &Realm{
-		svc:      s,
-		name:     name,
-		keys:     k,
-		cfg:      cfg,
-		cid:      k.rendezvousCID(),
-		bus:      bus,
-		events:   events,
-		dials:    make(chan struct{}, maxCandidateDials),
-		joined:   make(chan struct{}, 1),
-		members:  make(map[peer.ID]*member),
-		pending:  make(map[peer.ID]*pendingAuth),
-		trying:   make(map[peer.ID]struct{}),
-		handlers: make(map[protocol.ID]network.StreamHandler),
-
-		leaveDone:   make(chan struct{}),
-		handshaking: make(map[peer.ID]int),
-		admittedBy:  make(map[peer.ID]struct{}),
-		goodbyes:    make(map[peer.ID]uint64),
+		svc:    s,
+		name:   name,
+		keys:   k,
+		cfg:    cfg,
+		cid:    k.rendezvousCID(),
+		bus:    bus,
+		events: events,
+		membership: membership{
+			members:    make(map[peer.ID]*member),
+			goodbyes:   make(map[peer.ID]uint64),
+			admittedBy: make(map[peer.ID]struct{}),
+		},
+		handshakes: handshakes{
+			pending: make(map[peer.ID]*pendingAuth),
+			running: make(map[peer.ID]int),
+		},
+		candidates: candidates{
+			trying: make(map[peer.ID]struct{}),
+			dials:  make(chan struct{}, maxCandidateDials),
+			joined: make(chan struct{}, 1),
+		},
+		handlers:  make(map[protocol.ID]network.StreamHandler),
+		leaveDone: make(chan struct{}),
 	}
 	for proto, h := range cfg.Handlers {
 		r.handlers[proto] = h
@@ -162,268 +190,7 @@ func (r *Realm) start() {
 func (r *Realm) Name() string { return r.name }
 
 // ID returns the realm's ID (the name of its sub-pool and resource scope).
-func (r *Realm) ID() ID { return r.keys.id }
-
-// Members returns the realm's members, sorted, including members within
-// their reconnect grace; never this node.
-func (r *Realm) Members() []peer.ID {
-	r.mu.Lock()
-	out := make([]peer.ID, 0, len(r.members))
-	for p := range r.members {
-		out = append(out, p)
-	}
-	r.mu.Unlock()
-	slices.Sort(out)
-	return out
-}
-
-// Member describes member p; false when p is not a member.
-func (r *Realm) Member(p peer.ID) (MemberInfo, bool) {
-	r.mu.Lock()
-	m := r.members[p]
-	var info MemberInfo
-	if m != nil {
-		info = MemberInfo{Peer: p, Since: m.since, Connected: m.authenticated}
-	}
-	r.mu.Unlock()
-	if m == nil {
-		return MemberInfo{}, false
-	}
-	if r.svc.deps.Paths != nil {
-		info.Paths = r.svc.deps.Paths(p)
-	}
-	return info, true
-}
-
-// Subscribe returns a subscription to this realm's EvtMemberJoined and
-// EvtMemberLeft events, in the order they happened (go-libp2p's event bus;
-// the caller reads it and closes it: events wait for a full subscription).
-// Members admitted before the call are not replayed: list them with
-// Members, or subscribe to the host's event bus, which carries the same
-// events for all realms, before JoinRealm.
-func (r *Realm) Subscribe(opts ...event.SubscriptionOpt) (event.Subscription, error) {
-	return r.bus.Subscribe([]any{new(EvtMemberJoined), new(EvtMemberLeft)}, opts...)
-}
-
-// WaitMembers blocks until the realm has at least n authenticated members
-// or ctx ends (its error is returned), or the realm is left (ErrLeft).
-func (r *Realm) WaitMembers(ctx context.Context, n int) error {
-	sub, err := r.Subscribe()
-	if err != nil {
-		return err
-	}
-	defer sub.Close()
-	for {
-		if r.authenticatedCount() >= n {
-			return nil
-		}
-		if r.isLeft() {
-			return ErrLeft
-		}
-		select {
-		case <-sub.Out():
-		case <-r.ctx.Done():
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-func (r *Realm) authenticatedCount() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, m := range r.members {
-		if m.authenticated {
-			n++
-		}
-	}
-	return n
-}
-
-func (r *Realm) isLeft() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.left
-}
-
-func (r *Realm) authenticated(p peer.ID) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	m := r.members[p]
-	return m != nil && m.authenticated
-}
-
-// wantsMore reports whether the realm looks for more members: fewer
-// authenticated members than its sub-pool's HighWater.
-func (r *Realm) wantsMore() bool {
-	high := r.svc.deps.Pools.RealmLimitsOf(connmgr.RealmID(r.keys.id)).HighWater
-	return r.authenticatedCount() < high
-}
-
-// beginHandshake records a handshake with p for this realm until done is
-// called, and returns how many goodbyes p had sent when it began. It fails
-// with ErrLeft once the realm is left, so every handshake Leave does not see
-// is one that cannot start.
-func (r *Realm) beginHandshake(p peer.ID) (goodbyes uint64, done func(), err error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.left {
-		return 0, nil, ErrLeft
-	}
-	r.handshaking[p]++
-	return r.goodbyes[p], func() {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if r.handshaking[p]--; r.handshaking[p] <= 0 {
-			delete(r.handshaking, p)
-		}
-	}, nil
-}
-
-// awaitHandshakes waits until no handshake of this realm runs, or ctx ends.
-// Handshakes end by themselves within HandshakeTimeout; Leave, their only
-// caller, waits for them to finish rather than aborting them, so it polls.
-func (r *Realm) awaitHandshakes(ctx context.Context) {
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		r.mu.Lock()
-		n := len(r.handshaking)
-		r.mu.Unlock()
-		if n == 0 {
-			return
-		}
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			return
-		}
-	}
-}
-
-// errSaidGoodbye refuses a handshake that raced with the peer's goodbye.
-var errSaidGoodbye = errors.New("realm: the peer said goodbye during the handshake")
-
-// admit makes p an authenticated member after a handshake that began when p
-// had sent goodbyes goodbyes: its handle is registered, its connections
-// join the realm's sub-pool, it is charged to the realm's resource scope,
-// and EvtMemberJoined is emitted if it was not a member. Errors: ErrLeft,
-// errSaidGoodbye (p left meanwhile), or the resource scope's
-// *resource.LimitError.
-func (r *Realm) admit(p peer.ID, goodbyes uint64) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	switch {
-	case r.left:
-		return ErrLeft
-	case r.goodbyes[p] != goodbyes:
-		return errSaidGoodbye
-	}
-	m := r.members[p]
-	if m == nil {
-		release, err := r.svc.deps.Resources.ReserveRealmConn(resource.RealmID(r.keys.id))
-		if err != nil {
-			return fmt.Errorf("realm %q: admit %s: %w", r.name, p, err)
-		}
-		m = &member{since: time.Now(), handle: r.keys.handle(r.svc.deps.Host.ID(), p), release: release}
-		r.members[p] = m
-		r.svc.setHandle(m.handle, handleEntry{realm: r, peer: p})
-		r.events.Push(EvtMemberJoined{Realm: r.name, RealmID: r.keys.id, Peer: p})
-		r.svc.events.Push(EvtMemberJoined{Realm: r.name, RealmID: r.keys.id, Peer: p})
-		log.Debugw("member joined", "realm", r.name, "peer", p)
-		select {
-		case r.joined <- struct{}{}:
-		default:
-		}
-	}
-	if m.grace != nil {
-		m.grace.Stop()
-		m.grace = nil
-	}
-	m.authenticated = true
-	r.svc.deps.Pools.AssignRealm(p, connmgr.RealmID(r.keys.id))
-	return nil
-}
-
-// removeLocked ends p's membership; r.mu is held.
-func (r *Realm) removeLocked(p peer.ID, reason string) {
-	m := r.members[p]
-	if m == nil {
-		return
-	}
-	delete(r.members, p)
-	if m.grace != nil {
-		m.grace.Stop()
-	}
-	m.release()
-	r.svc.dropHandle(m.handle, r)
-	r.svc.deps.Pools.UnassignRealm(p, connmgr.RealmID(r.keys.id))
-	r.events.Push(EvtMemberLeft{Realm: r.name, RealmID: r.keys.id, Peer: p, Reason: reason})
-	r.svc.events.Push(EvtMemberLeft{Realm: r.name, RealmID: r.keys.id, Peer: p, Reason: reason})
-	log.Debugw("member left", "realm", r.name, "peer", p, "reason", reason)
-	// Under the realm-only policy, a peer still connected must now share
-	// another realm within AuthTimeout.
-	if policy := r.svc.policy.Load(); policy != nil && r.svc.deps.Host.Network().Connectedness(p) == network.Connected {
-		policy.connected(p)
-	}
-}
-
-// lostConnection starts p's reconnect grace: p has no connection left.
-func (r *Realm) lostConnection(p peer.ID) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	m := r.members[p]
-	if m == nil || r.left || !m.authenticated {
-		return
-	}
-	r.startGraceLocked(p, m)
-	// Try to get the member back while the grace runs.
-	r.candidateLocked(peer.AddrInfo{ID: p})
-}
-
-// startGraceLocked marks m (member p) not authenticated and removes it
-// after ReconnectGrace unless it authenticates again; r.mu is held.
-func (r *Realm) startGraceLocked(p peer.ID, m *member) {
-	m.authenticated = false
-	if m.grace != nil {
-		m.grace.Stop()
-	}
-	m.grace = time.AfterFunc(r.cfg.ReconnectGrace, func() {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if cur := r.members[p]; cur == m && !m.authenticated {
-			r.removeLocked(p, ReasonGraceExpired)
-		}
-	})
-}
-
-// authenticateAsync starts a handshake with a connected peer unless p is
-// authenticated or one is running.
-func (r *Realm) authenticateAsync(p peer.ID) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.pending[p] != nil || (r.members[p] != nil && r.members[p].authenticated) {
-		return
-	}
-	r.spawnLocked(func() {
-		for attempt := 0; ; attempt++ {
-			err := r.authenticate(r.ctx, p)
-			if err == nil {
-				return
-			}
-			log.Debugw("handshake failed", "realm", r.name, "peer", p, "attempt", attempt+1, "err", err)
-			if attempt == len(handshakeRetries) || !r.retryable(p, err) {
-				return
-			}
-			select {
-			case <-time.After(handshakeRetries[attempt]):
-			case <-r.ctx.Done():
-				return
-			}
-		}
-	})
-}
+func (r *Realm) ID() core.RealmID { return r.keys.id }
 
 // spawn runs f on a goroutine owned by the realm (Leave waits for it),
 // unless the realm is left.
@@ -443,75 +210,6 @@ func (r *Realm) spawnLocked(f func()) {
 		defer r.wg.Done()
 		f()
 	}()
-}
-
-// handshakeRetries are the waits before the retries of a handshake with a
-// connected peer that failed for a reason other than the peer's refusal
-// (its length + 1 is the number of attempts; ours).
-var handshakeRetries = []time.Duration{250 * time.Millisecond, time.Second}
-
-// retryable reports whether a failed handshake with p is worth another try:
-// the realm is joined, p is still connected and not a member, and p did not
-// refuse (a peer that resets the stream is not in the realm, or is at its
-// limit: discovery rounds try again later).
-func (r *Realm) retryable(p peer.ID, err error) bool {
-	var reset *network.StreamError
-	switch {
-	case errors.Is(err, ErrLeft), errors.Is(err, errSaidGoodbye), errors.Is(err, network.ErrResourceLimitExceeded), r.ctx.Err() != nil:
-		return false
-	case errors.As(err, &reset) && reset.Remote:
-		return false
-	case errors.Is(err, ErrAuthFailed) && !errors.Is(err, errNoReply):
-		return false
-	}
-	return r.svc.deps.Host.Network().Connectedness(p) == network.Connected && !r.authenticated(p)
-}
-
-// candidate connects to a possible member and authenticates, in the
-// background (at most maxCandidateDials at once per realm).
-func (r *Realm) candidate(ai peer.AddrInfo) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.candidateLocked(ai)
-}
-
-func (r *Realm) candidateLocked(ai peer.AddrInfo) {
-	p := ai.ID
-	if r.left || p == r.svc.deps.Host.ID() || p == "" {
-		return
-	}
-	if _, busy := r.trying[p]; busy || r.pending[p] != nil || (r.members[p] != nil && r.members[p].authenticated) {
-		return
-	}
-	if len(r.trying) >= maxCandidates {
-		return // discovery offers it again later
-	}
-	r.trying[p] = struct{}{}
-	r.spawnLocked(func() {
-		defer func() {
-			r.mu.Lock()
-			delete(r.trying, p)
-			r.mu.Unlock()
-		}()
-		select {
-		case r.dials <- struct{}{}:
-			defer func() { <-r.dials }()
-		case <-r.ctx.Done():
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.ctx, candidateTimeout)
-		defer cancel()
-		if err := r.connectAndAuthenticate(ctx, ai); err != nil {
-			log.Debugw("candidate not authenticated", "realm", r.name, "peer", p, "err", err)
-		}
-	})
-}
-
-func (r *Realm) connectAndAuthenticate(ctx context.Context, ai peer.AddrInfo) error {
-	if err := r.svc.deps.Host.Connect(ctx, ai); err != nil {
-		return fmt.Errorf("realm %q: connect to %s: %w", r.name, ai.ID, err)
-	}
-	return r.authenticate(ctx, ai.ID)
 }
 
 // Leave leaves the realm: it stops discovery, sends a signed goodbye to
@@ -545,13 +243,13 @@ func (r *Realm) Leave(ctx context.Context) error {
 	r.awaitHandshakes(ctx)
 	r.mu.Lock()
 	var goodbyeTo []peer.ID
-	for p, m := range r.members {
+	for p, m := range r.membership.members {
 		if m.authenticated {
 			goodbyeTo = append(goodbyeTo, p)
 		}
 	}
-	for p := range r.admittedBy {
-		if m := r.members[p]; m == nil || !m.authenticated {
+	for p := range r.membership.admittedBy {
+		if m := r.membership.members[p]; m == nil || !m.authenticated {
 			goodbyeTo = append(goodbyeTo, p)
 		}
 	}
@@ -563,7 +261,7 @@ func (r *Realm) Leave(ctx context.Context) error {
 	}
 	r.wg.Wait()
 	r.mu.Lock()
-	for p := range r.members {
+	for p := range r.membership.members {
 		r.removeLocked(p, ReasonLocalLeave)
 	}
 	clear(r.handlers)

@@ -13,9 +13,8 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/stretchr/testify/require"
 
-	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/realm"
-	"github.com/realmnet/realmnet/resource"
 )
 
 // TestLimitsResetOnRejoin proves that a realm's pool and resource limits
@@ -24,25 +23,25 @@ import (
 func TestLimitsResetOnRejoin(t *testing.T) {
 	a := newNode(t)
 	r1 := join(t, a, "limits", realm.WithPSK(testPSK),
-		realm.WithLimits(connmgr.RealmLimits{LowWater: 1, HighWater: 2}),
-		realm.WithResourceLimits(resource.RealmLimits{Conns: 1}))
+		realm.WithPoolLimits(core.PoolLimits{LowWater: 1, HighWater: 2}),
+		realm.WithScopeLimits(core.RealmScopeLimits{Members: 1}))
 	id := r1.ID()
-	require.Equal(t, connmgr.RealmLimits{LowWater: 1, HighWater: 2}, a.ConnManager().RealmLimitsOf(connmgr.RealmID(id)))
+	require.Equal(t, core.PoolLimits{LowWater: 1, HighWater: 2}, a.ConnManager().RealmLimitsOf(id))
 	require.NoError(t, r1.Leave(context.Background()))
 
 	r2 := join(t, a, "limits", realm.WithPSK(testPSK))
 	require.Equal(t, id, r2.ID())
-	require.Equal(t, a.ConnManager().Config().RealmDefaults, a.ConnManager().RealmLimitsOf(connmgr.RealmID(id)))
+	require.Equal(t, a.ConnManager().Config().RealmDefaults, a.ConnManager().RealmLimitsOf(id))
 	// Two members: with the first join's Conns limit of 1, the second
 	// could not be admitted.
 	b, c := newNode(t), newNode(t)
 	join(t, b, "limits", realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
 	join(t, c, "limits", realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
 	waitMembers(t, r2, 2)
-	view, ok := a.ResourceManager().ViewRealm(resource.RealmID(id))
+	view, ok := a.ResourceManager().ViewRealm(id)
 	require.True(t, ok)
-	require.Equal(t, 2, view.Conns)
-	require.NotEqual(t, 1, view.Limits.Conns, "the first join's resource limit lingers: %+v", view.Limits)
+	require.Equal(t, 2, view.Members)
+	require.NotEqual(t, 1, view.Limits.Members, "the first join's resource limit lingers: %+v", view.Limits)
 }
 
 // TestRejoinWhileLeaving proves that a realm's name stays taken until its
@@ -140,7 +139,7 @@ func TestExchangeFloodIsBounded(t *testing.T) {
 // goodbye and does not list the initiator.
 func TestFailedAdmissionIsUndone(t *testing.T) {
 	a, b, c := newNode(t), newNode(t), newNode(t)
-	ra := join(t, a, "full", realm.WithPSK(testPSK), realm.WithResourceLimits(resource.RealmLimits{Conns: 1}))
+	ra := join(t, a, "full", realm.WithPSK(testPSK), realm.WithScopeLimits(core.RealmScopeLimits{Members: 1}))
 	rc := join(t, c, "full", realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
 	waitMembers(t, ra, 1)
 	waitMembers(t, rc, 1)

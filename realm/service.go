@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	lru "github.com/hashicorp/golang-lru"
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p/core/event"
@@ -19,11 +20,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/routing"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 
-	"github.com/realmnet/realmnet/connmgr"
-	"github.com/realmnet/realmnet/gater"
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/internal/eventqueue"
-	"github.com/realmnet/realmnet/multipath"
-	"github.com/realmnet/realmnet/resource"
 )
 
 var log = logging.Logger("realmnet/realm")
@@ -79,17 +77,52 @@ const (
 	closeGoodbyeBudget = 500 * time.Millisecond
 )
 
-// Deps are the node components the realm service works through.
+// Backend is what the realm service needs of the node's lower layers — the
+// connection pools, the resource scopes, the gater's peer policy and the
+// paths — in one interface, so the realm package imports none of them. Package
+// node implements it. Implementations are safe for concurrent use.
+type Backend interface {
+	// RealmPoolDefaults returns the node's default watermarks of a realm's
+	// connection sub-pool (connmgr.Config.RealmDefaults).
+	RealmPoolDefaults() core.PoolLimits
+	// SetRealmLimits sets realm id's sub-pool watermarks and its resource
+	// scope limits (zero scope fields: the node's defaults). The error
+	// names an invalid value.
+	SetRealmLimits(id core.RealmID, pool core.PoolLimits, scope core.RealmScopeLimits) error
+	// RealmPoolLimits returns realm id's sub-pool watermarks.
+	RealmPoolLimits(id core.RealmID) core.PoolLimits
+	// AssignRealm puts p, and its connections, into realm id's sub-pool;
+	// UnassignRealm takes them out.
+	AssignRealm(p peer.ID, id core.RealmID)
+	UnassignRealm(p peer.ID, id core.RealmID)
+	// ReserveRealmMember charges one member to realm id's resource scope;
+	// ReserveRealmStream one application stream in direction dir. Both
+	// return an idempotent release function, or a *resource.LimitError
+	// matching network.ErrResourceLimitExceeded.
+	ReserveRealmMember(id core.RealmID) (release func(), err error)
+	ReserveRealmStream(id core.RealmID, dir network.Direction) (release func(), err error)
+	// SetPeerPolicy installs the gater's peer policy: allow(p) false
+	// refuses p's dials and connections; nil removes the policy.
+	SetPeerPolicy(allow func(peer.ID) bool)
+	// Paths returns snapshots of p's paths (nil when not connected).
+	Paths(p peer.ID) []core.PathInfo
+}
+
+// Deps are what the realm service works through.
 type Deps struct {
-	Host      host.Host         // required
-	Pools     *connmgr.Manager  // required: realm sub-pools
-	Resources *resource.Manager // required: realm resource scopes
-	Gater     *gater.Gater      // required for the realm-only policy
+	// Host is the libp2p host over realmnet's swarm; required.
+	Host host.Host
+	// Backend reaches pools, resource scopes, peer policy and paths;
+	// required.
+	Backend Backend
 	// Routing announces and finds members (the DHT); nil disables DHT
 	// discovery.
 	Routing routing.ContentRouting
-	// Paths lists a peer's paths for Realm.Member; nil leaves them empty.
-	Paths func(peer.ID) []multipath.PathInfo
+	// Clock is the time of reconnect graces, the realm-only policy and
+	// handshake retries (github.com/benbjohnson/clock); nil is the real
+	// clock. Tests pass a mock clock to move time without sleeping; network
+	// deadlines and signed timestamps stay in real time.
+	Clock clock.Clock
 }
 
 // Service runs a node's realms: it owns the realm protocols' handlers, the
@@ -120,6 +153,13 @@ type Service struct {
 	stats   counters
 	sub     event.Subscription
 	notify  *network.NotifyBundle
+
+	// connsMu guards conns, the number of announced connections to each
+	// peer, kept from the swarm's notifications. It is taken before any
+	// realm's mu (never the other way round), so that admitting a member
+	// and losing its last connection are ordered.
+	connsMu sync.Mutex
+	conns   map[peer.ID]int
 }
 
 type handleEntry struct {
@@ -134,10 +174,11 @@ func NewService(deps Deps) (*Service, error) {
 	switch {
 	case deps.Host == nil:
 		return nil, errors.New("realm: NewService: nil Host")
-	case deps.Pools == nil:
-		return nil, errors.New("realm: NewService: nil Pools")
-	case deps.Resources == nil:
-		return nil, errors.New("realm: NewService: nil Resources")
+	case deps.Backend == nil:
+		return nil, errors.New("realm: NewService: nil Backend")
+	}
+	if deps.Clock == nil {
+		deps.Clock = clock.New()
 	}
 	nonces, err := lru.New(nonceCacheSize)
 	if err != nil {
@@ -161,11 +202,15 @@ func NewService(deps Deps) (*Service, error) {
 		handshakes: make(chan struct{}, maxInboundHandshakes),
 		flights:    make(map[peer.ID]*flight),
 		sub:        sub,
+		conns:      make(map[peer.ID]int),
 	}
 	s.streams.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.notify = &network.NotifyBundle{ConnectedF: s.connected, DisconnectedF: s.disconnected}
 	deps.Host.Network().Notify(s.notify)
+	for _, c := range deps.Host.Network().Conns() {
+		s.conns[c.RemotePeer()]++
+	}
 	deps.Host.SetStreamHandler(AuthProtocol, s.respond)
 	deps.Host.SetStreamHandler(StreamProtocol, s.handleStream)
 	s.wg.Add(1)
@@ -209,18 +254,15 @@ func (s *Service) Join(ctx context.Context, name string, opts ...Option) (*Realm
 	}
 	// Limits are set at every join — the node's defaults when the option
 	// is absent — so a previous join's options do not linger.
-	limits := s.deps.Pools.Config().RealmDefaults
-	if cfg.Limits != nil {
-		limits = *cfg.Limits
+	limits := s.deps.Backend.RealmPoolDefaults()
+	if cfg.PoolLimits != nil {
+		limits = *cfg.PoolLimits
 	}
-	if err := s.deps.Pools.SetRealmLimits(connmgr.RealmID(k.id), limits); err != nil {
-		return nil, fmt.Errorf("realm %q: %w", name, err)
+	var scopeLimits core.RealmScopeLimits // zero fields: the node's defaults
+	if cfg.ScopeLimits != nil {
+		scopeLimits = *cfg.ScopeLimits
 	}
-	var resourceLimits resource.RealmLimits // zero fields: the node's defaults
-	if cfg.ResourceLimits != nil {
-		resourceLimits = *cfg.ResourceLimits
-	}
-	if err := s.deps.Resources.SetRealmLimits(resource.RealmID(k.id), resourceLimits); err != nil {
+	if err := s.deps.Backend.SetRealmLimits(k.id, limits, scopeLimits); err != nil {
 		return nil, fmt.Errorf("realm %q: %w", name, err)
 	}
 	r, err := newRealm(s, name, k, cfg)
@@ -364,21 +406,31 @@ func (s *Service) watchIdentify() {
 	}
 }
 
-// connected starts the realm-only timer for a peer's first connection.
+// connected counts the peer's connection and starts the realm-only timer
+// for its first.
 func (s *Service) connected(_ network.Network, c network.Conn) {
-	if p := s.policy.Load(); p != nil {
-		p.connected(c.RemotePeer())
+	p := c.RemotePeer()
+	s.connsMu.Lock()
+	s.conns[p]++
+	s.connsMu.Unlock()
+	if policy := s.policy.Load(); policy != nil {
+		policy.connected(p)
 	}
 }
 
 // disconnected releases the realm streams of a closed connection and, when
-// the peer has no connection left, starts its members' reconnect grace.
-func (s *Service) disconnected(n network.Network, c network.Conn) {
+// it was the peer's last, starts its members' reconnect grace (under
+// connsMu, so that a concurrent admission sees either the connection or the
+// grace).
+func (s *Service) disconnected(_ network.Network, c network.Conn) {
 	s.streams.releaseConn(c)
 	p := c.RemotePeer()
-	if n.Connectedness(p) == network.Connected {
+	s.connsMu.Lock()
+	defer s.connsMu.Unlock()
+	if s.conns[p]--; s.conns[p] > 0 {
 		return
 	}
+	delete(s.conns, p)
 	if policy := s.policy.Load(); policy != nil {
 		policy.disconnected(p)
 	}
@@ -386,3 +438,7 @@ func (s *Service) disconnected(n network.Network, c network.Conn) {
 		r.lostConnection(p)
 	}
 }
+
+// connectedLocked reports whether p has an announced connection; connsMu is
+// held.
+func (s *Service) connectedLocked(p peer.ID) bool { return s.conns[p] > 0 }

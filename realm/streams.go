@@ -9,8 +9,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
-
-	"github.com/realmnet/realmnet/resource"
 )
 
 // SetStreamHandler sets the handler for application protocol proto inside
@@ -67,7 +65,7 @@ func (r *Realm) openStream(ctx context.Context, p peer.ID, hdr streamHeader) (ne
 	// dispatch); the realm's own short exchanges are not, on either side.
 	release := func() {}
 	if hdr.kind == kindApp {
-		release, err = r.svc.deps.Resources.ReserveRealmStream(resource.RealmID(r.keys.id), network.DirOutbound)
+		release, err = r.svc.deps.Backend.ReserveRealmStream(r.keys.id, network.DirOutbound)
 		if err != nil {
 			return nil, fmt.Errorf("realm %q: stream to %s: %w", r.name, p, err)
 		}
@@ -93,7 +91,7 @@ func (r *Realm) memberHandle(ctx context.Context, p peer.ID) (handle, error) {
 		r.mu.Unlock()
 		return handle{}, ErrLeft
 	}
-	m := r.members[p]
+	m := r.membership.members[p]
 	known := m != nil
 	if known && m.authenticated {
 		h := m.handle
@@ -110,7 +108,7 @@ func (r *Realm) memberHandle(ctx context.Context, p peer.ID) (handle, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if m := r.members[p]; m != nil && m.authenticated {
+	if m := r.membership.members[p]; m != nil && m.authenticated {
 		return m.handle, nil
 	}
 	return handle{}, fmt.Errorf("%w: %s in realm %q", ErrNotMember, p, r.name)
@@ -178,7 +176,7 @@ func (r *Realm) dispatch(str network.Stream, proto protocol.ID) {
 		_ = str.ResetWithError(ErrorCodeNoHandler)
 		return
 	}
-	release, err := r.svc.deps.Resources.ReserveRealmStream(resource.RealmID(r.keys.id), network.DirInbound)
+	release, err := r.svc.deps.Backend.ReserveRealmStream(r.keys.id, network.DirInbound)
 	if err != nil {
 		_ = str.ResetWithError(ErrorCodeResourceLimit)
 		return

@@ -4,10 +4,12 @@
 // memory, file descriptors, connections and streams in and out; auto-scaled
 // defaults; allowlist; per-IP and per-subnet connection limits and rate
 // limits; its Prometheus metrics — plus realm scopes: per-realm limits on
-// connections, inbound and outbound streams and memory, with a default for
-// every realm and per-realm overrides. The realm package charges a realm
-// stream to its realm when it dispatches it (ReserveRealmStream) and a
-// connection when its peer is assigned to the realm (ReserveRealmConn).
+// members and on inbound and outbound realm streams
+// (core.RealmScopeLimits), with a default for every realm and per-realm
+// overrides. The realm package charges a member when it admits it
+// (ReserveRealmMember) and an application realm stream when it opens or
+// dispatches it (ReserveRealmStream). Memory stays rcmgr's: realm streams
+// are charged to rcmgr's stream, protocol and peer scopes like any other.
 package resource
 
 import (
@@ -18,32 +20,19 @@ import (
 	"math"
 	"sync"
 
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/network"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/realmnet/realmnet/core"
 )
 
-// RealmID names a realm's scope. The realm package derives the values; here
-// it is an opaque comparable value (connmgr.RealmID has the same shape).
-type RealmID string
-
-// RealmLimits bounds one realm's usage. Zero means unlimited in
-// RealmConfig.Default; in an override, a zero field takes the default's.
-type RealmLimits struct {
-	// Conns counts connections of the realm's members.
-	Conns int `json:",omitempty"`
-	// StreamsInbound and StreamsOutbound count open realm streams.
-	StreamsInbound  int `json:",omitempty"`
-	StreamsOutbound int `json:",omitempty"`
-	// Memory is in bytes.
-	Memory int64 `json:",omitempty"`
-}
-
-// RealmConfig holds the realm limits: Default for every realm, Realm for
-// overrides by realm ID.
+// RealmConfig holds the realm limits: Default for every realm (zero fields:
+// unlimited), Realm for overrides by realm ID (zero fields: the default's).
 type RealmConfig struct {
-	Default RealmLimits
-	Realm   map[RealmID]RealmLimits `json:",omitempty"`
+	Default core.RealmScopeLimits
+	Realm   map[core.RealmID]core.RealmScopeLimits `json:",omitempty"`
 }
 
 // Config is the resource manager's configuration: rcmgr's
@@ -85,16 +74,14 @@ func LoadConfig(r io.Reader) (Config, error) {
 func (c Config) Validate() error { return c.Realms.validate() }
 
 func (c RealmConfig) validate() error {
-	check := func(what string, l RealmLimits) error {
+	check := func(what string, l core.RealmScopeLimits) error {
 		switch {
-		case l.Conns < 0:
-			return fmt.Errorf("resource: %s.Conns must be >= 0, got %d", what, l.Conns)
+		case l.Members < 0:
+			return fmt.Errorf("resource: %s.Members must be >= 0, got %d", what, l.Members)
 		case l.StreamsInbound < 0:
 			return fmt.Errorf("resource: %s.StreamsInbound must be >= 0, got %d", what, l.StreamsInbound)
 		case l.StreamsOutbound < 0:
 			return fmt.Errorf("resource: %s.StreamsOutbound must be >= 0, got %d", what, l.StreamsOutbound)
-		case l.Memory < 0:
-			return fmt.Errorf("resource: %s.Memory must be >= 0, got %d", what, l.Memory)
 		}
 		return nil
 	}
@@ -111,27 +98,25 @@ func (c RealmConfig) validate() error {
 
 // The realm resources, in realmUsage order.
 const (
-	resConns = iota
+	resMembers = iota
 	resStreamsIn
 	resStreamsOut
-	resMemory
 	resCount
 )
 
-var resourceNames = [resCount]string{"conns", "streams_inbound", "streams_outbound", "memory"}
+var resourceNames = [resCount]string{"members", "streams_inbound", "streams_outbound"}
 
 // realmUsage is one realm's usage by resource; guarded by Manager.mu.
 type realmUsage [resCount]int64
 
-func (l RealmLimits) array() [resCount]int64 {
-	return [resCount]int64{int64(l.Conns), int64(l.StreamsInbound), int64(l.StreamsOutbound), l.Memory}
+func limitArray(l core.RealmScopeLimits) [resCount]int64 {
+	return [resCount]int64{int64(l.Members), int64(l.StreamsInbound), int64(l.StreamsOutbound)}
 }
 
-// RealmStat is a snapshot of one realm's usage and limits.
+// RealmStat is a snapshot of one realm's usage and its effective limits.
 type RealmStat struct {
-	Conns, StreamsInbound, StreamsOutbound int
-	Memory                                 int64
-	Limits                                 RealmLimits
+	Members, StreamsInbound, StreamsOutbound int
+	Limits                                   core.RealmScopeLimits
 }
 
 // Manager implements network.ResourceManager: every method of rcmgr, plus
@@ -141,14 +126,15 @@ type Manager struct {
 
 	mu     sync.Mutex
 	realms RealmConfig
-	usage  map[RealmID]*realmUsage
+	usage  map[core.RealmID]*realmUsage
 
 	gauge *prometheus.GaugeVec // nil without a registerer
 }
 
 // New creates the manager from cfg (unset rcmgr limits take the auto-scaled
 // defaults, rcmgr.DefaultLimits.AutoScale()). reg, when not nil, receives
-// the realm usage gauge realmnet_realm_usage{realm, resource}; rcmgr's own
+// the realm usage gauge realmnet_realm_usage{realm, resource} (resource:
+// members, streams_inbound, streams_outbound); rcmgr's own
 // metrics are enabled with rcmgr options (opts). Errors: invalid realm
 // limits (named), rcmgr's errors, a duplicate metric registration.
 func New(cfg Config, reg prometheus.Registerer, opts ...rcmgr.Option) (*Manager, error) {
@@ -160,15 +146,15 @@ func New(cfg Config, reg prometheus.Registerer, opts ...rcmgr.Option) (*Manager,
 	if err != nil {
 		return nil, fmt.Errorf("resource: create rcmgr: %w", err)
 	}
-	m := &Manager{ResourceManager: rm, realms: cfg.Realms, usage: make(map[RealmID]*realmUsage)}
+	m := &Manager{ResourceManager: rm, realms: cfg.Realms, usage: make(map[core.RealmID]*realmUsage)}
 	if m.realms.Realm == nil {
-		m.realms.Realm = make(map[RealmID]RealmLimits)
+		m.realms.Realm = make(map[core.RealmID]core.RealmScopeLimits)
 	}
 	if reg != nil {
 		m.gauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "realmnet",
 			Name:      "realm_usage",
-			Help:      "Resources in use by a realm: conns, streams_inbound, streams_outbound, memory (bytes).",
+			Help:      "Resources in use by a realm: members, streams_inbound, streams_outbound.",
 		}, []string{"realm", "resource"})
 		if err := reg.Register(m.gauge); err != nil {
 			_ = rm.Close()
@@ -180,7 +166,7 @@ func New(cfg Config, reg prometheus.Registerer, opts ...rcmgr.Option) (*Manager,
 
 // SetRealmLimits overrides the limits of one realm (zero fields take the
 // default's). The error names a negative value.
-func (m *Manager) SetRealmLimits(realm RealmID, l RealmLimits) error {
+func (m *Manager) SetRealmLimits(realm core.RealmID, l core.RealmScopeLimits) error {
 	if err := (RealmConfig{Default: l}).validate(); err != nil {
 		return fmt.Errorf("realm %q: %w", realm, err)
 	}
@@ -191,20 +177,17 @@ func (m *Manager) SetRealmLimits(realm RealmID, l RealmLimits) error {
 }
 
 // limitsLocked is realm's effective limits.
-func (m *Manager) limitsLocked(realm RealmID) RealmLimits {
+func (m *Manager) limitsLocked(realm core.RealmID) core.RealmScopeLimits {
 	l := m.realms.Default
 	if o, ok := m.realms.Realm[realm]; ok {
-		if o.Conns != 0 {
-			l.Conns = o.Conns
+		if o.Members != 0 {
+			l.Members = o.Members
 		}
 		if o.StreamsInbound != 0 {
 			l.StreamsInbound = o.StreamsInbound
 		}
 		if o.StreamsOutbound != 0 {
 			l.StreamsOutbound = o.StreamsOutbound
-		}
-		if o.Memory != 0 {
-			l.Memory = o.Memory
 		}
 	}
 	return l
@@ -214,7 +197,7 @@ func (m *Manager) limitsLocked(realm RealmID) RealmLimits {
 // realm, the resource and the limit, and matches
 // network.ErrResourceLimitExceeded.
 type LimitError struct {
-	Realm    RealmID
+	Realm    core.RealmID
 	Resource string
 	Limit    int64
 }
@@ -228,7 +211,7 @@ func (e *LimitError) Error() string {
 func (e *LimitError) Unwrap() error { return network.ErrResourceLimitExceeded }
 
 // reserve adds delta of resource res to realm when the limit allows it.
-func (m *Manager) reserve(realm RealmID, res int, delta int64) (func(), error) {
+func (m *Manager) reserve(realm core.RealmID, res int, delta int64) (func(), error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	u := m.usage[realm]
@@ -236,7 +219,7 @@ func (m *Manager) reserve(realm RealmID, res int, delta int64) (func(), error) {
 		u = &realmUsage{}
 		m.usage[realm] = u
 	}
-	if limit := m.limitsLocked(realm).array()[res]; limit > 0 && u[res]+delta > limit {
+	if limit := limitArray(m.limitsLocked(realm))[res]; limit > 0 && u[res]+delta > limit {
 		return nil, &LimitError{Realm: realm, Resource: resourceNames[res], Limit: limit}
 	}
 	m.addLocked(realm, u, res, delta)
@@ -250,7 +233,7 @@ func (m *Manager) reserve(realm RealmID, res int, delta int64) (func(), error) {
 	}, nil
 }
 
-func (m *Manager) addLocked(realm RealmID, u *realmUsage, res int, delta int64) {
+func (m *Manager) addLocked(realm core.RealmID, u *realmUsage, res int, delta int64) {
 	u[res] += delta
 	if m.gauge != nil {
 		m.gauge.WithLabelValues(string(realm), resourceNames[res]).Set(float64(u[res]))
@@ -261,7 +244,7 @@ func (m *Manager) addLocked(realm RealmID, u *realmUsage, res int, delta int64) 
 // returns the function that releases it (idempotent), or a *LimitError
 // matching network.ErrResourceLimitExceeded when the realm's stream limit
 // for that direction is reached. dir must be inbound or outbound.
-func (m *Manager) ReserveRealmStream(realm RealmID, dir network.Direction) (release func(), err error) {
+func (m *Manager) ReserveRealmStream(realm core.RealmID, dir network.Direction) (release func(), err error) {
 	switch dir {
 	case network.DirInbound:
 		return m.reserve(realm, resStreamsIn, 1)
@@ -271,33 +254,25 @@ func (m *Manager) ReserveRealmStream(realm RealmID, dir network.Direction) (rele
 	return nil, fmt.Errorf("resource: ReserveRealmStream: direction %v is neither inbound nor outbound", dir)
 }
 
-// ReserveRealmConn charges one connection to realm (its peer was assigned
-// to the realm); the release function is idempotent. Errors as for
-// ReserveRealmStream.
-func (m *Manager) ReserveRealmConn(realm RealmID) (release func(), err error) {
-	return m.reserve(realm, resConns, 1)
-}
-
-// ReserveRealmMemory charges bytes of memory to realm; the release function
-// is idempotent. A negative size is an error naming it.
-func (m *Manager) ReserveRealmMemory(realm RealmID, bytes int64) (release func(), err error) {
-	if bytes < 0 {
-		return nil, fmt.Errorf("resource: ReserveRealmMemory: negative size %d", bytes)
-	}
-	return m.reserve(realm, resMemory, bytes)
+// ReserveRealmMember charges one member to realm (the realm admitted a
+// peer; one charge per member, whatever its number of connections); the
+// release function is idempotent. Errors as for ReserveRealmStream: a
+// *LimitError when the realm's Members limit is reached.
+func (m *Manager) ReserveRealmMember(realm core.RealmID) (release func(), err error) {
+	return m.reserve(realm, resMembers, 1)
 }
 
 // ViewRealm returns realm's usage and effective limits; false when the realm
 // was never charged.
-func (m *Manager) ViewRealm(realm RealmID) (RealmStat, bool) {
+func (m *Manager) ViewRealm(realm core.RealmID) (RealmStat, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	u, ok := m.usage[realm]
 	if !ok {
 		return RealmStat{Limits: m.limitsLocked(realm)}, false
 	}
-	return RealmStat{Conns: int(u[resConns]), StreamsInbound: int(u[resStreamsIn]), StreamsOutbound: int(u[resStreamsOut]),
-		Memory: u[resMemory], Limits: m.limitsLocked(realm)}, true
+	return RealmStat{Members: int(u[resMembers]), StreamsInbound: int(u[resStreamsIn]), StreamsOutbound: int(u[resStreamsOut]),
+		Limits: m.limitsLocked(realm)}, true
 }
 
 // Stat is the realm usage next to rcmgr's own scopes.
@@ -306,7 +281,7 @@ type Stat struct {
 	// peers), when the wrapped manager provides one.
 	Rcmgr rcmgr.ResourceManagerStat
 	// Realms is every realm ever charged.
-	Realms map[RealmID]RealmStat
+	Realms map[core.RealmID]RealmStat
 }
 
 // Stat returns the usage of every scope and realm.
@@ -316,12 +291,12 @@ func (m *Manager) Stat() Stat {
 		st.Rcmgr = s.Stat()
 	}
 	m.mu.Lock()
-	ids := make([]RealmID, 0, len(m.usage))
+	ids := make([]core.RealmID, 0, len(m.usage))
 	for id := range m.usage {
 		ids = append(ids, id)
 	}
 	m.mu.Unlock()
-	st.Realms = make(map[RealmID]RealmStat, len(ids))
+	st.Realms = make(map[core.RealmID]RealmStat, len(ids))
 	for _, id := range ids {
 		st.Realms[id], _ = m.ViewRealm(id)
 	}
@@ -331,7 +306,7 @@ func (m *Manager) Stat() Stat {
 // GetConnLimit is rcmgr's system connection limit (core/connmgr's
 // GetConnLimiter, used by the connection manager's CheckLimit).
 func (m *Manager) GetConnLimit() int {
-	if l, ok := m.ResourceManager.(interface{ GetConnLimit() int }); ok {
+	if l, ok := m.ResourceManager.(connmgr.GetConnLimiter); ok {
 		return l.GetConnLimit()
 	}
 	return math.MaxInt

@@ -7,6 +7,8 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/libp2p/go-libp2p/core/network"
 	libp2pswarm "github.com/libp2p/go-libp2p/p2p/net/swarm"
+
+	"github.com/realmnet/realmnet/core"
 )
 
 // RetryConfig says how often and how patiently a failed dial to a peer is
@@ -94,7 +96,7 @@ type Config struct {
 	DialRanker network.DialRanker
 	// PathSelector picks the connection for each new stream. Default:
 	// NewestPathSelector. The multipath package supplies the real one.
-	PathSelector PathSelector
+	PathSelector core.PathSelector
 }
 
 // DefaultConfig returns the default swarm configuration.

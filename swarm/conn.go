@@ -14,7 +14,9 @@ import (
 	libp2pswarm "github.com/libp2p/go-libp2p/p2p/net/swarm"
 	ma "github.com/multiformats/go-multiaddr"
 
-	"github.com/realmnet/realmnet/hooks"
+	"github.com/quic-go/quic-go"
+
+	"github.com/realmnet/realmnet/core"
 )
 
 // ErrConnClosed is returned when a stream is opened on, or accepted from, a
@@ -38,11 +40,22 @@ type Conn struct {
 	direction network.Direction
 	opened    time.Time
 
+	// quic is the QUIC connection under conn (nil for another transport),
+	// for Activity.
+	quic *quic.Conn
+
 	streamsOpened atomic.Uint64
+	// closing is set first thing by doClose.
+	closing atomic.Bool
 
 	mu      sync.Mutex
 	streams map[*Stream]struct{} // nil once the connection is closed
-	closing bool                 // set first thing by doClose
+	state   connState
+	// stages are the admission stages that admitted the connection (for
+	// abort); set by the admission, under the peer's admission lock.
+	stages []core.AdmissionStage
+	// redundantCode is the code a redundant connection is closed with.
+	redundantCode network.ConnErrorCode
 
 	closeOnce sync.Once
 	closeErr  error
@@ -52,7 +65,21 @@ type Conn struct {
 	notified chan struct{}
 }
 
-var _ network.Conn = (*Conn)(nil)
+var _ core.Conn = (*Conn)(nil)
+
+// connState is where a connection stands in the swarm; guarded by the
+// swarm's mu and the connection's mu (both held to change it).
+type connState int
+
+const (
+	// connAdmitting: in the admission pipeline, known to nobody.
+	connAdmitting connState = iota
+	// connAnnounced: admitted, in Swarm.conns, announced.
+	connAnnounced
+	// connRedundant: found redundant; unannounced, serving the peer's
+	// streams until it is closed (Swarm.redundant).
+	connRedundant
+)
 
 // ID returns a unique, stable identifier: the last six characters of the
 // remote peer ID and the swarm-wide connection number, e.g. "bUVgy6-7".
@@ -90,8 +117,8 @@ func (c *Conn) RemoteMultiaddr() ma.Multiaddr { return c.conn.RemoteMultiaddr() 
 // Scope returns the connection's resource-manager scope.
 func (c *Conn) Scope() network.ConnScope { return c.conn.Scope() }
 
-// IsClosed reports whether the underlying connection is closed.
-func (c *Conn) IsClosed() bool { return c.conn.IsClosed() }
+// IsClosed reports whether the connection is closed or being closed.
+func (c *Conn) IsClosed() bool { return c.closing.Load() || c.conn.IsClosed() }
 
 // As forwards to the transport connection, so that callers reach quic-go's
 // connection: var qc *quic.Conn; conn.As(&qc).
@@ -109,10 +136,18 @@ func (c *Conn) Stat() network.ConnStats {
 	}
 }
 
-// StreamsOpened returns how many streams have been opened on the connection,
-// in both directions, since it was established. The multipath manager reads
-// it to tell a path that carries traffic from an idle one.
-func (c *Conn) StreamsOpened() uint64 { return c.streamsOpened.Load() }
+// Activity returns the streams opened on the connection, in both
+// directions, since it was established, and the QUIC bytes it moved (from
+// quic-go's ConnectionStats). The connection manager and multipath read it
+// to tell busy connections from idle ones. It does not allocate.
+func (c *Conn) Activity() core.Activity {
+	a := core.Activity{StreamsOpened: c.streamsOpened.Load()}
+	if c.quic != nil {
+		st := c.quic.ConnectionStats()
+		a.BytesSent, a.BytesReceived = st.BytesSent, st.BytesReceived
+	}
+	return a
+}
 
 // GetStreams returns the connection's open streams, in no particular order.
 func (c *Conn) GetStreams() []network.Stream {
@@ -139,32 +174,66 @@ func (c *Conn) CloseWithError(code network.ConnErrorCode) error {
 }
 
 func (c *Conn) doClose(code network.ConnErrorCode) error {
+	c.closing.Store(true)
 	c.mu.Lock()
-	c.closing = true
 	streams := c.streams
 	c.streams = nil
 	c.mu.Unlock()
 	// A connection closed while it was being admitted was never
-	// registered: addConn sees closing and drops it; no notification.
-	registered := c.swarm.removeConn(c)
+	// announced: the admission sees closing and drops it; no
+	// notification. A redundant one was never announced either.
+	announced := c.swarm.removeConn(c)
 
 	err := c.conn.CloseWithError(code)
 	for s := range streams {
 		_ = s.Reset()
 	}
-	if registered {
-		c.swarm.lifecycle.Push(hooks.EvtConnectionClosed{Peer: c.RemotePeer(), ConnID: c.ID(),
+	if announced {
+		c.swarm.lifecycle.Push(EvtConnectionClosed{Peer: c.RemotePeer(), ConnID: c.ID(),
 			Direction: c.direction, Local: c.LocalMultiaddr(), Remote: c.RemoteMultiaddr()})
 		// Disconnected runs on its own goroutine, so Close can be called
 		// from a notifiee or a stream handler without deadlocking. The
-		// swarm's refs count that goroutine: addConn took the reference.
+		// swarm's refs count that goroutine: record took the reference.
 		go func() {
 			defer c.swarm.refs.Done()
 			<-c.notified
 			c.swarm.notifyAll(func(n network.Notifiee) { n.Disconnected(c.swarm, c) })
 		}()
+		c.swarm.reinstateLater(c.RemotePeer())
 	}
 	return err
+}
+
+// closeWhenIdle closes a redundant connection once it has carried no
+// stream for idle, unless it is announced meanwhile (reinstated) or closed.
+// Owned by the swarm (refs).
+func (c *Conn) closeWhenIdle(idle time.Duration) {
+	defer c.swarm.refs.Done()
+	check := min(idle/10, time.Second)
+	tick := time.NewTicker(check)
+	defer tick.Stop()
+	idleSince := time.Now()
+	for {
+		select {
+		case <-tick.C:
+		case <-c.swarm.ctx.Done():
+			return
+		}
+		c.mu.Lock()
+		state, open := c.state, len(c.streams)
+		closed := c.streams == nil
+		c.mu.Unlock()
+		switch {
+		case closed || state != connRedundant:
+			return
+		case open > 0:
+			idleSince = time.Now()
+		case time.Since(idleSince) >= idle:
+			log.Debugw("closing idle redundant connection", "peer", c.RemotePeer(), "conn", c.ID())
+			_ = c.CloseWithError(c.redundantCode)
+			return
+		}
+	}
 }
 
 // NewStream opens a new outbound stream on this connection. It charges the

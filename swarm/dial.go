@@ -64,7 +64,14 @@ func (s *Swarm) DialPeer(ctx context.Context, p peer.ID) (network.Conn, error) {
 		return nil, fmt.Errorf("swarm: dial %s: %w", p, err)
 	}
 
-	ad, err := s.joinDial(ctx, p)
+	ad, err := s.joinDial(ctx, p, false)
+	if errors.Is(err, errConnectedMeanwhile) {
+		if c := s.selectConn(p); c != nil {
+			return c, nil
+		}
+		// Every connection is unusable (closing, retired): dial anyway.
+		ad, err = s.joinDial(ctx, p, true)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -90,17 +97,32 @@ func (s *Swarm) dialTimeout(ctx context.Context) time.Duration {
 	return s.cfg.DialTimeout
 }
 
+// errConnectedMeanwhile: joinDial found a connection to the peer that
+// arrived after DialPeer asked the path selector.
+var errConnectedMeanwhile = errors.New("swarm: connected meanwhile")
+
 // joinDial returns the dial in flight to p, or starts one. It refuses a peer
-// that is backed off.
-func (s *Swarm) joinDial(ctx context.Context, p peer.ID) (*activeDial, error) {
+// that is backed off, and returns errConnectedMeanwhile when p has an open
+// connection (unless evenIfConnected): the check and
+// the dial's registration happen under the same lock as an inbound
+// connection's wait for our dials (addConn), so a dial never starts after an
+// inbound connection that would be its redundant twin was announced.
+func (s *Swarm) joinDial(ctx context.Context, p peer.ID, evenIfConnected bool) (*activeDial, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, ErrSwarmClosed
 	}
-	if ad, ok := s.dials[p]; ok {
+	if ad, ok := s.peerDials[p]; ok {
 		ad.waiters++
 		return ad, nil
+	}
+	if !evenIfConnected {
+		for _, c := range s.conns[p] {
+			if !c.IsClosed() {
+				return nil, errConnectedMeanwhile
+			}
+		}
 	}
 	if b, ok := s.backoffs[p]; ok && time.Now().Before(b.until) {
 		return nil, &DialError{Peer: p, Cause: fmt.Errorf("%w for another %s after failed dials",
@@ -112,7 +134,8 @@ func (s *Swarm) joinDial(ctx context.Context, p peer.ID) (*activeDial, error) {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.dialTimeout(ctx))
 	stop := context.AfterFunc(s.ctx, cancel)
 	ad := &activeDial{done: make(chan struct{}), waiters: 1, cancel: cancel}
-	s.dials[p] = ad
+	s.peerDials[p] = ad
+	endDial := s.beginDialLocked(p)
 	s.refs.Add(1)
 	go func() {
 		defer s.refs.Done()
@@ -120,10 +143,11 @@ func (s *Swarm) joinDial(ctx context.Context, p peer.ID) (*activeDial, error) {
 		defer cancel()
 		conn, err := s.dialWithRetry(dctx, p)
 		s.mu.Lock()
-		if s.dials[p] == ad {
-			delete(s.dials, p)
+		if s.peerDials[p] == ad {
+			delete(s.peerDials, p)
 		}
 		s.mu.Unlock()
+		endDial()
 		ad.conn, ad.err = conn, err
 		close(ad.done)
 	}()
@@ -139,8 +163,8 @@ func (s *Swarm) leaveDial(p peer.ID, ad *activeDial) {
 	ad.waiters--
 	if ad.waiters == 0 {
 		ad.cancel()
-		if s.dials[p] == ad {
-			delete(s.dials, p)
+		if s.peerDials[p] == ad {
+			delete(s.peerDials, p)
 		}
 	}
 }
@@ -225,47 +249,26 @@ func transient(err error) bool {
 		errors.Is(err, syscall.EHOSTUNREACH)
 }
 
-// Optional gater methods that give the reason of a refusal (realmnet's
-// gater implements them); without them the swarm reports
-// ErrGaterDisallowedConnection.
-type (
-	peerDialChecker interface{ CheckPeerDial(p peer.ID) error }
-	addrDialChecker interface {
-		CheckAddrDial(p peer.ID, addr ma.Multiaddr) error
-	}
-	rejectionReporter interface{ TakeRejection(p peer.ID) error }
-)
-
-// checkPeerDial asks the gater whether p may be dialed.
+// checkPeerDial asks the dial gater whether p may be dialed; the error says
+// why not and matches ErrGaterDisallowedConnection.
 func (s *Swarm) checkPeerDial(p peer.ID) error {
-	if s.gater == nil {
+	if s.dials == nil {
 		return nil
 	}
-	if c, ok := s.gater.(peerDialChecker); ok {
-		if err := c.CheckPeerDial(p); err != nil {
-			return fmt.Errorf("%w: %w", ErrGaterDisallowedConnection, err)
-		}
-		return nil
-	}
-	if !s.gater.InterceptPeerDial(p) {
-		return ErrGaterDisallowedConnection
+	if err := s.dials.CheckPeerDial(p); err != nil {
+		return fmt.Errorf("%w: %w", ErrGaterDisallowedConnection, err)
 	}
 	return nil
 }
 
-// checkAddrDial asks the gater whether addr may be dialed for p.
+// checkAddrDial asks the dial gater whether addr may be dialed for p; the
+// error says why not and matches ErrGaterDisallowedConnection.
 func (s *Swarm) checkAddrDial(p peer.ID, addr ma.Multiaddr) error {
-	if s.gater == nil {
+	if s.dials == nil {
 		return nil
 	}
-	if c, ok := s.gater.(addrDialChecker); ok {
-		if err := c.CheckAddrDial(p, addr); err != nil {
-			return fmt.Errorf("%w: %w", ErrGaterDisallowedConnection, err)
-		}
-		return nil
-	}
-	if !s.gater.InterceptAddrDial(p, addr) {
-		return ErrGaterDisallowedConnection
+	if err := s.dials.CheckAddrDial(p, addr); err != nil {
+		return fmt.Errorf("%w: %w", ErrGaterDisallowedConnection, err)
 	}
 	return nil
 }
@@ -385,9 +388,12 @@ func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
 	return winner, nil
 }
 
-// dialAddr dials one address with the per-address timeout and adds the
-// connection to the swarm.
+// dialAddr dials one address with the per-address timeout and runs the
+// connection through admission. It returns the connection to use: the new
+// one, or the one that survives it when it was redundant. The dial counts as
+// in flight (awaitDials) until its admission is over.
 func (s *Swarm) dialAddr(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Conn, error) {
+	defer s.beginDial(p)()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.AddrDialTimeout)
 	defer cancel()
 	tc, err := s.transport.Dial(ctx, addr, p)
@@ -395,28 +401,23 @@ func (s *Swarm) dialAddr(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Co
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w: %w", ctx.Err(), err)
 		}
-		// The transport's InterceptSecured says only "gated"; the gater
-		// may know why (an AfterHandshake hook's reason).
-		if r, ok := s.gater.(rejectionReporter); ok {
-			if reason := r.TakeRejection(p); reason != nil {
-				// A refusal, not a network failure: no backoff.
-				err = fmt.Errorf("%w: %w: %w", ErrGaterDisallowedConnection, reason, err)
-			}
-		}
 		return nil, err
 	}
 	if tc.RemotePeer() != p {
 		_ = tc.CloseWithError(network.ConnProtocolViolation)
 		return nil, fmt.Errorf("swarm: dialed %s at %s but reached %s", p, addr, tc.RemotePeer())
 	}
-	return s.addConn(tc, network.DirOutbound)
+	return s.addConn(ctx, tc, network.DirOutbound)
 }
 
 // DialPath opens an additional connection (path) to p at addr, even when p is
 // already connected; the multipath manager uses it to open standby paths. A
-// trailing /p2p/<id> in addr must name p. It consults the gater
-// (InterceptPeerDial, InterceptAddrDial), ignores the peer's backoff, and
-// bounds the dial by AddrDialTimeout. Errors name p and addr.
+// trailing /p2p/<id> in addr must name p. When an announced connection to p
+// already goes to addr, DialPath returns it; when the new connection turns
+// out redundant with one the peer dialed to us at the same moment, it
+// returns the survivor. It consults the dial gater (peer, then address),
+// ignores the peer's backoff, and bounds the dial by AddrDialTimeout. Errors
+// name p and addr; a refusal at admission matches core.ErrRefused.
 func (s *Swarm) DialPath(ctx context.Context, p peer.ID, addr ma.Multiaddr) (network.Conn, error) {
 	if p == s.local {
 		return nil, fmt.Errorf("swarm: dial path %s: %w", addr, ErrDialToSelf)
@@ -442,9 +443,18 @@ func (s *Swarm) DialPath(ctx context.Context, p peer.ID, addr ma.Multiaddr) (net
 	}
 	s.mu.RLock()
 	closed := s.closed
+	var existing *Conn
+	for _, c := range s.conns[p] {
+		if !c.IsClosed() && c.RemoteMultiaddr().Equal(transportAddr) {
+			existing = c
+		}
+	}
 	s.mu.RUnlock()
 	if closed {
 		return nil, ErrSwarmClosed
+	}
+	if existing != nil {
+		return existing, nil
 	}
 	c, err := s.dialAddr(ctx, p, transportAddr)
 	if err != nil {

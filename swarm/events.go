@@ -7,9 +7,59 @@ import (
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/internal/eventqueue"
 )
+
+// Lifecycle events, emitted on the host's event bus for applications that
+// only observe (the seed design's Notifiee extension). Subscribe with
+// host.EventBus().Subscribe(new(swarm.EvtConnectionOpened)), etc. They are
+// delivered in order from one goroutine and never block the swarm.
+
+// EvtConnectionOpened: a connection (path) passed the admission pipeline and
+// was announced. Refused and redundant connections never produce one.
+type EvtConnectionOpened struct {
+	Peer      peer.ID
+	ConnID    string
+	Direction network.Direction
+	// Local and Remote are the path's addresses.
+	Local, Remote ma.Multiaddr
+	// Pools are the peer's pools besides core.PoolGlobal when the
+	// connection was admitted: core.PoolUnassigned or its realms'
+	// sub-pools (nil without a connection manager).
+	Pools []core.Pool
+}
+
+// EvtConnectionClosed: an announced connection (path) was removed.
+type EvtConnectionClosed struct {
+	Peer      peer.ID
+	ConnID    string
+	Direction network.Direction
+	Local     ma.Multiaddr
+	Remote    ma.Multiaddr
+}
+
+// EvtStreamOpened: a stream's protocol was set (outbound: chosen; inbound:
+// negotiated), so it now carries that protocol.
+type EvtStreamOpened struct {
+	Peer      peer.ID
+	ConnID    string
+	StreamID  string
+	Direction network.Direction
+	Protocol  string
+}
+
+// EvtStreamClosed: a stream that was opened (EvtStreamOpened) was closed or
+// reset.
+type EvtStreamClosed struct {
+	Peer      peer.ID
+	ConnID    string
+	StreamID  string
+	Direction network.Direction
+	Protocol  string
+}
 
 // connectednessEmitter emits event.EvtPeerConnectednessChanged, once per
 // change of a peer's connectedness (two paths to a peer: one Connected),

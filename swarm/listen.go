@@ -87,7 +87,7 @@ func (s *Swarm) acceptConns(l *listener) {
 		s.refs.Add(1)
 		go func() {
 			defer s.refs.Done()
-			if _, err := s.addConn(tc, network.DirInbound); err != nil {
+			if _, err := s.addConn(s.ctx, tc, network.DirInbound); err != nil {
 				log.Debugw("inbound connection refused", "peer", tc.RemotePeer(), "addr", tc.RemoteMultiaddr(), "error", err)
 			}
 		}()

@@ -3,26 +3,22 @@ package swarm
 import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/realmnet/realmnet/core"
 )
 
-// PathSelector chooses which connection (path) to a peer carries a new
-// stream. The swarm calls SelectPath on every NewStream and DialPeer with the
-// peer's open connections, oldest first (never empty, never closed at the
-// time of the call). It must return one of them, or nil to say that none is
-// usable (the swarm then dials). Implementations must be safe for concurrent
-// use and must not call back into the swarm: SelectPath sits on the stream
-// open path and must be fast.
-type PathSelector interface {
-	SelectPath(p peer.ID, conns []network.Conn) network.Conn
-}
-
-// PathSelectorFunc adapts a function to PathSelector.
+// PathSelectorFunc adapts a function to core.PathSelector.
 type PathSelectorFunc func(p peer.ID, conns []network.Conn) network.Conn
 
 // SelectPath calls f(p, conns).
 func (f PathSelectorFunc) SelectPath(p peer.ID, conns []network.Conn) network.Conn {
 	return f(p, conns)
 }
+
+var (
+	_ core.PathSelector = PathSelectorFunc(nil)
+	_ core.PathSelector = NewestPathSelector{}
+)
 
 // NewestPathSelector selects the most recently opened connection. It is the
 // swarm's default until the multipath manager is installed; go-libp2p's

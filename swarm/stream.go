@@ -8,15 +8,13 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/protocol"
-
-	"github.com/realmnet/realmnet/hooks"
 )
 
 // Stream is one stream on a Conn. It implements network.Stream. Reads and
 // writes go straight to the QUIC stream; Close, Reset and ResetWithError
 // release the stream's resource-manager scope exactly once. Setting its
-// protocol emits hooks.EvtStreamOpened; releasing it then emits
-// hooks.EvtStreamClosed. Safe for
+// protocol emits EvtStreamOpened; releasing it then emits
+// EvtStreamClosed. Safe for
 // concurrent use as far as the underlying QUIC stream is (one reader and one
 // writer at a time).
 type Stream struct {
@@ -84,7 +82,7 @@ func (s *Stream) release() {
 		s.conn.removeStream(s)
 		s.scope.Done()
 		if s.announced.Load() {
-			s.conn.swarm.lifecycle.Push(hooks.EvtStreamClosed{Peer: s.conn.RemotePeer(), ConnID: s.conn.ID(),
+			s.conn.swarm.lifecycle.Push(EvtStreamClosed{Peer: s.conn.RemotePeer(), ConnID: s.conn.ID(),
 				StreamID: s.ID(), Direction: s.stat.Direction, Protocol: string(s.Protocol())})
 		}
 	})
@@ -107,7 +105,7 @@ func (s *Stream) SetProtocol(p protocol.ID) error {
 	}
 	s.protocol.Store(&p)
 	if s.announced.CompareAndSwap(false, true) {
-		s.conn.swarm.lifecycle.Push(hooks.EvtStreamOpened{Peer: s.conn.RemotePeer(), ConnID: s.conn.ID(),
+		s.conn.swarm.lifecycle.Push(EvtStreamOpened{Peer: s.conn.RemotePeer(), ConnID: s.conn.ID(),
 			StreamID: s.ID(), Direction: s.stat.Direction, Protocol: string(p)})
 	}
 	return nil

@@ -23,12 +23,12 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	logging "github.com/ipfs/go-log/v2"
-	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -38,7 +38,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 
-	"github.com/realmnet/realmnet/hooks"
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/internal/eventqueue"
 )
 
@@ -73,46 +73,51 @@ type Params struct {
 	// Peerstore holds the addresses and keys of known peers.
 	Peerstore peerstore.Peerstore
 	// Transport dials and listens; realmnet uses go-libp2p's QUIC transport,
-	// which itself calls ResourceManager.OpenConnection, InterceptAccept and
-	// InterceptSecured.
+	// which itself calls ResourceManager.OpenConnection and the gater's
+	// InterceptAccept.
 	Transport transport.Transport
 	// ResourceManager accounts streams; nil means network.NullResourceManager.
 	ResourceManager network.ResourceManager
-	// Gater is asked InterceptPeerDial, InterceptAddrDial and
-	// InterceptUpgraded; nil allows everything.
-	Gater connmgr.ConnectionGater
-	// EventBus receives event.EvtPeerConnectednessChanged.
+	// Dials is asked before every dial (peer rules, then each address);
+	// nil allows every dial.
+	Dials core.DialGater
+	// Admission is the admission pipeline: the stages every new connection
+	// passes, in order, before it is announced (docs/architecture.md:
+	// gater, paths, pools). A connection one of them refuses is closed and
+	// never announced.
+	Admission []core.AdmissionStage
+	// Pools, when not nil, names a peer's pools in EvtConnectionOpened.
+	Pools core.PoolReporter
+	// EventBus receives event.EvtPeerConnectednessChanged and the
+	// lifecycle events (EvtConnectionOpened, ...).
 	EventBus event.Bus
-	// Admitter, when not nil, is asked to admit every new connection
-	// before it is added (the connection manager's pools).
-	Admitter ConnAdmitter
 	// Config holds the tunables; zero fields take their defaults.
 	Config Config
-}
-
-// ConnAdmitter accounts new connections before the swarm adds them; the
-// connection manager implements it, so that its pools never exceed their
-// ceiling even for a moment. AdmitConn may close other connections to make
-// room before it returns; it returns false when c itself must be closed.
-// It is not told about a connection the swarm fails to add after admitting
-// it (only when the swarm is closing).
-type ConnAdmitter interface {
-	AdmitConn(c network.Conn) bool
 }
 
 // Swarm implements network.Network over go-libp2p's QUIC transport with
 // several connections per peer. Create it with New; it is safe for
 // concurrent use; Close stops every goroutine it started.
+//
+// A connection the transport produces goes through the admission pipeline
+// (Params.Admission) under a per-peer lock before anyone sees it; only an
+// admitted connection is recorded, announced (Notifiee Connected, events)
+// and given streams. A connection that a stage finds redundant with another
+// on the same pair of addresses is not announced either: when the peer may
+// have used it (it dialed it), the swarm keeps serving the peer's streams on
+// it, unannounced, until the peer closes it or it stays idle for
+// RedundantIdleTimeout.
 type Swarm struct {
 	local     peer.ID
 	peers     peerstore.Peerstore
 	transport transport.Transport
 	rcmgr     network.ResourceManager
-	gater     connmgr.ConnectionGater
-	admitter  ConnAdmitter
+	dials     core.DialGater
+	stages    atomic.Pointer[[]core.AdmissionStage]
+	pools     core.PoolReporter
 	cfg       Config
 
-	selector atomic.Pointer[PathSelector]
+	selector atomic.Pointer[core.PathSelector]
 	handler  atomic.Pointer[network.StreamHandler]
 
 	// ctx is cancelled by Close; dials in flight stop with it.
@@ -121,16 +126,23 @@ type Swarm struct {
 
 	mu        sync.RWMutex
 	closed    bool
-	conns     map[peer.ID][]*Conn // oldest first
+	conns     map[peer.ID][]*Conn // announced, oldest first
+	redundant map[peer.ID][]*Conn // unannounced, still serving the peer's streams
 	listeners map[*listener]struct{}
-	dials     map[peer.ID]*activeDial
-	backoffs  map[peer.ID]*peerBackoff
+	peerDials map[peer.ID]*activeDial
+	// dialing counts, per peer, the dials (DialPeer attempts and DialPath)
+	// whose connection has not finished admission; dialDone is closed when
+	// the count drops to zero.
+	dialing  map[peer.ID]*dialCount
+	backoffs map[peer.ID]*peerBackoff
+	// admitting serialises the admission of each peer's connections.
+	admitting map[peer.ID]*peerLock
 
 	notifyMu  sync.RWMutex
 	notifiees map[network.Notifiee]struct{}
 
 	connectedness *connectednessEmitter
-	// lifecycle delivers hooks.EvtConnection*/EvtStream* events without
+	// lifecycle delivers EvtConnection*/EvtStream* events without
 	// blocking the stream path.
 	lifecycle *eventqueue.Queue
 
@@ -143,6 +155,20 @@ type Swarm struct {
 	// it to drain.
 	refs      sync.WaitGroup
 	closeOnce sync.Once
+}
+
+// peerLock serialises one peer's admissions; refs counts its holders and
+// waiters, so the entry is dropped when nobody uses it.
+type peerLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// dialCount is the number of a peer's dials in flight and a channel closed
+// when it drops to zero.
+type dialCount struct {
+	n    int
+	done chan struct{}
 }
 
 var _ network.Network = (*Swarm)(nil)
@@ -174,25 +200,29 @@ func New(p Params) (*Swarm, error) {
 		peers:     p.Peerstore,
 		transport: p.Transport,
 		rcmgr:     rcmgr,
-		gater:     p.Gater,
-		admitter:  p.Admitter,
+		dials:     p.Dials,
+		pools:     p.Pools,
 		cfg:       cfg,
 		ctx:       ctx,
 		cancel:    cancel,
 		conns:     make(map[peer.ID][]*Conn),
+		redundant: make(map[peer.ID][]*Conn),
 		listeners: make(map[*listener]struct{}),
-		dials:     make(map[peer.ID]*activeDial),
+		peerDials: make(map[peer.ID]*activeDial),
+		dialing:   make(map[peer.ID]*dialCount),
 		backoffs:  make(map[peer.ID]*peerBackoff),
+		admitting: make(map[peer.ID]*peerLock),
 		notifiees: make(map[network.Notifiee]struct{}),
 	}
 	s.selector.Store(&cfg.PathSelector)
+	s.SetAdmission(p.Admission...)
 	s.connectedness, err = newConnectednessEmitter(p.EventBus, s.Connectedness)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	s.lifecycle, err = eventqueue.New(p.EventBus, new(hooks.EvtConnectionOpened), new(hooks.EvtConnectionClosed),
-		new(hooks.EvtStreamOpened), new(hooks.EvtStreamClosed))
+	s.lifecycle, err = eventqueue.New(p.EventBus, new(EvtConnectionOpened), new(EvtConnectionClosed),
+		new(EvtStreamOpened), new(EvtStreamClosed))
 	if err != nil {
 		s.connectedness.close()
 		cancel()
@@ -203,11 +233,20 @@ func New(p Params) (*Swarm, error) {
 
 // SetPathSelector replaces the path selector used by NewStream and DialPeer.
 // A nil selector restores NewestPathSelector.
-func (s *Swarm) SetPathSelector(sel PathSelector) {
+func (s *Swarm) SetPathSelector(sel core.PathSelector) {
 	if sel == nil {
 		sel = NewestPathSelector{}
 	}
 	s.selector.Store(&sel)
+}
+
+// SetAdmission replaces the admission pipeline (Params.Admission): the
+// stages every new connection passes, in order. Call it before the swarm
+// listens or dials; a connection already in the pipeline finishes with the
+// stages it started with.
+func (s *Swarm) SetAdmission(stages ...core.AdmissionStage) {
+	list := slices.Clone(stages)
+	s.stages.Store(&list)
 }
 
 // Config returns the swarm's effective configuration (defaults applied).
@@ -390,14 +429,16 @@ func (s *Swarm) CanDial(_ peer.ID, addr ma.Multiaddr) bool {
 }
 
 // ListenAddresses returns the addresses the swarm listens on, with the
-// ports the operating system chose.
+// ports the operating system chose, sorted by their string form (a stable
+// order from call to call).
 func (s *Swarm) ListenAddresses() []ma.Multiaddr {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
 	out := make([]ma.Multiaddr, 0, len(s.listeners))
 	for l := range s.listeners {
 		out = append(out, l.Multiaddr())
 	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b ma.Multiaddr) int { return strings.Compare(a.String(), b.String()) })
 	return out
 }
 
@@ -412,11 +453,53 @@ func (s *Swarm) InterfaceListenAddresses() ([]ma.Multiaddr, error) {
 	return manet.ResolveUnspecifiedAddresses(listen, ifaces)
 }
 
-// addConn registers a connection the transport produced (dialed or
-// accepted): gater InterceptUpgraded, connection manager admission,
-// peerstore key, connectedness event, Connected notifications, then the
-// inbound stream loop.
-func (s *Swarm) addConn(tc transport.CapableConn, dir network.Direction) (*Conn, error) {
+// addConn runs a connection the transport produced (dialed or accepted)
+// through the admission pipeline and, when every stage admits it, records
+// and announces it: peerstore key, connectedness event, Connected
+// notifications, EvtConnectionOpened, then the inbound stream loop. It
+// returns the connection to use: the new one, or, when a stage found it
+// redundant, the connection that survives in its place. A refused
+// connection is closed and the error is the stage's (a *core.RefusedError;
+// wrapped in ErrGaterDisallowedConnection when the gater refused).
+func (s *Swarm) addConn(ctx context.Context, tc transport.CapableConn, dir network.Direction) (*Conn, error) {
+	p := tc.RemotePeer()
+	c := s.newConn(tc, dir)
+	if dir == network.DirInbound && s.local < p {
+		// Of two connections on the same pair of addresses, the one
+		// dialed by the smaller peer ID survives (multipath's rule, which
+		// both ends compute). We are the smaller: a dial of ours to p in
+		// flight may yet produce the survivor, so this connection waits
+		// for it rather than being announced and then retired — the
+		// peer must never find a stream of ours on a connection it
+		// closes.
+		s.awaitDials(ctx, p)
+	}
+	unlock := s.lockPeer(p)
+	defer unlock()
+	if err := s.admit(ctx, c); err != nil {
+		var refused *core.RefusedError
+		if errors.As(err, &refused) && refused.Survivor != nil {
+			return s.redundantConn(c, refused)
+		}
+		code := network.ConnGarbageCollected
+		if refused != nil {
+			code = refused.Code
+		}
+		_ = c.CloseWithError(code)
+		if refused != nil && refused.Stage == core.StageGater {
+			err = fmt.Errorf("%w: %w", ErrGaterDisallowedConnection, err)
+		}
+		return nil, fmt.Errorf("swarm: connection to %s at %s: %w", p, tc.RemoteMultiaddr(), err)
+	}
+	if err := s.record(c); err != nil {
+		return nil, err
+	}
+	s.announce(c)
+	return c, nil
+}
+
+// newConn wraps a transport connection.
+func (s *Swarm) newConn(tc transport.CapableConn, dir network.Direction) *Conn {
 	p := tc.RemotePeer()
 	n := s.nextConnID.Add(1)
 	c := &Conn{
@@ -427,38 +510,61 @@ func (s *Swarm) addConn(tc transport.CapableConn, dir network.Direction) (*Conn,
 		direction: dir,
 		opened:    time.Now(),
 		notified:  make(chan struct{}),
+		streams:   make(map[*Stream]struct{}),
 	}
-	if s.gater != nil {
-		if allow, reason := s.gater.InterceptUpgraded(c); !allow {
-			_ = tc.CloseWithError(network.ConnGated)
-			return nil, fmt.Errorf("swarm: connection to %s at %s gated (reason %d): %w",
-				p, tc.RemoteMultiaddr(), reason, ErrGaterDisallowedConnection)
+	tc.As(&c.quic)
+	return c
+}
+
+// admit runs the admission stages in order; on a refusal it aborts the
+// stages that had admitted c, latest first. The caller holds p's lock.
+func (s *Swarm) admit(ctx context.Context, c *Conn) error {
+	stages := *s.stages.Load()
+	c.stages = stages
+	for i, stage := range stages {
+		if err := stage.AdmitConn(ctx, c); err != nil {
+			for j := i - 1; j >= 0; j-- {
+				stages[j].AbortConn(c)
+			}
+			return err
 		}
 	}
-	if s.admitter != nil && !s.admitter.AdmitConn(c) {
-		_ = tc.CloseWithError(network.ConnGarbageCollected)
-		return nil, fmt.Errorf("swarm: connection to %s at %s refused by the connection manager", p, tc.RemoteMultiaddr())
+	return nil
+}
+
+// abort releases what every stage reserved for an admitted connection that
+// is not recorded after all.
+func (s *Swarm) abort(c *Conn) {
+	for j := len(c.stages) - 1; j >= 0; j-- {
+		c.stages[j].AbortConn(c)
 	}
-	if pk := tc.RemotePublicKey(); pk != nil {
+}
+
+// record adds an admitted connection to the peer's connections; the
+// caller holds p's lock. It fails when the swarm closed or c closed
+// meanwhile (a trim chose it), after undoing the admission.
+func (s *Swarm) record(c *Conn) error {
+	p := c.RemotePeer()
+	if pk := c.conn.RemotePublicKey(); pk != nil {
 		_ = s.peers.AddPubKey(p, pk)
 	}
-
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		s.abort(c)
 		_ = c.CloseWithError(network.ConnShutdown)
-		return nil, ErrSwarmClosed
+		return ErrSwarmClosed
 	}
 	c.mu.Lock()
-	closing := c.closing
+	closing := c.closing.Load()
 	if !closing {
-		c.streams = make(map[*Stream]struct{})
+		c.state = connAnnounced
 	}
 	c.mu.Unlock()
 	if closing {
-		// Closed while it was admitted (a trim at the ceiling chose it).
 		s.mu.Unlock()
-		return nil, fmt.Errorf("swarm: connection to %s at %s closed while being admitted: %w", p, tc.RemoteMultiaddr(), ErrConnClosed)
+		s.abort(c)
+		return fmt.Errorf("swarm: connection to %s at %s closed while being admitted: %w", p, c.RemoteMultiaddr(), ErrConnClosed)
 	}
 	s.conns[p] = append(s.conns[p], c)
 	delete(s.backoffs, p)
@@ -466,40 +572,243 @@ func (s *Swarm) addConn(tc transport.CapableConn, dir network.Direction) (*Conn,
 	// goroutine that Close starts.
 	s.refs.Add(2)
 	s.mu.Unlock()
+	return nil
+}
 
+// announce tells everyone about a recorded connection and starts its
+// stream loop.
+func (s *Swarm) announce(c *Conn) {
+	p := c.RemotePeer()
 	s.connectedness.update(p)
 	s.notifyAll(func(n network.Notifiee) { n.Connected(s, c) })
 	close(c.notified)
-	opened := hooks.EvtConnectionOpened{Peer: p, ConnID: c.ID(), Direction: dir,
-		Local: tc.LocalMultiaddr(), Remote: tc.RemoteMultiaddr()}
-	if pools, ok := s.admitter.(interface{ PoolOf(peer.ID) string }); ok {
-		opened.Pool = pools.PoolOf(p)
+	opened := EvtConnectionOpened{Peer: p, ConnID: c.ID(), Direction: c.direction,
+		Local: c.LocalMultiaddr(), Remote: c.RemoteMultiaddr()}
+	if s.pools != nil {
+		opened.Pools = s.pools.PoolsOf(p)
 	}
 	s.lifecycle.Push(opened)
 	go c.acceptStreams()
-	return c, nil
 }
 
-// removeConn forgets c and reports whether it was registered; called once,
-// from Conn.doClose.
-func (s *Swarm) removeConn(c *Conn) bool {
+// RedundantIdleTimeout is how long a redundant connection the peer dialed is
+// kept, unannounced, without a stream before the swarm closes it itself. A
+// realmnet peer closes such a connection as soon as its own streams on it
+// are done; the timeout covers peers that do not (a stock go-libp2p host
+// keeps both connections).
+const RedundantIdleTimeout = 10 * time.Second
+
+// redundantConn handles a connection a stage found redundant: the survivor
+// takes its place for the dialer. A connection we dialed is closed at once
+// (the peer, whose own dial survives, never announced it); one the peer
+// dialed may already carry the peer's streams, so it keeps serving them,
+// unannounced, until the peer closes it or it has been idle for
+// RedundantIdleTimeout. The caller holds p's lock.
+func (s *Swarm) redundantConn(c *Conn, refused *core.RefusedError) (*Conn, error) {
+	survivor, ok := refused.Survivor.(*Conn)
+	if !ok {
+		_ = c.CloseWithError(refused.Code)
+		return nil, fmt.Errorf("swarm: connection to %s at %s: %w", c.RemotePeer(), c.RemoteMultiaddr(), refused)
+	}
+	log.Debugw("redundant connection", "peer", c.RemotePeer(), "conn", c.ID(), "survivor", survivor.ID(), "direction", c.direction)
+	if c.direction == network.DirOutbound {
+		_ = c.CloseWithError(refused.Code)
+		return survivor, nil
+	}
 	p := c.RemotePeer()
 	s.mu.Lock()
-	cs := s.conns[p]
-	i := slices.Index(cs, c)
-	if i < 0 {
+	if s.closed {
 		s.mu.Unlock()
-		return false
+		_ = c.CloseWithError(network.ConnShutdown)
+		return survivor, nil
 	}
-	cs = slices.Delete(slices.Clone(cs), i, i+1)
-	if len(cs) == 0 {
-		delete(s.conns, p)
-	} else {
-		s.conns[p] = cs
+	c.mu.Lock()
+	closing := c.closing.Load()
+	if !closing {
+		c.state = connRedundant
+		c.redundantCode = refused.Code
+	}
+	c.mu.Unlock()
+	if closing {
+		s.mu.Unlock()
+		return survivor, nil
+	}
+	s.redundant[p] = append(s.redundant[p], c)
+	s.refs.Add(2) // the stream loop and the idle watcher
+	s.mu.Unlock()
+	go c.acceptStreams()
+	go c.closeWhenIdle(RedundantIdleTimeout)
+	return survivor, nil
+}
+
+// lockPeer takes p's admission lock and returns the function that releases
+// it.
+func (s *Swarm) lockPeer(p peer.ID) (unlock func()) {
+	s.mu.Lock()
+	l := s.admitting[p]
+	if l == nil {
+		l = &peerLock{}
+		s.admitting[p] = l
+	}
+	l.refs++
+	s.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		s.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(s.admitting, p)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// beginDial counts a dial to p in flight until the returned function is
+// called (after its connection's admission, or its failure).
+func (s *Swarm) beginDial(p peer.ID) (end func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.beginDialLocked(p)
+}
+
+// beginDialLocked is beginDial with s.mu held.
+func (s *Swarm) beginDialLocked(p peer.ID) (end func()) {
+	d := s.dialing[p]
+	if d == nil {
+		d = &dialCount{done: make(chan struct{})}
+		s.dialing[p] = d
+	}
+	d.n++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if d.n--; d.n == 0 {
+				delete(s.dialing, p)
+				close(d.done)
+			}
+			s.mu.Unlock()
+		})
+	}
+}
+
+// awaitDials waits until no dial of ours to p is in flight, ctx ends, or the
+// swarm closes. Dials are bounded (AddrDialTimeout, DialTimeout).
+func (s *Swarm) awaitDials(ctx context.Context, p peer.ID) {
+	for {
+		s.mu.RLock()
+		d := s.dialing[p]
+		s.mu.RUnlock()
+		if d == nil {
+			return
+		}
+		select {
+		case <-d.done:
+		case <-ctx.Done():
+			return
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// removeConn forgets c and reports whether it was announced; called once,
+// from Conn.doClose.
+func (s *Swarm) removeConn(c *Conn) (announced bool) {
+	p := c.RemotePeer()
+	s.mu.Lock()
+	c.mu.Lock()
+	state := c.state
+	c.mu.Unlock()
+	switch state {
+	case connAnnounced:
+		s.conns[p] = without(s.conns[p], c)
+		if len(s.conns[p]) == 0 {
+			delete(s.conns, p)
+		}
+	case connRedundant:
+		s.redundant[p] = without(s.redundant[p], c)
+		if len(s.redundant[p]) == 0 {
+			delete(s.redundant, p)
+		}
 	}
 	s.mu.Unlock()
-	s.connectedness.update(p)
-	return true
+	if state == connAnnounced {
+		s.connectedness.update(p)
+	}
+	return state == connAnnounced
+}
+
+func without(cs []*Conn, c *Conn) []*Conn {
+	i := slices.Index(cs, c)
+	if i < 0 {
+		return cs
+	}
+	return slices.Delete(slices.Clone(cs), i, i+1)
+}
+
+// reinstateLater schedules reinstate(p) when p has redundant connections.
+func (s *Swarm) reinstateLater(p peer.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || len(s.redundant[p]) == 0 {
+		return
+	}
+	s.refs.Add(1)
+	go s.reinstate(p)
+}
+
+// reinstate runs the redundant connections of p through admission again: an
+// announced connection of p closed, and one of them may have lost to it.
+// Owned by the swarm (refs).
+func (s *Swarm) reinstate(p peer.ID) {
+	defer s.refs.Done()
+	unlock := s.lockPeer(p)
+	defer unlock()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	candidates := slices.Clone(s.redundant[p])
+	s.mu.Unlock()
+	for _, c := range candidates {
+		if c.IsClosed() {
+			continue
+		}
+		if err := s.admit(s.ctx, c); err != nil {
+			continue // still redundant, or refused: it keeps draining
+		}
+		s.mu.Lock()
+		c.mu.Lock()
+		ok := !s.closed && !c.closing.Load() && c.state == connRedundant
+		if ok {
+			c.state = connAnnounced
+		}
+		c.mu.Unlock()
+		if !ok {
+			s.mu.Unlock()
+			s.abort(c)
+			continue
+		}
+		s.redundant[p] = without(s.redundant[p], c)
+		if len(s.redundant[p]) == 0 {
+			delete(s.redundant, p)
+		}
+		s.conns[p] = append(s.conns[p], c)
+		s.refs.Add(1) // the Disconnected goroutine; the idle watcher ends by itself
+		s.mu.Unlock()
+		log.Debugw("redundant connection reinstated", "peer", p, "conn", c.ID())
+		s.connectedness.update(p)
+		s.notifyAll(func(n network.Notifiee) { n.Connected(s, c) })
+		close(c.notified)
+		opened := EvtConnectionOpened{Peer: p, ConnID: c.ID(), Direction: c.direction,
+			Local: c.LocalMultiaddr(), Remote: c.RemoteMultiaddr()}
+		if s.pools != nil {
+			opened.Pools = s.pools.PoolsOf(p)
+		}
+		s.lifecycle.Push(opened)
+	}
 }
 
 // Close closes the listeners and every connection (code
@@ -519,6 +828,9 @@ func (s *Swarm) close() error {
 	s.listeners = nil
 	var conns []*Conn
 	for _, cs := range s.conns {
+		conns = append(conns, cs...)
+	}
+	for _, cs := range s.redundant {
 		conns = append(conns, cs...)
 	}
 	s.mu.Unlock()

@@ -28,12 +28,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/realmnet/realmnet/hooks"
+	"github.com/realmnet/realmnet/internal/testkit"
 	"github.com/realmnet/realmnet/swarm"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, testkit.LeakOptions()...)
 }
 
 // testSwarm is a swarm on real QUIC over loopback, with its own event bus.
@@ -475,9 +475,10 @@ func TestPathSelectorIsConsulted(t *testing.T) {
 	server.SetStreamHandler(echoHandler)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	first, err := client.DialPath(ctx, server.LocalPeer(), server.ListenAddresses()[0])
+	addrs := server.ListenAddresses()
+	first, err := client.DialPath(ctx, server.LocalPeer(), addrs[0])
 	require.NoError(t, err)
-	_, err = client.DialPath(ctx, server.LocalPeer(), server.ListenAddresses()[1])
+	_, err = client.DialPath(ctx, server.LocalPeer(), addrs[1])
 	require.NoError(t, err)
 
 	var calls atomic.Int32
@@ -529,8 +530,8 @@ func TestLifecycleEvents(t *testing.T) {
 	a := newSwarm(t, swarm.Config{})
 	b := newSwarm(t, swarm.Config{})
 	b.SetStreamHandler(func(s network.Stream) { _, _ = io.Copy(io.Discard, s); _ = s.Close() })
-	sub, err := a.bus.Subscribe([]any{new(hooks.EvtConnectionOpened), new(hooks.EvtConnectionClosed),
-		new(hooks.EvtStreamOpened), new(hooks.EvtStreamClosed)})
+	sub, err := a.bus.Subscribe([]any{new(swarm.EvtConnectionOpened), new(swarm.EvtConnectionClosed),
+		new(swarm.EvtStreamOpened), new(swarm.EvtStreamClosed)})
 	require.NoError(t, err)
 	defer sub.Close()
 	learn(a, b)
@@ -556,16 +557,16 @@ func TestLifecycleEvents(t *testing.T) {
 			return nil
 		}
 	}
-	opened := next().(hooks.EvtConnectionOpened)
+	opened := next().(swarm.EvtConnectionOpened)
 	require.Equal(t, b.LocalPeer(), opened.Peer)
 	require.Equal(t, c.ID(), opened.ConnID)
 	require.Equal(t, network.DirOutbound, opened.Direction)
 	require.True(t, opened.Remote.Equal(c.RemoteMultiaddr()))
-	so := next().(hooks.EvtStreamOpened)
+	so := next().(swarm.EvtStreamOpened)
 	require.Equal(t, "/test/1.0.0", so.Protocol)
 	require.Equal(t, s.ID(), so.StreamID)
-	sc := next().(hooks.EvtStreamClosed)
+	sc := next().(swarm.EvtStreamClosed)
 	require.Equal(t, s.ID(), sc.StreamID)
-	closed := next().(hooks.EvtConnectionClosed)
+	closed := next().(swarm.EvtConnectionClosed)
 	require.Equal(t, c.ID(), closed.ConnID)
 }

@@ -23,8 +23,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/realmnet/realmnet/connmgr"
-	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
+
+	"github.com/realmnet/realmnet/core"
 )
 
 const (
@@ -601,7 +602,7 @@ func (d *demo) reportPaths() {
 			for _, path := range paths {
 				if path.Selected {
 					selected, rtt = path.Remote.String(), path.SmoothedRTT
-				} else if path.State == multipath.StateStandby {
+				} else if path.State == core.PathStandby {
 					standby++
 				}
 			}

@@ -15,9 +15,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
-	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/node"
 	"github.com/realmnet/realmnet/realm"
+
+	"github.com/realmnet/realmnet/core"
 )
 
 // The demo's realms. Node 0 joins both; the other nodes alternate, odd
@@ -47,7 +48,7 @@ type demoRealm struct {
 
 // id is the realm's ID: the same on every member (it is derived from the
 // name and the PSK), the name of its connection sub-pool.
-func (r *demoRealm) id() realm.ID { return r.joined[r.members[0]].ID() }
+func (r *demoRealm) id() core.RealmID { return r.joined[r.members[0]].ID() }
 
 // has reports whether node index is a member.
 func (r *demoRealm) has(index int) bool { return slices.Contains(r.members, index) }
@@ -193,7 +194,7 @@ func (d *demo) checkIsolation(ctx context.Context) error {
 		d.isolation = append(d.isolation, check)
 	}
 	for _, dr := range d.realms {
-		id := connmgr.RealmID(dr.id())
+		id := core.RealmID(dr.id())
 		for _, index := range dr.members {
 			for _, c := range d.nodes[index].RealmConnections(id) {
 				if remote := c.RemotePeer(); !dr.has(d.indexOf(remote)) {
@@ -267,7 +268,7 @@ func (d *demo) reportRealms() {
 			if !ok {
 				continue
 			}
-			id := connmgr.RealmID(joined.ID())
+			id := core.RealmID(joined.ID())
 			fmt.Fprintf(table, "%d\t%s\t%s\t%s\t%d\n", index, dr.name, d.describeMembers(joined),
 				formatPool(pools[id]), len(demoNode.RealmConnections(id)))
 		}

@@ -1,0 +1,59 @@
+// Package testnode builds realmnet nodes for tests: on loopback, closed at
+// the end of the test, with an echo protocol helper. It imports package
+// node, so only tests outside node's own internal tests use it.
+package testnode
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"testing"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/stretchr/testify/require"
+
+	"github.com/realmnet/realmnet/internal/testkit"
+	"github.com/realmnet/realmnet/node"
+)
+
+// EchoProtocol is the protocol of Echo.
+const EchoProtocol = "/realmnet/test/echo/1.0.0"
+
+// New starts a node listening on testkit.Loopback in DHT client mode, with
+// opts applied after those defaults (so they can be overridden), and closes
+// it at the end of the test.
+func New(t testing.TB, opts ...node.Option) *node.Node {
+	t.Helper()
+	opts = append([]node.Option{node.ListenAddrs(testkit.Loopback), node.DHTMode(node.DHTClient)}, opts...)
+	n, err := node.New(opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	return n
+}
+
+// Echo copies a stream back to its sender and closes it.
+func Echo(s network.Stream) {
+	_, _ = io.Copy(s, s)
+	_ = s.Close()
+}
+
+// EchoOver writes size random bytes to s, closes its write side, and
+// requires the same bytes back; it closes s.
+func EchoOver(t testing.TB, s network.Stream, size int) {
+	t.Helper()
+	msg := make([]byte, size)
+	_, _ = rand.Read(msg)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.Write(msg)
+		if err == nil {
+			err = s.CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(s)
+	require.NoError(t, err)
+	require.NoError(t, <-errc)
+	require.True(t, bytes.Equal(msg, got), "echo corrupted: sent %d bytes, got %d", len(msg), len(got))
+	_ = s.Close()
+}
