@@ -1,6 +1,8 @@
 package gater_test
 
 import (
+	"context"
+	"errors"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -11,7 +13,10 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/net/conngater"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/gater"
+	"github.com/realmnet/realmnet/hooks"
+	"github.com/realmnet/realmnet/internal/testkit"
 )
 
 const benchSubnetCount = 10_000
@@ -111,6 +116,60 @@ func BenchmarkSubnetDecision(b *testing.B) {
 					}
 				}
 			})
+		})
+	}
+}
+
+// BenchmarkAdmitConn times the gater stage of the admission pipeline, which
+// every new connection passes, for an admitted connection: with
+// benchSubnetCount blocked subnets, without hooks and with one
+// AfterHandshake hook (each hook call runs on its own goroutine, bounded by
+// the registry's timeout).
+func BenchmarkAdmitConn(b *testing.B) {
+	subnets, free := benchSubnets()
+	covered := netip.AddrFrom4([4]byte(subnets[0].IP.To4())).Next()
+	p := testPeer(b, 1)
+	conn := func(a netip.Addr) *testkit.FakeConn {
+		return newConn(p, network.DirInbound, ma.StringCast("/ip4/"+a.String()+"/udp/4001/quic-v1"))
+	}
+	c, blocked := conn(free), conn(covered)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		hooks int
+	}{
+		{"no hooks", 0},
+		{"one AfterHandshake hook", 1},
+	} {
+		reg, err := hooks.NewRegistry(0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range tc.hooks {
+			reg.OnAfterHandshake(func(context.Context, hooks.Handshake) error { return nil })
+		}
+		g, err := gater.New(newStore(), reg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, s := range subnets {
+			if err := g.BlockSubnet(s); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := g.AdmitConn(ctx, c); err != nil {
+			b.Fatalf("%s: %v", tc.name, err)
+		}
+		if err := g.AdmitConn(ctx, blocked); !errors.Is(err, core.ErrRefused) {
+			b.Fatalf("%s: %s admitted (%v)", tc.name, blocked.RemoteMultiaddr(), err)
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := g.AdmitConn(ctx, c); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 	}
 }

@@ -140,7 +140,8 @@ func (g *Gater) SetNetwork(n network.Network) {
 }
 
 // SetPeerPolicy installs a predicate consulted for every peer dialed and
-// every authenticated inbound peer; false refuses it (ErrPeerPolicy). The
+// every connection admitted, in both directions; false refuses it
+// (ErrPeerPolicy). The
 // realm package uses it for the realm-only policy. nil removes it.
 func (g *Gater) SetPeerPolicy(allow func(p peer.ID) bool) {
 	if allow == nil {
@@ -548,7 +549,8 @@ func (g *Gater) InterceptSecured(network.Direction, peer.ID, network.ConnMultiad
 // (core.AdmissionStage), the one check of the rules for a connection: peer
 // rules, address rules, the peer policy, then the AfterHandshake hooks (in
 // registration order, first rejection wins, each bounded by the registry's
-// timeout and by ctx) with the connection's ID. It returns nil, or a
+// timeout and by ctx) with the connection's ID, then the rules once more (a
+// block added while the hooks ran applies to this connection too). It returns nil, or a
 // *core.RefusedError (code network.ConnGated) whose reason is
 // core.ReasonBlocked (wrapping ErrPeerBlocked or ErrAddrBlocked),
 // core.ReasonPeerPolicy (ErrPeerPolicy) or core.ReasonHookRejected (the
@@ -565,14 +567,8 @@ func (g *Gater) admit(ctx context.Context, c network.Conn, connID string) error 
 	refuse := func(reason core.CloseReason, err error) error {
 		return &core.RefusedError{Stage: core.StageGater, Reason: reason, Code: network.ConnGated, Peer: p, Err: err}
 	}
-	if !g.peerAllowed(p) {
-		return refuse(core.ReasonBlocked, fmt.Errorf("%w: %s", ErrPeerBlocked, p))
-	}
-	if !g.maAllowed(c.RemoteMultiaddr()) {
-		return refuse(core.ReasonBlocked, fmt.Errorf("%w: %s", ErrAddrBlocked, c.RemoteMultiaddr()))
-	}
-	if policy := g.policy.Load(); policy != nil && !(*policy)(p) {
-		return refuse(core.ReasonPeerPolicy, fmt.Errorf("%w: %s", ErrPeerPolicy, p))
+	if err := g.checkRules(c, refuse); err != nil {
+		return err
 	}
 	if g.hooks == nil || g.hooks.Empty() {
 		return nil
@@ -582,6 +578,24 @@ func (g *Gater) admit(ctx context.Context, c network.Conn, connID string) error 
 	if err := g.hooks.RunAfterHandshake(ctx, h); err != nil {
 		log.Debugw("connection rejected by a hook", "peer", p, "conn", connID, "direction", h.Direction, "error", err)
 		return refuse(core.ReasonHookRejected, err)
+	}
+	// A rule added while the hooks ran found nothing to close (the
+	// connection is not announced yet): check the rules once more.
+	return g.checkRules(c, refuse)
+}
+
+// checkRules checks the peer rules, the address rules and the peer policy
+// for c, in that order.
+func (g *Gater) checkRules(c network.Conn, refuse func(core.CloseReason, error) error) error {
+	p := c.RemotePeer()
+	if !g.peerAllowed(p) {
+		return refuse(core.ReasonBlocked, fmt.Errorf("%w: %s", ErrPeerBlocked, p))
+	}
+	if !g.maAllowed(c.RemoteMultiaddr()) {
+		return refuse(core.ReasonBlocked, fmt.Errorf("%w: %s", ErrAddrBlocked, c.RemoteMultiaddr()))
+	}
+	if policy := g.policy.Load(); policy != nil && !(*policy)(p) {
+		return refuse(core.ReasonPeerPolicy, fmt.Errorf("%w: %s", ErrPeerPolicy, p))
 	}
 	return nil
 }

@@ -14,6 +14,7 @@
 package multipath
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -301,10 +302,21 @@ func (m *Manager) SelectPath(p peer.ID, conns []network.Conn) network.Conn {
 		return conns[len(conns)-1]
 	}
 	pp := m.peers[p]
-	if pp == nil || len(pp.ranked) == 0 {
+	if pp == nil {
 		return nil
 	}
-	return m.choose(p, pp, conns)
+	if c := m.choose(p, pp, conns); c != nil {
+		return c
+	}
+	// A redundant path whose survivor has just closed (its Disconnected,
+	// which reinstates the path, is on its way) is usable already.
+	for _, pa := range pp.paths {
+		if pa.state == core.PathRedundant && pa.survivor.IsClosed() && !pa.conn.IsClosed() &&
+			slices.Contains(conns, network.Conn(pa.conn)) {
+			return pa.conn
+		}
+	}
+	return nil
 }
 
 // choose applies the peer's strategy to its ranked paths that are among
@@ -427,7 +439,7 @@ func (m *Manager) AdmitConn(_ context.Context, c core.Conn) error {
 		if !sameAddrs(pa.conn, c) {
 			continue
 		}
-		switch m.loser(pa.conn, c) {
+		switch m.loser(pa, c) {
 		case c:
 			return &core.RefusedError{Stage: core.StagePaths, Reason: core.ReasonPathRedundant, Code: ErrorCodePathRedundant,
 				Peer: p, Survivor: pa.conn, Err: fmt.Errorf("multipath: redundant with %s (same addresses)", pa.conn.ID())}
@@ -464,17 +476,29 @@ func (m *Manager) AdmitConn(_ context.Context, c core.Conn) error {
 
 // loser returns which of two connections on the same pair of addresses is
 // redundant — the one not dialed by the smaller peer ID; of two dialed by
-// the same side, the newer — or nil when the peer dialed both (it decides).
-// existing was admitted before newcomer.
-func (m *Manager) loser(existing, newcomer core.Conn) core.Conn {
-	newDialer, oldDialer := dialerOf(newcomer, m.local), dialerOf(existing, m.local)
+// the same side, the one whose TLS exporter value (RFC 5705/8446, label
+// "EXPORTER-realmnet-path-order", which both ends of a connection derive
+// alike) is greater. Both ends compute the same answer from facts both see.
+// For connections without TLS state (not QUIC), the dialer keeps the older
+// and the other side admits both (nil). existing was admitted before
+// newcomer.
+func (m *Manager) loser(existing *path, newcomer core.Conn) core.Conn {
+	newDialer, oldDialer := dialerOf(newcomer, m.local), dialerOf(existing.conn, m.local)
 	switch {
-	case newDialer == oldDialer && newDialer != m.local:
-		return nil
-	case newDialer == oldDialer:
-		return newcomer
 	case newDialer < oldDialer:
-		return existing
+		return existing.conn
+	case newDialer > oldDialer:
+		return newcomer
+	}
+	oldOrder, newOrder := existing.order, pathOrder(newcomer)
+	if oldOrder != nil && newOrder != nil {
+		if bytes.Compare(newOrder, oldOrder) < 0 {
+			return existing.conn
+		}
+		return newcomer
+	}
+	if newDialer != m.local {
+		return nil
 	}
 	return newcomer
 }
@@ -571,12 +595,15 @@ func (m *Manager) startHeartbeat(p peer.ID, pa *path) {
 	go m.heartbeat(ctx, p, pa)
 }
 
-// drainAndClose closes a redundant path this node dialed once it carries no
-// application stream, or after redundantDrain, unless it is reinstated
-// first; a redundant path the peer dialed is left for the peer to close (it
-// may still finish streams of its own on it), and closed here only after
-// the swarm's RedundantIdleTimeout without streams. Owned by the manager
-// (wg).
+// drainAndClose closes a redundant path once it is done with. A path this
+// node dialed is closed once no stream of the peer's has been on it for
+// redundantQuiet and our own streams have ended or had redundantDrain to
+// end (the peer, which dialed the survivor, normally never used it; if it
+// had already closed the survivor, its streams keep the path until the
+// survivor's close arrives and the path is reinstated). A path the peer
+// dialed is left for the peer to close, and closed here after
+// redundantIdleTimeout without a stream (peers that never close it).
+// Reinstatement or removal stops it. Owned by the manager (wg).
 func (m *Manager) drainAndClose(p peer.ID, pa *path) {
 	defer m.wg.Done()
 	ours := pa.conn.Stat().Direction == network.DirOutbound
@@ -600,17 +627,25 @@ func (m *Manager) drainAndClose(p peer.ID, pa *path) {
 			return
 		}
 		now := m.clock.Now()
-		busy := userStreams(pa.conn) > 0
-		if busy {
+		inbound, outbound := userStreamsByDirection(pa.conn)
+		if inbound > 0 || (!ours && outbound > 0) {
 			idleSince = now
 		}
-		if (ours && (!busy || !now.Before(deadline))) || (!ours && now.Sub(idleSince) >= redundantIdleTimeout) {
+		quiet := now.Sub(idleSince)
+		if ours && quiet >= redundantQuiet && (outbound == 0 || !now.Before(deadline)) {
+			break
+		}
+		if !ours && quiet >= redundantIdleTimeout {
 			break
 		}
 	}
 	log.Debugw("closing redundant path", "peer", p, "conn", pa.conn.ID(), "survivor", pa.survivor.ID())
 	_ = pa.conn.CloseWithError(ErrorCodePathRedundant)
 }
+
+// redundantQuiet is how long a redundant path this node dialed must carry
+// no stream of the peer's before it is closed (the swarm's RedundantQuiet).
+const redundantQuiet = time.Second
 
 // redundantIdleTimeout is how long a redundant path the peer dialed may stay
 // without a stream before this node closes it (the swarm's

@@ -52,6 +52,9 @@ type path struct {
 	// is announced.
 	selectedBefore *path
 	pending        []any
+	// order is the connection's tie-break value for redundancy (nil
+	// without TLS state); see Manager.loser.
+	order []byte
 	// stopHeartbeat stops the path's heartbeat goroutine (nil before the
 	// first); the path stays.
 	stopHeartbeat context.CancelFunc
@@ -78,10 +81,31 @@ func newPath(parent context.Context, c core.Conn, now time.Time) *path {
 	if c.As(&qc) {
 		pa.quic = qc
 	}
+	pa.order = pathOrder(c)
 	if _, err := c.RemoteMultiaddr().ValueForProtocol(ma.P_IP6); err == nil {
 		pa.ipv6 = true
 	}
 	return pa
+}
+
+// pathOrderLabel is the TLS exporter label of pathOrder.
+const pathOrderLabel = "EXPORTER-realmnet-path-order"
+
+// pathOrder is c's tie-break value between two connections on the same pair
+// of addresses dialed by the same side: 16 bytes of the connection's TLS
+// exporter (RFC 8446 §7.5), equal on both ends and random across
+// connections; nil when c has no TLS state (not QUIC).
+func pathOrder(c network.Conn) []byte {
+	var qc *quic.Conn
+	if !c.As(&qc) {
+		return nil
+	}
+	state := qc.ConnectionState().TLS
+	out, err := state.ExportKeyingMaterial(pathOrderLabel, nil, 16)
+	if err != nil {
+		return nil
+	}
+	return out
 }
 
 // refusedByPeer reports whether the peer closed the path because it has
@@ -157,6 +181,22 @@ func userStreams(c network.Conn) int {
 		}
 	}
 	return n
+}
+
+// userStreamsByDirection counts the connection's streams that are not
+// heartbeats, by who opened them.
+func userStreamsByDirection(c network.Conn) (inbound, outbound int) {
+	for _, s := range c.GetStreams() {
+		if s.Protocol() == ping.ID {
+			continue
+		}
+		if s.Stat().Direction == network.DirInbound {
+			inbound++
+		} else {
+			outbound++
+		}
+	}
+	return inbound, outbound
 }
 
 // info builds the snapshot; called with Manager.mu held (read).

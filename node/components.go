@@ -331,6 +331,12 @@ func newHost(lc fx.Lifecycle, s *swarm.Swarm, bus event.Bus, cm libp2pcoreconnmg
 	if err != nil {
 		return nil, fmt.Errorf("node: create host: %w", err)
 	}
+	// Started at once (identify's handlers, the address manager), before
+	// the components built on the host: kad-dht dials its bootstrap peers
+	// from its constructor, and a peer that identifies us over that
+	// connection must find identify's handler (it would otherwise record
+	// "protocols not supported" and never list our DHT protocol).
+	h.Start()
 	lc.Append(fx.StopHook(h.Close))
 	return h, nil
 }
@@ -397,16 +403,13 @@ func newRealms(lc fx.Lifecycle, cfg *config, h host.Host, backend *realmBackend,
 // start is the node's one start hook. It depends on every component, so
 // that all of them are built, and have their stop hooks registered, before
 // anything starts: when listening fails, fx rolls all of them back. It
-// listens, starts the host (identify, address manager), then connects to the
-// bootstrap peers.
+// listens, then connects to the bootstrap peers (the host itself is started
+// when it is built, see newHost).
 func start(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, g *gater.Gater, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT, _ *identifyTracker, _ *realm.Service) {
 	g.SetNetwork(s)
 	lc.Append(fx.StartHook(func() error {
 		if err := s.Listen(cfg.listenAddrs...); err != nil {
 			return err
-		}
-		if bh, ok := h.(*basichost.BasicHost); ok {
-			bh.Start()
 		}
 		bootstrap(cfg, h, d)
 		return nil

@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/fx"
 	"go.uber.org/goleak"
@@ -116,10 +117,17 @@ func TestDHTTenNodesFindEachOther(t *testing.T) {
 	// Wait until every node's routing table holds the bootstrap node, and
 	// the bootstrap node's holds every node: a lookup that reaches the
 	// bootstrap node before it has added the target ends "not found".
-	for _, n := range nodes[1:] {
-		require.Eventually(t, func() bool {
+	for i, n := range nodes[1:] {
+		ok := assert.Eventually(t, func() bool {
 			return n.DHT().RoutingTable().Find(first.ID()) != "" && first.DHT().RoutingTable().Find(n.ID()) != ""
 		}, 10*time.Second, 20*time.Millisecond)
+		if !ok {
+			p, _ := first.Host().Peerstore().GetProtocols(n.ID())
+			p2, _ := n.Host().Peerstore().GetProtocols(first.ID())
+			t.Fatalf("node %d: has first %v, first has it %v, conns %d/%d, first sees protos %v, n sees %v, paths %+v", i+1,
+				n.DHT().RoutingTable().Find(first.ID()) != "", first.DHT().RoutingTable().Find(n.ID()) != "",
+				len(first.Host().Network().ConnsToPeer(n.ID())), len(n.Host().Network().ConnsToPeer(first.ID())), p, p2, n.Paths(first.ID()))
+		}
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, count*count)

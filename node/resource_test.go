@@ -3,7 +3,9 @@ package node_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,38 +15,137 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
+	"github.com/realmnet/realmnet/internal/testkit"
+	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
+	"github.com/realmnet/realmnet/realm"
 	"github.com/realmnet/realmnet/resource"
 )
 
-// TestResourceAccountingBalancesAfterChurn: 100 connections and 1,000
-// streams come and go; the resource manager's system scope ends where it
-// started.
+// TestResourceAccountingBalancesAfterChurn: 1,000 connections and 10,000
+// streams (plain and realm streams, from ten clients at once) come and go;
+// then rcmgr's system scope and every peer scope, and the realm's scope, are
+// back to exactly zero on every node, and the goroutines to the count they
+// had before the churn.
 func TestResourceAccountingBalancesAfterChurn(t *testing.T) {
-	a, b := newNode(t), newNode(t)
-	b.SetStreamHandler(echoProtocol, echoHandler)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	system := func(n *node.Node) (conns, streams int) {
-		st := n.ResourceManager().Stat().Rcmgr.System
-		return st.NumConnsInbound + st.NumConnsOutbound, st.NumStreamsInbound + st.NumStreamsOutbound
+	const (
+		clients         = 10
+		connsPerClient  = 100
+		streamsPerConn  = 10
+		realmStreamEach = 2 // of the streams of a connection, realm streams
+	)
+	psk := []byte("churn-test-pre-shared-key")
+	server := newNode(t, node.DHTMode(node.DHTClient))
+	server.SetStreamHandler(echoProtocol, echoHandler)
+	var nodes []*node.Node
+	for range clients {
+		nodes = append(nodes, newNode(t, node.DHTMode(node.DHTClient), node.Multipath(multipath.Config{DesiredPaths: 1})))
 	}
-	for i := range 100 {
-		require.NoError(t, a.Connect(ctx, b.AddrInfo()))
-		for range 10 {
-			s, err := a.NewStream(ctx, b.ID(), echoProtocol)
-			require.NoError(t, err)
-			echoOver(t, s, 16)
+	all := append([]*node.Node{server}, nodes...)
+	// closeAll closes every connection until none is left: realms redial
+	// members that lose their last connection, and may race the closes.
+	closeAll := func() {
+		for _, n := range all {
+			require.Eventually(t, func() bool {
+				for _, p := range n.Host().Network().Peers() {
+					_ = n.Host().Network().ClosePeer(p)
+				}
+				return len(n.Host().Network().Conns()) == 0
+			}, 10*time.Second, 5*time.Millisecond)
 		}
-		require.NoError(t, a.Host().Network().ClosePeer(b.ID()), "round %d", i)
-		require.Eventually(t, func() bool { return len(b.Host().Network().ConnsToPeer(a.ID())) == 0 },
-			5*time.Second, 5*time.Millisecond)
 	}
-	for _, n := range []*node.Node{a, b} {
-		require.Eventually(t, func() bool { c, s := system(n); return c == 0 && s == 0 }, 5*time.Second, 10*time.Millisecond,
-			"system scope not back to zero")
+	startGoroutines := runtime.NumGoroutine()
+	running := goleak.IgnoreCurrent() // the nodes' own goroutines
+	admittedBefore := server.Swarm().AdmissionStats().Admitted
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	serverRealm, err := server.JoinRealm(ctx, "churn", realm.WithPSK(psk), realm.WithStreamHandler(echoProtocol, echoHandler))
+	require.NoError(t, err)
+	var realms []*realm.Realm
+	for _, c := range nodes {
+		r, err := c.JoinRealm(ctx, "churn", realm.WithPSK(psk), realm.WithPeers(server.AddrInfo()))
+		require.NoError(t, err)
+		realms = append(realms, r)
 	}
+	require.NoError(t, serverRealm.WaitMembers(ctx, clients))
+
+	var wg sync.WaitGroup
+	var streams atomic.Int64
+	for i, c := range nodes {
+		wg.Go(func() {
+			for round := range connsPerClient {
+				if err := c.Connect(ctx, server.AddrInfo()); err != nil {
+					t.Errorf("client %d round %d: connect: %v", i, round, err)
+					return
+				}
+				for k := range streamsPerConn {
+					var s network.Stream
+					var err error
+					if k < realmStreamEach {
+						s, err = realms[i].NewStream(ctx, server.ID(), echoProtocol)
+					} else {
+						s, err = c.NewStream(ctx, server.ID(), echoProtocol)
+					}
+					if err == nil {
+						err = echoErr(s, 64)
+					}
+					if err != nil {
+						t.Errorf("client %d round %d stream %d: %v", i, round, k, err)
+						return
+					}
+					streams.Add(1)
+				}
+				if err := c.Host().Network().ClosePeer(server.ID()); err != nil {
+					t.Errorf("client %d round %d: close: %v", i, round, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	require.False(t, t.Failed())
+	require.EqualValues(t, clients*connsPerClient*streamsPerConn, streams.Load())
+	churned := server.Swarm().AdmissionStats().Admitted - admittedBefore
+	require.GreaterOrEqual(t, churned, uint64(clients*connsPerClient), "connections churned")
+
+	// Members are charged to the realm scope until they leave.
+	for _, r := range append(realms, serverRealm) {
+		require.NoError(t, r.Leave(ctx))
+	}
+	closeAll()
+	for i, n := range all {
+		require.Eventually(t, func() bool { return scopesAtZero(n) == "" }, 10*time.Second, 10*time.Millisecond,
+			"%s: %s", n.ID(), func() string { return scopesAtZero(n) })
+		id := serverRealm.ID()
+		if i > 0 {
+			id = realms[i-1].ID()
+		}
+		st, _ := n.ResourceManager().ViewRealm(id)
+		require.Equal(t, resource.RealmStat{Limits: st.Limits}, st, "realm scope of %s not back to zero", n.ID())
+	}
+	// Every goroutine started by the churn has ended.
+	require.NoError(t, goleak.Find(append(testkit.LeakOptions(), running)...))
+	t.Logf("%d connections and %d streams churned; scopes at zero, no goroutine left (%d before, %d after)",
+		churned, streams.Load(), startGoroutines, runtime.NumGoroutine())
+}
+
+// scopesAtZero returns "" when n's rcmgr system scope and every peer scope
+// hold no connection and no stream, else what is left.
+func scopesAtZero(n *node.Node) string {
+	st := n.ResourceManager().Stat().Rcmgr
+	sys := st.System
+	if sys.NumConnsInbound+sys.NumConnsOutbound+sys.NumStreamsInbound+sys.NumStreamsOutbound != 0 {
+		return fmt.Sprintf("system scope %+v", sys)
+	}
+	for p, ps := range st.Peers {
+		if ps.NumConnsInbound+ps.NumConnsOutbound+ps.NumStreamsInbound+ps.NumStreamsOutbound != 0 {
+			return fmt.Sprintf("peer %s scope %+v", p, ps)
+		}
+	}
+	return ""
 }
 
 // TestAttackerHeldAtLimitsMemberServed: an attacker opens 10,000 inbound

@@ -92,6 +92,14 @@ func (r *Realm) isLeft() bool {
 	return r.left
 }
 
+// inGrace reports whether p is a member within its reconnect grace.
+func (r *Realm) inGrace(p peer.ID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.membership.members[p]
+	return m != nil && !m.authenticated
+}
+
 func (r *Realm) authenticated(p peer.ID) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -138,6 +138,19 @@ func (s *Service) handleStream(str network.Stream) {
 		r = s.memberRealm(hdr.handle, remote)
 	}
 	if r == nil {
+		// A member in its reconnect grace whose new connection's handshake
+		// has not run yet: the sender still counts us as its member (its
+		// own connection count never dropped to zero). Authenticate it now,
+		// within the stream's deadline, rather than refuse its stream.
+		if e, ok := s.lookupHandle(hdr.handle); ok && e.peer == remote && e.realm.inGrace(remote) {
+			ctx, cancel := context.WithDeadline(s.ctx, deadline)
+			if e.realm.authenticate(ctx, remote) == nil {
+				r = s.memberRealm(hdr.handle, remote)
+			}
+			cancel()
+		}
+	}
+	if r == nil {
 		s.refuse(str)
 		return
 	}

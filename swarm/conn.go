@@ -45,8 +45,9 @@ type Conn struct {
 	quic *quic.Conn
 
 	streamsOpened atomic.Uint64
-	// closing is set first thing by doClose.
+	// closing is set first thing by doClose; done is closed by it.
 	closing atomic.Bool
+	done    chan struct{}
 
 	mu      sync.Mutex
 	streams map[*Stream]struct{} // nil once the connection is closed
@@ -54,6 +55,8 @@ type Conn struct {
 	// stages are the admission stages that admitted the connection (for
 	// abort); set by the admission, under the peer's admission lock.
 	stages []core.AdmissionStage
+	// survivor is the connection a redundant one yields to.
+	survivor *Conn
 	// redundantCode is the code a redundant connection is closed with.
 	redundantCode network.ConnErrorCode
 
@@ -175,6 +178,7 @@ func (c *Conn) CloseWithError(code network.ConnErrorCode) error {
 
 func (c *Conn) doClose(code network.ConnErrorCode) error {
 	c.closing.Store(true)
+	close(c.done)
 	c.mu.Lock()
 	streams := c.streams
 	c.streams = nil
@@ -216,6 +220,8 @@ func (c *Conn) closeWhenIdle(idle time.Duration) {
 	for {
 		select {
 		case <-tick.C:
+		case <-c.done:
+			return
 		case <-c.swarm.ctx.Done():
 			return
 		}

@@ -388,11 +388,54 @@ func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
 	return winner, nil
 }
 
+// addrDial is one dial of one address in flight; concurrent dials of the
+// same peer and address (DialPath, DialPeer's attempts) share it, so this
+// node never makes two connections on the same pair of addresses itself.
+type addrDial struct {
+	done chan struct{}
+	conn *Conn
+	err  error
+}
+
 // dialAddr dials one address with the per-address timeout and runs the
-// connection through admission. It returns the connection to use: the new
-// one, or the one that survives it when it was redundant. The dial counts as
-// in flight (awaitDials) until its admission is over.
+// connection through admission, or joins the dial of the same address in
+// flight. It returns the connection to use: the new one, or the one that
+// survives it when it was redundant. The dial counts as in flight
+// (awaitDials) until its admission is over.
 func (s *Swarm) dialAddr(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Conn, error) {
+	key := string(p) + string(addr.Bytes())
+	for {
+		s.mu.Lock()
+		d, joined := s.addrDials[key]
+		if !joined {
+			d = &addrDial{done: make(chan struct{})}
+			s.addrDials[key] = d
+		}
+		s.mu.Unlock()
+		if !joined {
+			d.conn, d.err = s.dialAddrOnce(ctx, p, addr)
+			s.mu.Lock()
+			delete(s.addrDials, key)
+			s.mu.Unlock()
+			close(d.done)
+			return d.conn, d.err
+		}
+		select {
+		case <-d.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		// The dial we joined was cancelled by its own caller (a happy
+		// eyeballs race lost, say): dial ourselves.
+		if d.err != nil && errors.Is(d.err, context.Canceled) && ctx.Err() == nil {
+			continue
+		}
+		return d.conn, d.err
+	}
+}
+
+// dialAddrOnce is dialAddr's own dial.
+func (s *Swarm) dialAddrOnce(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Conn, error) {
 	defer s.beginDial(p)()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.AddrDialTimeout)
 	defer cancel()
@@ -412,8 +455,9 @@ func (s *Swarm) dialAddr(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Co
 
 // DialPath opens an additional connection (path) to p at addr, even when p is
 // already connected; the multipath manager uses it to open standby paths. A
-// trailing /p2p/<id> in addr must name p. When an announced connection to p
-// already goes to addr, DialPath returns it; when the new connection turns
+// trailing /p2p/<id> in addr must name p. When a connection to p already
+// goes to addr, DialPath returns it (or, for a redundant one, its
+// survivor); when the new connection turns
 // out redundant with one the peer dialed to us at the same moment, it
 // returns the survivor. It consults the dial gater (peer, then address),
 // ignores the peer's backoff, and bounds the dial by AddrDialTimeout. Errors
@@ -447,6 +491,15 @@ func (s *Swarm) DialPath(ctx context.Context, p peer.ID, addr ma.Multiaddr) (net
 	for _, c := range s.conns[p] {
 		if !c.IsClosed() && c.RemoteMultiaddr().Equal(transportAddr) {
 			existing = c
+		}
+	}
+	if existing == nil {
+		// A redundant connection to addr is in use too: its survivor
+		// serves the address pair.
+		for _, c := range s.redundant[p] {
+			if !c.IsClosed() && c.RemoteMultiaddr().Equal(transportAddr) && !c.survivor.IsClosed() {
+				existing = c.survivor
+			}
 		}
 	}
 	s.mu.RUnlock()

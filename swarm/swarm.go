@@ -130,6 +130,7 @@ type Swarm struct {
 	redundant map[peer.ID][]*Conn // unannounced, still serving the peer's streams
 	listeners map[*listener]struct{}
 	peerDials map[peer.ID]*activeDial
+	addrDials map[string]*addrDial // by peer ID ‖ address bytes
 	// dialing counts, per peer, the dials (DialPeer attempts and DialPath)
 	// whose connection has not finished admission; dialDone is closed when
 	// the count drops to zero.
@@ -148,6 +149,9 @@ type Swarm struct {
 
 	nextConnID   atomic.Uint64
 	nextStreamID atomic.Uint64
+
+	admitted atomic.Uint64
+	refused  sync.Map // core.CloseReason → *atomic.Uint64
 
 	// refs counts every goroutine the swarm runs and every live connection
 	// (whose Disconnected goroutine releases it); not the inbound stream
@@ -209,6 +213,7 @@ func New(p Params) (*Swarm, error) {
 		redundant: make(map[peer.ID][]*Conn),
 		listeners: make(map[*listener]struct{}),
 		peerDials: make(map[peer.ID]*activeDial),
+		addrDials: make(map[string]*addrDial),
 		dialing:   make(map[peer.ID]*dialCount),
 		backoffs:  make(map[peer.ID]*peerBackoff),
 		admitting: make(map[peer.ID]*peerLock),
@@ -352,10 +357,20 @@ func (s *Swarm) ConnsToPeer(p peer.ID) []network.Conn {
 	return out
 }
 
-// ClosePeer closes every connection to p.
+// ClosePeer closes every connection to p, the unannounced redundant ones
+// included.
 func (s *Swarm) ClosePeer(p peer.ID) error {
 	var errs []error
-	for _, c := range s.ConnsToPeer(p) {
+	s.mu.RLock()
+	conns := make([]network.Conn, 0, len(s.conns[p])+len(s.redundant[p]))
+	for _, c := range s.conns[p] {
+		conns = append(conns, c)
+	}
+	for _, c := range s.redundant[p] {
+		conns = append(conns, c)
+	}
+	s.mu.RUnlock()
+	for _, c := range conns {
 		if err := c.Close(); err != nil {
 			errs = append(errs, err)
 		}
@@ -365,8 +380,15 @@ func (s *Swarm) ClosePeer(p peer.ID) error {
 
 // selectConn asks the path selector for the connection to p that should carry
 // the next stream, leaving out the connections in exclude; nil when there is
-// no open connection.
+// no open connection the selector accepts, after waiting for an admission of
+// p in progress.
 func (s *Swarm) selectConn(p peer.ID, exclude ...network.Conn) network.Conn {
+	return s.selectConnOnce(p, false, exclude...)
+}
+
+// selectConnOnce is selectConn; waited says it already waited for an
+// admission in progress.
+func (s *Swarm) selectConnOnce(p peer.ID, waited bool, exclude ...network.Conn) network.Conn {
 	s.mu.RLock()
 	cs := s.conns[p]
 	open := make([]network.Conn, 0, len(cs))
@@ -375,11 +397,21 @@ func (s *Swarm) selectConn(p peer.ID, exclude ...network.Conn) network.Conn {
 			open = append(open, c)
 		}
 	}
+	_, admitting := s.admitting[p]
 	s.mu.RUnlock()
-	if len(open) == 0 {
-		return nil
+	var c network.Conn
+	if len(open) > 0 {
+		c = (*s.selector.Load()).SelectPath(p, open)
 	}
-	return (*s.selector.Load()).SelectPath(p, open)
+	if c == nil && admitting && !waited {
+		// A connection of p is in the admission pipeline: it may be
+		// retiring the path the selector would have picked in favour of
+		// itself. Wait for it, then ask again.
+		unlock := s.lockPeer(p)
+		unlock()
+		return s.selectConnOnce(p, true, exclude...)
+	}
+	return c
 }
 
 // maxStreamAttempts bounds how many paths NewStream tries.
@@ -478,7 +510,12 @@ func (s *Swarm) addConn(ctx context.Context, tc transport.CapableConn, dir netwo
 	defer unlock()
 	if err := s.admit(ctx, c); err != nil {
 		var refused *core.RefusedError
-		if errors.As(err, &refused) && refused.Survivor != nil {
+		reason := core.CloseReason("other")
+		if errors.As(err, &refused) {
+			reason = refused.Reason
+		}
+		s.countRefusal(reason)
+		if refused != nil && refused.Survivor != nil {
 			return s.redundantConn(c, refused)
 		}
 		code := network.ConnGarbageCollected
@@ -494,8 +531,35 @@ func (s *Swarm) addConn(ctx context.Context, tc transport.CapableConn, dir netwo
 	if err := s.record(c); err != nil {
 		return nil, err
 	}
+	s.admitted.Add(1)
 	s.announce(c)
 	return c, nil
+}
+
+// AdmissionStats counts the admission pipeline's outcomes since the swarm
+// started.
+type AdmissionStats struct {
+	// Admitted counts the connections announced.
+	Admitted uint64
+	// Refused counts the connections a stage refused, by reason
+	// (core.ReasonPathRedundant for redundant connections, whose survivor
+	// took their place).
+	Refused map[core.CloseReason]uint64
+}
+
+// AdmissionStats returns the pipeline's counters. Safe for concurrent use.
+func (s *Swarm) AdmissionStats() AdmissionStats {
+	st := AdmissionStats{Admitted: s.admitted.Load(), Refused: make(map[core.CloseReason]uint64)}
+	s.refused.Range(func(k, v any) bool {
+		st.Refused[k.(core.CloseReason)] = v.(*atomic.Uint64).Load()
+		return true
+	})
+	return st
+}
+
+func (s *Swarm) countRefusal(reason core.CloseReason) {
+	v, _ := s.refused.LoadOrStore(reason, new(atomic.Uint64))
+	v.(*atomic.Uint64).Add(1)
 }
 
 // newConn wraps a transport connection.
@@ -510,6 +574,7 @@ func (s *Swarm) newConn(tc transport.CapableConn, dir network.Direction) *Conn {
 		direction: dir,
 		opened:    time.Now(),
 		notified:  make(chan struct{}),
+		done:      make(chan struct{}),
 		streams:   make(map[*Stream]struct{}),
 	}
 	tc.As(&c.quic)
@@ -591,19 +656,26 @@ func (s *Swarm) announce(c *Conn) {
 	go c.acceptStreams()
 }
 
-// RedundantIdleTimeout is how long a redundant connection the peer dialed is
-// kept, unannounced, without a stream before the swarm closes it itself. A
-// realmnet peer closes such a connection as soon as its own streams on it
-// are done; the timeout covers peers that do not (a stock go-libp2p host
-// keeps both connections).
-const RedundantIdleTimeout = 10 * time.Second
+// How long an unannounced redundant connection may stay without a stream
+// before the swarm closes it. A connection this node dialed is closed after
+// RedundantQuiet: the peer, which dialed the survivor, normally never
+// announced it either — but when the peer had already closed the survivor
+// (its close still in flight to us) it did, and then its first streams
+// (identify at once) keep this one open until the survivor's close arrives
+// and the connection is reinstated. One the peer dialed is left for the
+// peer to close and closed here only after RedundantIdleTimeout, for peers
+// that never do (a stock go-libp2p host keeps both connections).
+const (
+	RedundantQuiet       = time.Second
+	RedundantIdleTimeout = 10 * time.Second
+)
 
 // redundantConn handles a connection a stage found redundant: the survivor
-// takes its place for the dialer. A connection we dialed is closed at once
-// (the peer, whose own dial survives, never announced it); one the peer
-// dialed may already carry the peer's streams, so it keeps serving them,
-// unannounced, until the peer closes it or it has been idle for
-// RedundantIdleTimeout. The caller holds p's lock.
+// takes its place for the dialer. The connection stays unannounced and
+// serves the peer's streams until the peer closes it or it has carried no
+// stream for RedundantQuiet (we dialed it) or RedundantIdleTimeout (the
+// peer did); it is reinstated if the survivor closes first. The caller
+// holds p's lock.
 func (s *Swarm) redundantConn(c *Conn, refused *core.RefusedError) (*Conn, error) {
 	survivor, ok := refused.Survivor.(*Conn)
 	if !ok {
@@ -611,10 +683,6 @@ func (s *Swarm) redundantConn(c *Conn, refused *core.RefusedError) (*Conn, error
 		return nil, fmt.Errorf("swarm: connection to %s at %s: %w", c.RemotePeer(), c.RemoteMultiaddr(), refused)
 	}
 	log.Debugw("redundant connection", "peer", c.RemotePeer(), "conn", c.ID(), "survivor", survivor.ID(), "direction", c.direction)
-	if c.direction == network.DirOutbound {
-		_ = c.CloseWithError(refused.Code)
-		return survivor, nil
-	}
 	p := c.RemotePeer()
 	s.mu.Lock()
 	if s.closed {
@@ -627,6 +695,7 @@ func (s *Swarm) redundantConn(c *Conn, refused *core.RefusedError) (*Conn, error
 	if !closing {
 		c.state = connRedundant
 		c.redundantCode = refused.Code
+		c.survivor = survivor
 	}
 	c.mu.Unlock()
 	if closing {
@@ -636,8 +705,12 @@ func (s *Swarm) redundantConn(c *Conn, refused *core.RefusedError) (*Conn, error
 	s.redundant[p] = append(s.redundant[p], c)
 	s.refs.Add(2) // the stream loop and the idle watcher
 	s.mu.Unlock()
+	quiet := RedundantIdleTimeout
+	if c.direction == network.DirOutbound {
+		quiet = RedundantQuiet
+	}
 	go c.acceptStreams()
-	go c.closeWhenIdle(RedundantIdleTimeout)
+	go c.closeWhenIdle(quiet)
 	return survivor, nil
 }
 

@@ -1,0 +1,178 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/node"
+)
+
+// addrPairs lists n's connections to p as "local remote" address pairs,
+// sorted; mirrored swaps the two, to compare with the other end's list.
+func addrPairs(n *node.Node, p peer.ID, mirrored bool) []string {
+	var out []string
+	for _, c := range n.Host().Network().ConnsToPeer(p) {
+		if c.IsClosed() {
+			continue
+		}
+		l, r := c.LocalMultiaddr().String(), c.RemoteMultiaddr().String()
+		if mirrored {
+			l, r = r, l
+		}
+		out = append(out, l+" "+r)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestSimultaneousDialsKeepTheSameConnections: two nodes that each listen
+// on two addresses (127.0.0.1 and 127.0.0.2) dial each other at the same
+// instant, 300 times. Every Connect returns nil; a stream opened by each
+// side right after its Connect returns succeeds, in both directions; and
+// both ends end up with the same connections (the admission pipeline's
+// redundancy rule picks the same survivor on both ends, and no stream is
+// ever lost on a connection the other end retires).
+func TestSimultaneousDialsKeepTheSameConnections(t *testing.T) {
+	rounds := 300
+	if testing.Short() {
+		rounds = 30
+	}
+	listen := node.ListenAddrs("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.2/udp/0/quic-v1")
+	a := newNode(t, listen, node.DHTMode(node.DHTClient))
+	b := newNode(t, listen, node.DHTMode(node.DHTClient))
+	a.SetStreamHandler(echoProtocol, echoHandler)
+	b.SetStreamHandler(echoProtocol, echoHandler)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	// Paths retired after they were announced (the loser arrived first).
+	var retired atomic.Uint64
+	for _, n := range []*node.Node{a, b} {
+		sub, err := n.Host().EventBus().Subscribe(new(multipath.EvtPathSelected))
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = sub.Close() })
+		go func() {
+			for e := range sub.Out() {
+				if e.(multipath.EvtPathSelected).Reason == core.SwitchPathRedundant {
+					retired.Add(1)
+				}
+			}
+		}()
+	}
+
+	start := time.Now()
+	for round := range rounds {
+		a.Host().Peerstore().AddAddrs(b.ID(), b.Addrs(), peerstore.PermanentAddrTTL)
+		b.Host().Peerstore().AddAddrs(a.ID(), a.Addrs(), peerstore.PermanentAddrTTL)
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		gate := make(chan struct{})
+		for i, pair := range [][2]*node.Node{{a, b}, {b, a}} {
+			wg.Go(func() {
+				from, to := pair[0], pair[1]
+				<-gate
+				if err := from.Connect(ctx, to.AddrInfo()); err != nil {
+					errs[i] = fmt.Errorf("Connect: %w", err)
+					return
+				}
+				s, err := from.NewStream(ctx, to.ID(), echoProtocol)
+				if err != nil {
+					errs[i] = fmt.Errorf("NewStream right after Connect: %w", err)
+					return
+				}
+				errs[i] = echoErr(s, 1024)
+			})
+		}
+		close(gate)
+		wg.Wait()
+		require.NoError(t, errs[0], "round %d: a → b", round)
+		require.NoError(t, errs[1], "round %d: b → a", round)
+
+		// Both ends keep the same connections: a's, and b's mirrored.
+		assert.Eventually(t, func() bool {
+			pa, pb := addrPairs(a, b.ID(), false), addrPairs(b, a.ID(), true)
+			return len(pa) > 0 && slices.Equal(pa, pb) && settled(a, b.ID()) && settled(b, a.ID())
+		}, 10*time.Second, 5*time.Millisecond, "round %d", round)
+		if t.Failed() {
+			t.Logf("a has %v, paths %+v", addrPairs(a, b.ID(), false), a.Paths(b.ID()))
+			t.Logf("b has %v (mirrored), paths %+v", addrPairs(b, a.ID(), true), b.Paths(a.ID()))
+			t.FailNow()
+		}
+
+		// Disconnect for the next round. Multipath replaces a lost path
+		// while the peer has another one, so a standby dial may race the
+		// closes: close until nothing is left.
+		require.Eventually(t, func() bool {
+			_ = a.Host().Network().ClosePeer(b.ID())
+			_ = b.Host().Network().ClosePeer(a.ID())
+			return a.Host().Network().Connectedness(b.ID()) != network.Connected &&
+				b.Host().Network().Connectedness(a.ID()) != network.Connected &&
+				len(a.Paths(b.ID())) == 0 && len(b.Paths(a.ID())) == 0
+		}, 10*time.Second, 5*time.Millisecond, "round %d: not disconnected", round)
+	}
+	redundant := a.Swarm().AdmissionStats().Refused[core.ReasonPathRedundant] + b.Swarm().AdmissionStats().Refused[core.ReasonPathRedundant]
+	t.Logf("%d rounds of simultaneous dials in %s; %d connections refused as redundant, %d paths retired as redundant",
+		rounds, time.Since(start).Round(time.Millisecond), redundant, retired.Load())
+	require.NotZero(t, redundant+retired.Load(), "the dials never raced: the test proves nothing")
+}
+
+// settled reports whether every path of n to p is usable (none redundant,
+// draining towards its close).
+func settled(n *node.Node, p peer.ID) bool {
+	paths := n.Paths(p)
+	for _, pi := range paths {
+		if pi.State.String() == "redundant" {
+			return false
+		}
+	}
+	return len(paths) == len(n.Host().Network().ConnsToPeer(p))
+}
+
+// echoErr is echoOver returning an error instead of failing the test (it
+// runs on other goroutines).
+func echoErr(s network.Stream, size int) error {
+	defer s.Close()
+	msg := make([]byte, size)
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.Write(msg)
+		if err == nil {
+			err = s.CloseWrite()
+		}
+		errc <- err
+	}()
+	got := make([]byte, 0, size)
+	buf := make([]byte, 4096)
+	for {
+		n, err := s.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			if err.Error() != "EOF" {
+				return fmt.Errorf("read echo: %w", err)
+			}
+			break
+		}
+	}
+	if err := <-errc; err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if !slices.Equal(msg, got) {
+		return fmt.Errorf("echo corrupted: sent %d bytes, got %d", len(msg), len(got))
+	}
+	return nil
+}
