@@ -37,6 +37,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/internal/eventqueue"
 )
 
 var log = logging.Logger("realmnet/connmgr")
@@ -100,7 +101,7 @@ type Manager struct {
 	cfg      Config
 	clock    clock.Clock
 	selector atomic.Pointer[PathSelector]
-	emitter  event.Emitter // nil without an event bus
+	events   *eventqueue.Queue // nil without an event bus
 
 	segments [segmentCount]segment
 
@@ -176,8 +177,8 @@ func New(cfg Config, bus event.Bus, opts ...Option) (*Manager, error) {
 		m.segments[i].peers = make(map[peer.ID]*peerInfo)
 	}
 	if bus != nil {
-		if m.emitter, err = bus.Emitter(new(EvtConnTrimmed)); err != nil {
-			return nil, fmt.Errorf("connmgr: create event emitter: %w", err)
+		if m.events, err = eventqueue.New(bus, new(EvtConnTrimmed)); err != nil {
+			return nil, fmt.Errorf("connmgr: %w", err)
 		}
 	}
 	m.ctx, m.cancel = context.WithCancel(context.Background())
@@ -207,8 +208,8 @@ func (m *Manager) Config() Config { return m.cfg }
 func (m *Manager) Close() error {
 	m.cancel()
 	m.wg.Wait()
-	if m.emitter != nil {
-		_ = m.emitter.Close()
+	if m.events != nil {
+		m.events.Close()
 	}
 	return nil
 }
@@ -804,17 +805,19 @@ func (m *Manager) triggerTrim() {
 	}
 }
 
-// unlockTrim releases trimMu, then emits the events the trims collected:
-// an event bus subscriber that is slow, or that reacts by connecting, must
-// not stall admissions and trims.
+// unlockTrim releases trimMu, then queues the events the trims collected
+// (internal/eventqueue delivers them from its own goroutine): an event bus
+// subscriber that is slow, or that reacts by connecting, must not stall
+// admissions — which run under the swarm's per-peer admission lock — nor
+// trims.
 func (m *Manager) unlockTrim() {
 	events := m.trimEvents
 	m.trimEvents = nil
 	m.trimMu.Unlock()
-	if m.emitter == nil {
+	if m.events == nil {
 		return
 	}
 	for _, e := range events {
-		_ = m.emitter.Emit(e)
+		m.events.Push(e)
 	}
 }

@@ -177,7 +177,7 @@ func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace 
 		m.forget(v.conn) // false when Disconnected already did it
 		res.closed++
 		m.stats.closed(reason)
-		if m.emitter != nil {
+		if m.events != nil {
 			m.trimEvents = append(m.trimEvents, EvtConnTrimmed{Peer: v.conn.RemotePeer(), ConnID: v.conn.ID(), Pool: poolOf(sc, target), Reason: reason})
 		}
 	}

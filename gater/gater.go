@@ -300,6 +300,11 @@ func (g *Gater) BlockPeer(p peer.ID) error {
 		return err
 	}
 	g.closeWhere(func(c network.Conn) bool { return c.RemotePeer() == p && !g.peerAllowed(p) })
+	// ClosePeer also closes the connections the network has not announced
+	// (realmnet's swarm keeps redundant ones serving the peer's streams).
+	if n := g.network.Load(); n != nil && !g.peerAllowed(p) {
+		_ = (*n).ClosePeer(p)
+	}
 	return nil
 }
 

@@ -250,6 +250,17 @@ type fakeNetwork struct {
 	conns []namedConn
 }
 
+// ClosePeer closes p's connections (those not closed yet) without a code,
+// as a swarm's ClosePeer does.
+func (n *fakeNetwork) ClosePeer(p peer.ID) error {
+	for _, c := range n.conns {
+		if c.RemotePeer() == p && !c.IsClosed() {
+			_ = c.Close()
+		}
+	}
+	return nil
+}
+
 func (n *fakeNetwork) Conns() []network.Conn {
 	out := make([]network.Conn, len(n.conns))
 	for i, c := range n.conns {

@@ -53,20 +53,18 @@ func (r *Realm) Subscribe(opts ...event.SubscriptionOpt) (event.Subscription, er
 // WaitMembers blocks until the realm has at least n authenticated members
 // or ctx ends (its error is returned), or the realm is left (ErrLeft).
 func (r *Realm) WaitMembers(ctx context.Context, n int) error {
-	sub, err := r.Subscribe()
-	if err != nil {
-		return err
-	}
-	defer sub.Close()
 	for {
-		if r.authenticatedCount() >= n {
+		r.mu.Lock()
+		count, left, changed := r.authenticatedCountLocked(), r.left, r.membership.changed
+		r.mu.Unlock()
+		switch {
+		case count >= n:
 			return nil
-		}
-		if r.isLeft() {
+		case left:
 			return ErrLeft
 		}
 		select {
-		case <-sub.Out():
+		case <-changed:
 		case <-r.ctx.Done():
 		case <-ctx.Done():
 			return ctx.Err()
@@ -74,9 +72,20 @@ func (r *Realm) WaitMembers(ctx context.Context, n int) error {
 	}
 }
 
+// changedLocked wakes WaitMembers: a member joined, authenticated again,
+// lost its connection or left; r.mu is held.
+func (r *Realm) changedLocked() {
+	close(r.membership.changed)
+	r.membership.changed = make(chan struct{})
+}
+
 func (r *Realm) authenticatedCount() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.authenticatedCountLocked()
+}
+
+func (r *Realm) authenticatedCountLocked() int {
 	n := 0
 	for _, m := range r.membership.members {
 		if m.authenticated {
@@ -152,6 +161,7 @@ func (r *Realm) admit(p peer.ID, goodbyes uint64) error {
 		}
 	}
 	r.svc.deps.Backend.AssignRealm(p, r.keys.id)
+	defer r.changedLocked()
 	if !connected {
 		if m.grace == nil {
 			r.startGraceLocked(p, m)
@@ -174,6 +184,7 @@ func (r *Realm) removeLocked(p peer.ID, reason string) {
 		return
 	}
 	delete(r.membership.members, p)
+	r.changedLocked()
 	if m.grace != nil {
 		m.grace.Stop()
 	}
@@ -209,6 +220,7 @@ func (r *Realm) lostConnection(p peer.ID) {
 // again; r.mu is held.
 func (r *Realm) startGraceLocked(p peer.ID, m *member) {
 	m.authenticated = false
+	r.changedLocked()
 	if m.grace != nil {
 		m.grace.Stop()
 	}

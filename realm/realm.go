@@ -79,6 +79,9 @@ type membership struct {
 	// node could no longer complete (the realm was being left): they are
 	// owed a goodbye.
 	admittedBy map[peer.ID]struct{}
+	// changed is closed, and replaced, whenever a member joins,
+	// authenticates again, loses its connection or leaves (WaitMembers).
+	changed chan struct{}
 }
 
 // handshakes are the realm's handshakes in progress; guarded by Realm.mu.
@@ -142,6 +145,7 @@ func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
 			members:    make(map[peer.ID]*member),
 			goodbyes:   make(map[peer.ID]uint64),
 			admittedBy: make(map[peer.ID]struct{}),
+			changed:    make(chan struct{}),
 		},
 		handshakes: handshakes{
 			pending: make(map[peer.ID]*pendingAuth),

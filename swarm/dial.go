@@ -307,9 +307,9 @@ type dialResult struct {
 
 // dialAttempt dials p's addresses happy-eyeballs style: in the ranker's
 // order, each starting after its delay or as soon as the previous one has
-// failed; the first connection wins and the others are cancelled. Any
-// connection that completes after the winner is closed: one call, one
-// connection (extra paths are the multipath manager's to open, via DialPath).
+// failed; the first connection wins and the others are cancelled. A
+// connection that completes after the winner is kept: it passed admission
+// and is a path to another of the peer's addresses.
 func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
 	addrs, err := s.dialableAddrs(p)
 	if err != nil {
@@ -380,10 +380,12 @@ func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
 		return nil, dialErr
 	}
 	cancel()
+	// Dials that connected anyway after the winner went through admission
+	// and were announced: they are paths to other addresses of the peer,
+	// which multipath keeps as standby (within MaxPaths) — closing them
+	// would only churn.
 	for ; inFlight > 0; inFlight-- {
-		if r := <-results; r.conn != nil {
-			_ = r.conn.Close()
-		}
+		<-results
 	}
 	return winner, nil
 }
