@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/benbjohnson/clock"
+
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -49,9 +51,9 @@ func testConfig() Config {
 	}
 }
 
-func newTestManager(t testing.TB, cfg Config, bus event.Bus) *Manager {
+func newTestManager(t testing.TB, cfg Config, bus event.Bus, opts ...Option) *Manager {
 	t.Helper()
-	m, err := New(cfg, bus)
+	m, err := New(cfg, bus, opts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, m.Close()) })
 	return m
@@ -293,10 +295,12 @@ func TestProtectionIsIdempotentAndPerTag(t *testing.T) {
 }
 
 func TestTemporaryEntriesExpireAfterGrace(t *testing.T) {
-	const grace = 50 * time.Millisecond
+	const grace = 20 * time.Second
 	cfg := testConfig()
 	cfg.GracePeriod = grace
-	m := newTestManager(t, cfg, nil)
+	mock := clock.NewMock()
+	mock.Set(time.Now())
+	m := newTestManager(t, cfg, nil, WithClock(mock))
 
 	// Tags on an unconnected peer: a temporary entry.
 	early := randPeer(t)
@@ -315,10 +319,11 @@ func TestTemporaryEntriesExpireAfterGrace(t *testing.T) {
 	c := admit(t, m, connected)
 	m.TagPeer(connected, "t", 1)
 
+	mock.Add(grace - time.Millisecond)
 	m.expireTemporary()
 	require.NotNil(t, m.GetTagInfo(early), "expired inside its grace period")
 
-	time.Sleep(2 * grace)
+	mock.Add(2 * time.Millisecond)
 	m.expireTemporary()
 	require.Nil(t, m.GetTagInfo(early), "temporary entry kept past its grace period")
 	require.Equal(t, 4, m.GetTagInfo(converted).Value, "entry with a connection expired")
@@ -329,7 +334,7 @@ func TestTemporaryEntriesExpireAfterGrace(t *testing.T) {
 	m.Notifee().Disconnected(nil, c)
 	m.expireTemporary()
 	require.NotNil(t, m.GetTagInfo(connected))
-	time.Sleep(2 * grace)
+	mock.Add(grace + time.Millisecond)
 	m.expireTemporary()
 	require.Nil(t, m.GetTagInfo(connected))
 	require.NotNil(t, m.GetTagInfo(converted))
@@ -338,15 +343,24 @@ func TestTemporaryEntriesExpireAfterGrace(t *testing.T) {
 
 func TestBackgroundLoopExpiresTemporaryEntries(t *testing.T) {
 	cfg := testConfig()
-	cfg.GracePeriod = 20 * time.Millisecond
-	cfg.SilencePeriod = 20 * time.Millisecond
-	m := newTestManager(t, cfg, nil)
+	cfg.GracePeriod = 20 * time.Second
+	cfg.SilencePeriod = 10 * time.Second
+	mock := clock.NewMock()
+	mock.Set(time.Now())
+	m := newTestManager(t, cfg, nil, WithClock(mock))
 
 	p, kept := randPeer(t), randPeer(t)
 	m.TagPeer(p, "t", 1)
 	m.TagPeer(kept, "t", 2)
 	c := admit(t, m, kept)
-	require.Eventually(t, func() bool { return m.GetTagInfo(p) == nil }, 5*time.Second, 5*time.Millisecond)
+	// One silence period later the background loop runs, but the entry
+	// is inside its grace period; past the grace, the next run drops it.
+	mock.Add(cfg.SilencePeriod)
+	require.NotNil(t, m.GetTagInfo(p))
+	require.Eventually(t, func() bool {
+		mock.Add(cfg.SilencePeriod)
+		return m.GetTagInfo(p) == nil
+	}, 5*time.Second, 5*time.Millisecond)
 	require.NotNil(t, m.GetTagInfo(kept))
 	requireOpen(t, c)
 }

@@ -156,7 +156,7 @@ func (n *Node) Swarm() *swarm.Swarm { return n.swarm }
 func (n *Node) Hooks() *hooks.Registry { return n.hooks }
 
 // ResourceManager returns the resource manager: rcmgr's scopes and limits
-// plus realm scopes (ReserveRealmStream, ReserveRealmConn, ViewRealm).
+// plus realm scopes (ReserveRealmMember, ReserveRealmStream, ViewRealm).
 func (n *Node) ResourceManager() *resource.Manager { return n.rm }
 
 // Gater returns the connection gater: block and allow rules for peers,

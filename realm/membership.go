@@ -95,12 +95,6 @@ func (r *Realm) authenticatedCountLocked() int {
 	return n
 }
 
-func (r *Realm) isLeft() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.left
-}
-
 // inGrace reports whether p is a member within its reconnect grace.
 func (r *Realm) inGrace(p peer.ID) bool {
 	r.mu.Lock()

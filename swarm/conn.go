@@ -75,8 +75,9 @@ var _ core.Conn = (*Conn)(nil)
 type connState int
 
 const (
-	// connAdmitting: in the admission pipeline, known to nobody.
-	connAdmitting connState = iota
+	// connAdmitting (the zero value): in the admission pipeline, known
+	// to nobody.
+	_ connState = iota
 	// connAnnounced: admitted, in Swarm.conns, announced.
 	connAnnounced
 	// connRedundant: found redundant; unannounced, serving the peer's

@@ -3,15 +3,18 @@
 // node — several per peer, one per path — and the streams on them.
 //
 // It dials and listens with go-libp2p's QUIC transport (called directly, no
-// upgrader), deduplicates concurrent dials to a peer, tries a peer's
-// addresses happy-eyeballs style (go-libp2p's DefaultDialRanker), retries and
-// backs off per peer (RetryConfig, via cenkalti/backoff), consults the
-// connection gater and the resource manager, fires Notifiee callbacks and
-// emits event.EvtPeerConnectednessChanged and the lifecycle events of package
-// hooks (connection and stream opened/closed). Which connection carries a new
-// stream is asked of a pluggable PathSelector. The swarm owns no policy of its
-// own: limits, trimming, path quality and admission live in the packages it
-// asks (resource, connmgr, multipath, gater).
+// upgrader), deduplicates concurrent dials to a peer and to an address,
+// tries a peer's addresses happy-eyeballs style (go-libp2p's
+// DefaultDialRanker), retries and backs off per peer (RetryConfig, via
+// cenkalti/backoff), asks the dial gater before dialing, and runs every new
+// connection through the admission pipeline (core.AdmissionStage: gater,
+// paths, pools in a node) before it announces it: Notifiee callbacks,
+// event.EvtPeerConnectednessChanged and its lifecycle events
+// (EvtConnectionOpened/Closed, EvtStreamOpened/Closed). Which connection
+// carries a new stream is asked of a pluggable core.PathSelector. The swarm
+// owns no policy of its own: who is allowed, which of two redundant
+// connections survives, path quality and limits live in the stages and the
+// selector (docs/architecture.md).
 //
 // Every goroutine the swarm starts is counted in its refs and finished by
 // Close.
