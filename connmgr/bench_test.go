@@ -40,7 +40,7 @@ type benchConn struct {
 }
 
 var (
-	_ network.Conn = (*benchConn)(nil)
+	_ core.Conn = (*benchConn)(nil)
 
 	benchLocalAddr    = ma.StringCast("/ip4/127.0.0.1/udp/4001/quic-v1")
 	benchRemoteAddr   = ma.StringCast("/ip4/192.0.2.1/udp/4001/quic-v1")
@@ -57,10 +57,22 @@ func benchNewConn(p peer.ID, dir network.Direction, opened time.Time) *benchConn
 	}
 }
 
+// benchAdmit admits c the way each manager's owner does: realmnet's swarm
+// runs the pools stage (AdmitConn) before it announces a connection;
+// go-libp2p's swarm notifies the connection manager's notifee.
+func benchAdmit(m benchManager, c *benchConn) {
+	if rm, ok := m.(*connmgr.Manager); ok {
+		_ = rm.AdmitConn(context.Background(), c)
+		return
+	}
+	m.Notifee().Connected(nil, c)
+}
+
 func benchRandConn(tb testing.TB) *benchConn {
 	return benchNewConn(p2ptest.RandPeerIDFatal(tb), network.DirInbound, time.Now())
 }
 
+func (c *benchConn) Activity() core.Activity                           { return core.Activity{} }
 func (c *benchConn) Close() error                                      { c.closed.Store(true); return nil }
 func (c *benchConn) CloseWithError(network.ConnErrorCode) error        { c.closed.Store(true); return nil }
 func (c *benchConn) IsClosed() bool                                    { return c.closed.Load() }
@@ -174,10 +186,9 @@ func (s *benchTrimSet) load(m benchManager) {
 	for i, p := range s.peers {
 		m.TagPeer(p, "bench-value", s.values[i])
 	}
-	not := m.Notifee()
 	for _, c := range s.conns {
 		c.closed.Store(false)
-		not.Connected(nil, c)
+		benchAdmit(m, c)
 	}
 }
 
@@ -300,11 +311,10 @@ func benchTrim(b *testing.B, set *benchTrimSet, newManager func() benchManager, 
 
 // reopenClosed reopens and re-admits the connections the last trim closed.
 func (s *benchTrimSet) reopenClosed(m benchManager) {
-	not := m.Notifee()
 	for _, c := range s.conns {
 		if c.IsClosed() {
 			c.closed.Store(false)
-			not.Connected(nil, c)
+			benchAdmit(m, c)
 		}
 	}
 }
@@ -376,7 +386,7 @@ func benchLockContention(b *testing.B, newManager func() benchManager) {
 	start := time.Now()
 	for range b.N {
 		rc := conns[rand.Intn(len(conns))]
-		not.Connected(nil, rc)
+		benchAdmit(cm, rc)
 		cm.TagPeer(rc.RemotePeer(), "tag", 100)
 		cm.UntagPeer(rc.RemotePeer(), "tag")
 		not.Disconnected(nil, rc)
