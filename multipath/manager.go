@@ -236,6 +236,15 @@ func (m *Manager) SetPeerStrategy(p peer.ID, s Strategy, f SelectFunc) error {
 	return nil
 }
 
+// knownPeer returns p's state, or nil when p has none or the manager is
+// closed; m.mu is held.
+func (m *Manager) knownPeer(p peer.ID) *peerPaths {
+	if m.closed {
+		return nil
+	}
+	return m.peers[p]
+}
+
 // peer returns p's state, creating it; m.mu must be held for writing.
 func (m *Manager) peer(p peer.ID) *peerPaths {
 	pp := m.peers[p]
@@ -509,10 +518,7 @@ func (m *Manager) AbortConn(c core.Conn) {
 	p := c.RemotePeer()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
-		return
-	}
-	pp := m.peers[p]
+	pp := m.knownPeer(p)
 	if pp == nil {
 		return
 	}
@@ -561,10 +567,7 @@ func (m *Manager) Connected(_ network.Network, nc network.Conn) {
 	p := nc.RemotePeer()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
-		return
-	}
-	pp := m.peers[p]
+	pp := m.knownPeer(p)
 	if pp == nil {
 		return
 	}
@@ -696,10 +699,7 @@ func (m *Manager) Disconnected(_ network.Network, c network.Conn) {
 	p := c.RemotePeer()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.closed {
-		return
-	}
-	pp := m.peers[p]
+	pp := m.knownPeer(p)
 	if pp == nil {
 		return
 	}

@@ -646,6 +646,13 @@ func (s *Swarm) record(c *Conn) error {
 // announce tells everyone about a recorded connection and starts its
 // stream loop.
 func (s *Swarm) announce(c *Conn) {
+	s.notifyConnected(c)
+	go c.acceptStreams()
+}
+
+// notifyConnected emits p's connectedness, the Connected notifications and
+// EvtConnectionOpened for c.
+func (s *Swarm) notifyConnected(c *Conn) {
 	p := c.RemotePeer()
 	s.connectedness.update(p)
 	s.notifyAll(func(n network.Notifiee) { n.Connected(s, c) })
@@ -656,7 +663,6 @@ func (s *Swarm) announce(c *Conn) {
 		opened.Pools = s.pools.PoolsOf(p)
 	}
 	s.lifecycle.Push(opened)
-	go c.acceptStreams()
 }
 
 // How long an unannounced redundant connection may stay without a stream
@@ -875,15 +881,7 @@ func (s *Swarm) reinstate(p peer.ID) {
 		s.refs.Add(1) // the Disconnected goroutine; the idle watcher ends by itself
 		s.mu.Unlock()
 		log.Debugw("redundant connection reinstated", "peer", p, "conn", c.ID())
-		s.connectedness.update(p)
-		s.notifyAll(func(n network.Notifiee) { n.Connected(s, c) })
-		close(c.notified)
-		opened := EvtConnectionOpened{Peer: p, ConnID: c.ID(), Direction: c.direction,
-			Local: c.LocalMultiaddr(), Remote: c.RemoteMultiaddr()}
-		if s.pools != nil {
-			opened.Pools = s.pools.PoolsOf(p)
-		}
-		s.lifecycle.Push(opened)
+		s.notifyConnected(c) // its stream loop runs already
 	}
 }
 
