@@ -416,14 +416,15 @@ func (m *Manager) ListenClose(network.Network, ma.Multiaddr) {}
 //   - Redundancy. Two connections to a peer on the same pair of addresses
 //     (both ends dialed at the same moment) are one path too many. The one
 //     dialed by the smaller peer ID survives; of two dialed by the same
-//     side, the older survives, and only that side judges (the other admits
-//     both). Both ends compute the same rule from facts both see, so they
-//     keep the same connection. When c loses, AdmitConn returns a
-//     *core.RefusedError with ReasonPathRedundant and the Survivor. When an
-//     announced path loses to c, that path leaves selection at once
-//     (core.PathRedundant) and, once c is announced, finishes its streams
-//     and is closed by the side that dialed it (within 5 s); it is
-//     reinstated if c closes first.
+//     side, the one with the smaller TLS exporter value (see loser). Both
+//     ends compute the same rule from facts both see, so they keep the same
+//     connection. When c loses, AdmitConn returns a *core.RefusedError with
+//     ReasonPathRedundant and the Survivor (the swarm keeps c unannounced).
+//     When an announced path loses to c, that path leaves selection at once
+//     (core.PathRedundant) and, once c is announced, finishes its streams:
+//     the side that dialed it closes it after 1 s without the peer's
+//     streams (its own get up to 5 s), the other side after 10 s without
+//     any. It is reinstated if c closes first.
 //   - MaxPaths. A peer with MaxPaths live paths gets no more:
 //     *core.RefusedError with ReasonMaxPaths and ErrorCodeTooManyPaths.
 //

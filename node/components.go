@@ -231,10 +231,11 @@ func newQUICReuse(lc fx.Lifecycle, resetKey quic.StatelessResetKey, tokenKey qui
 	return cm, nil
 }
 
-// newTransport is go-libp2p's QUIC transport. It asks the gater
-// InterceptAccept (address rules, BeforeConnect hooks) before the handshake;
-// the gater's InterceptSecured allows everything, the peer being judged by
-// the swarm's admission pipeline instead.
+// newTransport is go-libp2p's QUIC transport. Its listener asks the gater
+// InterceptAccept (address rules, inbound BeforeConnect hooks) once the QUIC
+// handshake is done, in its accept loop; the gater's InterceptSecured allows
+// everything, the peer being judged by the swarm's admission pipeline
+// instead.
 func newTransport(key crypto.PrivKey, reuse *quicreuse.ConnManager, gater libp2pcoreconnmgr.ConnectionGater, rm network.ResourceManager) (transport.Transport, error) {
 	t, err := libp2pquic.NewTransport(key, reuse, nil, gater, rm)
 	if err != nil {

@@ -393,7 +393,8 @@ func HookTimeout(d time.Duration) Option {
 // RealmOnly isolates the node to its realms: a connected peer that has not
 // authenticated into a realm shared with this node within AuthTimeout
 // (default 10 s) of connecting is disconnected, and the gater refuses it
-// (dials and inbound handshakes, gater.ErrPeerPolicy) for RealmOnlyBackoff
+// (its dials and every new connection, in both directions,
+// gater.ErrPeerPolicy) for RealmOnlyBackoff
 // (default 1 min). Bootstrap peers and peers with an allow rule
 // (Gater().AllowPeer) are exempt, so the DHT keeps its infrastructure.
 func RealmOnly() Option {

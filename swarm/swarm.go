@@ -106,10 +106,11 @@ type Params struct {
 // (Params.Admission) under a per-peer lock before anyone sees it; only an
 // admitted connection is recorded, announced (Notifiee Connected, events)
 // and given streams. A connection that a stage finds redundant with another
-// on the same pair of addresses is not announced either: when the peer may
-// have used it (it dialed it), the swarm keeps serving the peer's streams on
-// it, unannounced, until the peer closes it or it stays idle for
-// RedundantIdleTimeout.
+// on the same pair of addresses is not announced either; the peer may have
+// used it, so the swarm keeps serving the peer's streams on it, unannounced,
+// until the peer closes it or it stays without streams for RedundantQuiet
+// (we dialed it) or RedundantIdleTimeout (the peer did), and announces it
+// after all if its survivor closes first.
 type Swarm struct {
 	local     peer.ID
 	peers     peerstore.Peerstore
