@@ -44,15 +44,19 @@ func (m *Manager) heartbeat(ctx context.Context, p peer.ID, pa *path) {
 			m.pathDead(p, pa)
 			return
 		}
-		timer.Reset(minTime(next, deadline).Sub(m.clock.Now()))
+		// Never a negative duration: a mock clock would run its time
+		// back to a timer due in the past.
+		timer.Reset(max(0, minTime(next, deadline).Sub(m.clock.Now())))
 		select {
 		case <-ctx.Done():
 			return
 		case <-pa.wake:
 			// A stream is being sent over the path: probe at the busy
 			// rate from now on, starting at once if the last probe is
-			// that old.
-			next = minTime(next, lastProbe.Add(m.busyInterval(pa)))
+			// that old (before the first probe, one is due at once).
+			if !lastProbe.IsZero() {
+				next = minTime(next, lastProbe.Add(m.busyInterval(pa)))
+			}
 			continue
 		case <-timer.C:
 		}
@@ -323,7 +327,7 @@ func (m *Manager) discover(p peer.ID) {
 			if pp.retry != nil {
 				pp.retry.Stop()
 			}
-			pp.retry = m.clock.AfterFunc(retryAt.Sub(m.clock.Now()), func() {
+			pp.retry = m.clock.AfterFunc(max(0, retryAt.Sub(m.clock.Now())), func() {
 				m.mu.Lock()
 				defer m.mu.Unlock()
 				if pp := m.peers[p]; pp != nil {

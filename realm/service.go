@@ -406,8 +406,8 @@ func (s *Service) watchIdentify() {
 	}
 }
 
-// connected counts the peer's connection and starts the realm-only timer
-// for its first.
+// connected counts the peer's connection, starts the realm-only timer for
+// its first, and re-authenticates the peer where it is a member in grace.
 func (s *Service) connected(_ network.Network, c network.Conn) {
 	p := c.RemotePeer()
 	s.connsMu.Lock()
@@ -415,6 +415,14 @@ func (s *Service) connected(_ network.Network, c network.Conn) {
 	s.connsMu.Unlock()
 	if policy := s.policy.Load(); policy != nil {
 		policy.connected(p)
+	}
+	// A member in its reconnect grace has a connection again: authenticate
+	// it over that connection now (its reconnection may have been the
+	// peer's doing, and our own redial may have failed).
+	for _, r := range s.joined() {
+		if r.inGrace(p) {
+			r.authenticateAsync(p)
+		}
 	}
 }
 
@@ -431,6 +439,11 @@ func (s *Service) disconnected(_ network.Network, c network.Conn) {
 		return
 	}
 	delete(s.conns, p)
+	if s.connectedLocked(p) {
+		// A newer connection is recorded, its Connected on its way: no
+		// grace (its own Disconnected will start one when it closes).
+		return
+	}
 	if policy := s.policy.Load(); policy != nil {
 		policy.disconnected(p)
 	}
@@ -440,5 +453,12 @@ func (s *Service) disconnected(_ network.Network, c network.Conn) {
 }
 
 // connectedLocked reports whether p has an announced connection; connsMu is
-// held.
-func (s *Service) connectedLocked(p peer.ID) bool { return s.conns[p] > 0 }
+// held. The count lags the swarm by the Connected notification of a
+// connection the swarm has just recorded (a handshake may already run over
+// it): the swarm's own view covers that window. The other lag, a closed
+// connection whose Disconnected is on its way, needs no cover: the swarm
+// forgets a closed connection at once, and the notification then starts the
+// grace.
+func (s *Service) connectedLocked(p peer.ID) bool {
+	return s.conns[p] > 0 || s.deps.Host.Network().Connectedness(p) == network.Connected
+}

@@ -390,6 +390,22 @@ func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
 	return winner, nil
 }
 
+// connToAddrLocked returns an open announced connection to p at addr, or
+// the survivor of an open redundant one, or nil; s.mu is held.
+func (s *Swarm) connToAddrLocked(p peer.ID, addr ma.Multiaddr) *Conn {
+	for _, c := range s.conns[p] {
+		if !c.IsClosed() && c.RemoteMultiaddr().Equal(addr) {
+			return c
+		}
+	}
+	for _, c := range s.redundant[p] {
+		if !c.IsClosed() && c.RemoteMultiaddr().Equal(addr) && !c.survivor.IsClosed() {
+			return c.survivor
+		}
+	}
+	return nil
+}
+
 // addrDial is one dial of one address in flight; concurrent dials of the
 // same peer and address (DialPath, DialPeer's attempts) share it, so this
 // node never makes two connections on the same pair of addresses itself.
@@ -408,6 +424,12 @@ func (s *Swarm) dialAddr(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Co
 	key := string(p) + string(addr.Bytes())
 	for {
 		s.mu.Lock()
+		// A connection to addr (or a redundant one, through its
+		// survivor) is in use: no second one on the same pair.
+		if existing := s.connToAddrLocked(p, addr); existing != nil {
+			s.mu.Unlock()
+			return existing, nil
+		}
 		d, joined := s.addrDials[key]
 		if !joined {
 			d = &addrDial{done: make(chan struct{})}
@@ -489,27 +511,9 @@ func (s *Swarm) DialPath(ctx context.Context, p peer.ID, addr ma.Multiaddr) (net
 	}
 	s.mu.RLock()
 	closed := s.closed
-	var existing *Conn
-	for _, c := range s.conns[p] {
-		if !c.IsClosed() && c.RemoteMultiaddr().Equal(transportAddr) {
-			existing = c
-		}
-	}
-	if existing == nil {
-		// A redundant connection to addr is in use too: its survivor
-		// serves the address pair.
-		for _, c := range s.redundant[p] {
-			if !c.IsClosed() && c.RemoteMultiaddr().Equal(transportAddr) && !c.survivor.IsClosed() {
-				existing = c.survivor
-			}
-		}
-	}
 	s.mu.RUnlock()
 	if closed {
 		return nil, ErrSwarmClosed
-	}
-	if existing != nil {
-		return existing, nil
 	}
 	c, err := s.dialAddr(ctx, p, transportAddr)
 	if err != nil {

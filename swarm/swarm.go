@@ -512,22 +512,29 @@ func (s *Swarm) addConn(ctx context.Context, tc transport.CapableConn, dir netwo
 	}
 	unlock := s.lockPeer(p)
 	defer unlock()
-	if err := s.admit(ctx, c); err != nil {
+	for {
+		err := s.admit(ctx, c)
+		if err == nil {
+			break
+		}
 		var refused *core.RefusedError
-		reason := core.CloseReason("other")
-		if errors.As(err, &refused) {
-			reason = refused.Reason
+		if !errors.As(err, &refused) {
+			// A stage that refuses with a plain error: a refusal all the
+			// same, under a generic reason.
+			refused = &core.RefusedError{Reason: reasonOther, Code: network.ConnGarbageCollected, Peer: p, Err: err}
+			err = refused
 		}
-		s.countRefusal(reason)
-		if refused != nil && refused.Survivor != nil {
-			return s.redundantConn(c, refused)
+		if _, ours := refused.Survivor.(*Conn); ours {
+			survivor, again := s.redundantConn(c, refused)
+			if again {
+				continue // the survivor closed meanwhile: judge c again
+			}
+			s.countRefusal(refused.Reason)
+			return survivor, nil
 		}
-		code := network.ConnGarbageCollected
-		if refused != nil {
-			code = refused.Code
-		}
-		_ = c.CloseWithError(code)
-		if refused != nil && refused.Stage == core.StageGater {
+		s.countRefusal(refused.Reason)
+		_ = c.CloseWithError(refused.Code)
+		if refused.Stage == core.StageGater {
 			err = fmt.Errorf("%w: %w", ErrGaterDisallowedConnection, err)
 		}
 		return nil, fmt.Errorf("swarm: connection to %s at %s: %w", p, tc.RemoteMultiaddr(), err)
@@ -666,6 +673,10 @@ func (s *Swarm) notifyConnected(c *Conn) {
 	s.lifecycle.Push(opened)
 }
 
+// reasonOther is the refusal reason of a stage that refused with an error
+// other than a *core.RefusedError.
+const reasonOther core.CloseReason = "other"
+
 // How long an unannounced redundant connection may stay without a stream
 // before the swarm closes it. A connection this node dialed is closed after
 // RedundantQuiet: the peer, which dialed the survivor, normally never
@@ -686,20 +697,23 @@ const (
 // stream for RedundantQuiet (we dialed it) or RedundantIdleTimeout (the
 // peer did); it is reinstated if the survivor closes first. The caller
 // holds p's lock.
-func (s *Swarm) redundantConn(c *Conn, refused *core.RefusedError) (*Conn, error) {
-	survivor, ok := refused.Survivor.(*Conn)
-	if !ok {
-		_ = c.CloseWithError(refused.Code)
-		return nil, fmt.Errorf("swarm: connection to %s at %s: %w", c.RemotePeer(), c.RemoteMultiaddr(), refused)
-	}
-	log.Debugw("redundant connection", "peer", c.RemotePeer(), "conn", c.ID(), "survivor", survivor.ID(), "direction", c.direction)
+func (s *Swarm) redundantConn(c *Conn, refused *core.RefusedError) (survivor *Conn, again bool) {
+	survivor = refused.Survivor.(*Conn) // the caller checked
 	p := c.RemotePeer()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		_ = c.CloseWithError(network.ConnShutdown)
-		return survivor, nil
+		return survivor, false
 	}
+	// The survivor's close sets closing before it looks for redundant
+	// connections to reinstate (under s.mu): either it sees c filed here,
+	// or c sees it closing and is judged again.
+	if survivor.closing.Load() {
+		s.mu.Unlock()
+		return nil, true
+	}
+	log.Debugw("redundant connection", "peer", p, "conn", c.ID(), "survivor", survivor.ID(), "direction", c.direction)
 	c.mu.Lock()
 	closing := c.closing.Load()
 	if !closing {
@@ -710,7 +724,7 @@ func (s *Swarm) redundantConn(c *Conn, refused *core.RefusedError) (*Conn, error
 	c.mu.Unlock()
 	if closing {
 		s.mu.Unlock()
-		return survivor, nil
+		return survivor, false
 	}
 	s.redundant[p] = append(s.redundant[p], c)
 	s.refs.Add(2) // the stream loop and the idle watcher
@@ -721,7 +735,7 @@ func (s *Swarm) redundantConn(c *Conn, refused *core.RefusedError) (*Conn, error
 	}
 	go c.acceptStreams()
 	go c.closeWhenIdle(quiet)
-	return survivor, nil
+	return survivor, false
 }
 
 // lockPeer takes p's admission lock and returns the function that releases
@@ -881,6 +895,7 @@ func (s *Swarm) reinstate(p peer.ID) {
 		s.conns[p] = append(s.conns[p], c)
 		s.refs.Add(1) // the Disconnected goroutine; the idle watcher ends by itself
 		s.mu.Unlock()
+		s.admitted.Add(1)
 		log.Debugw("redundant connection reinstated", "peer", p, "conn", c.ID())
 		s.notifyConnected(c) // its stream loop runs already
 	}
