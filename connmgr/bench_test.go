@@ -2,25 +2,21 @@ package connmgr_test
 
 import (
 	"context"
-	"errors"
 	"math/rand"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	ic "github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	p2ptest "github.com/libp2p/go-libp2p/core/test"
 	basic "github.com/libp2p/go-libp2p/p2p/net/connmgr"
-	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/internal/testkit"
 )
 
 // Benchmarks comparing realmnet's connection manager with go-libp2p's
@@ -29,38 +25,18 @@ import (
 // line also carries the ratio realmnet/libp2p of the last (largest b.N) run
 // of each side (metrics realmnet/libp2p-time and realmnet/libp2p-allocs).
 
-// benchConn is a fake network.Conn: a remote peer, a direction and an opening
-// time, and a closed flag. Closing it notifies nobody.
-type benchConn struct {
-	id     string
-	peer   peer.ID
-	dir    network.Direction
-	opened time.Time
-	closed atomic.Bool
-}
-
-var (
-	_ core.Conn = (*benchConn)(nil)
-
-	benchLocalAddr    = ma.StringCast("/ip4/127.0.0.1/udp/4001/quic-v1")
-	benchRemoteAddr   = ma.StringCast("/ip4/192.0.2.1/udp/4001/quic-v1")
-	benchConnIDs      atomic.Uint64
-	errBenchNoStreams = errors.New("bench: fake conn has no streams")
-)
-
-func benchNewConn(p peer.ID, dir network.Direction, opened time.Time) *benchConn {
-	return &benchConn{
-		id:     "bench-" + strconv.FormatUint(benchConnIDs.Add(1), 10),
-		peer:   p,
-		dir:    dir,
-		opened: opened,
-	}
+// benchNewConn returns a testkit.FakeConn to p in direction dir, opened at
+// opened.
+func benchNewConn(p peer.ID, dir network.Direction, opened time.Time) *testkit.FakeConn {
+	c := testkit.NewFakeConn("", p, dir)
+	c.SetOpened(opened)
+	return c
 }
 
 // benchAdmit admits c the way each manager's owner does: realmnet's swarm
 // runs the pools stage (AdmitConn) before it announces a connection;
 // go-libp2p's swarm notifies the connection manager's notifee.
-func benchAdmit(m benchManager, c *benchConn) {
+func benchAdmit(m benchManager, c *testkit.FakeConn) {
 	if rm, ok := m.(*connmgr.Manager); ok {
 		_ = rm.AdmitConn(context.Background(), c)
 		return
@@ -68,27 +44,8 @@ func benchAdmit(m benchManager, c *benchConn) {
 	m.Notifee().Connected(nil, c)
 }
 
-func benchRandConn(tb testing.TB) *benchConn {
-	return benchNewConn(p2ptest.RandPeerIDFatal(tb), network.DirInbound, time.Now())
-}
-
-func (c *benchConn) Activity() core.Activity                           { return core.Activity{} }
-func (c *benchConn) Close() error                                      { c.closed.Store(true); return nil }
-func (c *benchConn) CloseWithError(network.ConnErrorCode) error        { c.closed.Store(true); return nil }
-func (c *benchConn) IsClosed() bool                                    { return c.closed.Load() }
-func (c *benchConn) LocalPeer() peer.ID                                { return "" }
-func (c *benchConn) RemotePeer() peer.ID                               { return c.peer }
-func (c *benchConn) RemotePublicKey() ic.PubKey                        { return nil }
-func (c *benchConn) ConnState() network.ConnectionState                { return network.ConnectionState{} }
-func (c *benchConn) LocalMultiaddr() ma.Multiaddr                      { return benchLocalAddr }
-func (c *benchConn) RemoteMultiaddr() ma.Multiaddr                     { return benchRemoteAddr }
-func (c *benchConn) Scope() network.ConnScope                          { return nil }
-func (c *benchConn) ID() string                                        { return c.id }
-func (c *benchConn) NewStream(context.Context) (network.Stream, error) { return nil, errBenchNoStreams }
-func (c *benchConn) GetStreams() []network.Stream                      { return nil }
-func (c *benchConn) As(any) bool                                       { return false }
-func (c *benchConn) Stat() network.ConnStats {
-	return network.ConnStats{Stats: network.Stats{Direction: c.dir, Opened: c.opened}}
+func benchRandConn(tb testing.TB) *testkit.FakeConn {
+	return testkit.NewFakeConn("", p2ptest.RandPeerIDFatal(tb), network.DirInbound)
 }
 
 // benchManager is what both managers offer the benchmarks.
@@ -155,14 +112,14 @@ var benchAll benchResults
 // benchTrimSet is the connection set of one TrimOpenConns case: n
 // connections over n/perPeer peers, each peer with a random tag value.
 type benchTrimSet struct {
-	conns  []*benchConn
+	conns  []*testkit.FakeConn
 	peers  []peer.ID
 	values []int
 }
 
 func benchNewTrimSet(tb testing.TB, n, perPeer int) *benchTrimSet {
 	rng := rand.New(rand.NewSource(int64(n*10 + perPeer)))
-	s := &benchTrimSet{conns: make([]*benchConn, 0, n)}
+	s := &benchTrimSet{conns: make([]*testkit.FakeConn, 0, n)}
 	base := time.Now().Add(-time.Hour)
 	for len(s.conns) < n {
 		p := p2ptest.RandPeerIDFatal(tb)
@@ -187,7 +144,7 @@ func (s *benchTrimSet) load(m benchManager) {
 		m.TagPeer(p, "bench-value", s.values[i])
 	}
 	for _, c := range s.conns {
-		c.closed.Store(false)
+		c.Reopen()
 		benchAdmit(m, c)
 	}
 }
@@ -313,7 +270,7 @@ func benchTrim(b *testing.B, set *benchTrimSet, newManager func() benchManager, 
 func (s *benchTrimSet) reopenClosed(m benchManager) {
 	for _, c := range s.conns {
 		if c.IsClosed() {
-			c.closed.Store(false)
+			c.Reopen()
 			benchAdmit(m, c)
 		}
 	}
@@ -356,7 +313,7 @@ func BenchmarkLockContention(b *testing.B) {
 
 func benchLockContention(b *testing.B, newManager func() benchManager) {
 	b.ReportAllocs()
-	conns := make([]*benchConn, 5000)
+	conns := make([]*testkit.FakeConn, 5000)
 	for i := range conns {
 		conns[i] = benchRandConn(b)
 	}

@@ -36,6 +36,8 @@ import (
 
 	rconnmgr "github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/internal/testkit"
+	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/internal/udpproxy"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
@@ -44,7 +46,7 @@ import (
 
 // Shared settings of the benchmarks in this file.
 const (
-	benchListen1 = "/ip4/127.0.0.1/udp/0/quic-v1"
+	benchListen1 = testkit.Loopback
 	benchListen2 = "/ip4/127.0.0.2/udp/0/quic-v1"
 
 	benchEchoProto = protocol.ID("/realmnet/bench/echo/1.0.0")
@@ -53,17 +55,6 @@ const (
 	// healthy).
 	benchSetupTimeout = 30 * time.Second
 )
-
-// benchNewNode creates a node closed by b.Cleanup.
-func benchNewNode(tb testing.TB, opts ...node.Option) *node.Node {
-	tb.Helper()
-	n, err := node.New(opts...)
-	if err != nil {
-		tb.Fatalf("node.New: %v", err)
-	}
-	tb.Cleanup(func() { _ = n.Close() })
-	return n
-}
 
 // benchEchoHandler echoes everything until the client closes its side.
 func benchEchoHandler(s network.Stream) {
@@ -250,7 +241,7 @@ type benchFailoverEnv struct {
 func benchNewFailoverEnv(b *testing.B, newest bool) *benchFailoverEnv {
 	b.Helper()
 	e := &benchFailoverEnv{newest: newest}
-	e.server = benchNewNode(b, node.ListenAddrs(benchListen1), node.DHTMode(node.DHTClient))
+	e.server = testnode.New(b)
 	e.server.SetStreamHandler(benchEchoProto, benchEchoHandler)
 	listen := e.server.Swarm().ListenAddresses()
 	if len(listen) != 1 {
@@ -268,9 +259,7 @@ func benchNewFailoverEnv(b *testing.B, newest bool) *benchFailoverEnv {
 		b.Cleanup(func() { _ = px.Close() })
 		e.proxies[i] = px
 	}
-	e.client = benchNewNode(b,
-		node.ListenAddrs(benchListen1),
-		node.DHTMode(node.DHTClient),
+	e.client = testnode.New(b,
 		node.Multipath(multipath.Config{DesiredPaths: 2}),
 		node.Fx(fx.Decorate(func(g connmgr.ConnectionGater) connmgr.ConnectionGater {
 			return benchDenyGater{ConnectionGater: g, deny: e.server.Addrs()}
@@ -783,9 +772,7 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 	pp, peers := benchStartPeerProc(b, benchHBPeers)
 	b.Logf("peer process: %d peers ready in %s", len(peers), time.Since(setupStart).Round(time.Millisecond))
 
-	n := benchNewNode(b,
-		node.ListenAddrs(benchListen1),
-		node.DHTMode(node.DHTClient),
+	n := testnode.New(b,
 		node.ConnLimits(rconnmgr.Config{
 			LowWater: 1800, HighWater: 2000,
 			Unassigned: core.PoolLimits{LowWater: 1800, HighWater: 2000},
@@ -983,10 +970,9 @@ func benchRoundTrip(s network.Stream, buf []byte) error {
 // ns/op. Target: selector/direct ≤ 1.05. Run with -benchtime 2s or more;
 // with 20x the numbers are noise.
 func BenchmarkStreamOpen(b *testing.B) {
-	server := benchNewNode(b, node.ListenAddrs(benchListen1, benchListen2), node.DHTMode(node.DHTClient))
+	server := testnode.New(b, node.ListenAddrs(benchListen1, benchListen2))
 	server.SetStreamHandler(benchEchoProto, benchEchoHandler)
-	client := benchNewNode(b, node.ListenAddrs(benchListen1), node.DHTMode(node.DHTClient),
-		node.Multipath(multipath.Config{DesiredPaths: 2}))
+	client := testnode.New(b, node.Multipath(multipath.Config{DesiredPaths: 2}))
 	sid := server.ID()
 	ctx, cancel := context.WithTimeout(context.Background(), benchSetupTimeout)
 	defer cancel()

@@ -2,7 +2,6 @@ package multipath_test
 
 import (
 	"context"
-	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -17,32 +16,28 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/internal/testkit"
+	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/internal/udpproxy"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreTopFunction("github.com/ipfs/go-log/v2/writer.(*MirrorWriter).logRoutine"),
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-	)
+	goleak.VerifyTestMain(m, testkit.LeakOptions()...)
 }
 
-const echoProtocol = "/realmnet/test/echo/1.0.0"
-
+// newNode is a testnode.New node with multipath configuration cfg,
+// listening on listen (testkit.Loopback when empty), that answers
+// testnode.EchoProtocol.
 func newNode(t *testing.T, cfg multipath.Config, listen ...string) *node.Node {
 	t.Helper()
-	if len(listen) == 0 {
-		listen = []string{"/ip4/127.0.0.1/udp/0/quic-v1"}
+	opts := []node.Option{node.Multipath(cfg)}
+	if len(listen) > 0 {
+		opts = append(opts, node.ListenAddrs(listen...))
 	}
-	n, err := node.New(node.ListenAddrs(listen...), node.DHTMode(node.DHTClient), node.Multipath(cfg))
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, n.Close()) })
-	n.SetStreamHandler(echoProtocol, func(s network.Stream) {
-		_, _ = io.Copy(s, s)
-		_ = s.Close()
-	})
+	n := testnode.New(t, opts...)
+	n.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
 	return n
 }
 
@@ -74,30 +69,17 @@ func selectedRemote(n *node.Node, p peer.ID) ma.Multiaddr {
 	return info.Remote
 }
 
+// echoOnce echoes 18 bytes on a new stream to p, within ctx's deadline, and
+// returns the connection the stream took.
 func echoOnce(ctx context.Context, n *node.Node, p peer.ID) (network.Conn, error) {
-	s, err := n.Host().NewStream(ctx, p, echoProtocol)
+	s, err := n.Host().NewStream(ctx, p, testnode.EchoProtocol)
 	if err != nil {
 		return nil, err
 	}
-	defer s.Close()
 	if d, ok := ctx.Deadline(); ok {
 		_ = s.SetDeadline(d)
 	}
-	msg := []byte("ping over one path")
-	if _, err := s.Write(msg); err != nil {
-		return nil, err
-	}
-	if err := s.CloseWrite(); err != nil {
-		return nil, err
-	}
-	got, err := io.ReadAll(s)
-	if err != nil {
-		return nil, err
-	}
-	if string(got) != string(msg) {
-		return nil, io.ErrUnexpectedEOF
-	}
-	return s.Conn(), nil
+	return s.Conn(), testnode.EchoErr(s, 18)
 }
 
 // TestBestSelectsLowestRTT: 20 ms vs 2 ms one-way delay; best selects the

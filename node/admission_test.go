@@ -23,21 +23,20 @@ import (
 
 	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
+	"github.com/realmnet/realmnet/internal/testkit"
+	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/internal/udpproxy"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
 	"github.com/realmnet/realmnet/swarm"
 )
 
-// admissionTimeout bounds every Connect of these tests.
-const admissionTimeout = 10 * time.Second
+// The nodes of these tests are testnode.New's DHT clients: a DHT server
+// with a small routing table redials peers that just disconnected, which
+// would blur what the gater and hooks did.
 
-func admissionCtx(t *testing.T) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), admissionTimeout)
-	t.Cleanup(cancel)
-	return ctx
-}
+// admissionCtx bounds every Connect of these tests.
+func admissionCtx(t *testing.T) context.Context { return testkit.Context(t, 10*time.Second) }
 
 // admissionConnected counts the Connected notifications n's swarm delivers
 // for connections to p (any p when p is empty).
@@ -80,10 +79,10 @@ func admissionToUDP(a ma.Multiaddr) (*net.UDPAddr, error) {
 // admissionEcho checks that a stream from a to b carries data.
 func admissionEcho(t *testing.T, ctx context.Context, a, b *node.Node) {
 	t.Helper()
-	b.SetStreamHandler(echoProtocol, echoHandler)
-	s, err := a.NewStream(ctx, b.ID(), echoProtocol)
+	b.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
+	s, err := a.NewStream(ctx, b.ID(), testnode.EchoProtocol)
 	require.NoError(t, err)
-	echoOver(t, s, 4<<10)
+	testnode.EchoOver(t, s, 4<<10)
 }
 
 func admissionNotConnected(t *testing.T, n *node.Node, p peer.ID, within time.Duration) {
@@ -108,11 +107,11 @@ func admissionKey(t *testing.T) crypto.PrivKey {
 // lets b through, the same proxy address works (the proxy is a valid path).
 func TestAdmissionBeforeConnectRejectsPeerBeforeAnyPacket(t *testing.T) {
 	const reason = "peer is on the deny list"
-	b := newNode(t, admissionClientMode)
+	b := testnode.New(t)
 	var rejecting atomic.Bool
 	rejecting.Store(true)
 	var calls atomic.Int64
-	a := newNode(t, admissionClientMode, node.BeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
+	a := testnode.New(t, node.BeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
 		if at.Direction == network.DirOutbound && at.Peer == b.ID() {
 			calls.Add(1)
 			if rejecting.Load() {
@@ -163,10 +162,10 @@ func TestAdmissionBeforeConnectRejectsPeerBeforeAnyPacket(t *testing.T) {
 // ID, only the remote address). a's dial does not give a connection: b never
 // adds one, and a is left without one too.
 func TestAdmissionBeforeConnectRefusesInboundByAddress(t *testing.T) {
-	a := newNode(t, admissionClientMode)
+	a := testnode.New(t)
 	aAddr := admissionUDPAddr(t, a)
 	var inboundSeen, rejected atomic.Int64
-	b := newNode(t, admissionClientMode, node.BeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
+	b := testnode.New(t, node.BeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
 		if at.Direction != network.DirInbound {
 			return nil
 		}
@@ -193,7 +192,7 @@ func TestAdmissionBeforeConnectRefusesInboundByAddress(t *testing.T) {
 	t.Logf("a.Connect returned %v (see TestAdmissionBugConnectNilWhenRemoteRefuses)", err)
 
 	// Another peer, from another address, gets in.
-	c := newNode(t, admissionClientMode)
+	c := testnode.New(t)
 	require.NoError(t, c.Connect(ctx, b.AddrInfo()))
 	admissionEcho(t, ctx, c, b)
 }
@@ -206,7 +205,7 @@ func TestAdmissionAfterHandshakeAllowlist(t *testing.T) {
 	allowedKey := admissionKey(t)
 	allowedPub := allowedKey.GetPublic()
 	var checked atomic.Int64
-	g := newNode(t, admissionClientMode, node.AfterHandshake(func(_ context.Context, h hooks.Handshake) error {
+	g := testnode.New(t, node.AfterHandshake(func(_ context.Context, h hooks.Handshake) error {
 		checked.Add(1)
 		if h.RemotePublicKey == nil {
 			return errors.New("handshake without a public key")
@@ -219,8 +218,8 @@ func TestAdmissionAfterHandshakeAllowlist(t *testing.T) {
 		}
 		return fmt.Errorf("peer %s is not on the allowlist", h.Peer)
 	}))
-	allowed := newNode(t, admissionClientMode, node.Identity(allowedKey))
-	stranger := newNode(t, admissionClientMode)
+	allowed := testnode.New(t, node.Identity(allowedKey))
+	stranger := testnode.New(t)
 	strangerConns := admissionConnected(t, g, stranger.ID())
 	ctx := admissionCtx(t)
 
@@ -265,7 +264,7 @@ func TestAdmissionAfterHandshakeAllowlist(t *testing.T) {
 // TestAdmissionHookRemovedAtRunTime: a hook added through Node.Hooks rejects
 // until its remove function is called; then the dial succeeds.
 func TestAdmissionHookRemovedAtRunTime(t *testing.T) {
-	a, b := newNode(t, admissionClientMode), newNode(t, admissionClientMode)
+	a, b := testnode.New(t), testnode.New(t)
 	var calls atomic.Int64
 	remove := a.Hooks().OnBeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
 		if at.Peer == b.ID() {
@@ -292,7 +291,7 @@ func TestAdmissionHookRemovedAtRunTime(t *testing.T) {
 // later ones are not called. Without the rejecting hook, every hook runs, in
 // registration order.
 func TestAdmissionHookOrderFirstRejectWins(t *testing.T) {
-	b := newNode(t, admissionClientMode)
+	b := testnode.New(t)
 	var mu sync.Mutex
 	var order []string
 	record := func(name string, at hooks.ConnectAttempt) {
@@ -311,7 +310,7 @@ func TestAdmissionHookOrderFirstRejectWins(t *testing.T) {
 	}
 	var rejecting atomic.Bool
 	rejecting.Store(true)
-	a := newNode(t,
+	a := testnode.New(t,
 		node.BeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
 			record("first", at)
 			if rejecting.Load() && at.Peer == b.ID() {
@@ -349,7 +348,7 @@ func TestAdmissionHookOrderFirstRejectWins(t *testing.T) {
 // closes its connections at once; dialing it fails with ErrPeerBlocked; its
 // inbound connections are refused; unblocking allows the dial again.
 func TestAdmissionGaterBlockPeerClosesAndRefuses(t *testing.T) {
-	a, b := newNode(t, admissionClientMode), newNode(t, admissionClientMode)
+	a, b := testnode.New(t), testnode.New(t)
 	ctx := admissionCtx(t)
 	require.NoError(t, a.Connect(ctx, b.AddrInfo()))
 	require.Equal(t, network.Connected, a.Host().Network().Connectedness(b.ID()))
@@ -379,9 +378,9 @@ func TestAdmissionGaterBlockPeerClosesAndRefuses(t *testing.T) {
 // connection to the peer listening there and refuses dialing it, while the
 // peer on 127.0.0.1 keeps working.
 func TestAdmissionGaterBlockSubnet(t *testing.T) {
-	a := newNode(t, admissionClientMode)
-	near := newNode(t, admissionClientMode)                                                  // 127.0.0.1
-	far := newNode(t, admissionClientMode, node.ListenAddrs("/ip4/127.0.0.2/udp/0/quic-v1")) // 127.0.0.2
+	a := testnode.New(t)
+	near := testnode.New(t)                                                  // 127.0.0.1
+	far := testnode.New(t, node.ListenAddrs("/ip4/127.0.0.2/udp/0/quic-v1")) // 127.0.0.2
 	require.True(t, admissionUDPAddr(t, far).IP.Equal(net.IPv4(127, 0, 0, 2)))
 	ctx := admissionCtx(t)
 	require.NoError(t, a.Connect(ctx, near.AddrInfo()))
@@ -414,9 +413,9 @@ func TestAdmissionGaterBlockSubnet(t *testing.T) {
 func TestAdmissionPersistBlockRuleAcrossRestart(t *testing.T) {
 	dir := t.TempDir()
 	key := admissionKey(t)
-	b := newNode(t, admissionClientMode)
+	b := testnode.New(t)
 	ctx := admissionCtx(t)
-	start := func() *node.Node { return newNode(t, admissionClientMode, node.DataDir(dir), node.Identity(key)) }
+	start := func() *node.Node { return testnode.New(t, node.DataDir(dir), node.Identity(key)) }
 
 	a1 := start()
 	require.NoError(t, a1.Connect(ctx, b.AddrInfo()))
@@ -461,9 +460,10 @@ func TestAdmissionPersistBlockRuleAcrossRestart(t *testing.T) {
 // TestMain).
 func TestAdmissionHookChurn100Connections(t *testing.T) {
 	const rounds = 100
-	// DHT clients: no DHT query may dial behind the test's back.
+	// DHT clients (testnode.New's default): no DHT query may dial behind
+	// the test's back.
 	var outbound, inbound, other atomic.Int64
-	b := newNode(t, admissionClientMode, node.DHTMode(node.DHTClient), node.BeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
+	b := testnode.New(t, node.BeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
 		if at.Direction == network.DirInbound {
 			inbound.Add(1)
 		} else {
@@ -474,7 +474,7 @@ func TestAdmissionHookChurn100Connections(t *testing.T) {
 	// One path per peer: with the default two, the multipath manager's
 	// standby discovery sometimes redials b right after ClosePeer (see
 	// the report), which would add dials the test does not make.
-	a := newNode(t, admissionClientMode, node.DHTMode(node.DHTClient), node.Multipath(multipath.Config{DesiredPaths: 1}), node.BeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
+	a := testnode.New(t, node.Multipath(multipath.Config{DesiredPaths: 1}), node.BeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
 		if at.Direction == network.DirOutbound && at.Peer == b.ID() {
 			outbound.Add(1)
 		} else {
@@ -515,9 +515,9 @@ func TestAdmissionHookChurn100Connections(t *testing.T) {
 // to connect and wait for identify: it should return an error.
 func TestAdmissionBugConnectNilWhenRemoteRefuses(t *testing.T) {
 	t.Run("BeforeConnect inbound", func(t *testing.T) {
-		a := newNode(t, admissionClientMode)
+		a := testnode.New(t)
 		aAddr := admissionUDPAddr(t, a)
-		b := newNode(t, admissionClientMode, node.BeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
+		b := testnode.New(t, node.BeforeConnect(func(_ context.Context, at hooks.ConnectAttempt) error {
 			if udp, err := admissionToUDP(at.RemoteAddr); at.Direction == network.DirInbound && err == nil &&
 				udp.IP.Equal(aAddr.IP) && udp.Port == aAddr.Port {
 				return errors.New("address is banned")
@@ -529,8 +529,8 @@ func TestAdmissionBugConnectNilWhenRemoteRefuses(t *testing.T) {
 		require.Error(t, err, "a.Connect returned nil, yet b refused the connection and a has none")
 	})
 	t.Run("AfterHandshake inbound", func(t *testing.T) {
-		a := newNode(t, admissionClientMode)
-		b := newNode(t, admissionClientMode, node.AfterHandshake(func(_ context.Context, h hooks.Handshake) error {
+		a := testnode.New(t)
+		b := testnode.New(t, node.AfterHandshake(func(_ context.Context, h hooks.Handshake) error {
 			return errors.New("nobody is allowed")
 		}))
 		err := a.Connect(admissionCtx(t), b.AddrInfo())
@@ -549,7 +549,7 @@ func TestAdmissionBugConnectNilWhenRemoteRefuses(t *testing.T) {
 // peer the application has just allowed (hook removed) cannot be dialed until
 // the backoff runs out.
 func TestAdmissionBugAfterHandshakeRejectionBacksOff(t *testing.T) {
-	a, b := newNode(t, admissionClientMode), newNode(t, admissionClientMode)
+	a, b := testnode.New(t), testnode.New(t)
 	remove := a.Hooks().OnAfterHandshake(func(_ context.Context, h hooks.Handshake) error {
 		return fmt.Errorf("%s is not allowed yet", h.Peer)
 	})
@@ -569,8 +569,8 @@ func TestAdmissionBugAfterHandshakeRejectionBacksOff(t *testing.T) {
 // allow rules and closes them, although dialing the address is still
 // allowed.
 func TestAdmissionBugBlockAddrClosesAllowedConnection(t *testing.T) {
-	a := newNode(t, admissionClientMode)
-	far := newNode(t, admissionClientMode, node.ListenAddrs("/ip4/127.0.0.2/udp/0/quic-v1"))
+	a := testnode.New(t)
+	far := testnode.New(t, node.ListenAddrs("/ip4/127.0.0.2/udp/0/quic-v1"))
 	ctx := admissionCtx(t)
 	_, loopbackNet, err := net.ParseCIDR("127.0.0.0/8")
 	require.NoError(t, err)
@@ -592,8 +592,3 @@ func TestAdmissionBugBlockAddrClosesAllowedConnection(t *testing.T) {
 	// Dialing the address is still allowed: the close was inconsistent.
 	require.NoError(t, a.Connect(ctx, far.AddrInfo()))
 }
-
-// admissionClientMode keeps these nodes' DHTs from serving: a DHT server
-// with a small routing table redials peers that just disconnected, which
-// would blur what the gater and hooks did.
-var admissionClientMode = node.DHTMode(node.DHTClient)

@@ -9,14 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
-	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 
-	"github.com/realmnet/realmnet/node"
+	"github.com/realmnet/realmnet/internal/testkit"
+	"github.com/realmnet/realmnet/internal/testnode"
 )
 
 // These benchmarks compare realmnet (libp2p's basic host over realmnet's own
@@ -26,8 +25,6 @@ import (
 // construction of the pair (benchRealmnetPair, benchLibp2pPair) differs.
 
 const (
-	benchListenAddr = "/ip4/127.0.0.1/udp/0/quic-v1"
-
 	benchEchoProto = protocol.ID("/bench/echo/1.0.0")
 	benchEchoSize  = 1 << 10
 
@@ -57,19 +54,7 @@ var benchPairs = []struct {
 // their hosts, which run over realmnet's swarm.
 func benchRealmnetPair(b *testing.B, proto protocol.ID, handler network.StreamHandler) (host.Host, host.Host) {
 	b.Helper()
-	mkNode := func() *node.Node {
-		n, err := node.New(node.ListenAddrs(benchListenAddr), node.DHTMode(node.DHTClient))
-		if err != nil {
-			b.Fatalf("node.New: %v", err)
-		}
-		b.Cleanup(func() {
-			if err := n.Close(); err != nil {
-				b.Errorf("close realmnet node: %v", err)
-			}
-		})
-		return n
-	}
-	client, server := mkNode(), mkNode()
+	client, server := testnode.New(b), testnode.New(b)
 	server.SetStreamHandler(proto, handler)
 	ctx, cancel := context.WithTimeout(context.Background(), benchSetupTimeout)
 	defer cancel()
@@ -79,29 +64,13 @@ func benchRealmnetPair(b *testing.B, proto protocol.ID, handler network.StreamHa
 	return client.Host(), server.Host()
 }
 
-// benchLibp2pPair makes two stock go-libp2p hosts with libp2p.New: the QUIC
-// transport only, relay disabled, and otherwise libp2p.New's defaults
+// benchLibp2pPair makes two stock go-libp2p hosts (testkit.StockHost): the
+// QUIC transport only, relay disabled, and otherwise libp2p.New's defaults
 // (resource manager with its default auto-scaled limits, BasicConnMgr,
 // identify, ping, Prometheus metrics).
 func benchLibp2pPair(b *testing.B, proto protocol.ID, handler network.StreamHandler) (host.Host, host.Host) {
 	b.Helper()
-	mkHost := func() host.Host {
-		h, err := libp2p.New(
-			libp2p.Transport(libp2pquic.NewTransport),
-			libp2p.ListenAddrStrings(benchListenAddr),
-			libp2p.DisableRelay(),
-		)
-		if err != nil {
-			b.Fatalf("libp2p.New: %v", err)
-		}
-		b.Cleanup(func() {
-			if err := h.Close(); err != nil {
-				b.Errorf("close libp2p host: %v", err)
-			}
-		})
-		return h
-	}
-	client, server := mkHost(), mkHost()
+	client, server := testkit.StockHost(b), testkit.StockHost(b)
 	server.SetStreamHandler(proto, handler)
 	ctx, cancel := context.WithTimeout(context.Background(), benchSetupTimeout)
 	defer cancel()
@@ -109,15 +78,6 @@ func benchLibp2pPair(b *testing.B, proto protocol.ID, handler network.StreamHand
 		b.Fatalf("libp2p connect: %v", err)
 	}
 	return client, server
-}
-
-// benchEchoHandler copies the stream back to its sender and closes it.
-func benchEchoHandler(s network.Stream) {
-	if _, err := io.Copy(s, s); err != nil {
-		_ = s.Reset()
-		return
-	}
-	_ = s.Close()
 }
 
 // benchEchoOnce opens a stream to p, writes msg, closes the write side, reads
@@ -150,7 +110,7 @@ func benchEchoOnce(ctx context.Context, h host.Host, p peer.ID, msg, reply []byt
 
 // benchEcho runs the echo benchmark on the pair that mk builds.
 func benchEcho(b *testing.B, mk benchPairFunc) {
-	client, server := mk(b, benchEchoProto, benchEchoHandler)
+	client, server := mk(b, benchEchoProto, testnode.Echo)
 	msg := bytes.Repeat([]byte{0xab}, benchEchoSize)
 	reply := make([]byte, benchEchoSize)
 	ctx := context.Background()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/node"
 )
 
@@ -31,14 +32,14 @@ func TestPoolsHoldUnderInboundBurst(t *testing.T) {
 		ceiling   = highWater + highWater/10
 		silence   = 2 * time.Second
 	)
-	hub := newNode(t, node.ConnLimits(connmgr.Config{
+	hub := testnode.New(t, dhtServer, node.ConnLimits(connmgr.Config{
 		LowWater: lowWater, HighWater: highWater,
 		GracePeriod: 300 * time.Millisecond, SilencePeriod: silence,
 	}))
 
 	var others []*node.Node
 	for range peers {
-		others = append(others, newNode(t))
+		others = append(others, testnode.New(t, dhtServer))
 	}
 	protected := []peer.ID{others[0].ID(), others[1].ID(), others[2].ID()}
 	for _, p := range protected {
@@ -113,7 +114,7 @@ func TestPoolsHoldUnderInboundBurst(t *testing.T) {
 	seekerID, err := peer.IDFromPrivateKey(seekerKey)
 	require.NoError(t, err)
 	hub.ConnManager().Protect(seekerID, "test")
-	seeker := newNode(t, node.Identity(seekerKey), node.Bootstrap(hub.AddrInfo()))
+	seeker := testnode.New(t, dhtServer, node.Identity(seekerKey), node.Bootstrap(hub.AddrInfo()))
 	require.Empty(t, seeker.Host().Peerstore().Addrs(target.ID()))
 	require.Eventually(t, func() bool { return seeker.DHT().RoutingTable().Find(hub.ID()) != "" }, 5*time.Second, 10*time.Millisecond)
 	require.NoError(t, seeker.ConnectPeer(ctx, target.ID()))
@@ -128,7 +129,7 @@ func TestConnManagerOptionsAndLimits(t *testing.T) {
 	_, err = node.New(node.RealmDefaults(core.PoolLimits{LowWater: 9, HighWater: 3}))
 	require.ErrorContains(t, err, "RealmDefaults")
 
-	n := newNode(t, node.ConnLimits(connmgr.Config{LowWater: 5, HighWater: 50}), node.RealmDefaults(core.PoolLimits{LowWater: 2, HighWater: 8}))
+	n := testnode.New(t, node.ConnLimits(connmgr.Config{LowWater: 5, HighWater: 50}), node.RealmDefaults(core.PoolLimits{LowWater: 2, HighWater: 8}))
 	cfg := n.ConnManager().Config()
 	require.Equal(t, 5, cfg.LowWater)
 	require.Equal(t, 50, cfg.HighWater)
@@ -139,7 +140,7 @@ func TestConnManagerOptionsAndLimits(t *testing.T) {
 	require.Same(t, any(n.ConnManager()), any(n.Host().ConnManager()))
 
 	// Accessors on the node.
-	other := newNode(t)
+	other := testnode.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, n.Connect(ctx, other.AddrInfo()))

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/realmnet/realmnet/hooks"
+	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/node"
 )
 
@@ -25,8 +26,8 @@ func BenchmarkDialWithHooks(b *testing.B) {
 		{"3-hooks", []node.Option{node.BeforeConnect(allowBefore), node.BeforeConnect(allowBefore), node.AfterHandshake(allowAfter)}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			server := benchNode(b)
-			client := benchNode(b, tc.opts...)
+			server := testnode.New(b)
+			client := testnode.New(b, tc.opts...)
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
@@ -40,15 +41,4 @@ func BenchmarkDialWithHooks(b *testing.B) {
 			}
 		})
 	}
-}
-
-func benchNode(b *testing.B, opts ...node.Option) *node.Node {
-	b.Helper()
-	opts = append([]node.Option{node.ListenAddrs(loopback), node.DHTMode(node.DHTClient)}, opts...)
-	n, err := node.New(opts...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = n.Close() })
-	return n
 }

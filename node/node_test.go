@@ -4,98 +4,56 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
-	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
-	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/fx"
 	"go.uber.org/goleak"
 
+	"github.com/realmnet/realmnet/internal/testkit"
+	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/node"
 	"github.com/realmnet/realmnet/swarm"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// Process-wide singletons of libraries, started once and never
-		// stopped: go-log's writer and opencensus's metric views.
-		goleak.IgnoreTopFunction("github.com/ipfs/go-log/v2/writer.(*MirrorWriter).logRoutine"),
-		goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
-		// goleveldb's pool drainer waits up to 1 s after DB.Close before it
-		// returns (leveldb/db_state.go); it ends by itself.
-		goleak.IgnoreTopFunction("github.com/syndtr/goleveldb/leveldb.(*DB).mpoolDrain"),
-	)
+	goleak.VerifyTestMain(m, testkit.LeakOptions()...)
 }
 
-const loopback = "/ip4/127.0.0.1/udp/0/quic-v1"
-
-func newNode(t *testing.T, opts ...node.Option) *node.Node {
-	t.Helper()
-	opts = append([]node.Option{node.ListenAddrs(loopback), node.DHTMode(node.DHTServer)}, opts...)
-	n, err := node.New(opts...)
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, n.Close()) })
-	return n
-}
-
-const echoProtocol = "/realmnet/test/echo/1.0.0"
-
-func echoHandler(s network.Stream) {
-	_, _ = io.Copy(s, s)
-	_ = s.Close()
-}
-
-func echoOver(t *testing.T, s network.Stream, size int) {
-	t.Helper()
-	msg := make([]byte, size)
-	_, _ = rand.Read(msg)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := s.Write(msg)
-		if err == nil {
-			err = s.CloseWrite()
-		}
-		errc <- err
-	}()
-	got, err := io.ReadAll(s)
-	require.NoError(t, err)
-	require.NoError(t, <-errc)
-	require.True(t, bytes.Equal(msg, got), "echo corrupted: sent %d bytes, got %d", len(msg), len(got))
-	_ = s.Close()
-}
+// dhtServer is the DHT mode of the tests that need DHT lookups to work:
+// testnode.New makes DHT clients, which other nodes keep out of their
+// routing tables.
+var dhtServer = node.DHTMode(node.DHTServer)
 
 func TestEchoOneMiBBothWays(t *testing.T) {
-	a, b := newNode(t), newNode(t)
-	a.SetStreamHandler(echoProtocol, echoHandler)
-	b.SetStreamHandler(echoProtocol, echoHandler)
+	a, b := testnode.New(t), testnode.New(t)
+	a.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
+	b.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	require.NoError(t, a.Connect(ctx, b.AddrInfo()))
 
-	s, err := a.NewStream(ctx, b.ID(), echoProtocol)
+	s, err := a.NewStream(ctx, b.ID(), testnode.EchoProtocol)
 	require.NoError(t, err)
-	require.EqualValues(t, echoProtocol, s.Protocol())
-	echoOver(t, s, 1<<20)
+	require.EqualValues(t, testnode.EchoProtocol, s.Protocol())
+	testnode.EchoOver(t, s, 1<<20)
 
-	s, err = b.NewStream(ctx, a.ID(), echoProtocol)
+	s, err = b.NewStream(ctx, a.ID(), testnode.EchoProtocol)
 	require.NoError(t, err)
-	echoOver(t, s, 1<<20)
+	testnode.EchoOver(t, s, 1<<20)
 
 	// Identify ran over realmnet's swarm: each knows the other's agent.
 	agent, err := a.Host().Peerstore().Get(b.ID(), "AgentVersion")
@@ -107,10 +65,10 @@ func TestEchoOneMiBBothWays(t *testing.T) {
 
 func TestDHTTenNodesFindEachOther(t *testing.T) {
 	const count = 10
-	first := newNode(t)
+	first := testnode.New(t, dhtServer)
 	nodes := []*node.Node{first}
 	for range count - 1 {
-		nodes = append(nodes, newNode(t, node.Bootstrap(first.AddrInfo())))
+		nodes = append(nodes, testnode.New(t, dhtServer, node.Bootstrap(first.AddrInfo())))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -159,41 +117,20 @@ func TestDHTTenNodesFindEachOther(t *testing.T) {
 }
 
 func TestConnectPeerFailsClearlyWithoutDHTRecord(t *testing.T) {
-	a := newNode(t)
-	b := newNode(t, node.Bootstrap(a.AddrInfo()))
+	a := testnode.New(t, dhtServer)
+	b := testnode.New(t, dhtServer, node.Bootstrap(a.AddrInfo()))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	stranger := randomPeerID(t)
+	stranger := testkit.PeerID(t)
 	err := b.ConnectPeer(ctx, stranger)
 	require.Error(t, err)
 	require.Contains(t, err.Error(), stranger.String())
 	require.ErrorIs(t, b.ConnectPeer(ctx, b.ID()), swarm.ErrDialToSelf)
 }
 
-func randomPeerID(t *testing.T) peer.ID {
-	_, pub, err := crypto.GenerateEd25519Key(rand.Reader)
-	require.NoError(t, err)
-	id, err := peer.IDFromPublicKey(pub)
-	require.NoError(t, err)
-	return id
-}
-
-// newStockHost is a go-libp2p host as libp2p.New makes it, QUIC only.
-func newStockHost(t *testing.T) host.Host {
-	t.Helper()
-	h, err := libp2p.New(
-		libp2p.Transport(libp2pquic.NewTransport),
-		libp2p.ListenAddrStrings(loopback),
-		libp2p.DisableRelay(),
-	)
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, h.Close()) })
-	return h
-}
-
 func TestInteropStockHostPingsRealmnet(t *testing.T) {
-	n := newNode(t)
-	stock := newStockHost(t)
+	n := testnode.New(t)
+	stock := testkit.StockHost(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, stock.Connect(ctx, n.AddrInfo()))
@@ -209,9 +146,9 @@ func TestInteropStockHostPingsRealmnet(t *testing.T) {
 }
 
 func TestInteropRealmnetIdentifiesStockHost(t *testing.T) {
-	n := newNode(t)
-	stock := newStockHost(t)
-	stock.SetStreamHandler(echoProtocol, echoHandler)
+	n := testnode.New(t)
+	stock := testkit.StockHost(t)
+	stock.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, n.Connect(ctx, peer.AddrInfo{ID: stock.ID(), Addrs: stock.Addrs()}))
@@ -227,14 +164,14 @@ func TestInteropRealmnetIdentifiesStockHost(t *testing.T) {
 
 	res := <-ping.Ping(ctx, n.Host(), stock.ID())
 	require.NoError(t, res.Error)
-	s, err := n.NewStream(ctx, stock.ID(), echoProtocol)
+	s, err := n.NewStream(ctx, stock.ID(), testnode.EchoProtocol)
 	require.NoError(t, err)
-	echoOver(t, s, 64<<10)
+	testnode.EchoOver(t, s, 64<<10)
 }
 
 func TestDialUnreachableNamesAddressWithinTimeout(t *testing.T) {
-	n := newNode(t, node.DialTimeout(time.Second))
-	other := randomPeerID(t)
+	n := testnode.New(t, node.DialTimeout(time.Second))
+	other := testkit.PeerID(t)
 	dead := ma.StringCast("/ip4/127.0.0.1/udp/9/quic-v1") // discard port: nothing answers
 	start := time.Now()
 	err := n.Connect(context.Background(), peer.AddrInfo{ID: other, Addrs: []ma.Multiaddr{dead}})
@@ -255,7 +192,7 @@ func TestBadListenAddress(t *testing.T) {
 
 func TestIdentityFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "identity.key")
-	a := newNode(t, node.IdentityFile(path))
+	a := testnode.New(t, node.IdentityFile(path))
 	info, err := os.Stat(path)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
@@ -264,7 +201,7 @@ func TestIdentityFile(t *testing.T) {
 	require.Len(t, entries, 1, "no temporary file is left beside the identity")
 	require.NoError(t, a.Close())
 
-	b := newNode(t, node.IdentityFile(path))
+	b := testnode.New(t, node.IdentityFile(path))
 	require.Equal(t, a.ID(), b.ID(), "the same file gives the same peer ID")
 
 	key, err := node.LoadOrCreateIdentity(path)
@@ -284,7 +221,7 @@ func TestCorruptIdentityFileIsRefusedAndUntouched(t *testing.T) {
 	} {
 		path := filepath.Join(dir, name)
 		require.NoError(t, os.WriteFile(path, content, 0o600))
-		_, err := node.New(node.IdentityFile(path), node.ListenAddrs(loopback))
+		_, err := node.New(node.IdentityFile(path), node.ListenAddrs(testkit.Loopback))
 		require.Error(t, err, name)
 		require.Contains(t, err.Error(), path)
 		after, err := os.ReadFile(path)
@@ -305,7 +242,7 @@ func TestOptionErrorsNameTheValue(t *testing.T) {
 	cases := map[string]node.Option{
 		"-1s":        node.DialTimeout(-time.Second),
 		"MaxRetries": node.Retry(node.RetryConfig{MaxRetries: -2, InitialDelay: time.Millisecond, MaxDelay: time.Second, Multiplier: 2}),
-		"no address": node.Bootstrap(peer.AddrInfo{ID: randomPeerID(t)}),
+		"no address": node.Bootstrap(peer.AddrInfo{ID: testkit.PeerID(t)}),
 		"DHT mode 7": node.DHTMode(7),
 	}
 	for want, opt := range cases {
@@ -332,14 +269,14 @@ func TestOptionErrorsNameTheValue(t *testing.T) {
 func TestFxOptionReachesComponents(t *testing.T) {
 	var fromFx *swarm.Swarm
 	var ps peerstore.Peerstore
-	n := newNode(t, node.Fx(fx.Populate(&fromFx, &ps)))
+	n := testnode.New(t, node.Fx(fx.Populate(&fromFx, &ps)))
 	require.Same(t, n.Swarm(), fromFx)
 	require.Same(t, n.Host().Network(), network.Network(fromFx))
 	require.Equal(t, n.Host().Peerstore(), ps)
 }
 
 func TestCloseTwice(t *testing.T) {
-	n, err := node.New(node.ListenAddrs(loopback))
+	n, err := node.New(node.ListenAddrs(testkit.Loopback))
 	require.NoError(t, err)
 	require.NoError(t, n.Close())
 	require.NoError(t, n.Close())

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/realmnet/realmnet/internal/testkit"
+	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
 	"github.com/realmnet/realmnet/realm"
@@ -37,11 +38,11 @@ func TestResourceAccountingBalancesAfterChurn(t *testing.T) {
 		realmStreamEach = 2 // of the streams of a connection, realm streams
 	)
 	psk := []byte("churn-test-pre-shared-key")
-	server := newNode(t, node.DHTMode(node.DHTClient))
-	server.SetStreamHandler(echoProtocol, echoHandler)
+	server := testnode.New(t)
+	server.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
 	var nodes []*node.Node
 	for range clients {
-		nodes = append(nodes, newNode(t, node.DHTMode(node.DHTClient), node.Multipath(multipath.Config{DesiredPaths: 1})))
+		nodes = append(nodes, testnode.New(t, node.Multipath(multipath.Config{DesiredPaths: 1})))
 	}
 	all := append([]*node.Node{server}, nodes...)
 	// closeAll closes every connection until none is left: realms redial
@@ -62,7 +63,7 @@ func TestResourceAccountingBalancesAfterChurn(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	serverRealm, err := server.JoinRealm(ctx, "churn", realm.WithPSK(psk), realm.WithStreamHandler(echoProtocol, echoHandler))
+	serverRealm, err := server.JoinRealm(ctx, "churn", realm.WithPSK(psk), realm.WithStreamHandler(testnode.EchoProtocol, testnode.Echo))
 	require.NoError(t, err)
 	var realms []*realm.Realm
 	for _, c := range nodes {
@@ -85,12 +86,12 @@ func TestResourceAccountingBalancesAfterChurn(t *testing.T) {
 					var s network.Stream
 					var err error
 					if k < realmStreamEach {
-						s, err = realms[i].NewStream(ctx, server.ID(), echoProtocol)
+						s, err = realms[i].NewStream(ctx, server.ID(), testnode.EchoProtocol)
 					} else {
-						s, err = c.NewStream(ctx, server.ID(), echoProtocol)
+						s, err = c.NewStream(ctx, server.ID(), testnode.EchoProtocol)
 					}
 					if err == nil {
-						err = echoErr(s, 64)
+						err = testnode.EchoErr(s, 64)
 					}
 					if err != nil {
 						t.Errorf("client %d round %d stream %d: %v", i, round, k, err)
@@ -164,8 +165,8 @@ func TestAttackerHeldAtLimitsMemberServed(t *testing.T) {
 		"Realms": {"Realm": {"members": {"StreamsInbound": 8}}}
 	}`))
 	require.NoError(t, err)
-	victim := newNode(t, node.ResourceLimits(cfg))
-	attacker, member := newNode(t), newNode(t)
+	victim := testnode.New(t, node.ResourceLimits(cfg))
+	attacker, member := testnode.New(t), testnode.New(t)
 
 	release := make(chan struct{})
 	var held, maxHeld atomic.Int64
@@ -196,7 +197,7 @@ func TestAttackerHeldAtLimitsMemberServed(t *testing.T) {
 		}
 		_ = s.Reset()
 	})
-	victim.SetStreamHandler(echoProtocol, echoHandler)
+	victim.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
 	defer close(release)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -249,9 +250,9 @@ func TestAttackerHeldAtLimitsMemberServed(t *testing.T) {
 		"the realm scope must refuse exactly the streams above its limit (refused %d)", realmRefused.Load())
 	st, _ := victim.ResourceManager().ViewRealm("members")
 	require.Equal(t, realmStreamLimit, st.StreamsInbound)
-	s, err := member.NewStream(ctx, victim.ID(), echoProtocol)
+	s, err := member.NewStream(ctx, victim.ID(), testnode.EchoProtocol)
 	require.NoError(t, err)
-	echoOver(t, s, 1024)
+	testnode.EchoOver(t, s, 1024)
 	for _, s := range memberStreams {
 		_ = s.Reset()
 	}
@@ -263,8 +264,8 @@ func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 // rcmgr's scopes are on the registry; two nodes can share it.
 func TestMetricsExportRealmAndRcmgrUsage(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	a := newNode(t, node.Metrics(reg))
-	b := newNode(t, node.Metrics(reg))
+	a := testnode.New(t, node.Metrics(reg))
+	b := testnode.New(t, node.Metrics(reg))
 	release, err := a.ResourceManager().ReserveRealmStream("chat", network.DirOutbound)
 	require.NoError(t, err)
 	defer release()

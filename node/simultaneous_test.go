@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
 )
@@ -58,10 +59,10 @@ func TestSimultaneousDialsKeepTheSameConnections(t *testing.T) {
 		rounds = 30
 	}
 	listen := node.ListenAddrs("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.2/udp/0/quic-v1")
-	a := newNode(t, listen, node.DHTMode(node.DHTClient))
-	b := newNode(t, listen, node.DHTMode(node.DHTClient))
-	a.SetStreamHandler(echoProtocol, echoHandler)
-	b.SetStreamHandler(echoProtocol, echoHandler)
+	a := testnode.New(t, listen)
+	b := testnode.New(t, listen)
+	a.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
+	b.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	// Paths retired after they were announced (the loser arrived first).
@@ -94,12 +95,12 @@ func TestSimultaneousDialsKeepTheSameConnections(t *testing.T) {
 					errs[i] = fmt.Errorf("Connect: %w", err)
 					return
 				}
-				s, err := from.NewStream(ctx, to.ID(), echoProtocol)
+				s, err := from.NewStream(ctx, to.ID(), testnode.EchoProtocol)
 				if err != nil {
 					errs[i] = fmt.Errorf("NewStream right after Connect: %w", err)
 					return
 				}
-				errs[i] = echoErr(s, 1024)
+				errs[i] = testnode.EchoErr(s, 1024)
 			})
 		}
 		close(gate)
@@ -155,41 +156,4 @@ func settled(n *node.Node, p peer.ID) bool {
 		}
 	}
 	return len(paths) == len(n.Host().Network().ConnsToPeer(p))
-}
-
-// echoErr is echoOver returning an error instead of failing the test (it
-// runs on other goroutines).
-func echoErr(s network.Stream, size int) error {
-	defer s.Close()
-	msg := make([]byte, size)
-	for i := range msg {
-		msg[i] = byte(i)
-	}
-	errc := make(chan error, 1)
-	go func() {
-		_, err := s.Write(msg)
-		if err == nil {
-			err = s.CloseWrite()
-		}
-		errc <- err
-	}()
-	got := make([]byte, 0, size)
-	buf := make([]byte, 4096)
-	for {
-		n, err := s.Read(buf)
-		got = append(got, buf[:n]...)
-		if err != nil {
-			if err.Error() != "EOF" {
-				return fmt.Errorf("read echo: %w", err)
-			}
-			break
-		}
-	}
-	if err := <-errc; err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if !slices.Equal(msg, got) {
-		return fmt.Errorf("echo corrupted: sent %d bytes, got %d", len(msg), len(got))
-	}
-	return nil
 }

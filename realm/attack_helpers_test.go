@@ -23,17 +23,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/record"
-	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/hkdf"
 
+	"github.com/realmnet/realmnet/internal/testkit"
 	"github.com/realmnet/realmnet/node"
 	"github.com/realmnet/realmnet/realm"
 )
@@ -42,19 +41,9 @@ import (
 // nor resets within it fails the test instead of hanging it.
 const atkDeadline = 8 * time.Second
 
-// atkNewHost is a stock go-libp2p host (libp2p.New), QUIC only, on
-// loopback, closed at the end of the test.
-func atkNewHost(t testing.TB) host.Host {
-	t.Helper()
-	h, err := libp2p.New(
-		libp2p.Transport(libp2pquic.NewTransport),
-		libp2p.ListenAddrStrings(loopback),
-		libp2p.DisableRelay(),
-	)
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, h.Close()) })
-	return h
-}
+// atkNewHost is testkit.StockHost: a stock go-libp2p host (libp2p.New),
+// QUIC only, on loopback, closed at the end of the test.
+var atkNewHost = testkit.StockHost
 
 // atkConnect connects h to n (identify included).
 func atkConnect(t testing.TB, h host.Host, n *node.Node) {

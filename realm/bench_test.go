@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/node"
 	"github.com/realmnet/realmnet/realm"
 )
@@ -33,15 +34,6 @@ const (
 	// benchWait bounds every wait of the benchmarks' setup and teardown.
 	benchWait = 10 * time.Second
 )
-
-// benchEchoHandler copies the stream back to its sender and closes it.
-func benchEchoHandler(s network.Stream) {
-	if _, err := io.Copy(s, s); err != nil {
-		_ = s.Reset()
-		return
-	}
-	_ = s.Close()
-}
 
 // benchWaitUntil polls cond every millisecond until it holds, or fails b
 // after benchWait.
@@ -70,19 +62,6 @@ func benchDisconnect(b *testing.B, x, y *node.Node) {
 		}
 		return y.Host().Network().Connectedness(x.ID()) != network.Connected
 	})
-}
-
-// benchWaitFor polls cond every millisecond until it holds (true) or d passes
-// (false).
-func benchWaitFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return true
 }
 
 // benchMs converts a total duration over n operations to milliseconds per op.
@@ -127,7 +106,7 @@ func BenchmarkJoinToFirstMember(b *testing.B) {
 const joinStuckAfter = 3 * time.Second
 
 func benchJoin(b *testing.B, withPeers bool) {
-	a, bn := newNode(b), newNode(b)
+	a, bn := testnode.New(b), testnode.New(b)
 	ra := join(b, a, benchRealmName, realm.WithPSK(testPSK))
 	opts := []realm.Option{realm.WithPSK(testPSK)}
 	if withPeers {
@@ -213,7 +192,7 @@ func benchJoin(b *testing.B, withPeers bool) {
 			leaveErrors++
 			b.Logf("leave: %v", err)
 		}
-		if !benchWaitFor(time.Second, func() bool { _, ok := ra.Member(bn.ID()); return !ok }) {
+		if !memPollFor(time.Second, func() bool { _, ok := ra.Member(bn.ID()); return !ok }) {
 			if joined { // (after a stuck join, A lists B and B does not list A)
 				stale++
 				if info, ok := ra.Member(bn.ID()); ok && stale == 1 {
@@ -244,15 +223,15 @@ func benchJoin(b *testing.B, withPeers bool) {
 // and both serve benchEchoProto, inside the realm and on the host.
 func benchEchoPair(b *testing.B) (client *node.Node, rc *realm.Realm, server *node.Node) {
 	b.Helper()
-	server, client = newNode(b), newNode(b)
+	server, client = testnode.New(b), testnode.New(b)
 	rs := join(b, server, benchRealmName, realm.WithPSK(testPSK))
 	rc = join(b, client, benchRealmName, realm.WithPSK(testPSK), realm.WithPeers(server.AddrInfo()))
 	waitMembers(b, rs, 1)
 	waitMembers(b, rc, 1)
-	if err := rs.SetStreamHandler(benchEchoProto, benchEchoHandler); err != nil {
+	if err := rs.SetStreamHandler(benchEchoProto, testnode.Echo); err != nil {
 		b.Fatal(err)
 	}
-	server.SetStreamHandler(benchEchoProto, benchEchoHandler)
+	server.SetStreamHandler(benchEchoProto, testnode.Echo)
 	// The host handler was set after identify: tell the client's peerstore,
 	// so the plain stream negotiates lazily as after identify.
 	if err := client.Host().Peerstore().AddProtocols(server.ID(), benchEchoProto); err != nil {

@@ -62,7 +62,7 @@ func newSwarm(t *testing.T, cfg swarm.Config, listen ...string) *testSwarm {
 	s, err := swarm.New(swarm.Params{LocalPeer: id, Peerstore: ps, Transport: tpt, EventBus: bus, Config: cfg})
 	require.NoError(t, err)
 	if len(listen) == 0 {
-		listen = []string{"/ip4/127.0.0.1/udp/0/quic-v1"}
+		listen = []string{testkit.Loopback}
 	}
 	addrs := make([]ma.Multiaddr, len(listen))
 	for i, l := range listen {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/realmnet/realmnet/internal/testkit"
 )
 
 func TestDemoWithThreeNodes(t *testing.T) {
@@ -169,7 +171,7 @@ func TestRunPrintsAddressesAndStops(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- runNode(ctx, &output, runFlags{
-			listenAddrs: []string{"/ip4/127.0.0.1/udp/0/quic-v1"},
+			listenAddrs: []string{testkit.Loopback},
 			dhtMode:     "server",
 		})
 	}()

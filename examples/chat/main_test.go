@@ -13,9 +13,9 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
-)
 
-const loopback = "/ip4/127.0.0.1/udp/0/quic-v1"
+	"github.com/realmnet/realmnet/internal/testkit"
+)
 
 // syncBuffer is a bytes.Buffer safe for the chat's goroutines and the test.
 type syncBuffer struct {
@@ -57,11 +57,11 @@ func TestTwoChatsExchangeALine(t *testing.T) {
 	psk := []byte("a test pre-shared key of 32 byte")
 
 	var outA, outB syncBuffer
-	a, err := start(ctx, config{realm: "test", psk: psk, listen: []string{loopback}}, &outA)
+	a, err := start(ctx, config{realm: "test", psk: psk, listen: []string{testkit.Loopback}}, &outA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := start(ctx, config{realm: "test", psk: psk, listen: []string{loopback},
+	b, err := start(ctx, config{realm: "test", psk: psk, listen: []string{testkit.Loopback},
 		peers: []peer.AddrInfo{a.node.AddrInfo()}}, &outB)
 	if err != nil {
 		_ = a.close()

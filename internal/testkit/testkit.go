@@ -1,13 +1,14 @@
 // Package testkit holds the test helpers that realmnet's packages share:
 // a fake connection for pure policy tests (FakeConn), a stock go-libp2p
 // host on loopback (StockHost), the goroutine-leak options every TestMain
-// uses (LeakOptions), and waiting helpers. It imports nothing of realmnet but
-// core, so any package's tests — internal ones included — may use it. Only
-// tests import it.
+// uses (LeakOptions), fresh peer IDs (PeerID), and waiting helpers. It
+// imports nothing of realmnet but core, so any package's tests — internal
+// ones included — may use it. Only tests import it.
 package testkit
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sync"
@@ -60,6 +61,17 @@ func StockHost(t testing.TB, opts ...libp2p.Option) host.Host {
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, h.Close()) })
 	return h
+}
+
+// PeerID returns a fresh peer ID, derived from a new Ed25519 key: a peer
+// nobody runs.
+func PeerID(t testing.TB) peer.ID {
+	t.Helper()
+	_, pub, err := ic.GenerateEd25519Key(rand.Reader)
+	require.NoError(t, err)
+	id, err := peer.IDFromPublicKey(pub)
+	require.NoError(t, err)
+	return id
 }
 
 // Context returns a context that ends after d or at the end of the test.
@@ -221,6 +233,16 @@ func (c *FakeConn) close(code network.ConnErrorCode) error {
 		onClose(c)
 	}
 	return nil
+}
+
+// Reopen makes a closed connection open again, as if it had never been
+// closed (close code and position cleared), for benchmarks that admit the
+// same connections over and over. The OnClose function runs again at the
+// next Close.
+func (c *FakeConn) Reopen() {
+	c.closeCode.Store(0)
+	c.closeSeq.Store(0)
+	c.closed.Store(false)
 }
 
 // Close closes the connection with network.ConnNoError.

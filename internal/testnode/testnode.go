@@ -1,11 +1,12 @@
 // Package testnode builds realmnet nodes for tests: on loopback, closed at
-// the end of the test, with an echo protocol helper. It imports package
-// node, so only tests outside node's own internal tests use it.
+// the end of the test, with echo helpers. It imports package node, so only
+// tests outside node's own internal tests use it.
 package testnode
 
 import (
 	"bytes"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"testing"
 
@@ -38,9 +39,17 @@ func Echo(s network.Stream) {
 }
 
 // EchoOver writes size random bytes to s, closes its write side, and
-// requires the same bytes back; it closes s.
+// requires the same bytes back; it closes s (EchoErr, failing the test).
 func EchoOver(t testing.TB, s network.Stream, size int) {
 	t.Helper()
+	require.NoError(t, EchoErr(s, size))
+}
+
+// EchoErr writes size random bytes to s, closes its write side, and checks
+// that the same bytes come back; it closes s, or resets it when the echo
+// failed. It returns an error instead of failing the test, for echoes run
+// off the test goroutine.
+func EchoErr(s network.Stream, size int) error {
 	msg := make([]byte, size)
 	_, _ = rand.Read(msg)
 	errc := make(chan error, 1)
@@ -52,8 +61,19 @@ func EchoOver(t testing.TB, s network.Stream, size int) {
 		errc <- err
 	}()
 	got, err := io.ReadAll(s)
-	require.NoError(t, err)
-	require.NoError(t, <-errc)
-	require.True(t, bytes.Equal(msg, got), "echo corrupted: sent %d bytes, got %d", len(msg), len(got))
+	if err != nil {
+		_ = s.Reset() // unblocks the writer
+		<-errc
+		return fmt.Errorf("read echo: %w", err)
+	}
+	if err := <-errc; err != nil {
+		_ = s.Reset()
+		return fmt.Errorf("write: %w", err)
+	}
+	if !bytes.Equal(msg, got) {
+		_ = s.Reset()
+		return fmt.Errorf("echo corrupted: sent %d bytes, got %d", len(msg), len(got))
+	}
 	_ = s.Close()
+	return nil
 }

@@ -24,10 +24,12 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"go.uber.org/goleak"
+
+	"github.com/realmnet/realmnet/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, testkit.LeakOptions()...)
 }
 
 // udpServer is a loopback UDP server that records the source address of every
