@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/realmnet/realmnet/gater"
+	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/internal/testkit"
 	"github.com/realmnet/realmnet/internal/testnode"
@@ -494,9 +495,16 @@ func TestAdmissionHookChurn100Connections(t *testing.T) {
 	require.EqualValues(t, rounds, outbound.Load(), "outbound hook calls")
 	require.EqualValues(t, rounds, inbound.Load(), "inbound hook calls")
 	require.EqualValues(t, rounds, aConns.Load(), "a's connections")
-	require.EqualValues(t, rounds, bConns.Load(), "b's connections")
+	// On b, a connection that arrives while the close of the previous one
+	// (same pair of addresses, same dialer) is still in flight may lose the
+	// redundancy tie-break and stay unannounced (reinstated when the old
+	// one's close arrives, unless a closes it first): every connection is
+	// announced or refused as redundant, none twice over.
+	redundant := b.Swarm().AdmissionStats().Refused[core.ReasonPathRedundant]
+	require.LessOrEqual(t, bConns.Load(), int64(rounds), "b's connections")
+	require.GreaterOrEqual(t, bConns.Load()+int64(redundant), int64(rounds), "b's connections (%d redundant)", redundant)
 	require.Zero(t, other.Load())
-	require.Zero(t, a.ConnectionCount())
+	require.Eventually(t, func() bool { return a.ConnectionCount() == 0 }, 2*time.Second, 5*time.Millisecond)
 	require.Eventually(t, func() bool { return b.ConnectionCount() == 0 }, 2*time.Second, 5*time.Millisecond)
 	require.False(t, slices.Contains(a.Host().Network().Peers(), b.ID()))
 }

@@ -86,8 +86,13 @@ func TestPoolsHoldUnderInboundBurst(t *testing.T) {
 	require.LessOrEqual(t, maxPool.Load(), int64(ceiling), "the pool went above HighWater + 10 %")
 	require.LessOrEqual(t, maxSwarm.Load(), int64(ceiling), "the swarm held more than HighWater + 10 % connections")
 
-	require.Eventually(t, func() bool { return hub.ConnectionCount() <= highWater }, silence+time.Second, 20*time.Millisecond,
-		"not at or below HighWater within one SilencePeriod (count %d)", hub.ConnectionCount())
+	// The background trim runs every SilencePeriod and skips connections
+	// in their grace period: a tick right after the burst may find the
+	// newest connections still in grace, the next one trims them. So the
+	// pool is at or below HighWater within two SilencePeriods (plus slack
+	// for a loaded machine).
+	require.Eventually(t, func() bool { return hub.ConnectionCount() <= highWater }, 2*silence+time.Second, 20*time.Millisecond,
+		"not at or below HighWater within two SilencePeriods (count %d)", hub.ConnectionCount())
 	t.Logf("max pool %d, max swarm %d, %d connections %s after the burst; stats %+v",
 		maxPool.Load(), maxSwarm.Load(), hub.ConnectionCount(), time.Since(burstEnd).Round(time.Millisecond), hub.Stats())
 	require.Positive(t, hub.Stats().Closed[core.ReasonPoolCeiling]+hub.Stats().Closed[core.ReasonGlobalHighWater]+
