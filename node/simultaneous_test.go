@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/stretchr/testify/assert"
@@ -48,29 +47,47 @@ func addrPairs(n *node.Node, p peer.ID, mirrored bool) []string {
 
 // TestSimultaneousDialsKeepTheSameConnections: two nodes that each listen
 // on two addresses (127.0.0.1 and 127.0.0.2) dial each other at the same
-// instant, 300 times. Every Connect returns nil; a stream opened by each
-// side right after its Connect returns succeeds, in both directions; and
-// both ends end up with the same connections (the admission pipeline's
-// redundancy rule picks the same survivor on both ends, and no stream is
-// ever lost on a connection the other end retires).
+// instant, 300 times (a fresh pair each round, so nothing of a round's
+// closing connections reaches the next). Every Connect returns nil; a stream
+// opened by each side right after its Connect returns succeeds, in both
+// directions; and both ends use the same connections (the admission
+// pipeline's redundancy rule picks the same survivor on both ends, and no
+// stream is ever lost on a connection the other end retires), the redundant
+// ones closing by themselves.
 func TestSimultaneousDialsKeepTheSameConnections(t *testing.T) {
 	rounds := 300
 	if testing.Short() {
 		rounds = 30
 	}
-	listen := node.ListenAddrs("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.2/udp/0/quic-v1")
-	a := testnode.New(t, listen)
-	b := testnode.New(t, listen)
-	a.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
-	b.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	// Paths retired after they were announced (the loser arrived first).
-	var retired atomic.Uint64
+	var redundant, retired atomic.Uint64
+	start := time.Now()
+	for round := range rounds {
+		simultaneousRound(t, ctx, round, round%50 == 49, &redundant, &retired)
+	}
+	t.Logf("%d rounds of simultaneous dials in %s; %d connections refused as redundant, %d paths retired as redundant",
+		rounds, time.Since(start).Round(time.Millisecond), redundant.Load(), retired.Load())
+	require.NotZero(t, redundant.Load()+retired.Load(), "the dials never raced: the test proves nothing")
+}
+
+// simultaneousRound is one round of TestSimultaneousDialsKeepTheSameConnections
+// on a new pair of nodes; waitSettled also waits for the redundant
+// connections to close. It adds the pair's redundancy counts.
+func simultaneousRound(t *testing.T, ctx context.Context, round int, waitSettled bool, redundant, retired *atomic.Uint64) {
+	listen := node.ListenAddrs("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.2/udp/0/quic-v1")
+	a, b := testnode.New(t, listen), testnode.New(t, listen)
+	defer func() {
+		require.NoError(t, a.Close())
+		require.NoError(t, b.Close())
+	}()
 	for _, n := range []*node.Node{a, b} {
+		n.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
+		// Paths retired after they were announced (the loser arrived
+		// first).
 		sub, err := n.Host().EventBus().Subscribe(new(multipath.EvtPathSelected))
 		require.NoError(t, err)
-		t.Cleanup(func() { _ = sub.Close() })
+		defer sub.Close()
 		go func() {
 			for e := range sub.Out() {
 				if e.(multipath.EvtPathSelected).Reason == core.SwitchPathRedundant {
@@ -79,71 +96,51 @@ func TestSimultaneousDialsKeepTheSameConnections(t *testing.T) {
 			}
 		}()
 	}
-
-	start := time.Now()
-	for round := range rounds {
-		a.Host().Peerstore().AddAddrs(b.ID(), b.Addrs(), peerstore.PermanentAddrTTL)
-		b.Host().Peerstore().AddAddrs(a.ID(), a.Addrs(), peerstore.PermanentAddrTTL)
-		var wg sync.WaitGroup
-		errs := make([]error, 2)
-		gate := make(chan struct{})
-		for i, pair := range [][2]*node.Node{{a, b}, {b, a}} {
-			wg.Go(func() {
-				from, to := pair[0], pair[1]
-				<-gate
-				if err := from.Connect(ctx, to.AddrInfo()); err != nil {
-					errs[i] = fmt.Errorf("Connect: %w", err)
-					return
-				}
-				s, err := from.NewStream(ctx, to.ID(), testnode.EchoProtocol)
-				if err != nil {
-					errs[i] = fmt.Errorf("NewStream right after Connect: %w", err)
-					return
-				}
-				errs[i] = testnode.EchoErr(s, 1024)
-			})
-		}
-		close(gate)
-		wg.Wait()
-		require.NoError(t, errs[0], "round %d: a → b", round)
-		require.NoError(t, errs[1], "round %d: b → a", round)
-
-		// Both ends use the same connections: a's, and b's mirrored. The
-		// redundant ones close within a second or so (checked below).
-		assert.Eventually(t, func() bool {
-			pa, pb := addrPairs(a, b.ID(), false), addrPairs(b, a.ID(), true)
-			return len(pa) > 0 && slices.Equal(pa, pb)
-		}, 10*time.Second, 5*time.Millisecond, "round %d", round)
-		if t.Failed() {
-			t.Logf("a has %v, paths %+v", addrPairs(a, b.ID(), false), a.Paths(b.ID()))
-			t.Logf("b has %v (mirrored), paths %+v", addrPairs(b, a.ID(), true), b.Paths(a.ID()))
-			t.FailNow()
-		}
-
-		if round == rounds-1 {
-			// The last round's redundant connections close by themselves,
-			// leaving exactly the connections both ends use.
-			require.Eventually(t, func() bool {
-				return settled(a, b.ID()) && settled(b, a.ID()) &&
-					slices.Equal(addrPairs(a, b.ID(), false), addrPairs(b, a.ID(), true)) &&
-					len(a.Host().Network().ConnsToPeer(b.ID())) == len(b.Host().Network().ConnsToPeer(a.ID()))
-			}, 15*time.Second, 10*time.Millisecond, "redundant connections left open")
-		}
-		// Disconnect for the next round. Multipath replaces a lost path
-		// while the peer has another one, so a standby dial may race the
-		// closes: close until nothing is left.
-		require.Eventually(t, func() bool {
-			_ = a.Host().Network().ClosePeer(b.ID())
-			_ = b.Host().Network().ClosePeer(a.ID())
-			return a.Host().Network().Connectedness(b.ID()) != network.Connected &&
-				b.Host().Network().Connectedness(a.ID()) != network.Connected &&
-				len(a.Paths(b.ID())) == 0 && len(b.Paths(a.ID())) == 0
-		}, 10*time.Second, 5*time.Millisecond, "round %d: not disconnected", round)
+	a.Host().Peerstore().AddAddrs(b.ID(), b.Addrs(), peerstore.PermanentAddrTTL)
+	b.Host().Peerstore().AddAddrs(a.ID(), a.Addrs(), peerstore.PermanentAddrTTL)
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	gate := make(chan struct{})
+	for i, pair := range [][2]*node.Node{{a, b}, {b, a}} {
+		wg.Go(func() {
+			from, to := pair[0], pair[1]
+			<-gate
+			if err := from.Connect(ctx, to.AddrInfo()); err != nil {
+				errs[i] = fmt.Errorf("Connect: %w", err)
+				return
+			}
+			s, err := from.NewStream(ctx, to.ID(), testnode.EchoProtocol)
+			if err != nil {
+				errs[i] = fmt.Errorf("NewStream right after Connect: %w", err)
+				return
+			}
+			errs[i] = testnode.EchoErr(s, 1024)
+		})
 	}
-	redundant := a.Swarm().AdmissionStats().Refused[core.ReasonPathRedundant] + b.Swarm().AdmissionStats().Refused[core.ReasonPathRedundant]
-	t.Logf("%d rounds of simultaneous dials in %s; %d connections refused as redundant, %d paths retired as redundant",
-		rounds, time.Since(start).Round(time.Millisecond), redundant, retired.Load())
-	require.NotZero(t, redundant+retired.Load(), "the dials never raced: the test proves nothing")
+	close(gate)
+	wg.Wait()
+	require.NoError(t, errs[0], "round %d: a → b", round)
+	require.NoError(t, errs[1], "round %d: b → a", round)
+
+	// Both ends use the same connections: a's, and b's mirrored.
+	if !assert.Eventually(t, func() bool {
+		pa, pb := addrPairs(a, b.ID(), false), addrPairs(b, a.ID(), true)
+		return len(pa) > 0 && slices.Equal(pa, pb)
+	}, 10*time.Second, 5*time.Millisecond, "round %d", round) {
+		t.Logf("a has %v, paths %+v", addrPairs(a, b.ID(), false), a.Paths(b.ID()))
+		t.Logf("b has %v (mirrored), paths %+v", addrPairs(b, a.ID(), true), b.Paths(a.ID()))
+		t.FailNow()
+	}
+	if waitSettled {
+		// The redundant connections close by themselves, leaving exactly
+		// the connections both ends use.
+		require.Eventually(t, func() bool {
+			return settled(a, b.ID()) && settled(b, a.ID()) &&
+				slices.Equal(addrPairs(a, b.ID(), false), addrPairs(b, a.ID(), true)) &&
+				len(a.Host().Network().ConnsToPeer(b.ID())) == len(b.Host().Network().ConnsToPeer(a.ID()))
+		}, 15*time.Second, 10*time.Millisecond, "round %d: redundant connections left open", round)
+	}
+	redundant.Add(a.Swarm().AdmissionStats().Refused[core.ReasonPathRedundant] + b.Swarm().AdmissionStats().Refused[core.ReasonPathRedundant])
 }
 
 // settled reports whether every path of n to p is usable (none redundant,

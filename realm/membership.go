@@ -95,6 +95,14 @@ func (r *Realm) authenticatedCountLocked() int {
 	return n
 }
 
+// isMember reports whether p is a member, authenticated or within its
+// reconnect grace.
+func (r *Realm) isMember(p peer.ID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.membership.members[p] != nil
+}
+
 // inGrace reports whether p is a member within its reconnect grace.
 func (r *Realm) inGrace(p peer.ID) bool {
 	r.mu.Lock()

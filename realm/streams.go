@@ -132,6 +132,17 @@ func (s *Service) handleStream(str network.Stream) {
 		return
 	}
 	remote := str.Conn().RemotePeer()
+	if hdr.kind == kindGoodbye {
+		// A goodbye proves the realm by itself (a MAC with the realm's
+		// key, signed by the leaving member): a member in its grace —
+		// whose connection dropped, and who is leaving rather than coming
+		// back — may send one without authenticating again.
+		if e, ok := s.lookupHandle(hdr.handle); ok && e.peer == remote && e.realm.isMember(remote) {
+			_ = str.SetReadDeadline(time.Time{})
+			e.realm.receiveGoodbye(str)
+			return
+		}
+	}
 	r := s.memberRealm(hdr.handle, remote)
 	if r == nil && s.awaitFlight(remote, deadline) {
 		// The stream may have overtaken the handshake that admits its sender.

@@ -2,7 +2,6 @@ package swarm_test
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"sync"
@@ -10,14 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
-	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoremem"
-	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
-	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/quic-go/quic-go"
 	"github.com/stretchr/testify/require"
@@ -1134,33 +1128,10 @@ func TestAdmissionConcurrentDialPathOneConnection(t *testing.T) {
 }
 
 // newSwarmWithDials is newSwarm (one loopback QUIC listener) with a dial
-// gater (Params.Dials), which newSwarm does not take.
+// gater (Params.Dials).
 func newSwarmWithDials(t *testing.T, dials core.DialGater) *testSwarm {
 	t.Helper()
-	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
-	require.NoError(t, err)
-	id, err := peer.IDFromPrivateKey(key)
-	require.NoError(t, err)
-	ps, err := pstoremem.NewPeerstore()
-	require.NoError(t, err)
-	var resetKey quic.StatelessResetKey
-	var tokenKey quic.TokenGeneratorKey
-	_, _ = rand.Read(resetKey[:])
-	_, _ = rand.Read(tokenKey[:])
-	reuse, err := quicreuse.NewConnManager(resetKey, tokenKey)
-	require.NoError(t, err)
-	tpt, err := libp2pquic.NewTransport(key, reuse, nil, nil, nil)
-	require.NoError(t, err)
-	bus := eventbus.NewBus()
-	s, err := swarm.New(swarm.Params{LocalPeer: id, Peerstore: ps, Transport: tpt, EventBus: bus, Dials: dials})
-	require.NoError(t, err)
-	require.NoError(t, s.Listen(ma.StringCast("/ip4/127.0.0.1/udp/0/quic-v1")))
-	t.Cleanup(func() {
-		require.NoError(t, s.Close())
-		_ = reuse.Close()
-		_ = ps.Close()
-	})
-	return &testSwarm{Swarm: s, bus: bus}
+	return newSwarmWith(t, func(p *swarm.Params) { p.Dials = dials })
 }
 
 // slowDialGater is a core.DialGater whose first CheckAddrDial blocks until

@@ -44,6 +44,13 @@ type testSwarm struct {
 
 func newSwarm(t *testing.T, cfg swarm.Config, listen ...string) *testSwarm {
 	t.Helper()
+	return newSwarmWith(t, func(p *swarm.Params) { p.Config = cfg }, listen...)
+}
+
+// newSwarmWith is newSwarm with its Params adjusted by set (after the
+// required ones are filled in).
+func newSwarmWith(t *testing.T, set func(*swarm.Params), listen ...string) *testSwarm {
+	t.Helper()
 	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	require.NoError(t, err)
 	id, err := peer.IDFromPrivateKey(key)
@@ -59,7 +66,9 @@ func newSwarm(t *testing.T, cfg swarm.Config, listen ...string) *testSwarm {
 	tpt, err := libp2pquic.NewTransport(key, reuse, nil, nil, nil)
 	require.NoError(t, err)
 	bus := eventbus.NewBus()
-	s, err := swarm.New(swarm.Params{LocalPeer: id, Peerstore: ps, Transport: tpt, EventBus: bus, Config: cfg})
+	params := swarm.Params{LocalPeer: id, Peerstore: ps, Transport: tpt, EventBus: bus}
+	set(&params)
+	s, err := swarm.New(params)
 	require.NoError(t, err)
 	if len(listen) == 0 {
 		listen = []string{testkit.Loopback}
