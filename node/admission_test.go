@@ -21,8 +21,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/internal/testkit"
 	"github.com/realmnet/realmnet/internal/testnode"

@@ -812,7 +812,12 @@ func TestAttackMemberListExcludesAttackers(t *testing.T) {
 	atkRequireNotMember(t, rv, joins, attackers...)
 	require.Equal(t, []peer.ID{b.ID()}, rv.Members())
 	require.Equal(t, []peer.ID{v.ID()}, rb.Members())
-	require.Empty(t, joins.peers(), "no join at all during the attacks")
+	// The only join seen may be b's own: the realm's events reach a
+	// subscriber after Members() shows the change, so b's join may still
+	// have been on its way when the watch started.
+	for _, p := range joins.peers() {
+		require.Equal(t, b.ID(), p, "no join but b's during the attacks")
+	}
 	require.Zero(t, calls.Load())
 }
 

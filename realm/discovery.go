@@ -14,11 +14,12 @@ import (
 // findTimeout bounds one FindProviders round and one Provide.
 const findTimeout = 10 * time.Second
 
-// discover announces the realm in the DHT, looks for members there and
-// retries the WithPeers peers that are not members yet:
-// Provide of the rendezvous CID (retried each round until it succeeds, then
-// every ReprovideInterval) and, while the realm wants more members,
-// FindProviders rounds spaced by an exponential backoff from 2 s to
+// discover announces the realm in the DHT, looks for members there, retries
+// the WithPeers peers that are not members yet and asks a member for the
+// members it knows: Provide of the rendezvous CID (retried each round until
+// it succeeds, then every ReprovideInterval) and, while the realm wants more
+// members, rounds of FindProviders, WithPeers dials and one member exchange
+// with a random member, spaced by an exponential backoff from 2 s to
 // DiscoveryInterval (cenkalti/backoff, jitter 0.1). A member joining resets
 // the backoff, so a realm that is growing is searched often.
 func (r *Realm) discover() {
@@ -67,6 +68,13 @@ func (r *Realm) discover() {
 				if !r.authenticated(ai.ID) {
 					r.candidate(ai)
 				}
+			}
+			// A member exchange with one member, chosen at random: the
+			// exchange at a handshake misses the members its peer admits
+			// later, and a member learnt there whose dial failed is not
+			// offered again; this one offers them again.
+			if p, ok := r.randomAuthenticatedMember(); ok {
+				r.exchangeAsync(p)
 			}
 		}
 		timer.Reset(bo.NextBackOff())

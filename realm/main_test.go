@@ -47,7 +47,7 @@ func waitMembers(t testing.TB, r *realm.Realm, count int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	require.NoError(t, r.WaitMembers(ctx, count), "realm %q: members %v", r.Name(), r.Members())
+	require.NoError(t, r.WaitMembers(ctx, count), "realm %q: members %v, want %d", r.Name(), r.Members(), count)
 }
 
 func TestTwoMembersAuthenticateAndEcho(t *testing.T) {

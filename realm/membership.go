@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 
 	"github.com/libp2p/go-libp2p/core/event"
@@ -77,6 +78,26 @@ func (r *Realm) WaitMembers(ctx context.Context, n int) error {
 func (r *Realm) changedLocked() {
 	close(r.membership.changed)
 	r.membership.changed = make(chan struct{})
+}
+
+// randomAuthenticatedMember returns an authenticated member chosen at
+// random; false when there is none.
+func (r *Realm) randomAuthenticatedMember() (peer.ID, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var chosen peer.ID
+	seen := 0
+	for p, m := range r.membership.members {
+		if !m.authenticated {
+			continue
+		}
+		// Reservoir sampling of one (Go's map order is not uniform).
+		seen++
+		if rand.IntN(seen) == 0 {
+			chosen = p
+		}
+	}
+	return chosen, seen > 0
 }
 
 func (r *Realm) authenticatedCount() int {

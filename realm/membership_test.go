@@ -2,12 +2,14 @@ package realm_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/node"
 	"github.com/realmnet/realmnet/realm"
 	"github.com/realmnet/realmnet/resource"
@@ -1203,4 +1206,45 @@ func memPollFor(d time.Duration, cond func() bool) bool {
 		time.Sleep(time.Millisecond)
 	}
 	return true
+}
+
+// TestMembershipMemberLearntByExchangeIsRetried proves that a member learnt
+// through a member exchange, whose first dial failed, is tried again: c
+// refuses b (an AfterHandshake hook) while both join through a, so each
+// learns the other in its handshake's exchange with a and the dial between
+// them fails; once c accepts b again, the discovery rounds' member exchange
+// with a offers each the other again and they meet. Without it they never
+// would (nothing else names them to each other: no DHT server here, and
+// neither is in the other's WithPeers).
+func TestMembershipMemberLearntByExchangeIsRetried(t *testing.T) {
+	const name = "retried"
+	a, b, c := newNode(t), newNode(t), newNode(t)
+	ra := join(t, a, name, realm.WithPSK(testPSK))
+	rb := join(t, b, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	waitMembers(t, ra, 1)
+	waitMembers(t, rb, 1)
+
+	var refuse atomic.Bool
+	refuse.Store(true)
+	refusedOnce := make(chan struct{})
+	var once sync.Once
+	remove := c.Hooks().OnAfterHandshake(func(_ context.Context, h hooks.Handshake) error {
+		if h.Peer == b.ID() && refuse.Load() {
+			once.Do(func() { close(refusedOnce) })
+			return errors.New("not b, not yet")
+		}
+		return nil
+	})
+	defer remove()
+	rc := join(t, c, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	waitMembers(t, rc, 1)
+	select {
+	case <-refusedOnce:
+	case <-time.After(10 * time.Second):
+		t.Fatal("neither b nor c dialled the other after their exchange with a")
+	}
+	refuse.Store(false)
+	ctx := memCtx(t, 20*time.Second)
+	require.NoError(t, rb.WaitMembers(ctx, 2), "b's members %v", rb.Members())
+	require.NoError(t, rc.WaitMembers(ctx, 2), "c's members %v", rc.Members())
 }

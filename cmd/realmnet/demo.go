@@ -58,6 +58,9 @@ const (
 	// routingTableWaitTimeout bounds the wait for the routing tables to fill
 	// after the nodes have started.
 	routingTableWaitTimeout = 10 * time.Second
+	// routingTableRefreshInterval is how long a node's routing table may
+	// stay short before the demo asks it to refresh the table.
+	routingTableRefreshInterval = 2 * time.Second
 	// lookupAttempts is how many times a DHT lookup is tried before the demo
 	// fails.
 	lookupAttempts = 7
@@ -254,17 +257,30 @@ func (d *demo) peerIDs() []peer.ID {
 // node's DHT routing table holds at least two peers (one with two nodes),
 // so that a node that forgets one peer still has another one to ask. A node
 // fills its table as its bootstrap connection and its first DHT queries
-// complete, in the background after it started. The lookups are tried
-// anyway when the wait times out.
+// complete, in the background after it started. A node's first self-lookup
+// can run before its bootstrap peer knows the nodes started after it; a node
+// whose table is still short after routingTableRefreshInterval is told to
+// refresh its table again (kad-dht's ForceRefresh), at that interval. The
+// lookups are tried anyway when the wait times out.
 func (d *demo) waitForRoutingTables(ctx context.Context) error {
 	wanted := min(2, len(d.nodes)-1)
+	lastRefresh := time.Now()
 	ready := func() bool {
+		refresh := time.Since(lastRefresh) >= routingTableRefreshInterval
+		if refresh {
+			lastRefresh = time.Now()
+		}
+		allReady := true
 		for _, demoNode := range d.nodes {
 			if demoNode.DHT().RoutingTable().Size() < wanted {
-				return false
+				allReady = false
+				if refresh {
+					// The channel is buffered and safe to ignore (kad-dht).
+					demoNode.DHT().ForceRefresh()
+				}
 			}
 		}
-		return true
+		return allReady
 	}
 	timedOut, err := waitUntil(ctx, routingTableWaitTimeout, ready)
 	if err != nil {
