@@ -1,14 +1,17 @@
 package swarm
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"syscall"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	"github.com/cenkalti/backoff/v5"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -33,11 +36,117 @@ type activeDial struct {
 	cancel  context.CancelFunc
 }
 
-// peerBackoff is the per-peer retry sequence and the end of the current
-// backoff window.
+// peerBackoff is a peer's retry sequence and the backoff window that its
+// last failed DialPeer opened. It is in Swarm.backoffs only while it still
+// matters (see stale); every field is guarded by Swarm.mu.
 type peerBackoff struct {
-	seq   *backoff.ExponentialBackOff
+	seq *backoff.ExponentialBackOff
+	// until is the end of the window: DialPeer refuses the peer before it.
 	until time.Time
+	// window is the window's length (until minus the failure's time).
+	window time.Duration
+}
+
+// stale reports whether b may be dropped at now: its window is over, and
+// so is a grace period as long again. go-libp2p's DialBackoff.cleanup
+// (p2p/net/swarm/swarm_dial.go) keeps an entry for the same extra window, so
+// that a peer that fails again soon after its window continues its
+// sequence (a longer window) instead of starting over at InitialDelay;
+// after the grace the peer starts over, as after a success.
+func (b *peerBackoff) stale(now time.Time) bool {
+	return !now.Before(b.until.Add(b.window))
+}
+
+// maxBackoffEntries caps the per-peer backoff table (Swarm.backoffs). The
+// periodic cleanup drops stale entries only every backoffCleanupInterval;
+// between two cleanups, a node that dials thousands of fresh unreachable
+// peers (a DHT crawl, a scan, a hostile peer exchange) would otherwise add
+// one entry per peer. An entry is about 200 bytes (the peer ID, the window,
+// the backoff sequence, the map slot), so the table stays under 1 MB. 4096
+// is far more than a node tries to reach in one backoff window: with
+// DefaultRetryConfig a fresh failing peer's entry lives about 1.6 s (an
+// 800 ms window and as much grace), so the cap is reached only above some
+// 2,500 failed DialPeer calls a second (go-libp2p's swarm runs at most 160
+// dials at once, ConcurrentFdDials). A new entry that finds the table full
+// first makes room for backoffEvictBatch entries (evictBackoffsLocked).
+const maxBackoffEntries = 4096
+
+// backoffEvictBatch is how many places a full backoff table frees at once:
+// 1/16 of the cap, so that the scan and sort of the whole table (about
+// 0.5 ms under Swarm.mu on a busy 2-core machine) run once per 256 new
+// entries, not once per entry, while a storm of failing peers lasts.
+const backoffEvictBatch = maxBackoffEntries / 16
+
+// backoffCleanupInterval is how often the swarm drops stale backoff
+// entries. go-libp2p cleans its DialBackoff every BackoffMax (5 min), the
+// longest window it gives; ours is DefaultRetryConfig's MaxDelay, 30 s, so
+// that a stale entry lingers at most that long. A scan of a full table
+// (maxBackoffEntries) under Swarm.mu takes about 0.1 ms.
+const backoffCleanupInterval = 30 * time.Second
+
+// recordBackoffLocked backs p off for window from now with b, p's sequence,
+// and keeps b in the table, making room first when the table is full (see
+// maxBackoffEntries); s.mu is held.
+func (s *Swarm) recordBackoffLocked(p peer.ID, b *peerBackoff, now time.Time, window time.Duration) {
+	b.until, b.window = now.Add(window), window
+	if _, ok := s.backoffs[p]; !ok && len(s.backoffs) >= maxBackoffEntries {
+		s.evictBackoffsLocked(now)
+	}
+	s.backoffs[p] = b
+}
+
+// evictBackoffsLocked frees backoffEvictBatch places in a full backoff
+// table: it drops every stale entry and, when that is not enough, the
+// entries whose windows end first — expired ones (a window that is over
+// refuses nothing) before live ones. Evicting a live entry costs at most
+// one early redial of its peer. s.mu is held.
+func (s *Swarm) evictBackoffsLocked(now time.Time) {
+	type entry struct {
+		p    peer.ID
+		left time.Duration // until the window ends; ≤ 0 when it has
+	}
+	kept := make([]entry, 0, len(s.backoffs))
+	for p, b := range s.backoffs {
+		if b.stale(now) {
+			delete(s.backoffs, p)
+		} else {
+			kept = append(kept, entry{p, b.until.Sub(now)})
+		}
+	}
+	excess := len(kept) - (maxBackoffEntries - backoffEvictBatch)
+	if excess <= 0 {
+		return
+	}
+	slices.SortFunc(kept, func(a, b entry) int { return cmp.Compare(a.left, b.left) })
+	for _, e := range kept[:excess] {
+		delete(s.backoffs, e.p)
+	}
+}
+
+// pruneBackoffsLocked drops every stale backoff entry; s.mu is held.
+func (s *Swarm) pruneBackoffsLocked(now time.Time) {
+	for p, b := range s.backoffs {
+		if b.stale(now) {
+			delete(s.backoffs, p)
+		}
+	}
+}
+
+// pruneBackoffs runs pruneBackoffsLocked at every tick until Close; New
+// starts it, counted in s.refs.
+func (s *Swarm) pruneBackoffs(tick *clock.Ticker) {
+	defer s.refs.Done()
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-tick.C:
+			s.mu.Lock()
+			s.pruneBackoffsLocked(s.clock.Now())
+			s.mu.Unlock()
+		}
+	}
 }
 
 // DialPeer returns an open connection to p — the one the path selector
@@ -117,16 +226,14 @@ func (s *Swarm) joinDial(ctx context.Context, p peer.ID, evenIfConnected bool) (
 		ad.waiters++
 		return ad, nil
 	}
-	if !evenIfConnected {
-		for _, c := range s.conns[p] {
-			if !c.IsClosed() {
-				return nil, errConnectedMeanwhile
-			}
-		}
+	if !evenIfConnected && s.connectedLocked(p) {
+		return nil, errConnectedMeanwhile
 	}
-	if b, ok := s.backoffs[p]; ok && time.Now().Before(b.until) {
-		return nil, &DialError{Peer: p, Cause: fmt.Errorf("%w for another %s after failed dials",
-			ErrDialBackoff, time.Until(b.until).Round(time.Millisecond))}
+	if b, ok := s.backoffs[p]; ok {
+		if now := s.clock.Now(); now.Before(b.until) {
+			return nil, &DialError{Peer: p, Cause: fmt.Errorf("%w for another %s after failed dials",
+				ErrDialBackoff, b.until.Sub(now).Round(time.Millisecond))}
+		}
 	}
 	// The dial belongs to the swarm, not to the first caller: it keeps the
 	// caller's values (dial options) but not its cancellation, and stops
@@ -154,6 +261,17 @@ func (s *Swarm) joinDial(ctx context.Context, p peer.ID, evenIfConnected bool) (
 	return ad, nil
 }
 
+// connectedLocked reports whether p has an open announced connection;
+// s.mu is held.
+func (s *Swarm) connectedLocked(p peer.ID) bool {
+	for _, c := range s.conns[p] {
+		if !c.IsClosed() {
+			return true
+		}
+	}
+	return false
+}
+
 // leaveDial drops one waiter; the last one to leave cancels the dial and
 // takes it out of the table, so that a later caller starts a new dial rather
 // than joining a cancelled one.
@@ -170,13 +288,16 @@ func (s *Swarm) leaveDial(p peer.ID, ad *activeDial) {
 }
 
 // dialWithRetry makes up to 1+MaxRetries attempts with the peer's backoff
-// delays between them, and backs the peer off when all fail.
+// delays between them, and backs the peer off when all fail (unless a
+// connection to it arrived meanwhile). The peer's sequence continues from
+// its entry in s.backoffs unless that is stale (whether or not the cleanup
+// has dropped it yet); a fresh one enters the table only when it opens a
+// window, so the table holds no entry for a dial in flight.
 func (s *Swarm) dialWithRetry(ctx context.Context, p peer.ID) (*Conn, error) {
 	s.mu.Lock()
 	b, ok := s.backoffs[p]
-	if !ok {
+	if !ok || b.stale(s.clock.Now()) {
 		b = &peerBackoff{seq: s.cfg.Retry.newBackOff()}
-		s.backoffs[p] = b
 	}
 	s.mu.Unlock()
 
@@ -195,7 +316,9 @@ func (s *Swarm) dialWithRetry(ctx context.Context, p peer.ID) (*Conn, error) {
 		s.mu.Unlock()
 		if attempt >= s.cfg.Retry.MaxRetries || !retryable(err) || ctx.Err() != nil {
 			s.mu.Lock()
-			b.until = time.Now().Add(delay)
+			if !s.connectedLocked(p) {
+				s.recordBackoffLocked(p, b, s.clock.Now(), delay)
+			}
 			s.mu.Unlock()
 			return nil, err
 		}

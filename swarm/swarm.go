@@ -31,6 +31,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/benbjohnson/clock"
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -96,6 +97,13 @@ type Params struct {
 	EventBus event.Bus
 	// Config holds the tunables; zero fields take their defaults.
 	Config Config
+	// Clock is the time of the per-peer dial backoff windows and of their
+	// periodic cleanup (github.com/benbjohnson/clock, as go-libp2p's
+	// connmgr.WithClock); nil is the real clock. Tests pass a mock clock to
+	// move time without sleeping. The delays between the attempts of one
+	// DialPeer call, dial timeouts and the redundant-connection timers stay
+	// in real time.
+	Clock clock.Clock
 }
 
 // Swarm implements network.Network over go-libp2p's QUIC transport with
@@ -120,6 +128,7 @@ type Swarm struct {
 	stages    atomic.Pointer[[]core.AdmissionStage]
 	pools     core.PoolReporter
 	cfg       Config
+	clock     clock.Clock
 
 	selector atomic.Pointer[core.PathSelector]
 	handler  atomic.Pointer[network.StreamHandler]
@@ -138,7 +147,11 @@ type Swarm struct {
 	// dialing counts, per peer, the dials (DialPeer attempts and DialPath)
 	// whose connection has not finished admission; dialDone is closed when
 	// the count drops to zero.
-	dialing  map[peer.ID]*dialCount
+	dialing map[peer.ID]*dialCount
+	// backoffs holds the peers backed off after a failed DialPeer, and
+	// those whose window ended less than one window ago (peerBackoff.stale).
+	// A success deletes the peer's entry, pruneBackoffs the stale ones, and
+	// it never holds more than maxBackoffEntries.
 	backoffs map[peer.ID]*peerBackoff
 	// admitting serialises the admission of each peer's connections.
 	admitting map[peer.ID]*peerLock
@@ -202,6 +215,10 @@ func New(p Params) (*Swarm, error) {
 	if rcmgr == nil {
 		rcmgr = &network.NullResourceManager{}
 	}
+	clk := p.Clock
+	if clk == nil {
+		clk = clock.New()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Swarm{
 		local:     p.LocalPeer,
@@ -211,6 +228,7 @@ func New(p Params) (*Swarm, error) {
 		dials:     p.Dials,
 		pools:     p.Pools,
 		cfg:       cfg,
+		clock:     clk,
 		ctx:       ctx,
 		cancel:    cancel,
 		conns:     make(map[peer.ID][]*Conn),
@@ -237,6 +255,11 @@ func New(p Params) (*Swarm, error) {
 		cancel()
 		return nil, fmt.Errorf("swarm: %w", err)
 	}
+	// The ticker exists before New returns, so that a mock clock moved
+	// right after New fires it.
+	tick := s.clock.Ticker(backoffCleanupInterval)
+	s.refs.Add(1)
+	go s.pruneBackoffs(tick)
 	return s, nil
 }
 
