@@ -531,8 +531,8 @@ func benchPeerProcess(countStr string) int {
 				if i >= count || failed.Load() {
 					return
 				}
-				n, err := node.New(
-					node.ListenAddrs(benchListen1, benchListen2),
+				n, err := node.New(context.Background(),
+					node.ListenAddrStrings(benchListen1, benchListen2),
 					node.DHTMode(node.DHTClient),
 					node.Multipath(multipath.Config{HeartbeatInterval: time.Hour, PathIdleTimeout: time.Hour}),
 				)
@@ -970,7 +970,7 @@ func benchRoundTrip(s network.Stream, buf []byte) error {
 // ns/op. Target: selector/direct ≤ 1.05. Run with -benchtime 2s or more;
 // with 20x the numbers are noise.
 func BenchmarkStreamOpen(b *testing.B) {
-	server := testnode.New(b, node.ListenAddrs(benchListen1, benchListen2))
+	server := testnode.New(b, node.ListenAddrStrings(benchListen1, benchListen2))
 	server.SetStreamHandler(benchEchoProto, benchEchoHandler)
 	client := testnode.New(b, node.Multipath(multipath.Config{DesiredPaths: 2}))
 	sid := server.ID()

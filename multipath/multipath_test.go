@@ -34,7 +34,7 @@ func newNode(t *testing.T, cfg multipath.Config, listen ...string) *node.Node {
 	t.Helper()
 	opts := []node.Option{node.Multipath(cfg)}
 	if len(listen) > 0 {
-		opts = append(opts, node.ListenAddrs(listen...))
+		opts = append(opts, node.ListenAddrStrings(listen...))
 	}
 	n := testnode.New(t, opts...)
 	n.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
@@ -529,7 +529,7 @@ func TestConfigValidation(t *testing.T) {
 	} {
 		_, err := cfg.WithDefaults()
 		require.ErrorContains(t, err, field)
-		_, err = node.New(node.Multipath(cfg))
+		_, err = node.New(context.Background(), node.Multipath(cfg))
 		require.ErrorContains(t, err, field)
 	}
 	cfg, err := multipath.Config{PathIdleTimeout: time.Second, HeartbeatInterval: 2 * time.Second}.WithDefaults()

@@ -380,8 +380,8 @@ func TestAdmissionGaterBlockPeerClosesAndRefuses(t *testing.T) {
 // peer on 127.0.0.1 keeps working.
 func TestAdmissionGaterBlockSubnet(t *testing.T) {
 	a := testnode.New(t)
-	near := testnode.New(t)                                                  // 127.0.0.1
-	far := testnode.New(t, node.ListenAddrs("/ip4/127.0.0.2/udp/0/quic-v1")) // 127.0.0.2
+	near := testnode.New(t)                                                        // 127.0.0.1
+	far := testnode.New(t, node.ListenAddrStrings("/ip4/127.0.0.2/udp/0/quic-v1")) // 127.0.0.2
 	require.True(t, admissionUDPAddr(t, far).IP.Equal(net.IPv4(127, 0, 0, 2)))
 	ctx := admissionCtx(t)
 	require.NoError(t, a.Connect(ctx, near.AddrInfo()))
@@ -578,7 +578,7 @@ func TestAdmissionBugAfterHandshakeRejectionBacksOff(t *testing.T) {
 // allowed.
 func TestAdmissionBugBlockAddrClosesAllowedConnection(t *testing.T) {
 	a := testnode.New(t)
-	far := testnode.New(t, node.ListenAddrs("/ip4/127.0.0.2/udp/0/quic-v1"))
+	far := testnode.New(t, node.ListenAddrStrings("/ip4/127.0.0.2/udp/0/quic-v1"))
 	ctx := admissionCtx(t)
 	_, loopbackNet, err := net.ParseCIDR("127.0.0.0/8")
 	require.NoError(t, err)

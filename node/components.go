@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
@@ -25,6 +26,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoremem"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
 	ma "github.com/multiformats/go-multiaddr"
@@ -37,6 +39,7 @@ import (
 	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
+	"github.com/realmnet/realmnet/internal/eventqueue"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/realm"
 	"github.com/realmnet/realmnet/resource"
@@ -50,9 +53,10 @@ const UserAgent = "realmnet/0.1"
 // appends its own stop hook, so fx stops them in reverse order. The basic
 // host also closes the peerstore, resource and connection managers and the
 // swarm it was given; their Close methods are safe to call twice.
-func components(cfg *config, key crypto.PrivKey) fx.Option {
+func components(ctx context.Context, cfg *Config, key crypto.PrivKey) fx.Option {
 	return fx.Options(
 		fx.Supply(cfg),
+		fx.Supply(startContext{ctx}),
 		fx.Supply(fx.Annotate(key, fx.As(new(crypto.PrivKey)))),
 		fx.Provide(
 			peer.IDFromPrivateKey,
@@ -96,27 +100,33 @@ func newPeerstore(lc fx.Lifecycle, key crypto.PrivKey, id peer.ID) (peerstore.Pe
 	return ps, nil
 }
 
-func newEventBus() event.Bus { return eventbus.NewBus() }
+// newEventBus is go-libp2p's event bus behind an eventqueue.ClosingBus, so
+// that Shutdown can end the application's subscriptions (tracking starts
+// when New returns).
+func newEventBus() (*eventqueue.ClosingBus, event.Bus) {
+	bus := eventqueue.NewClosingBus(eventbus.NewBus(), false)
+	return bus, bus
+}
 
 // newResourceManager is realmnet's resource manager: rcmgr with the
 // ResourceLimits option's limits over rcmgr's auto-scaled defaults — sized so
 // that a peer may hold MaxPaths connections (rcmgr's default is 8) and the
 // system the pools' ceiling — plus realm scopes.
-func newResourceManager(lc fx.Lifecycle, cfg *config, id peer.ID) (*resource.Manager, network.ResourceManager, error) {
-	rc := cfg.resources
-	rc.PartialLimitConfig.Apply(resourceLimits(cfg.multipath.MaxPaths, cfg.connLimits.HighWater).ToPartialLimitConfig())
+func newResourceManager(lc fx.Lifecycle, cfg *Config, id peer.ID) (*resource.Manager, network.ResourceManager, error) {
+	rc := cfg.Resources
+	rc.PartialLimitConfig.Apply(resourceLimits(cfg.Multipath.MaxPaths, cfg.ConnLimits.HighWater).ToPartialLimitConfig())
 	var reg prometheus.Registerer
 	var opts []rcmgr.Option
-	if cfg.metrics != nil {
+	if cfg.Metrics != nil {
 		// rcmgr's collectors are process-wide (registered once per
 		// registry); the realm gauge is per node, labelled with its ID.
 		reporter, err := rcmgr.NewStatsTraceReporter()
 		if err != nil {
 			return nil, nil, fmt.Errorf("node: rcmgr metrics: %w", err)
 		}
-		rcmgr.MustRegisterWith(cfg.metrics)
+		rcmgr.MustRegisterWith(cfg.Metrics)
 		opts = append(opts, rcmgr.WithTraceReporter(reporter))
-		reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": id.String()}, cfg.metrics)
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": id.String()}, cfg.Metrics)
 	}
 	rm, err := resource.New(rc, reg, opts...)
 	if err != nil {
@@ -148,15 +158,15 @@ func resourceLimits(maxPaths, highWater int) rcmgr.ConcreteLimitConfig {
 }
 
 // newHooks is the hook registry, with the hooks given as options.
-func newHooks(cfg *config) (*hooks.Registry, error) {
-	r, err := hooks.NewRegistry(cfg.hookTimeout)
+func newHooks(cfg *Config) (*hooks.Registry, error) {
+	r, err := hooks.NewRegistry(cfg.HookTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	for _, fn := range cfg.beforeConnect {
+	for _, fn := range cfg.BeforeConnect {
 		r.OnBeforeConnect(fn)
 	}
-	for _, fn := range cfg.afterHandshake {
+	for _, fn := range cfg.AfterHandshake {
 		r.OnAfterHandshake(fn)
 	}
 	return r, nil
@@ -164,10 +174,10 @@ func newHooks(cfg *config) (*hooks.Registry, error) {
 
 // newGater is realmnet's gater; its rules persist in DataDir/gater (LevelDB)
 // or, without a data directory, in memory.
-func newGater(lc fx.Lifecycle, cfg *config, registry *hooks.Registry) (*gater.Gater, libp2pcoreconnmgr.ConnectionGater, error) {
+func newGater(lc fx.Lifecycle, cfg *Config, registry *hooks.Registry) (*gater.Gater, libp2pcoreconnmgr.ConnectionGater, error) {
 	var store datastore.Batching = dssync.MutexWrap(datastore.NewMapDatastore())
-	if cfg.dataDir != "" {
-		dir := filepath.Join(cfg.dataDir, "gater")
+	if cfg.DataDir != "" {
+		dir := filepath.Join(cfg.DataDir, "gater")
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, nil, fmt.Errorf("node: create data directory: %w", err)
 		}
@@ -189,8 +199,8 @@ func newGater(lc fx.Lifecycle, cfg *config, registry *hooks.Registry) (*gater.Ga
 // newConnManager is realmnet's layered connection manager. It fails when
 // its HighWater exceeds the resource manager's system connection limit (a
 // resource manager given through node.Fx; the default one is sized to fit).
-func newConnManager(lc fx.Lifecycle, cfg *config, bus event.Bus, rm network.ResourceManager) (*connmgr.Manager, error) {
-	cm, err := connmgr.New(cfg.connLimits, bus, connmgr.WithClock(cfg.clock))
+func newConnManager(lc fx.Lifecycle, cfg *Config, bus event.Bus, rm network.ResourceManager) (*connmgr.Manager, error) {
+	cm, err := connmgr.New(cfg.ConnLimits, bus, connmgr.WithClock(cfg.Clock))
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +257,7 @@ func newTransport(key crypto.PrivKey, reuse *quicreuse.ConnManager, gater libp2p
 type swarmParams struct {
 	fx.In
 	Lifecycle fx.Lifecycle
-	Config    *config
+	Config    *Config
 	ID        peer.ID
 	Peerstore peerstore.Peerstore
 	Transport transport.Transport
@@ -269,7 +279,8 @@ func newSwarm(p swarmParams) (*swarm.Swarm, error) {
 		Admission:       []core.AdmissionStage{p.Gater, p.Pools},
 		Pools:           p.Pools,
 		EventBus:        p.Bus,
-		Config:          p.Config.swarm,
+		Config:          p.Config.Swarm,
+		Clock:           p.Config.Clock,
 	})
 	if err != nil {
 		return nil, err
@@ -283,8 +294,8 @@ func newSwarm(p swarmParams) (*swarm.Swarm, error) {
 // its path selector and a notifiee. Its stop hook runs after the host's
 // (which closes the swarm): by then every path is gone, and its goroutines
 // only wait to be stopped.
-func newMultipath(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, bus event.Bus, g *gater.Gater, pools *connmgr.Manager) (*multipath.Manager, error) {
-	m, err := multipath.New(s, bus, cfg.multipath, multipath.WithClock(cfg.clock))
+func newMultipath(lc fx.Lifecycle, cfg *Config, s *swarm.Swarm, bus event.Bus, g *gater.Gater, pools *connmgr.Manager) (*multipath.Manager, error) {
+	m, err := multipath.New(s, bus, cfg.Multipath, multipath.WithClock(cfg.Clock))
 	if err != nil {
 		return nil, err
 	}
@@ -344,15 +355,15 @@ func newHost(lc fx.Lifecycle, s *swarm.Swarm, bus event.Bus, cm libp2pcoreconnmg
 
 // newDHT is go-libp2p-kad-dht on the host, under the /realmnet protocol
 // prefix.
-func newDHT(lc fx.Lifecycle, cfg *config, h host.Host) (*dht.IpfsDHT, error) {
+func newDHT(lc fx.Lifecycle, cfg *Config, h host.Host) (*dht.IpfsDHT, error) {
 	opts := []dht.Option{
 		dht.ProtocolPrefix(protocol.ID(DefaultDHTProtocolPrefix)),
-		dht.Mode(kadMode(cfg.dhtMode)),
+		dht.Mode(kadMode(cfg.DHTMode)),
 	}
-	if len(cfg.bootstrap) > 0 {
-		opts = append(opts, dht.BootstrapPeers(cfg.bootstrap...))
+	if len(cfg.Bootstrap) > 0 {
+		opts = append(opts, dht.BootstrapPeers(cfg.Bootstrap...))
 	}
-	if !cfg.dhtPrivateAddrs {
+	if !cfg.DHTPrivateAddrs {
 		opts = append(opts,
 			dht.AddressFilter(func(addrs []ma.Multiaddr) []ma.Multiaddr {
 				return ma.FilterAddrs(addrs, manet.IsPublicAddr)
@@ -382,59 +393,140 @@ func kadMode(m DHTRole) dht.ModeOpt {
 // newRealms builds the realm service over the host (its stop hook runs
 // before the host's and the DHT's, so goodbyes still go out) and turns the
 // realm-only policy on when asked, exempting bootstrap and allowlisted peers.
-func newRealms(lc fx.Lifecycle, cfg *config, h host.Host, backend *realmBackend, g *gater.Gater, d *dht.IpfsDHT) (*realm.Service, error) {
-	svc, err := realm.NewService(realm.Deps{Host: h, Backend: backend, Routing: d, Clock: cfg.clock})
+func newRealms(lc fx.Lifecycle, cfg *Config, h host.Host, backend *realmBackend, g *gater.Gater, d *dht.IpfsDHT) (*realm.Service, error) {
+	svc, err := realm.NewService(realm.Deps{Host: h, Backend: backend, Routing: d, Clock: cfg.Clock})
 	if err != nil {
 		return nil, err
 	}
 	lc.Append(fx.StopHook(svc.Close))
-	if cfg.realmOnly {
-		bootstrapPeers := make(map[peer.ID]bool, len(cfg.bootstrap))
-		for _, ai := range cfg.bootstrap {
+	if cfg.RealmOnly {
+		bootstrapPeers := make(map[peer.ID]bool, len(cfg.Bootstrap))
+		for _, ai := range cfg.Bootstrap {
 			bootstrapPeers[ai.ID] = true
 		}
 		exempt := func(p peer.ID) bool { return bootstrapPeers[p] || g.HasAllowRule(p) }
-		if err := svc.EnableRealmOnly(cfg.authTimeout, cfg.realmOnlyBackoff, exempt); err != nil {
+		if err := svc.EnableRealmOnly(cfg.AuthTimeout, cfg.RealmOnlyBackoff, exempt); err != nil {
 			return nil, err
 		}
 	}
 	return svc, nil
 }
 
+// startContext is New's context, for the start hook. fx gets a context of
+// its own (startTimeout): were New's context given to fx and ended before
+// fx ran the first hooks, fx would return without stopping the components
+// already built; ended inside the start hook, it makes fx roll back every
+// component.
+type startContext struct{ context.Context }
+
+// startTimeout bounds fx's own start and rollback: New's context bounds the
+// work (listening, bootstrap) inside the start hook.
+const startTimeout = 2 * time.Minute
+
 // start is the node's one start hook. It depends on every component, so
 // that all of them are built, and have their stop hooks registered, before
 // anything starts: when listening fails, fx rolls all of them back. It
 // listens, then connects to the bootstrap peers (the host itself is started
-// when it is built, see newHost).
-func start(lc fx.Lifecycle, cfg *config, s *swarm.Swarm, g *gater.Gater, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT, _ *identifyTracker, _ *realm.Service) {
+// when it is built, see newHost). ctx is New's.
+func start(lc fx.Lifecycle, ctx startContext, cfg *Config, s *swarm.Swarm, g *gater.Gater, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT, _ *identifyTracker, _ *realm.Service) {
 	g.SetNetwork(s)
 	lc.Append(fx.StartHook(func() error {
-		if err := s.Listen(cfg.listenAddrs...); err != nil {
+		if err := ctx.Err(); err != nil {
 			return err
 		}
-		bootstrap(cfg, h, d)
-		return nil
+		if err := s.Listen(cfg.ListenAddrs...); err != nil {
+			return err
+		}
+		return bootstrap(ctx, cfg, h, d)
 	}))
 }
 
 // bootstrap connects to the bootstrap peers in parallel, waiting at most
-// BootstrapTimeout; a peer that cannot be reached is logged, not fatal (the
-// DHT keeps trying its bootstrap peers while its routing table is empty). It
-// then asks the DHT to refresh its table.
-func bootstrap(cfg *config, h host.Host, d *dht.IpfsDHT) {
-	if len(cfg.bootstrap) == 0 {
-		return
+// BootstrapTimeout (and ctx); a peer that cannot be reached is logged, not
+// fatal (the DHT keeps trying its bootstrap peers while its routing table
+// is empty). Each reached peer that serves the DHT is then awaited in the
+// routing table (kad-dht adds it once identify has run, on its own
+// goroutine), so that DHT calls made as soon as New returns find it. It
+// returns ctx's error only when ctx ended.
+func bootstrap(ctx context.Context, cfg *Config, h host.Host, d *dht.IpfsDHT) error {
+	if len(cfg.Bootstrap) == 0 {
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.bootstrapTimeout)
+	bctx, cancel := context.WithTimeout(ctx, cfg.BootstrapTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
-	for _, ai := range cfg.bootstrap {
+	for _, ai := range cfg.Bootstrap {
 		wg.Go(func() {
-			if err := h.Connect(ctx, ai); err != nil {
+			if err := h.Connect(bctx, ai); err != nil {
 				log.Warnw("bootstrap peer unreachable", "peer", ai.ID, "addrs", ai.Addrs, "error", err)
+				return
+			}
+			// Connect returns at once when the DHT's constructor already
+			// dialed the peer: wait for identify to tell its protocols.
+			waitIdentified(bctx, h, ai.ID)
+			if !servesDHT(h, ai.ID) {
+				return
+			}
+			if err := waitInRoutingTable(bctx, d, ai.ID); err != nil {
+				log.Warnw("bootstrap peer not in the DHT routing table", "peer", ai.ID, "error", err)
 			}
 		})
 	}
 	wg.Wait()
-	_ = d.Bootstrap(ctx)
+	_ = d.Bootstrap(bctx)
+	return ctx.Err()
+}
+
+// routingTablePoll is how often waitInRoutingTable and waitRoutingTable
+// look at kad-dht's routing table (it offers no event for a peer added).
+const routingTablePoll = 5 * time.Millisecond
+
+// waitIdentified waits until identify has run on every connection to p
+// (go-libp2p's IdentifyWait), or ctx ends.
+func waitIdentified(ctx context.Context, h host.Host, p peer.ID) {
+	withIDs, ok := h.(interface{ IDService() identify.IDService })
+	if !ok {
+		return
+	}
+	for _, c := range h.Network().ConnsToPeer(p) {
+		select {
+		case <-withIDs.IDService().IdentifyWait(c):
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// servesDHT reports whether identify says p serves the realmnet DHT.
+func servesDHT(h host.Host, p peer.ID) bool {
+	protos, err := h.Peerstore().SupportsProtocols(p, dhtProtocol)
+	return err == nil && len(protos) > 0
+}
+
+// dhtProtocol is the DHT protocol ID under DefaultDHTProtocolPrefix.
+const dhtProtocol = protocol.ID(DefaultDHTProtocolPrefix + "/kad/1.0.0")
+
+// waitInRoutingTable waits until p is in d's routing table or ctx ends.
+func waitInRoutingTable(ctx context.Context, d *dht.IpfsDHT, p peer.ID) error {
+	return pollUntil(ctx, func() bool { return d.RoutingTable().Find(p) != "" })
+}
+
+// pollUntil checks cond every routingTablePoll until it holds (nil) or ctx
+// ends (ctx's error).
+func pollUntil(ctx context.Context, cond func() bool) error {
+	if cond() {
+		return nil
+	}
+	ticker := time.NewTicker(routingTablePoll)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+			if cond() {
+				return nil
+			}
+		}
+	}
 }

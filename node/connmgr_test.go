@@ -130,11 +130,11 @@ func TestPoolsHoldUnderInboundBurst(t *testing.T) {
 
 func TestConnManagerOptionsAndLimits(t *testing.T) {
 	// LowWater above HighWater names the field and both values.
-	_, err := node.New(node.ConnLimits(connmgr.Config{LowWater: 50, HighWater: 10}))
+	_, err := node.New(context.Background(), node.ConnLimits(connmgr.Config{LowWater: 50, HighWater: 10}))
 	require.ErrorContains(t, err, "LowWater (50)")
-	_, err = node.New(node.ConnLimits(connmgr.Config{LowWater: 1, HighWater: 10, GracePeriod: -time.Second}))
+	_, err = node.New(context.Background(), node.ConnLimits(connmgr.Config{LowWater: 1, HighWater: 10, GracePeriod: -time.Second}))
 	require.ErrorContains(t, err, "GracePeriod")
-	_, err = node.New(node.RealmDefaults(core.PoolLimits{LowWater: 9, HighWater: 3}))
+	_, err = node.New(context.Background(), node.RealmDefaults(core.PoolLimits{LowWater: 9, HighWater: 3}))
 	require.ErrorContains(t, err, "RealmDefaults")
 
 	n := testnode.New(t, node.ConnLimits(connmgr.Config{LowWater: 5, HighWater: 50}), node.RealmDefaults(core.PoolLimits{LowWater: 2, HighWater: 8}))

@@ -31,6 +31,7 @@ import (
 	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
+	"github.com/realmnet/realmnet/internal/eventqueue"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/realm"
 	"github.com/realmnet/realmnet/resource"
@@ -39,8 +40,9 @@ import (
 
 var log = logging.Logger("realmnet/node")
 
-// startTimeout bounds New's start of the fx app (listening, bootstrap).
-const startTimeout = 30 * time.Second
+// DefaultCloseTimeout bounds Close: how long the components get to stop
+// (Shutdown takes a context instead).
+const DefaultCloseTimeout = 10 * time.Second
 
 // Node is a running realmnet node. Its methods are safe for concurrent use.
 type Node struct {
@@ -52,10 +54,15 @@ type Node struct {
 	hooks *hooks.Registry
 	gater *gater.Gater
 	rm    *resource.Manager
+	bus   *eventqueue.ClosingBus
 
 	identified *identifyTracker
 	dht        *dht.IpfsDHT
 	realms     *realm.Service
+
+	// routingTableWait bounds ConnectPeer's wait for a first DHT peer
+	// (Config.BootstrapTimeout).
+	routingTableWait time.Duration
 
 	closeOnce sync.Once
 	closeErr  error
@@ -63,12 +70,24 @@ type Node struct {
 
 // New builds and starts a node. With no options it gets a fresh Ed25519
 // identity, listens on DefaultListenAddr, and runs the DHT in DHTAuto mode
-// with no bootstrap peers. It returns an error, and leaves nothing running,
-// when an option is invalid (the error names the bad value), the identity
-// file is unreadable or corrupt (the file is left untouched), a listen
-// address cannot be bound, or a component fails to start.
-func New(opts ...Option) (*Node, error) {
-	cfg := defaultConfig()
+// with no bootstrap peers. Options may come in any order (see Config).
+//
+// ctx bounds the start; when it ends first, New stops what it started and
+// returns ctx's error. A node is started when New returns: it listens on
+// every listen address, serves identify, ping and the DHT, and has tried
+// every bootstrap peer (in parallel, each at most BootstrapTimeout, 10 s;
+// an unreachable one is logged, not fatal) — the bootstrap peers it reached
+// are in its DHT routing table, so DHT calls made at once find them.
+//
+// It returns an error, and leaves nothing running, when an option is
+// invalid (the error names the bad value), the identity file is unreadable
+// or corrupt (the file is left untouched), a listen address cannot be
+// bound (named), a component fails to start, or ctx ends.
+func New(ctx context.Context, opts ...Option) (*Node, error) {
+	if ctx == nil {
+		return nil, errors.New("node: New: nil context")
+	}
+	cfg := DefaultConfig()
 	for _, opt := range opts {
 		if opt == nil {
 			return nil, errors.New("node: nil Option")
@@ -77,30 +96,33 @@ func New(opts ...Option) (*Node, error) {
 			return nil, err
 		}
 	}
-	if len(cfg.listenAddrs) == 0 {
-		cfg.listenAddrs = []ma.Multiaddr{ma.StringCast(DefaultListenAddr)}
+	if err := cfg.resolve(); err != nil {
+		return nil, err
 	}
 	key, err := identity(&cfg)
 	if err != nil {
 		return nil, err
 	}
 
-	n := &Node{}
+	n := &Node{routingTableWait: cfg.BootstrapTimeout}
 	fxOpts := []fx.Option{
 		fx.WithLogger(fxLogger),
-		components(&cfg, key),
+		components(ctx, &cfg, key),
 	}
-	fxOpts = append(fxOpts, cfg.fxOptions...)
-	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.hooks, &n.gater, &n.rm, &n.dht, &n.identified, &n.realms))
+	fxOpts = append(fxOpts, cfg.FxOptions...)
+	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.hooks, &n.gater, &n.rm, &n.dht, &n.identified, &n.realms, &n.bus))
 	n.app = fx.New(fxOpts...)
 	if err := n.app.Err(); err != nil {
 		return nil, fmt.Errorf("node: build: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	fxCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
 	defer cancel()
-	if err := n.app.Start(ctx); err != nil {
+	if err := n.app.Start(fxCtx); err != nil {
 		return nil, fmt.Errorf("node: start: %w", err)
 	}
+	// From now on, subscriptions on the node's bus are the application's:
+	// Close ends them (see Close).
+	n.bus.Track()
 	log.Infow("node started", "peer", n.ID(), "addrs", n.Addrs())
 	return n, nil
 }
@@ -114,14 +136,12 @@ func fxLogger() fxevent.Logger {
 	return l
 }
 
-func identity(cfg *config) (crypto.PrivKey, error) {
+func identity(cfg *Config) (crypto.PrivKey, error) {
 	switch {
-	case cfg.identity != nil && cfg.identityFile != "":
-		return nil, errors.New("node: Identity and IdentityFile are exclusive; give one")
-	case cfg.identity != nil:
-		return cfg.identity, nil
-	case cfg.identityFile != "":
-		return LoadOrCreateIdentity(cfg.identityFile)
+	case cfg.Identity != nil:
+		return cfg.Identity, nil
+	case cfg.IdentityFile != "":
+		return LoadOrCreateIdentity(cfg.IdentityFile)
 	}
 	key, _, err := crypto.GenerateEd25519Key(nil)
 	if err != nil {
@@ -271,7 +291,9 @@ func (n *Node) checkConnected(p peer.ID) error {
 
 // ConnectPeer connects to p knowing only its peer ID: it dials the addresses
 // already in the peerstore and, when there are none or they fail, looks the
-// peer up in the DHT (FindPeer) and dials what it finds.
+// peer up in the DHT (FindPeer) and dials what it finds. While the DHT's
+// routing table is empty it first waits for a peer to enter it, at most
+// BootstrapTimeout (10 s) and within ctx. Errors name p and what failed.
 func (n *Node) ConnectPeer(ctx context.Context, p peer.ID) error {
 	if p == "" {
 		return errors.New("node: ConnectPeer: empty peer ID")
@@ -287,6 +309,15 @@ func (n *Node) ConnectPeer(ctx context.Context, p peer.ID) error {
 		if firstErr = n.connect(ctx, peer.AddrInfo{ID: p}, ""); firstErr == nil || errors.Is(firstErr, ErrRefusedByPeer) {
 			return firstErr
 		}
+	}
+	// A node that is still filling its routing table (bootstrap peers
+	// reached after New, or first peers connecting) would fail at once
+	// with "failed to find any peer in table": wait for a first DHT peer,
+	// within ctx and at most routingTableWait.
+	if n.dht.RoutingTable().Size() == 0 {
+		wctx, cancel := context.WithTimeout(ctx, n.routingTableWait)
+		_ = pollUntil(wctx, func() bool { return n.dht.RoutingTable().Size() > 0 })
+		cancel()
 	}
 	ai, err := n.dht.FindPeer(ctx, p)
 	if err != nil {
@@ -325,22 +356,40 @@ func (n *Node) SetStreamHandler(p protocol.ID, handler network.StreamHandler) {
 // RemoveStreamHandler removes the handler of protocol p.
 func (n *Node) RemoveStreamHandler(p protocol.ID) { n.host.RemoveStreamHandler(p) }
 
-// Close stops every component in the reverse order of their start — DHT,
-// host, swarm (listeners and connections), transport, managers, peerstore —
-// and waits for their goroutines. Safe to call twice; the second call
-// returns the first one's result.
+// Close is Shutdown bounded by DefaultCloseTimeout (10 s).
 func (n *Node) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), DefaultCloseTimeout)
+	defer cancel()
+	return n.Shutdown(ctx)
+}
+
+// Shutdown stops every component in the reverse order of their start —
+// realms (each says goodbye to its members, at most 500 ms), DHT, host,
+// swarm (listeners and connections), transport, managers, peerstore — and
+// waits for their goroutines, at most until ctx ends (then it returns ctx's
+// error, wrapped, and components still stopping finish in the background).
+//
+// It first ends every subscription made on the node's event bus
+// (Host().EventBus()) after New returned: their channels are closed. A
+// subscription the application stopped reading would otherwise block the
+// node's emitters, and its shutdown, for ever (go-libp2p's bus blocks an
+// emitter on a full subscription).
+//
+// Safe to call more than once and concurrently; later calls return the
+// first one's result.
+func (n *Node) Shutdown(ctx context.Context) error {
 	n.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-		defer cancel()
-		n.closeErr = n.app.Stop(ctx)
+		n.bus.CloseSubscriptions()
+		if err := n.app.Stop(ctx); err != nil {
+			n.closeErr = fmt.Errorf("node: stop: %w", err)
+		}
 	})
 	return n.closeErr
 }
 
 // JoinRealm joins the realm called name (see package realm): with
-// realm.WithPSK a closed realm, else an open one. It returns at once;
-// members are found (DHT, connected peers, realm.WithPeers, member exchange,
+// realm.PSK a closed realm, else an open one. It returns at once;
+// members are found (DHT, connected peers, realm.Peers, member exchange,
 // mDNS), mutually authenticated, and announced as realm.EvtMemberJoined.
 // Errors: realm.ErrBadName, realm.ErrWeakPSK, realm.ErrAlreadyJoined, an
 // invalid limit (named), ctx's error.

@@ -182,11 +182,11 @@ func TestDialUnreachableNamesAddressWithinTimeout(t *testing.T) {
 
 func TestBadListenAddress(t *testing.T) {
 	for _, bad := range []string{"not-a-multiaddr", "/ip4/300.1.1.1/udp/1/quic-v1", "/ip4/127.0.0.1/udp/99999/quic-v1"} {
-		_, err := node.New(node.ListenAddrs(bad))
+		_, err := node.New(context.Background(), node.ListenAddrStrings(bad))
 		require.ErrorContains(t, err, bad)
 	}
 	// Well formed but not QUIC: New fails at listen time and names it.
-	_, err := node.New(node.ListenAddrs("/ip4/127.0.0.1/tcp/0"))
+	_, err := node.New(context.Background(), node.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
 	require.ErrorContains(t, err, "/ip4/127.0.0.1/tcp/0")
 }
 
@@ -221,7 +221,7 @@ func TestCorruptIdentityFileIsRefusedAndUntouched(t *testing.T) {
 	} {
 		path := filepath.Join(dir, name)
 		require.NoError(t, os.WriteFile(path, content, 0o600))
-		_, err := node.New(node.IdentityFile(path), node.ListenAddrs(testkit.Loopback))
+		_, err := node.New(context.Background(), node.IdentityFile(path), node.ListenAddrStrings(testkit.Loopback))
 		require.Error(t, err, name)
 		require.Contains(t, err.Error(), path)
 		after, err := os.ReadFile(path)
@@ -246,18 +246,18 @@ func TestOptionErrorsNameTheValue(t *testing.T) {
 		"DHT mode 7": node.DHTMode(7),
 	}
 	for want, opt := range cases {
-		_, err := node.New(opt)
+		_, err := node.New(context.Background(), opt)
 		require.Error(t, err, want)
 		require.Contains(t, err.Error(), map[string]string{"-1s": "-1s", "MaxRetries": "MaxRetries", "no address": "no address", "DHT mode 7": "7"}[want])
 	}
-	_, err := node.New(node.Identity(nil))
+	_, err := node.New(context.Background(), node.Identity(nil))
 	require.ErrorContains(t, err, "nil")
 	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	_, err = node.New(node.Identity(key), node.IdentityFile(filepath.Join(t.TempDir(), "k")))
+	_, err = node.New(context.Background(), node.Identity(key), node.IdentityFile(filepath.Join(t.TempDir(), "k")))
 	require.ErrorContains(t, err, "exclusive")
-	_, err = node.New(node.RealmOnly(), node.AuthTimeout(0))
+	_, err = node.New(context.Background(), node.RealmOnly(), node.AuthTimeout(0))
 	require.ErrorContains(t, err, "AuthTimeout must be > 0, got 0s")
-	_, err = node.New(node.RealmOnly(), node.RealmOnlyBackoff(-time.Minute))
+	_, err = node.New(context.Background(), node.RealmOnly(), node.RealmOnlyBackoff(-time.Minute))
 	require.ErrorContains(t, err, "RealmOnlyBackoff must be > 0, got -1m0s")
 	_, err = node.ParseDHTRole("sever")
 	require.ErrorContains(t, err, "sever")
@@ -276,7 +276,7 @@ func TestFxOptionReachesComponents(t *testing.T) {
 }
 
 func TestCloseTwice(t *testing.T) {
-	n, err := node.New(node.ListenAddrs(testkit.Loopback))
+	n, err := node.New(context.Background(), node.ListenAddrStrings(testkit.Loopback))
 	require.NoError(t, err)
 	require.NoError(t, n.Close())
 	require.NoError(t, n.Close())

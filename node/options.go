@@ -23,7 +23,7 @@ import (
 
 // Option configures a Node. Options are applied in order by New; an option
 // given a bad value makes New return an error that names the value.
-type Option func(*config) error
+type Option func(*Config) error
 
 // RetryConfig is the dial retry and per-peer backoff policy (py-libp2p's
 // RetryConfig); see swarm.RetryConfig.
@@ -79,52 +79,154 @@ const DefaultListenAddr = "/ip4/0.0.0.0/udp/0/quic-v1"
 // that their DHT is separate from IPFS's Amino DHT (/ipfs/kad/1.0.0).
 const DefaultDHTProtocolPrefix = "/realmnet"
 
-// config is what the options build.
-type config struct {
-	listenAddrs      []ma.Multiaddr
-	identity         crypto.PrivKey
-	identityFile     string
-	bootstrap        []peer.AddrInfo
-	dhtMode          DHTRole
-	dhtPrivateAddrs  bool
-	swarm            swarm.Config
-	multipath        multipath.Config
-	connLimits       connmgr.Config
-	dataDir          string
-	resources        resource.Config
-	metrics          prometheus.Registerer
-	hookTimeout      time.Duration
-	beforeConnect    []hooks.BeforeConnectFunc
-	afterHandshake   []hooks.AfterHandshakeFunc
-	bootstrapTimeout time.Duration
-	fxOptions        []fx.Option
-	realmOnly        bool
-	authTimeout      time.Duration
-	realmOnlyBackoff time.Duration
-	clock            clock.Clock
+// Config is what the options build; New starts from DefaultConfig, applies
+// every option, then resolves the result, so the order of options never
+// matters (ConnLimits and RealmDefaults, say, may come in either order).
+// Users may write their own options as func(*Config) error. A duration or
+// a ConnLimits or Multipath field left at zero keeps its default. New reads
+// a Config once; it is never shared with the running node.
+type Config struct {
+	// ListenAddrs are the QUIC multiaddrs to listen on (default
+	// DefaultListenAddr).
+	ListenAddrs []ma.Multiaddr
+	// Identity is the node's private key and IdentityFile the file that
+	// holds it: at most one of the two; neither gives a fresh Ed25519 key.
+	Identity     crypto.PrivKey
+	IdentityFile string
+	// Bootstrap peers are connected to by New and fill the DHT.
+	Bootstrap []peer.AddrInfo
+	// BootstrapTimeout bounds New's wait for the bootstrap peers (10 s).
+	BootstrapTimeout time.Duration
+	// DHTMode is the DHT role (DHTAuto).
+	DHTMode DHTRole
+	// DHTPrivateAddrs lets the DHT keep loopback and private addresses
+	// (default true).
+	DHTPrivateAddrs bool
+	// Swarm holds the dial policy: Retry, DialTimeout (15 s),
+	// AddrDialTimeout (5 s).
+	Swarm swarm.Config
+	// Multipath is the path manager's configuration.
+	Multipath multipath.Config
+	// ConnLimits is the connection manager's configuration.
+	ConnLimits connmgr.Config
+	// RealmDefaults, when not nil, replaces ConnLimits.RealmDefaults.
+	RealmDefaults *core.PoolLimits
+	// DataDir keeps the gater's rules across restarts ("": in memory).
+	DataDir string
+	// Resources are the resource manager's limits.
+	Resources resource.Config
+	// Metrics receives the node's metrics (nil: none exported).
+	Metrics prometheus.Registerer
+	// HookTimeout bounds each hook call (0: hooks.DefaultTimeout, 2 s).
+	HookTimeout time.Duration
+	// BeforeConnect and AfterHandshake are the hooks registered at start.
+	BeforeConnect  []hooks.BeforeConnectFunc
+	AfterHandshake []hooks.AfterHandshakeFunc
+	// FxOptions add or replace components (fx.Provide, fx.Decorate).
+	FxOptions []fx.Option
+	// RealmOnly turns the realm-only policy on; AuthTimeout (10 s) and
+	// RealmOnlyBackoff (1 min) are its times.
+	RealmOnly        bool
+	AuthTimeout      time.Duration
+	RealmOnlyBackoff time.Duration
+	// Clock drives the timers of the connection manager, multipath and
+	// realms (nil: the real clock).
+	Clock clock.Clock
 }
 
-func defaultConfig() config {
-	return config{
-		dhtMode:          DHTAuto,
-		dhtPrivateAddrs:  true,
-		swarm:            swarm.DefaultConfig(),
-		multipath:        multipath.DefaultConfig(),
-		connLimits:       connmgr.DefaultConfig(),
-		bootstrapTimeout: 10 * time.Second,
-		authTimeout:      realm.DefaultAuthTimeout,
-		realmOnlyBackoff: realm.DefaultRealmOnlyBackoff,
-		clock:            clock.New(),
+// DefaultConfig returns the configuration of a node built with no option.
+func DefaultConfig() Config {
+	return Config{
+		DHTMode:          DHTAuto,
+		DHTPrivateAddrs:  true,
+		Swarm:            swarm.DefaultConfig(),
+		Multipath:        multipath.DefaultConfig(),
+		ConnLimits:       connmgr.DefaultConfig(),
+		BootstrapTimeout: 10 * time.Second,
+		AuthTimeout:      realm.DefaultAuthTimeout,
+		RealmOnlyBackoff: realm.DefaultRealmOnlyBackoff,
+		Clock:            clock.New(),
 	}
 }
 
-// ListenAddrs sets the QUIC multiaddrs to listen on, e.g.
-// "/ip4/127.0.0.1/udp/0/quic-v1" (port 0: chosen by the system). Default:
-// DefaultListenAddr. A string that is not a multiaddr is an error naming it.
-func ListenAddrs(addrs ...string) Option {
-	return func(c *config) error {
+// resolve fills defaults and combines fields that options set
+// independently; New runs it once, after every option. Errors name the
+// bad field and value.
+func (c *Config) resolve() error {
+	if len(c.ListenAddrs) == 0 {
+		c.ListenAddrs = []ma.Multiaddr{ma.StringCast(DefaultListenAddr)}
+	}
+	if c.Identity != nil && c.IdentityFile != "" {
+		return errors.New("node: Identity and IdentityFile are exclusive; give one")
+	}
+	if c.RealmDefaults != nil {
+		c.ConnLimits.RealmDefaults = *c.RealmDefaults
+	}
+	limits, err := c.ConnLimits.WithDefaults()
+	if err != nil {
+		return err
+	}
+	c.ConnLimits = limits
+	paths, err := c.Multipath.WithDefaults()
+	if err != nil {
+		return err
+	}
+	c.Multipath = paths
+	if err := c.Swarm.Retry.Validate(); err != nil {
+		return err
+	}
+	defaults := DefaultConfig()
+	for _, d := range []struct {
+		name         string
+		value        *time.Duration
+		defaultValue time.Duration
+	}{
+		{"BootstrapTimeout", &c.BootstrapTimeout, defaults.BootstrapTimeout},
+		{"AuthTimeout", &c.AuthTimeout, defaults.AuthTimeout},
+		{"RealmOnlyBackoff", &c.RealmOnlyBackoff, defaults.RealmOnlyBackoff},
+		{"DialTimeout", &c.Swarm.DialTimeout, defaults.Swarm.DialTimeout},
+		{"AddrDialTimeout", &c.Swarm.AddrDialTimeout, defaults.Swarm.AddrDialTimeout},
+		{"HookTimeout", &c.HookTimeout, hooks.DefaultTimeout},
+	} {
+		switch {
+		case *d.value < 0:
+			return fmt.Errorf("node: %s must be > 0, got %s", d.name, *d.value)
+		case *d.value == 0:
+			*d.value = d.defaultValue
+		}
+	}
+	if c.Clock == nil {
+		c.Clock = clock.New()
+	}
+	return nil
+}
+
+// ListenAddrs sets the QUIC multiaddrs to listen on (go-libp2p's
+// ListenAddrs), e.g. /ip4/127.0.0.1/udp/0/quic-v1 (port 0: chosen by the
+// system). Default: DefaultListenAddr. Addresses that are not QUIC fail at
+// start, named.
+func ListenAddrs(addrs ...ma.Multiaddr) Option {
+	return func(c *Config) error {
 		if len(addrs) == 0 {
 			return errors.New("node: ListenAddrs needs at least one address")
+		}
+		for i, a := range addrs {
+			if a == nil {
+				return fmt.Errorf("node: ListenAddrs: address %d is nil", i)
+			}
+		}
+		c.ListenAddrs = append([]ma.Multiaddr(nil), addrs...)
+		return nil
+	}
+}
+
+// ListenAddrStrings is ListenAddrs with the addresses as strings
+// (go-libp2p's ListenAddrStrings), e.g. "/ip4/0.0.0.0/udp/4001/quic-v1". A
+// string that is not a multiaddr is an error naming it.
+func ListenAddrStrings(addrs ...string) Option {
+	return func(c *Config) error {
+		if len(addrs) == 0 {
+			return errors.New("node: ListenAddrStrings needs at least one address")
 		}
 		parsed := make([]ma.Multiaddr, 0, len(addrs))
 		for _, s := range addrs {
@@ -134,7 +236,7 @@ func ListenAddrs(addrs ...string) Option {
 			}
 			parsed = append(parsed, a)
 		}
-		c.listenAddrs = parsed
+		c.ListenAddrs = parsed
 		return nil
 	}
 }
@@ -142,11 +244,11 @@ func ListenAddrs(addrs ...string) Option {
 // Identity sets the node's private key (its peer ID derives from it).
 // Default: a fresh Ed25519 key, unless IdentityFile is given.
 func Identity(key crypto.PrivKey) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if key == nil {
 			return errors.New("node: Identity key is nil")
 		}
-		c.identity = key
+		c.Identity = key
 		return nil
 	}
 }
@@ -155,11 +257,11 @@ func Identity(key crypto.PrivKey) Option {
 // 0600, written atomically) when missing; see LoadOrCreateIdentity. It is an
 // error to combine it with Identity.
 func IdentityFile(path string) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if path == "" {
 			return errors.New("node: IdentityFile path is empty")
 		}
-		c.identityFile = path
+		c.IdentityFile = path
 		return nil
 	}
 }
@@ -168,7 +270,7 @@ func IdentityFile(path string) Option {
 // which its DHT routing table is filled. Each needs an ID and at least one
 // address.
 func Bootstrap(peers ...peer.AddrInfo) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		for _, p := range peers {
 			if p.ID == "" {
 				return fmt.Errorf("node: bootstrap peer with addresses %v has no peer ID", p.Addrs)
@@ -177,7 +279,7 @@ func Bootstrap(peers ...peer.AddrInfo) Option {
 				return fmt.Errorf("node: bootstrap peer %s has no address", p.ID)
 			}
 		}
-		c.bootstrap = append(c.bootstrap, peers...)
+		c.Bootstrap = append(c.Bootstrap, peers...)
 		return nil
 	}
 }
@@ -185,22 +287,22 @@ func Bootstrap(peers ...peer.AddrInfo) Option {
 // BootstrapTimeout bounds how long New waits for the bootstrap connections
 // (made in parallel; failures are logged, not fatal). Default 10 s.
 func BootstrapTimeout(d time.Duration) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if d <= 0 {
 			return fmt.Errorf("node: BootstrapTimeout must be > 0, got %s", d)
 		}
-		c.bootstrapTimeout = d
+		c.BootstrapTimeout = d
 		return nil
 	}
 }
 
 // DHTMode sets the node's DHT role. Default DHTAuto.
 func DHTMode(m DHTRole) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if m < DHTAuto || m > DHTClient {
 			return fmt.Errorf("node: unknown DHT mode %d", int(m))
 		}
-		c.dhtMode = m
+		c.DHTMode = m
 		return nil
 	}
 }
@@ -211,8 +313,8 @@ func DHTMode(m DHTRole) Option {
 // so that nodes on one machine or one LAN find each other. Set false for a
 // DHT on the public internet: kad-dht's public filters are then used.
 func DHTPrivateAddrs(allow bool) Option {
-	return func(c *config) error {
-		c.dhtPrivateAddrs = allow
+	return func(c *Config) error {
+		c.DHTPrivateAddrs = allow
 		return nil
 	}
 }
@@ -220,11 +322,11 @@ func DHTPrivateAddrs(allow bool) Option {
 // Retry sets the dial retry and backoff policy. Default DefaultRetryConfig.
 // Errors name the bad field.
 func Retry(r RetryConfig) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if err := r.Validate(); err != nil {
 			return err
 		}
-		c.swarm.Retry = r
+		c.Swarm.Retry = r
 		return nil
 	}
 }
@@ -232,22 +334,22 @@ func Retry(r RetryConfig) Option {
 // DialTimeout bounds one whole dial to a peer (all addresses, retries
 // included). Default 15 s.
 func DialTimeout(d time.Duration) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if d <= 0 {
 			return fmt.Errorf("node: DialTimeout must be > 0, got %s", d)
 		}
-		c.swarm.DialTimeout = d
+		c.Swarm.DialTimeout = d
 		return nil
 	}
 }
 
 // AddrDialTimeout bounds the dial of one address. Default 5 s.
 func AddrDialTimeout(d time.Duration) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if d <= 0 {
 			return fmt.Errorf("node: AddrDialTimeout must be > 0, got %s", d)
 		}
-		c.swarm.AddrDialTimeout = d
+		c.Swarm.AddrDialTimeout = d
 		return nil
 	}
 }
@@ -257,12 +359,12 @@ func AddrDialTimeout(d time.Duration) Option {
 // 2), strategy (best) and switch hysteresis (5 ms). Zero fields keep their
 // defaults; an invalid field is an error naming it.
 func Multipath(cfg multipath.Config) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		full, err := cfg.WithDefaults()
 		if err != nil {
 			return err
 		}
-		c.multipath = full
+		c.Multipath = full
 		return nil
 	}
 }
@@ -270,34 +372,31 @@ func Multipath(cfg multipath.Config) Option {
 // ConnLimits sets the connection manager's configuration: global pool
 // LowWater/HighWater (default 100/400), GracePeriod (20 s), SilencePeriod
 // (10 s), MaxConnsPerPeer (12), the unassigned pool (32/64) and realm
-// defaults (16/64). Zero fields keep their defaults; a bad field is an error
-// naming it and its value.
+// defaults (16/64; the RealmDefaults option, given before or after, wins).
+// Zero fields keep their defaults; a bad field is an error naming it and
+// its value.
 func ConnLimits(cfg connmgr.Config) Option {
-	return func(c *config) error {
-		realmDefaults := c.connLimits.RealmDefaults
+	return func(c *Config) error {
 		full, err := cfg.WithDefaults()
 		if err != nil {
 			return err
 		}
-		if cfg.RealmDefaults == (core.PoolLimits{}) && realmDefaults != connmgr.DefaultConfig().RealmDefaults {
-			full.RealmDefaults = realmDefaults // set by RealmDefaults before
-		}
-		c.connLimits = full
+		c.ConnLimits = full
 		return nil
 	}
 }
 
 // RealmDefaults sets the watermarks of every realm sub-pool that has no
-// limits of its own (default 16/64). The error names a bad value.
+// limits of its own (default 16/64), whatever ConnLimits says and in
+// whichever order the two are given. The error names a bad value.
 func RealmDefaults(l core.PoolLimits) Option {
-	return func(c *config) error {
-		cfg := c.connLimits
-		cfg.RealmDefaults = l
-		full, err := cfg.WithDefaults()
-		if err != nil {
+	return func(c *Config) error {
+		check := connmgr.DefaultConfig()
+		check.RealmDefaults = l
+		if _, err := check.WithDefaults(); err != nil {
 			return err
 		}
-		c.connLimits = full
+		c.RealmDefaults = &l
 		return nil
 	}
 }
@@ -308,11 +407,11 @@ func RealmDefaults(l core.PoolLimits) Option {
 // connections per peer and the pools' ceiling) and the realm limits. Load
 // one from JSON with resource.LoadConfig. The error names a bad value.
 func ResourceLimits(cfg resource.Config) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if err := cfg.Validate(); err != nil {
 			return err
 		}
-		c.resources = cfg
+		c.Resources = cfg
 		return nil
 	}
 }
@@ -322,11 +421,11 @@ func ResourceLimits(cfg resource.Config) Option {
 // (realmnet_realm_usage{realm, resource, node}). Several nodes may share a
 // registry. Without it the node exports nothing.
 func Metrics(reg prometheus.Registerer) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if reg == nil {
 			return errors.New("node: Metrics registerer is nil")
 		}
-		c.metrics = reg
+		c.Metrics = reg
 		return nil
 	}
 }
@@ -335,11 +434,11 @@ func Metrics(reg prometheus.Registerer) Option {
 // the gater's block and allow rules (LevelDB, in DataDir/gater). Without it
 // the rules live in memory. The directory is created when missing.
 func DataDir(path string) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if path == "" {
 			return errors.New("node: DataDir path is empty")
 		}
-		c.dataDir = path
+		c.DataDir = path
 		return nil
 	}
 }
@@ -351,11 +450,11 @@ func DataDir(path string) Option {
 // hook to return an error rejects; see package hooks. More hooks can be
 // added at run time through Node.Hooks.
 func BeforeConnect(fn hooks.BeforeConnectFunc) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if fn == nil {
 			return errors.New("node: BeforeConnect hook is nil")
 		}
-		c.beforeConnect = append(c.beforeConnect, fn)
+		c.BeforeConnect = append(c.BeforeConnect, fn)
 		return nil
 	}
 }
@@ -369,11 +468,11 @@ func BeforeConnect(fn hooks.BeforeConnectFunc) Option {
 // reaches the dialer as an error matching hooks.ErrRejected, an inbound one
 // closes the connection (network.ConnGated).
 func AfterHandshake(fn hooks.AfterHandshakeFunc) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if fn == nil {
 			return errors.New("node: AfterHandshake hook is nil")
 		}
-		c.afterHandshake = append(c.afterHandshake, fn)
+		c.AfterHandshake = append(c.AfterHandshake, fn)
 		return nil
 	}
 }
@@ -381,11 +480,11 @@ func AfterHandshake(fn hooks.AfterHandshakeFunc) Option {
 // HookTimeout bounds each hook call; a hook that takes longer rejects.
 // Default 2 s.
 func HookTimeout(d time.Duration) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if d <= 0 {
 			return fmt.Errorf("node: HookTimeout must be > 0, got %s", d)
 		}
-		c.hookTimeout = d
+		c.HookTimeout = d
 		return nil
 	}
 }
@@ -398,8 +497,8 @@ func HookTimeout(d time.Duration) Option {
 // (default 1 min). Bootstrap peers and peers with an allow rule
 // (Gater().AllowPeer) are exempt, so the DHT keeps its infrastructure.
 func RealmOnly() Option {
-	return func(c *config) error {
-		c.realmOnly = true
+	return func(c *Config) error {
+		c.RealmOnly = true
 		return nil
 	}
 }
@@ -408,11 +507,11 @@ func RealmOnly() Option {
 // default realm.DefaultAuthTimeout, 10 s). It has no effect without
 // RealmOnly.
 func AuthTimeout(d time.Duration) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if d <= 0 {
 			return fmt.Errorf("node: AuthTimeout must be > 0, got %s", d)
 		}
-		c.authTimeout = d
+		c.AuthTimeout = d
 		return nil
 	}
 }
@@ -420,11 +519,11 @@ func AuthTimeout(d time.Duration) Option {
 // RealmOnlyBackoff sets how long the realm-only policy refuses a peer it
 // closed (> 0; default realm.DefaultRealmOnlyBackoff, 1 min).
 func RealmOnlyBackoff(d time.Duration) Option {
-	return func(c *config) error {
+	return func(c *Config) error {
 		if d <= 0 {
 			return fmt.Errorf("node: RealmOnlyBackoff must be > 0, got %s", d)
 		}
-		c.realmOnlyBackoff = d
+		c.RealmOnlyBackoff = d
 		return nil
 	}
 }
@@ -437,11 +536,11 @@ func RealmOnlyBackoff(d time.Duration) Option {
 // that time without sleeping; network I/O deadlines and dial timeouts stay in
 // real time. Default: the real clock. A nil clock is an error.
 func Clock(c clock.Clock) Option {
-	return func(cfg *config) error {
+	return func(cfg *Config) error {
 		if c == nil {
 			return errors.New("node: Clock is nil")
 		}
-		cfg.clock = c
+		cfg.Clock = c
 		return nil
 	}
 }
@@ -450,8 +549,8 @@ func Clock(c clock.Clock) Option {
 // components (fx.Provide, fx.Invoke) or replace the node's own
 // (fx.Decorate), e.g. a different network.ResourceManager.
 func Fx(opts ...fx.Option) Option {
-	return func(c *config) error {
-		c.fxOptions = append(c.fxOptions, opts...)
+	return func(c *Config) error {
+		c.FxOptions = append(c.FxOptions, opts...)
 		return nil
 	}
 }

@@ -63,11 +63,11 @@ func TestResourceAccountingBalancesAfterChurn(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	serverRealm, err := server.JoinRealm(ctx, "churn", realm.WithPSK(psk), realm.WithStreamHandler(testnode.EchoProtocol, testnode.Echo))
+	serverRealm, err := server.JoinRealm(ctx, "churn", realm.PSK(psk), realm.StreamHandler(testnode.EchoProtocol, testnode.Echo))
 	require.NoError(t, err)
 	var realms []*realm.Realm
 	for _, c := range nodes {
-		r, err := c.JoinRealm(ctx, "churn", realm.WithPSK(psk), realm.WithPeers(server.AddrInfo()))
+		r, err := c.JoinRealm(ctx, "churn", realm.PSK(psk), realm.Peers(server.AddrInfo()))
 		require.NoError(t, err)
 		realms = append(realms, r)
 	}

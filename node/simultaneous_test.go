@@ -75,7 +75,7 @@ func TestSimultaneousDialsKeepTheSameConnections(t *testing.T) {
 // on a new pair of nodes; waitSettled also waits for the redundant
 // connections to close. It adds the pair's redundancy counts.
 func simultaneousRound(t *testing.T, ctx context.Context, round int, waitSettled bool, redundant, retired *atomic.Uint64) {
-	listen := node.ListenAddrs("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.2/udp/0/quic-v1")
+	listen := node.ListenAddrStrings("/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.2/udp/0/quic-v1")
 	a, b := testnode.New(t, listen), testnode.New(t, listen)
 	defer func() {
 		require.NoError(t, a.Close())

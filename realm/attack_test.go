@@ -48,8 +48,8 @@ var atkOtherPSK = []byte("fedcba9876543210-other-psk")
 func atkTwoMembers(t *testing.T) (v *node.Node, rv *realm.Realm, b *node.Node, rb *realm.Realm) {
 	t.Helper()
 	v, b = newNode(t), newNode(t)
-	rv = join(t, v, "alpha", realm.WithPSK(testPSK))
-	rb = join(t, b, "alpha", realm.WithPSK(testPSK), realm.WithPeers(v.AddrInfo()))
+	rv = join(t, v, "alpha", realm.PSK(testPSK))
+	rb = join(t, b, "alpha", realm.PSK(testPSK), realm.Peers(v.AddrInfo()))
 	waitMembers(t, rv, 1)
 	waitMembers(t, rb, 1)
 	return v, rv, b, rb
@@ -168,18 +168,18 @@ func TestAttackRawRealmStreamFromNonMember(t *testing.T) {
 // PSK, in the same run, does become a member.
 func TestAttackWrongPSK(t *testing.T) {
 	v := newNode(t)
-	rv := join(t, v, "alpha", realm.WithPSK(testPSK))
+	rv := join(t, v, "alpha", realm.PSK(testPSK))
 	joins := atkWatchJoins(t, rv)
 
 	wrongPSK, wrongName, open := newNode(t), newNode(t), newNode(t)
 	attackers := []*node.Node{wrongPSK, wrongName, open}
 	ra := []*realm.Realm{
-		join(t, wrongPSK, "alpha", realm.WithPSK(atkOtherPSK), realm.WithPeers(v.AddrInfo())),
-		join(t, wrongName, "alpha2", realm.WithPSK(testPSK), realm.WithPeers(v.AddrInfo())),
-		join(t, open, "alpha", realm.WithPeers(v.AddrInfo())),
+		join(t, wrongPSK, "alpha", realm.PSK(atkOtherPSK), realm.Peers(v.AddrInfo())),
+		join(t, wrongName, "alpha2", realm.PSK(testPSK), realm.Peers(v.AddrInfo())),
+		join(t, open, "alpha", realm.Open(), realm.Peers(v.AddrInfo())),
 	}
 	legit := newNode(t)
-	rl := join(t, legit, "alpha", realm.WithPSK(testPSK), realm.WithPeers(v.AddrInfo()))
+	rl := join(t, legit, "alpha", realm.PSK(testPSK), realm.Peers(v.AddrInfo()))
 	waitMembers(t, rv, 1)
 	waitMembers(t, rl, 1)
 
@@ -226,7 +226,7 @@ func TestAttackWrongPSK(t *testing.T) {
 // reset and counted as AuthBadMAC, and the non-member is never admitted.
 func TestAttackReplayedTranscript(t *testing.T) {
 	v := newNode(t)
-	rv := join(t, v, "alpha", realm.WithPSK(testPSK))
+	rv := join(t, v, "alpha", realm.PSK(testPSK))
 	k := atkRealmKeys(t, rv, testPSK)
 	joins := atkWatchJoins(t, rv)
 	x, y := atkNewHost(t), atkNewHost(t)
@@ -340,7 +340,7 @@ func TestAttackReflection(t *testing.T) {
 				default:
 				}
 			})
-			rv := join(t, v, "alpha", realm.WithPSK(testPSK), realm.WithPeers(peer.AddrInfo{ID: z.ID(), Addrs: z.Addrs()}))
+			rv := join(t, v, "alpha", realm.PSK(testPSK), realm.Peers(peer.AddrInfo{ID: z.ID(), Addrs: z.Addrs()}))
 			joins := atkWatchJoins(t, rv)
 
 			var o atkReflectOutcome
@@ -430,7 +430,7 @@ func atkReflect(z host.Host, s1 network.Stream, mode atkReflectMode) (o atkRefle
 // (5 s), by 7 s.
 func TestAttackMalformedAuthFrames(t *testing.T) {
 	v := newNode(t)
-	rv := join(t, v, "alpha", realm.WithPSK(testPSK))
+	rv := join(t, v, "alpha", realm.PSK(testPSK))
 	k := atkRealmKeys(t, rv, testPSK)
 	joins := atkWatchJoins(t, rv)
 	x := atkNewHost(t)
@@ -642,8 +642,8 @@ func TestAttackHandleGuessing(t *testing.T) {
 func TestAttackIdentifyRevealsNoRealm(t *testing.T) {
 	const name = "attack-secret-realm-7f3a9c"
 	a, b, c := newNode(t), newNode(t), newNode(t)
-	ra := join(t, a, name, realm.WithPSK(testPSK))
-	join(t, b, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	ra := join(t, a, name, realm.PSK(testPSK))
+	join(t, b, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	waitMembers(t, ra, 1)
 	k := atkRealmKeys(t, ra, testPSK)
 	sum, err := mh.Sum(k.rdv[:], mh.SHA2_256, -1)
@@ -766,9 +766,9 @@ func TestAttackMemberListExcludesAttackers(t *testing.T) {
 	atkConnect(t, x, v)
 	// Wrong keys, wrong name, open realm.
 	wrong := []*node.Node{newNode(t), newNode(t), newNode(t)}
-	join(t, wrong[0], "alpha", realm.WithPSK(atkOtherPSK), realm.WithPeers(v.AddrInfo()))
-	join(t, wrong[1], "beta", realm.WithPSK(testPSK), realm.WithPeers(v.AddrInfo()))
-	join(t, wrong[2], "alpha", realm.WithPeers(v.AddrInfo()))
+	join(t, wrong[0], "alpha", realm.PSK(atkOtherPSK), realm.Peers(v.AddrInfo()))
+	join(t, wrong[1], "beta", realm.PSK(testPSK), realm.Peers(v.AddrInfo()))
+	join(t, wrong[2], "alpha", realm.Open(), realm.Peers(v.AddrInfo()))
 
 	// A hello with a made-up tag, garbage, an oversized frame.
 	nonce := atkRandom32()
@@ -837,7 +837,7 @@ func TestAttackHandshakeFlood(t *testing.T) {
 		slots   = 64 // realm's maxInboundHandshakes
 	)
 	v := newNode(t)
-	rv := join(t, v, "alpha", realm.WithPSK(testPSK))
+	rv := join(t, v, "alpha", realm.PSK(testPSK))
 	k := atkRealmKeys(t, rv, testPSK)
 	joins := atkWatchJoins(t, rv)
 	attackers := make([]host.Host, slots/perPeer+1)
@@ -897,7 +897,7 @@ func TestAttackHandshakeFlood(t *testing.T) {
 	require.Equal(t, before.AuthRefused+2, st.AuthRefused)
 
 	legit := newNode(t)
-	rl := join(t, legit, "alpha", realm.WithPSK(testPSK), realm.WithPeers(v.AddrInfo()))
+	rl := join(t, legit, "alpha", realm.PSK(testPSK), realm.Peers(v.AddrInfo()))
 	ctx, cancel := context.WithTimeout(context.Background(), realm.HandshakeTimeout-time.Since(start)-500*time.Millisecond)
 	defer cancel()
 	require.NoError(t, rv.WaitMembers(ctx, 1), "the flood locked the legitimate node out (stats %+v)", v.RealmStats())
@@ -920,7 +920,7 @@ func TestAttackHandshakeFlood(t *testing.T) {
 func TestAttackSlowCloserCompletes(t *testing.T) {
 	t.Run("handshake", func(t *testing.T) {
 		v := newNode(t)
-		rv := join(t, v, "alpha", realm.WithPSK(testPSK))
+		rv := join(t, v, "alpha", realm.PSK(testPSK))
 		k := atkRealmKeys(t, rv, testPSK)
 		x := atkNewHost(t)
 		atkConnect(t, x, v)
@@ -949,7 +949,7 @@ func TestAttackSlowCloserCompletes(t *testing.T) {
 	})
 	t.Run("goodbye", func(t *testing.T) {
 		v := newNode(t)
-		rv := join(t, v, "alpha", realm.WithPSK(testPSK))
+		rv := join(t, v, "alpha", realm.PSK(testPSK))
 		k := atkRealmKeys(t, rv, testPSK)
 		x := atkNewHost(t)
 		atkConnect(t, x, v)
@@ -979,7 +979,7 @@ func TestAttackSlowCloserCompletes(t *testing.T) {
 // valid goodbye then removes it (and only it).
 func TestAttackForgedGoodbyes(t *testing.T) {
 	v := newNode(t)
-	rv := join(t, v, "alpha", realm.WithPSK(testPSK))
+	rv := join(t, v, "alpha", realm.PSK(testPSK))
 	k := atkRealmKeys(t, rv, testPSK)
 	other := atkDeriveKeys("alpha", atkOtherPSK)
 	m, b := atkNewHost(t), atkNewHost(t)
@@ -1042,7 +1042,7 @@ func TestAttackForgedGoodbyes(t *testing.T) {
 // TestAttackMemberListExcludesAttackers now and then under -race.
 func TestAttackRehandshakeWhileStreaming(t *testing.T) {
 	v := newNode(t)
-	rv := join(t, v, "alpha", realm.WithPSK(testPSK))
+	rv := join(t, v, "alpha", realm.PSK(testPSK))
 	k := atkRealmKeys(t, rv, testPSK)
 	x := atkNewHost(t)
 	x.SetStreamHandler(realm.StreamProtocol, func(s network.Stream) { _ = s.Reset() })

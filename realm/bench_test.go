@@ -76,7 +76,7 @@ func benchMs(total time.Duration, n int) float64 {
 //
 //   - connected: B is already connected to A, identify done; the op is the
 //     handshake on that connection (hello, reply, finish, end of stream).
-//   - withPeers: B is not connected and joins with WithPeers(A); the op
+//   - withPeers: B is not connected and joins with Peers(A); the op
 //     includes the connection (QUIC, identify) and the handshake.
 //
 // Reference, same run and same pair: before each op, B's connection to A is
@@ -107,10 +107,10 @@ const joinStuckAfter = 3 * time.Second
 
 func benchJoin(b *testing.B, withPeers bool) {
 	a, bn := testnode.New(b), testnode.New(b)
-	ra := join(b, a, benchRealmName, realm.WithPSK(testPSK))
-	opts := []realm.Option{realm.WithPSK(testPSK)}
+	ra := join(b, a, benchRealmName, realm.PSK(testPSK))
+	opts := []realm.Option{realm.PSK(testPSK)}
 	if withPeers {
-		opts = append(opts, realm.WithPeers(a.AddrInfo()))
+		opts = append(opts, realm.Peers(a.AddrInfo()))
 	}
 	ctx := context.Background()
 	var (
@@ -130,7 +130,7 @@ func benchJoin(b *testing.B, withPeers bool) {
 		lctx, cancel := context.WithTimeout(ctx, benchWait)
 		_ = ra.Leave(lctx) // a goodbye to B, who is in no realm, is refused
 		cancel()
-		start := func() { ra = join(b, a, benchRealmName, realm.WithPSK(testPSK)) }
+		start := func() { ra = join(b, a, benchRealmName, realm.PSK(testPSK)) }
 		if bn.Host().Network().Connectedness(a.ID()) == network.Connected {
 			refusedByB(start)
 		} else {
@@ -224,8 +224,8 @@ func benchJoin(b *testing.B, withPeers bool) {
 func benchEchoPair(b *testing.B) (client *node.Node, rc *realm.Realm, server *node.Node) {
 	b.Helper()
 	server, client = testnode.New(b), testnode.New(b)
-	rs := join(b, server, benchRealmName, realm.WithPSK(testPSK))
-	rc = join(b, client, benchRealmName, realm.WithPSK(testPSK), realm.WithPeers(server.AddrInfo()))
+	rs := join(b, server, benchRealmName, realm.PSK(testPSK))
+	rc = join(b, client, benchRealmName, realm.PSK(testPSK), realm.Peers(server.AddrInfo()))
 	waitMembers(b, rs, 1)
 	waitMembers(b, rc, 1)
 	if err := rs.SetStreamHandler(benchEchoProto, testnode.Echo); err != nil {

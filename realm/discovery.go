@@ -15,10 +15,10 @@ import (
 const findTimeout = 10 * time.Second
 
 // discover announces the realm in the DHT, looks for members there, retries
-// the WithPeers peers that are not members yet and asks a member for the
+// the Peers peers that are not members yet and asks a member for the
 // members it knows: Provide of the rendezvous CID (retried each round until
 // it succeeds, then every ReprovideInterval) and, while the realm wants more
-// members, rounds of FindProviders, WithPeers dials and one member exchange
+// members, rounds of FindProviders, Peers dials and one member exchange
 // with a random member, spaced by an exponential backoff from 2 s to
 // DiscoveryInterval (cenkalti/backoff, jitter 0.1). A member joining resets
 // the backoff, so a realm that is growing is searched often.
@@ -62,7 +62,7 @@ func (r *Realm) discover() {
 			if r.svc.deps.Routing != nil {
 				r.findProviders()
 			}
-			// Known peers (WithPeers) whose handshake failed are tried
+			// Known peers (Peers) whose handshake failed are tried
 			// again every round.
 			for _, ai := range r.cfg.Peers {
 				if !r.authenticated(ai.ID) {

@@ -16,7 +16,7 @@ import (
 	"golang.org/x/crypto/hkdf"
 )
 
-// MinPSKLength is the shortest pre-shared key WithPSK accepts, in bytes
+// MinPSKLength is the shortest pre-shared key PSK accepts, in bytes
 // (128 bits, the security level of the HKDF-SHA256 outputs' use as MAC keys).
 const MinPSKLength = 16
 

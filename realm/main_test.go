@@ -52,8 +52,8 @@ func waitMembers(t testing.TB, r *realm.Realm, count int) {
 
 func TestTwoMembersAuthenticateAndEcho(t *testing.T) {
 	a, b := testnode.New(t), testnode.New(t)
-	ra := join(t, a, "alpha", realm.WithPSK(testPSK))
-	rb := join(t, b, "alpha", realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	ra := join(t, a, "alpha", realm.PSK(testPSK))
+	rb := join(t, b, "alpha", realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	waitMembers(t, ra, 1)
 	waitMembers(t, rb, 1)
 	require.Equal(t, []string{b.ID().String()}, []string{ra.Members()[0].String()})

@@ -211,7 +211,7 @@ func memConnected(a, b *node.Node) bool {
 // TestMembershipDHTDiscoveryTwentyNodes proves that realm members find each
 // other through the DHT alone: 20 nodes (node 0 a DHT server in no realm,
 // the others DHT clients bootstrapping from it only, never told about each
-// other: no WithPeers) in 3 realms, some nodes in two. Within 10 s of the
+// other: no Peers) in 3 realms, some nodes in two. Within 10 s of the
 // last JoinRealm every node lists exactly the other members of each of its
 // realms — every one of them, and nobody from another realm.
 //
@@ -219,7 +219,7 @@ func memConnected(a, b *node.Node) bool {
 // round of most nodes runs before the others have provided, so the realms
 // converge at a later round: about 2 s after the joins on a quiet machine
 // with the default backoff (2 s, 4 s, 8 s, …). The realms here search every
-// 2 s (WithDiscoveryInterval(MinDiscoveryInterval)), so that on a loaded
+// 2 s (DiscoveryInterval(MinDiscoveryInterval)), so that on a loaded
 // machine (CI runs the packages' tests in parallel) a round that misses a
 // member is followed by another 2 s later, not 4 or 8 s later.
 func TestMembershipDHTDiscoveryTwentyNodes(t *testing.T) {
@@ -251,7 +251,7 @@ func TestMembershipDHTDiscoveryTwentyNodes(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := 1; i < total; i++ {
 		wg.Go(func() {
-			nodes[i], errs[i] = node.New(node.ListenAddrs(loopback), node.DHTMode(node.DHTClient),
+			nodes[i], errs[i] = node.New(context.Background(), node.ListenAddrStrings(loopback), node.DHTMode(node.DHTClient),
 				node.Bootstrap(boot.AddrInfo()))
 		})
 	}
@@ -294,8 +294,8 @@ func TestMembershipDHTDiscoveryTwentyNodes(t *testing.T) {
 	firstJoin := time.Now()
 	for i := 1; i < total; i++ {
 		for _, name := range realmsOf[i] {
-			all = append(all, joined{i, join(t, nodes[i], name, realm.WithPSK(memPSK(name)),
-				realm.WithDiscoveryInterval(realm.MinDiscoveryInterval))})
+			all = append(all, joined{i, join(t, nodes[i], name, realm.PSK(memPSK(name)),
+				realm.DiscoveryInterval(realm.MinDiscoveryInterval))})
 		}
 	}
 	lastJoin := time.Now()
@@ -363,9 +363,9 @@ func TestMembershipDHTDiscoveryTwentyNodes(t *testing.T) {
 func TestMembershipLeaveGoodbyeAndRejoin(t *testing.T) {
 	const name = "leave"
 	a, b, c := newNode(t), newNode(t), newNode(t)
-	ra := join(t, a, name, realm.WithPSK(testPSK))
-	rb := join(t, b, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
-	rc := join(t, c, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	ra := join(t, a, name, realm.PSK(testPSK))
+	rb := join(t, b, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
+	rc := join(t, c, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	for _, r := range []*realm.Realm{ra, rb, rc} {
 		waitMembers(t, r, 2) // b and c meet through member exchange
 		require.NoError(t, r.SetStreamHandler("/echo", echo))
@@ -400,7 +400,7 @@ func TestMembershipLeaveGoodbyeAndRejoin(t *testing.T) {
 	// Rejoin under the same name and PSK: the connected members are
 	// authenticated again.
 	markB, markC := recB.len(), recC.len()
-	ra2 := join(t, a, name, realm.WithPSK(testPSK))
+	ra2 := join(t, a, name, realm.PSK(testPSK))
 	require.NoError(t, ra2.SetStreamHandler("/echo", echo))
 	for who, rec := range map[string]*memRecorder{"b": recB, "c": recC} {
 		from := map[string]int{"b": markB, "c": markC}[who]
@@ -429,8 +429,8 @@ func TestMembershipReconnectGraceExpires(t *testing.T) {
 	// grace" holds however slow the machine is. b keeps the real clock.
 	mock := clock.NewMock()
 	a, b := newNode(t, node.Clock(mock)), newNode(t)
-	ra := join(t, a, name, realm.WithPSK(testPSK), realm.WithReconnectGrace(grace))
-	rb := join(t, b, name, realm.WithPSK(testPSK), realm.WithReconnectGrace(grace), realm.WithPeers(a.AddrInfo()))
+	ra := join(t, a, name, realm.PSK(testPSK), realm.ReconnectGrace(grace))
+	rb := join(t, b, name, realm.PSK(testPSK), realm.ReconnectGrace(grace), realm.Peers(a.AddrInfo()))
 	waitMembers(t, ra, 1)
 	waitMembers(t, rb, 1)
 	recA, recB := memRealmEvents(t, ra), memRealmEvents(t, rb)
@@ -470,8 +470,8 @@ func TestMembershipReconnectGraceExpires(t *testing.T) {
 func TestMembershipConnectedMeansAConnection(t *testing.T) {
 	const name = "invariant"
 	a, b := newNode(t), newNode(t)
-	ra := join(t, a, name, realm.WithPSK(testPSK))
-	rb := join(t, b, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	ra := join(t, a, name, realm.PSK(testPSK))
+	rb := join(t, b, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	waitMembers(t, ra, 1)
 	waitMembers(t, rb, 1)
 	check := func(n *node.Node, r *realm.Realm, p peer.ID) {
@@ -546,8 +546,8 @@ func TestMembershipReconnectWithinGrace(t *testing.T) {
 	// EvtMemberJoined (delivered asynchronously) cannot land among the
 	// events this test requires to be absent.
 	recA, recB := memHostEvents(t, a), memHostEvents(t, b)
-	ra := join(t, a, name, realm.WithPSK(testPSK), realm.WithReconnectGrace(grace))
-	rb := join(t, b, name, realm.WithPSK(testPSK), realm.WithReconnectGrace(grace), realm.WithPeers(a.AddrInfo()))
+	ra := join(t, a, name, realm.PSK(testPSK), realm.ReconnectGrace(grace))
+	rb := join(t, b, name, realm.PSK(testPSK), realm.ReconnectGrace(grace), realm.Peers(a.AddrInfo()))
 	waitMembers(t, ra, 1)
 	waitMembers(t, rb, 1)
 	require.NoError(t, rb.SetStreamHandler("/echo", echo))
@@ -611,7 +611,7 @@ func TestMembershipRealmOnly(t *testing.T) {
 	// when the test moves it past AuthTimeout, not after a real second.
 	mock := clock.NewMock()
 	v := newNode(t, node.RealmOnly(), node.AuthTimeout(time.Second), node.Bootstrap(boot.AddrInfo()), node.Clock(mock))
-	rv := join(t, v, name, realm.WithPSK(testPSK))
+	rv := join(t, v, name, realm.PSK(testPSK))
 	require.True(t, memConnected(v, boot))
 
 	// Every peer that loses all its connections to v (redundant paths
@@ -643,7 +643,7 @@ func TestMembershipRealmOnly(t *testing.T) {
 	ctx := memCtx(t, 20*time.Second)
 	xStart := time.Now()
 	require.NoError(t, x.Connect(ctx, v.AddrInfo()))
-	rm := join(t, m, name, realm.WithPSK(testPSK), realm.WithPeers(v.AddrInfo()))
+	rm := join(t, m, name, realm.PSK(testPSK), realm.Peers(v.AddrInfo()))
 	require.NoError(t, allowed.Connect(ctx, v.AddrInfo()))
 	waitMembers(t, rm, 1)
 	waitMembers(t, rv, 1)
@@ -695,9 +695,9 @@ func TestMembershipRealmOnly(t *testing.T) {
 func TestMembershipPoolsAndResources(t *testing.T) {
 	const name = "pools"
 	a, b, c, x := newNode(t), newNode(t), newNode(t), newNode(t)
-	ra := join(t, a, name, realm.WithPSK(testPSK))
-	rb := join(t, b, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
-	rc := join(t, c, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	ra := join(t, a, name, realm.PSK(testPSK))
+	rb := join(t, b, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
+	rc := join(t, c, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	for _, r := range []*realm.Realm{ra, rb, rc} {
 		waitMembers(t, r, 2)
 	}
@@ -860,7 +860,7 @@ func TestMembershipSimultaneousJoinsConverge(t *testing.T) {
 		for _, s := range sides {
 			wg.Go(func() {
 				<-release
-				r, err := s.n.JoinRealm(ctx, name, realm.WithPSK(testPSK))
+				r, err := s.n.JoinRealm(ctx, name, realm.PSK(testPSK))
 				if err != nil {
 					s.err = err
 					close(s.ready)
@@ -944,13 +944,13 @@ func TestMembershipSimultaneousJoinsConverge(t *testing.T) {
 // NewStream (ErrNotMember for a connected non-member and for an unknown
 // peer, a stream reset with ErrorCodeNoHandler for a protocol the member
 // does not handle, ErrBadProtocol, ErrLeft after Leave) and of JoinRealm
-// (ErrWeakPSK, ErrAlreadyJoined, ErrBadName, bad limits named, ErrLeft
+// (ErrWeakPSK, ErrNoKey, PSK with Open, ErrAlreadyJoined, ErrBadName, bad limits named, ErrLeft
 // after Close), and that a refused JoinRealm leaves nothing behind.
 func TestMembershipNewStreamAndJoinErrors(t *testing.T) {
 	const name = "errors"
 	a, b, x := newNode(t), newNode(t), newNode(t)
-	ra := join(t, a, name, realm.WithPSK(testPSK))
-	rb := join(t, b, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	ra := join(t, a, name, realm.PSK(testPSK))
+	rb := join(t, b, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	waitMembers(t, ra, 1)
 	waitMembers(t, rb, 1)
 	ctx := memCtx(t, 20*time.Second)
@@ -985,15 +985,25 @@ func TestMembershipNewStreamAndJoinErrors(t *testing.T) {
 	}
 
 	// JoinRealm errors.
-	_, err = a.JoinRealm(ctx, "weak", realm.WithPSK([]byte("0123456789abcde"))) // 15 bytes
+	_, err = a.JoinRealm(ctx, "weak", realm.PSK([]byte("0123456789abcde"))) // 15 bytes
 	require.ErrorIs(t, err, realm.ErrWeakPSK)
-	_, err = a.JoinRealm(ctx, name, realm.WithPSK(testPSK))
+	_, err = a.JoinRealm(ctx, name, realm.PSK(testPSK))
 	require.ErrorIs(t, err, realm.ErrAlreadyJoined)
-	_, err = a.JoinRealm(ctx, name) // same name, open: still the same name
+	_, err = a.JoinRealm(ctx, name, realm.Open()) // same name, open: still the same name
 	require.ErrorIs(t, err, realm.ErrAlreadyJoined)
+	// No key and no Open: refused, naming the realm and the way out;
+	// both: refused too. Neither leaves a realm behind.
+	_, err = a.JoinRealm(ctx, "keyless")
+	require.ErrorIs(t, err, realm.ErrNoKey)
+	require.ErrorContains(t, err, `"keyless"`)
+	require.ErrorContains(t, err, "Open")
+	_, err = a.JoinRealm(ctx, "both", realm.PSK(testPSK), realm.Open())
+	require.ErrorContains(t, err, "exclusive")
+	require.Nil(t, a.Realm("keyless"))
+	require.Nil(t, a.Realm("both"))
 	_, err = a.JoinRealm(ctx, "")
 	require.ErrorIs(t, err, realm.ErrBadName)
-	_, err = a.JoinRealm(ctx, "limits", realm.WithPSK(testPSK), realm.WithPoolLimits(core.PoolLimits{LowWater: 5, HighWater: 2}))
+	_, err = a.JoinRealm(ctx, "limits", realm.PSK(testPSK), realm.PoolLimits(core.PoolLimits{LowWater: 5, HighWater: 2}))
 	require.Error(t, err)
 	require.Regexp(t, `LowWater\D*5\b`, err.Error())
 	require.Regexp(t, `HighWater\D*2\b`, err.Error())
@@ -1001,7 +1011,7 @@ func TestMembershipNewStreamAndJoinErrors(t *testing.T) {
 	require.Nil(t, a.Realm("weak"))
 	require.Equal(t, []*realm.Realm{ra}, a.Realms())
 	// The name is free: a valid join works.
-	rl := join(t, a, "limits", realm.WithPSK(testPSK), realm.WithPoolLimits(core.PoolLimits{LowWater: 2, HighWater: 5}))
+	rl := join(t, a, "limits", realm.PSK(testPSK), realm.PoolLimits(core.PoolLimits{LowWater: 2, HighWater: 5}))
 	require.Equal(t, core.PoolLimits{LowWater: 2, HighWater: 5}, a.ConnManager().RealmLimitsOf(rl.ID()))
 
 	// After Leave.
@@ -1014,7 +1024,7 @@ func TestMembershipNewStreamAndJoinErrors(t *testing.T) {
 	// After Close.
 	z := newNode(t)
 	require.NoError(t, z.Close())
-	_, err = z.JoinRealm(ctx, name, realm.WithPSK(testPSK))
+	_, err = z.JoinRealm(ctx, name, realm.PSK(testPSK))
 	require.ErrorIs(t, err, realm.ErrLeft)
 }
 
@@ -1027,9 +1037,9 @@ func TestMembershipNewStreamAndJoinErrors(t *testing.T) {
 func TestMembershipOpenRealm(t *testing.T) {
 	const name = "open-x"
 	a, b, c := newNode(t), newNode(t), newNode(t)
-	ra := join(t, a, name)
-	rb := join(t, b, name, realm.WithPeers(a.AddrInfo()))
-	rc := join(t, c, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo(), b.AddrInfo()))
+	ra := join(t, a, name, realm.Open())
+	rb := join(t, b, name, realm.Open(), realm.Peers(a.AddrInfo()))
+	rc := join(t, c, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo(), b.AddrInfo()))
 	waitMembers(t, ra, 1)
 	waitMembers(t, rb, 1)
 	require.Equal(t, ra.ID(), rb.ID())
@@ -1063,8 +1073,8 @@ func TestMembershipOpenRealm(t *testing.T) {
 func TestMembershipNewStreamWhileMemberReconnects(t *testing.T) {
 	const name = "reconnect-streams"
 	a, b := newNode(t), newNode(t)
-	ra := join(t, a, name, realm.WithPSK(testPSK))
-	rb := join(t, b, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	ra := join(t, a, name, realm.PSK(testPSK))
+	rb := join(t, b, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	waitMembers(t, ra, 1)
 	waitMembers(t, rb, 1)
 	require.NoError(t, rb.SetStreamHandler("/echo", echo))
@@ -1123,8 +1133,8 @@ func TestMembershipLeaveDuringReconnectLeavesNoPhantom(t *testing.T) {
 	ctx := memCtx(t, 60*time.Second)
 	for round := range 20 {
 		name := fmt.Sprintf("phantom-%d", round)
-		ra := join(t, a, name, realm.WithPSK(testPSK), realm.WithReconnectGrace(grace))
-		rb := join(t, b, name, realm.WithPSK(testPSK), realm.WithReconnectGrace(grace), realm.WithPeers(a.AddrInfo()))
+		ra := join(t, a, name, realm.PSK(testPSK), realm.ReconnectGrace(grace))
+		rb := join(t, b, name, realm.PSK(testPSK), realm.ReconnectGrace(grace), realm.Peers(a.AddrInfo()))
 		waitMembers(t, ra, 1)
 		waitMembers(t, rb, 1)
 
@@ -1170,13 +1180,13 @@ func TestMembershipLeaveDuringReconnectLeavesNoPhantom(t *testing.T) {
 func TestMembershipLeaveBoundedWithUndrainedSubscription(t *testing.T) {
 	const name = "undrained"
 	a, b := newNode(t), newNode(t)
-	ra := join(t, a, name, realm.WithPSK(testPSK))
+	ra := join(t, a, name, realm.PSK(testPSK))
 	sub, err := ra.Subscribe() // never read
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = sub.Close() }) // unblocks a hung Leave at the end
 	// b joins and leaves 12 times: 24 events for a's subscription.
 	for range 12 {
-		rb := join(t, b, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+		rb := join(t, b, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 		waitMembers(t, rb, 1)
 		require.NoError(t, rb.Leave(context.Background()))
 		require.Eventually(t, func() bool { return len(ra.Members()) == 0 }, 5*time.Second, time.Millisecond)
@@ -1215,12 +1225,12 @@ func memPollFor(d time.Duration, cond func() bool) bool {
 // them fails; once c accepts b again, the discovery rounds' member exchange
 // with a offers each the other again and they meet. Without it they never
 // would (nothing else names them to each other: no DHT server here, and
-// neither is in the other's WithPeers).
+// neither is in the other's Peers).
 func TestMembershipMemberLearntByExchangeIsRetried(t *testing.T) {
 	const name = "retried"
 	a, b, c := newNode(t), newNode(t), newNode(t)
-	ra := join(t, a, name, realm.WithPSK(testPSK))
-	rb := join(t, b, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	ra := join(t, a, name, realm.PSK(testPSK))
+	rb := join(t, b, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	waitMembers(t, ra, 1)
 	waitMembers(t, rb, 1)
 
@@ -1236,7 +1246,7 @@ func TestMembershipMemberLearntByExchangeIsRetried(t *testing.T) {
 		return nil
 	})
 	defer remove()
-	rc := join(t, c, name, realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	rc := join(t, c, name, realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	waitMembers(t, rc, 1)
 	select {
 	case <-refusedOnce:

@@ -14,8 +14,11 @@ import (
 
 // Errors returned by the realm API.
 var (
-	// ErrWeakPSK: WithPSK got fewer than MinPSKLength bytes.
+	// ErrWeakPSK: PSK got fewer than MinPSKLength bytes.
 	ErrWeakPSK = errors.New("realm: pre-shared key too short")
+	// ErrNoKey: JoinRealm got neither PSK nor Open. A realm without a key
+	// is joinable by anyone who knows its name, so it must be asked for.
+	ErrNoKey = errors.New("realm: no pre-shared key given (PSK); an open realm, joinable by anyone who knows its name, must be asked for with Open")
 	// ErrBadName: the realm name is empty, longer than MaxNameLength or not UTF-8.
 	ErrBadName = errors.New("realm: bad realm name")
 	// ErrBadProtocol: an application protocol ID is empty, too long or not UTF-8.
@@ -39,7 +42,7 @@ const (
 	// FindProviders rounds (the rounds back off from 2 s to this; ours).
 	DefaultDiscoveryInterval = 60 * time.Second
 	// MinDiscoveryInterval is the first wait between rounds and the
-	// smallest accepted WithDiscoveryInterval.
+	// smallest accepted DiscoveryInterval.
 	MinDiscoveryInterval = 2 * time.Second
 	// DefaultReconnectGrace is how long a member stays listed without an
 	// authenticated connection (DeP2P's 15 s).
@@ -56,8 +59,11 @@ type Option func(*Config) error
 
 // Config is a realm's configuration, built from Options.
 type Config struct {
-	// PSK is the pre-shared key (nil: an open realm).
+	// PSK is the pre-shared key of a closed realm.
 	PSK []byte
+	// Open asks for an open realm: no key, anyone who knows the name may
+	// join. Exactly one of PSK and Open must be given.
+	Open bool
 	// PoolLimits, when set, are the realm's connection sub-pool
 	// watermarks; nil keeps the node's realm defaults.
 	PoolLimits *core.PoolLimits
@@ -87,9 +93,9 @@ func defaultConfig() Config {
 	}
 }
 
-// WithPSK makes the realm closed: only holders of psk (at least MinPSKLength
+// PSK makes the realm closed: only holders of psk (at least MinPSKLength
 // bytes, else ErrWeakPSK) can authenticate into it. The key is copied.
-func WithPSK(psk []byte) Option {
+func PSK(psk []byte) Option {
 	return func(c *Config) error {
 		if len(psk) < MinPSKLength {
 			return fmt.Errorf("%w: %d bytes, want at least %d", ErrWeakPSK, len(psk), MinPSKLength)
@@ -99,68 +105,78 @@ func WithPSK(psk []byte) Option {
 	}
 }
 
-// WithPoolLimits sets the realm's connection sub-pool watermarks
+// PoolLimits sets the realm's connection sub-pool watermarks
 // (connections, counted per path: a member with two paths counts two).
 // JoinRealm returns the connection manager's error naming an invalid value.
-func WithPoolLimits(l core.PoolLimits) Option {
+func PoolLimits(l core.PoolLimits) Option {
 	return func(c *Config) error {
 		c.PoolLimits = &l
 		return nil
 	}
 }
 
-// WithScopeLimits sets the realm's resource scope limits: members (one per
+// ScopeLimits sets the realm's resource scope limits: members (one per
 // member, whatever its paths) and application streams in and out; zero
 // fields keep the node's defaults. JoinRealm returns the resource manager's
 // error naming a negative value.
-func WithScopeLimits(l core.RealmScopeLimits) Option {
+func ScopeLimits(l core.RealmScopeLimits) Option {
 	return func(c *Config) error {
 		c.ScopeLimits = &l
 		return nil
 	}
 }
 
-// WithDiscoveryInterval caps the wait between DHT discovery rounds
+// DiscoveryInterval caps the wait between DHT discovery rounds
 // (at least MinDiscoveryInterval; default DefaultDiscoveryInterval).
-func WithDiscoveryInterval(d time.Duration) Option {
+func DiscoveryInterval(d time.Duration) Option {
 	return func(c *Config) error {
 		if d < MinDiscoveryInterval {
-			return fmt.Errorf("realm: WithDiscoveryInterval: %v is below the minimum %v", d, MinDiscoveryInterval)
+			return fmt.Errorf("realm: DiscoveryInterval: %v is below the minimum %v", d, MinDiscoveryInterval)
 		}
 		c.DiscoveryInterval = d
 		return nil
 	}
 }
 
-// WithReconnectGrace sets how long a member without an authenticated
+// ReconnectGrace sets how long a member without an authenticated
 // connection stays a member (default DefaultReconnectGrace; > 0).
-func WithReconnectGrace(d time.Duration) Option {
+func ReconnectGrace(d time.Duration) Option {
 	return func(c *Config) error {
 		if d <= 0 {
-			return fmt.Errorf("realm: WithReconnectGrace: %v, want > 0", d)
+			return fmt.Errorf("realm: ReconnectGrace: %v, want > 0", d)
 		}
 		c.ReconnectGrace = d
 		return nil
 	}
 }
 
-// WithMDNS turns on mDNS discovery on the LAN (go-libp2p's
+// Open makes the realm open: its keys derive from its name alone, so anyone
+// who knows the name can join it (for public rooms and tests). JoinRealm
+// refuses a realm with neither PSK nor Open (ErrNoKey), and one with both.
+func Open() Option {
+	return func(c *Config) error {
+		c.Open = true
+		return nil
+	}
+}
+
+// MDNS turns on mDNS discovery on the LAN (go-libp2p's
 // p2p/discovery/mdns). The advertised service name is derived from the
 // rendezvous key; peers found are authenticated like any other candidate.
-func WithMDNS() Option {
+func MDNS() Option {
 	return func(c *Config) error {
 		c.MDNS = true
 		return nil
 	}
 }
 
-// WithPeers gives known members (or candidates) that JoinRealm connects to
+// Peers gives known members (or candidates) that JoinRealm connects to
 // and authenticates with at once. The error names an entry without a peer ID.
-func WithPeers(peers ...peer.AddrInfo) Option {
+func Peers(peers ...peer.AddrInfo) Option {
 	return func(c *Config) error {
 		for i, ai := range peers {
 			if ai.ID == "" {
-				return fmt.Errorf("realm: WithPeers: entry %d has no peer ID", i)
+				return fmt.Errorf("realm: Peers: entry %d has no peer ID", i)
 			}
 		}
 		c.Peers = append(c.Peers, peers...)
@@ -168,17 +184,17 @@ func WithPeers(peers ...peer.AddrInfo) Option {
 	}
 }
 
-// WithStreamHandler sets a stream handler for application protocol proto
+// StreamHandler sets a stream handler for application protocol proto
 // before the realm starts admitting members, so the first members' streams
 // find it (Realm.SetStreamHandler after JoinRealm may be late for them).
 // The error names a bad protocol ID (ErrBadProtocol) or a nil handler.
-func WithStreamHandler(proto protocol.ID, handler network.StreamHandler) Option {
+func StreamHandler(proto protocol.ID, handler network.StreamHandler) Option {
 	return func(c *Config) error {
 		if err := checkProtocol(string(proto)); err != nil {
 			return err
 		}
 		if handler == nil {
-			return fmt.Errorf("realm: WithStreamHandler %q: nil handler", proto)
+			return fmt.Errorf("realm: StreamHandler %q: nil handler", proto)
 		}
 		if c.Handlers == nil {
 			c.Handlers = make(map[protocol.ID]network.StreamHandler)

@@ -22,21 +22,21 @@ import (
 // not linger after Leave.
 func TestLimitsResetOnRejoin(t *testing.T) {
 	a := newNode(t)
-	r1 := join(t, a, "limits", realm.WithPSK(testPSK),
-		realm.WithPoolLimits(core.PoolLimits{LowWater: 1, HighWater: 2}),
-		realm.WithScopeLimits(core.RealmScopeLimits{Members: 1}))
+	r1 := join(t, a, "limits", realm.PSK(testPSK),
+		realm.PoolLimits(core.PoolLimits{LowWater: 1, HighWater: 2}),
+		realm.ScopeLimits(core.RealmScopeLimits{Members: 1}))
 	id := r1.ID()
 	require.Equal(t, core.PoolLimits{LowWater: 1, HighWater: 2}, a.ConnManager().RealmLimitsOf(id))
 	require.NoError(t, r1.Leave(context.Background()))
 
-	r2 := join(t, a, "limits", realm.WithPSK(testPSK))
+	r2 := join(t, a, "limits", realm.PSK(testPSK))
 	require.Equal(t, id, r2.ID())
 	require.Equal(t, a.ConnManager().Config().RealmDefaults, a.ConnManager().RealmLimitsOf(id))
 	// Two members: with the first join's Conns limit of 1, the second
 	// could not be admitted.
 	b, c := newNode(t), newNode(t)
-	join(t, b, "limits", realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
-	join(t, c, "limits", realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	join(t, b, "limits", realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
+	join(t, c, "limits", realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	waitMembers(t, r2, 2)
 	view, ok := a.ResourceManager().ViewRealm(id)
 	require.True(t, ok)
@@ -50,9 +50,9 @@ func TestLimitsResetOnRejoin(t *testing.T) {
 // first instead of returning at once.
 func TestRejoinWhileLeaving(t *testing.T) {
 	a, b, c := newNode(t), newNode(t), newNode(t)
-	r1 := join(t, a, "leaving", realm.WithPSK(testPSK))
-	join(t, b, "leaving", realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
-	join(t, c, "leaving", realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	r1 := join(t, a, "leaving", realm.PSK(testPSK))
+	join(t, b, "leaving", realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
+	join(t, c, "leaving", realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	waitMembers(t, r1, 2)
 	// c holds every realm stream without answering: a's goodbye to c waits.
 	release := make(chan struct{})
@@ -71,7 +71,7 @@ func TestRejoinWhileLeaving(t *testing.T) {
 	require.Eventually(t, func() bool { return len(r1.Members()) < 2 || len(first) == 0 }, time.Second, time.Millisecond)
 	time.Sleep(100 * time.Millisecond) // the first Leave is waiting for c
 
-	_, err := a.JoinRealm(context.Background(), "leaving", realm.WithPSK(testPSK))
+	_, err := a.JoinRealm(context.Background(), "leaving", realm.PSK(testPSK))
 	require.ErrorIs(t, err, realm.ErrAlreadyJoined)
 	require.ErrorContains(t, err, "still being left")
 
@@ -84,7 +84,7 @@ func TestRejoinWhileLeaving(t *testing.T) {
 
 	// The name is free again once Leave has returned. (Not left here: c
 	// still swallows realm streams, so a goodbye to it would wait 5 s.)
-	join(t, a, "leaving", realm.WithPSK(testPSK))
+	join(t, a, "leaving", realm.PSK(testPSK))
 }
 
 // TestExchangeFloodIsBounded proves that a member sending member exchanges
@@ -93,7 +93,7 @@ func TestRejoinWhileLeaving(t *testing.T) {
 // maxCandidates (64) candidates wait at once; the rest are dropped.
 func TestExchangeFloodIsBounded(t *testing.T) {
 	v := newNode(t)
-	rv := join(t, v, "flood", realm.WithPSK(testPSK))
+	rv := join(t, v, "flood", realm.PSK(testPSK))
 	k := atkRealmKeys(t, rv, testPSK)
 	h := atkNewHost(t)
 	atkConnect(t, h, v)
@@ -139,13 +139,13 @@ func TestExchangeFloodIsBounded(t *testing.T) {
 // goodbye and does not list the initiator.
 func TestFailedAdmissionIsUndone(t *testing.T) {
 	a, b, c := newNode(t), newNode(t), newNode(t)
-	ra := join(t, a, "full", realm.WithPSK(testPSK), realm.WithScopeLimits(core.RealmScopeLimits{Members: 1}))
-	rc := join(t, c, "full", realm.WithPSK(testPSK), realm.WithPeers(a.AddrInfo()))
+	ra := join(t, a, "full", realm.PSK(testPSK), realm.ScopeLimits(core.RealmScopeLimits{Members: 1}))
+	rc := join(t, c, "full", realm.PSK(testPSK), realm.Peers(a.AddrInfo()))
 	waitMembers(t, ra, 1)
 	waitMembers(t, rc, 1)
 	// b joins, then connects to a: a identifies b and starts a handshake as
 	// initiator; b admits a, a cannot admit b (one member already).
-	rb := join(t, b, "full", realm.WithPSK(testPSK))
+	rb := join(t, b, "full", realm.PSK(testPSK))
 	require.NoError(t, b.Connect(context.Background(), a.AddrInfo()))
 	require.Eventually(t, func() bool { return a.RealmStats().AuthRefused > 0 }, 5*time.Second, 5*time.Millisecond)
 	require.Eventually(t, func() bool { _, ok := rb.Member(a.ID()); return !ok }, 3*time.Second, 5*time.Millisecond,

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/benbjohnson/clock"
-	lru "github.com/hashicorp/golang-lru"
+	lru "github.com/hashicorp/golang-lru/v2"
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -141,8 +141,9 @@ type Service struct {
 	handles map[handle]handleEntry
 	closed  bool
 
-	// nonces holds recently sent and received handshake nonces.
-	nonces     *lru.Cache
+	// nonces holds recently sent and received handshake nonces (the keys;
+	// the values are nil). The cache is safe for concurrent use.
+	nonces     *lru.Cache[[32]byte, any]
 	handshakes chan struct{}
 
 	flightsMu sync.Mutex
@@ -180,7 +181,7 @@ func NewService(deps Deps) (*Service, error) {
 	if deps.Clock == nil {
 		deps.Clock = clock.New()
 	}
-	nonces, err := lru.New(nonceCacheSize)
+	nonces, err := lru.New[[32]byte, any](nonceCacheSize)
 	if err != nil {
 		return nil, fmt.Errorf("realm: nonce cache: %w", err)
 	}
@@ -220,8 +221,9 @@ func NewService(deps Deps) (*Service, error) {
 
 // Join joins (or creates) the realm called name. It returns at once: members
 // are authenticated in the background as they are found (connected peers,
-// WithPeers, the DHT, member exchange, mDNS) and announced as
-// EvtMemberJoined. Errors: ErrBadName, ErrWeakPSK (from WithPSK),
+// Peers, the DHT, member exchange, mDNS) and announced as
+// EvtMemberJoined. Errors: ErrBadName, ErrWeakPSK (from PSK), ErrNoKey
+// (neither PSK nor Open), PSK and Open together,
 // ErrAlreadyJoined, ErrLeft after Close, an invalid limit (naming it), or
 // ctx's error.
 func (s *Service) Join(ctx context.Context, name string, opts ...Option) (*Realm, error) {
@@ -236,6 +238,12 @@ func (s *Service) Join(ctx context.Context, name string, opts ...Option) (*Realm
 		if err := opt(&cfg); err != nil {
 			return nil, err
 		}
+	}
+	switch {
+	case cfg.PSK == nil && !cfg.Open:
+		return nil, fmt.Errorf("realm %q: %w", name, ErrNoKey)
+	case cfg.PSK != nil && cfg.Open:
+		return nil, fmt.Errorf("realm %q: PSK and Open are exclusive: a realm is closed (PSK) or open", name)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err

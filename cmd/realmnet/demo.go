@@ -227,13 +227,13 @@ func (d *demo) start(ctx context.Context) error {
 			return fmt.Errorf("start node %d: %w", index, err)
 		}
 		options := []node.Option{
-			node.ListenAddrs(listen...),
+			node.ListenAddrStrings(listen...),
 			node.DHTMode(node.DHTServer),
 		}
 		if index > 0 {
 			options = append(options, node.Bootstrap(d.nodes[0].AddrInfo()))
 		}
-		demoNode, err := node.New(options...)
+		demoNode, err := node.New(ctx, options...)
 		if err != nil {
 			return fmt.Errorf("start node %d: %w", index, err)
 		}

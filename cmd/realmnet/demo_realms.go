@@ -93,8 +93,8 @@ func (d *demo) joinRealms(ctx context.Context) error {
 	for index, demoNode := range d.nodes {
 		for _, realmIndex := range realmIndexesOf(index) {
 			dr := d.realms[realmIndex]
-			joined, err := demoNode.JoinRealm(ctx, dr.name, realm.WithPSK(psks[realmIndex]),
-				realm.WithStreamHandler(realmEchoProtocol, serveEcho))
+			joined, err := demoNode.JoinRealm(ctx, dr.name, realm.PSK(psks[realmIndex]),
+				realm.StreamHandler(realmEchoProtocol, serveEcho))
 			if err != nil {
 				return fmt.Errorf("node %d joining realm %s: %w", index, dr.name, err)
 			}

@@ -62,7 +62,7 @@ func runNode(ctx context.Context, out io.Writer, flags runFlags) error {
 	if err != nil {
 		return err
 	}
-	runningNode, err := node.New(options...)
+	runningNode, err := node.New(ctx, options...)
 	if err != nil {
 		return err
 	}
@@ -99,7 +99,7 @@ func (flags runFlags) nodeOptions() ([]node.Option, error) {
 			return nil, fmt.Errorf("--listen %q is not a multiaddr: %w", listenAddr, err)
 		}
 	}
-	options := []node.Option{node.ListenAddrs(flags.listenAddrs...), node.DHTMode(dhtRole)}
+	options := []node.Option{node.ListenAddrStrings(flags.listenAddrs...), node.DHTMode(dhtRole)}
 	if flags.identityFile != "" {
 		options = append(options, node.IdentityFile(flags.identityFile))
 	}

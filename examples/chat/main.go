@@ -217,22 +217,22 @@ func (p *printer) printf(format string, args ...any) {
 // start starts a node, joins the realm and prints the node's addresses;
 // run then chats until the input ends or ctx is done.
 func start(ctx context.Context, cfg config, out io.Writer) (*chat, error) {
-	n, err := node.New(node.ListenAddrs(cfg.listen...))
+	n, err := node.New(ctx, node.ListenAddrStrings(cfg.listen...))
 	if err != nil {
 		return nil, err
 	}
 	c := &chat{node: n, out: &printer{w: out}}
-	opts := []realm.Option{realm.WithPSK(cfg.psk)}
+	opts := []realm.Option{realm.PSK(cfg.psk)}
 	if len(cfg.peers) > 0 {
-		opts = append(opts, realm.WithPeers(cfg.peers...))
+		opts = append(opts, realm.Peers(cfg.peers...))
 	}
 	if cfg.mdns {
-		opts = append(opts, realm.WithMDNS())
+		opts = append(opts, realm.MDNS())
 	}
 	// Subscribe (on the host's bus, which carries every realm's member
 	// events) and set the handler before joining: JoinRealm starts
 	// admitting members before it returns.
-	opts = append(opts, realm.WithStreamHandler(chatProtocol, c.receive))
+	opts = append(opts, realm.StreamHandler(chatProtocol, c.receive))
 	if c.sub, err = n.Host().EventBus().Subscribe([]any{new(realm.EvtMemberJoined), new(realm.EvtMemberLeft)}); err != nil {
 		_ = n.Close()
 		return nil, fmt.Errorf("subscribe to member events: %w", err)

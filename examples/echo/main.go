@@ -20,7 +20,10 @@ import (
 const echoProtocol = "/example/echo/1.0.0"
 
 func main() {
-	server, err := node.New(node.ListenAddrs("/ip4/127.0.0.1/udp/0/quic-v1"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	server, err := node.New(ctx, node.ListenAddrStrings("/ip4/127.0.0.1/udp/0/quic-v1"))
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -30,14 +33,11 @@ func main() {
 		_, _ = io.Copy(s, s) // echo until the client closes its side
 	})
 
-	client, err := node.New(node.ListenAddrs("/ip4/127.0.0.1/udp/0/quic-v1"), node.Bootstrap(server.AddrInfo()))
+	client, err := node.New(ctx, node.ListenAddrStrings("/ip4/127.0.0.1/udp/0/quic-v1"), node.Bootstrap(server.AddrInfo()))
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer client.Close()
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	s, err := client.NewStream(ctx, server.ID(), echoProtocol)
 	if err != nil {
 		log.Fatal(err)

@@ -38,11 +38,11 @@ func main() {
 		return fmt.Errorf("peer %s is not on the allowlist", h.Peer)
 	}
 
-	gate := mustNode(node.ListenAddrs(listen), node.AfterHandshake(allowOnly))
+	gate := mustNode(node.ListenAddrStrings(listen), node.AfterHandshake(allowOnly))
 	defer gate.Close()
-	friend := mustNode(node.ListenAddrs(listen), node.Identity(friendKey))
+	friend := mustNode(node.ListenAddrStrings(listen), node.Identity(friendKey))
 	defer friend.Close()
-	stranger := mustNode(node.ListenAddrs(listen))
+	stranger := mustNode(node.ListenAddrStrings(listen))
 	defer stranger.Close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -67,7 +67,7 @@ func outcome(err error) string {
 }
 
 func mustNode(opts ...node.Option) *node.Node {
-	n, err := node.New(opts...)
+	n, err := node.New(context.Background(), opts...)
 	if err != nil {
 		log.Fatal(err)
 	}

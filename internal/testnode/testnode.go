@@ -5,6 +5,7 @@ package testnode
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -25,8 +26,8 @@ const EchoProtocol = "/realmnet/test/echo/1.0.0"
 // it at the end of the test.
 func New(t testing.TB, opts ...node.Option) *node.Node {
 	t.Helper()
-	opts = append([]node.Option{node.ListenAddrs(testkit.Loopback), node.DHTMode(node.DHTClient)}, opts...)
-	n, err := node.New(opts...)
+	opts = append([]node.Option{node.ListenAddrStrings(testkit.Loopback), node.DHTMode(node.DHTClient)}, opts...)
+	n, err := node.New(context.Background(), opts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, n.Close()) })
 	return n
