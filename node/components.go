@@ -46,8 +46,6 @@ import (
 	"github.com/realmnet/realmnet/swarm"
 )
 
-// UserAgent is what identify reports for realmnet nodes.
-const UserAgent = "realmnet/0.1"
 
 // components lists the node's fx constructors, in dependency order. Each
 // appends its own stop hook, so fx stops them in reverse order. The basic
@@ -338,7 +336,7 @@ func newHost(lc fx.Lifecycle, s *swarm.Swarm, bus event.Bus, cm libp2pcoreconnmg
 		EventBus:    bus,
 		ConnManager: cm,
 		EnablePing:  true,
-		UserAgent:   UserAgent,
+		UserAgent:   UserAgent(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: create host: %w", err)

@@ -199,3 +199,17 @@ func TestUnreachableBootstrapIsBounded(t *testing.T) {
 	require.Less(t, time.Since(start), 5*time.Second)
 	require.Zero(t, n.DHT().RoutingTable().Size())
 }
+
+// TestUserAgentFromBuildInfo proves that identify reports realmnet's
+// version from the build info (not a constant): a stock host sees
+// "realmnet/" + node.Version().
+func TestUserAgentFromBuildInfo(t *testing.T) {
+	require.NotEmpty(t, node.Version())
+	require.Equal(t, "realmnet/"+node.Version(), node.UserAgent())
+	a := testnode.New(t)
+	b := testnode.New(t)
+	require.NoError(t, a.Connect(testkit.Context(t, 10*time.Second), b.AddrInfo()))
+	agent, err := a.Host().Peerstore().Get(b.ID(), "AgentVersion")
+	require.NoError(t, err)
+	require.Equal(t, node.UserAgent(), agent)
+}
