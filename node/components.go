@@ -46,7 +46,6 @@ import (
 	"github.com/realmnet/realmnet/swarm"
 )
 
-
 // components lists the node's fx constructors, in dependency order. Each
 // appends its own stop hook, so fx stops them in reverse order. The basic
 // host also closes the peerstore, resource and connection managers and the
