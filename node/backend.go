@@ -10,13 +10,13 @@ import (
 	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/gater"
+	"github.com/realmnet/realmnet/internal/realmwire"
 	"github.com/realmnet/realmnet/multipath"
-	"github.com/realmnet/realmnet/realm"
 	"github.com/realmnet/realmnet/resource"
 )
 
 // realmBackend is how the realm service reaches the node's lower layers
-// (realm.Backend): the connection manager's realm sub-pools, the resource
+// (realmwire.Backend): the connection manager's realm sub-pools, the resource
 // manager's realm scopes, the gater's peer policy and multipath's paths.
 type realmBackend struct {
 	pools     *connmgr.Manager
@@ -25,7 +25,7 @@ type realmBackend struct {
 	paths     *multipath.Manager
 }
 
-var _ realm.Backend = (*realmBackend)(nil)
+var _ realmwire.Backend = (*realmBackend)(nil)
 
 func (b *realmBackend) RealmPoolDefaults() core.PoolLimits { return b.pools.Config().RealmDefaults }
 

@@ -40,6 +40,7 @@ import (
 	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/internal/eventqueue"
+	"github.com/realmnet/realmnet/internal/realmwire"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/realm"
 	"github.com/realmnet/realmnet/resource"
@@ -391,21 +392,23 @@ func kadMode(m DHTRole) dht.ModeOpt {
 // before the host's and the DHT's, so goodbyes still go out) and turns the
 // realm-only policy on when asked, exempting bootstrap and allowlisted peers.
 func newRealms(lc fx.Lifecycle, cfg *Config, h host.Host, backend *realmBackend, g *gater.Gater, d *dht.IpfsDHT) (*realm.Service, error) {
-	svc, err := realm.NewService(realm.Deps{Host: h, Backend: backend, Routing: d, Clock: cfg.Clock})
-	if err != nil {
-		return nil, err
-	}
-	lc.Append(fx.StopHook(svc.Close))
+	deps := realmwire.Deps{Host: h, Backend: backend, Routing: d, Clock: cfg.Clock}
 	if cfg.RealmOnly {
 		bootstrapPeers := make(map[peer.ID]bool, len(cfg.Bootstrap))
 		for _, ai := range cfg.Bootstrap {
 			bootstrapPeers[ai.ID] = true
 		}
-		exempt := func(p peer.ID) bool { return bootstrapPeers[p] || g.HasAllowRule(p) }
-		if err := svc.EnableRealmOnly(cfg.AuthTimeout, cfg.RealmOnlyBackoff, exempt); err != nil {
-			return nil, err
+		deps.RealmOnly = &realmwire.RealmOnly{
+			AuthTimeout: cfg.AuthTimeout,
+			Backoff:     cfg.RealmOnlyBackoff,
+			Exempt:      func(p peer.ID) bool { return bootstrapPeers[p] || g.HasAllowRule(p) },
 		}
 	}
+	svc, err := realm.NewService(deps)
+	if err != nil {
+		return nil, err
+	}
+	lc.Append(fx.StopHook(svc.Close))
 	return svc, nil
 }
 

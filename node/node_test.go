@@ -58,7 +58,7 @@ func TestEchoOneMiBBothWays(t *testing.T) {
 	// Identify ran over realmnet's swarm: each knows the other's agent.
 	agent, err := a.Host().Peerstore().Get(b.ID(), "AgentVersion")
 	require.NoError(t, err)
-	require.Equal(t, node.UserAgent, agent)
+	require.Equal(t, node.UserAgent(), agent)
 	require.NoError(t, a.Connect(ctx, b.AddrInfo()), "connecting again is a no-op")
 	require.Len(t, a.Host().Network().ConnsToPeer(b.ID()), 1)
 }
@@ -140,7 +140,7 @@ func TestInteropStockHostPingsRealmnet(t *testing.T) {
 	// The stock side identified realmnet.
 	agent, err := stock.Peerstore().Get(n.ID(), "AgentVersion")
 	require.NoError(t, err)
-	require.Equal(t, node.UserAgent, agent)
+	require.Equal(t, node.UserAgent(), agent)
 	require.Eventually(t, func() bool { return n.Host().Network().Connectedness(stock.ID()) == network.Connected },
 		5*time.Second, 10*time.Millisecond)
 }
@@ -160,7 +160,7 @@ func TestInteropRealmnetIdentifiesStockHost(t *testing.T) {
 	agent, err := n.Host().Peerstore().Get(stock.ID(), "AgentVersion")
 	require.NoError(t, err)
 	require.NotEmpty(t, agent)
-	require.NotEqual(t, node.UserAgent, agent, "the agent is the stock host's, not ours")
+	require.NotEqual(t, node.UserAgent(), agent, "the agent is the stock host's, not ours")
 
 	res := <-ping.Ping(ctx, n.Host(), stock.ID())
 	require.NoError(t, res.Error)

@@ -26,11 +26,11 @@ type realmOnly struct {
 	closed  bool
 }
 
-// EnableRealmOnly turns the realm-only policy on: peers must authenticate
+// enableRealmOnly turns the realm-only policy on: peers must authenticate
 // into a shared realm within authTimeout of connecting (> 0), else they are
 // disconnected and refused for backoff (> 0). exempt (may be nil) names
 // peers the policy never touches. The error names a bad duration.
-func (s *Service) EnableRealmOnly(authTimeout, backoff time.Duration, exempt func(peer.ID) bool) error {
+func (s *Service) enableRealmOnly(authTimeout, backoff time.Duration, exempt func(peer.ID) bool) error {
 	switch {
 	case authTimeout <= 0:
 		return fmt.Errorf("realm: realm-only: AuthTimeout %v, want > 0", authTimeout)

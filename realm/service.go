@@ -13,15 +13,14 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p/core/event"
-	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
-	"github.com/libp2p/go-libp2p/core/routing"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 
 	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/internal/eventqueue"
+	"github.com/realmnet/realmnet/internal/realmwire"
 )
 
 var log = logging.Logger("realmnet/realm")
@@ -77,59 +76,11 @@ const (
 	closeGoodbyeBudget = 500 * time.Millisecond
 )
 
-// Backend is what the realm service needs of the node's lower layers — the
-// connection pools, the resource scopes, the gater's peer policy and the
-// paths — in one interface, so the realm package imports none of them. Package
-// node implements it. Implementations are safe for concurrent use.
-type Backend interface {
-	// RealmPoolDefaults returns the node's default watermarks of a realm's
-	// connection sub-pool (connmgr.Config.RealmDefaults).
-	RealmPoolDefaults() core.PoolLimits
-	// SetRealmLimits sets realm id's sub-pool watermarks and its resource
-	// scope limits (zero scope fields: the node's defaults). The error
-	// names an invalid value.
-	SetRealmLimits(id core.RealmID, pool core.PoolLimits, scope core.RealmScopeLimits) error
-	// RealmPoolLimits returns realm id's sub-pool watermarks.
-	RealmPoolLimits(id core.RealmID) core.PoolLimits
-	// AssignRealm puts p, and its connections, into realm id's sub-pool;
-	// UnassignRealm takes them out.
-	AssignRealm(p peer.ID, id core.RealmID)
-	UnassignRealm(p peer.ID, id core.RealmID)
-	// ReserveRealmMember charges one member to realm id's resource scope;
-	// ReserveRealmStream one application stream in direction dir. Both
-	// return an idempotent release function, or a *resource.LimitError
-	// matching network.ErrResourceLimitExceeded.
-	ReserveRealmMember(id core.RealmID) (release func(), err error)
-	ReserveRealmStream(id core.RealmID, dir network.Direction) (release func(), err error)
-	// SetPeerPolicy installs the gater's peer policy: allow(p) false
-	// refuses p's dials and connections; nil removes the policy.
-	SetPeerPolicy(allow func(peer.ID) bool)
-	// Paths returns snapshots of p's paths (nil when not connected).
-	Paths(p peer.ID) []core.PathInfo
-}
-
-// Deps are what the realm service works through.
-type Deps struct {
-	// Host is the libp2p host over realmnet's swarm; required.
-	Host host.Host
-	// Backend reaches pools, resource scopes, peer policy and paths;
-	// required.
-	Backend Backend
-	// Routing announces and finds members (the DHT); nil disables DHT
-	// discovery.
-	Routing routing.ContentRouting
-	// Clock is the time of reconnect graces, the realm-only policy and
-	// handshake retries (github.com/benbjohnson/clock); nil is the real
-	// clock. Tests pass a mock clock to move time without sleeping; network
-	// deadlines and signed timestamps stay in real time.
-	Clock clock.Clock
-}
-
 // Service runs a node's realms: it owns the realm protocols' handlers, the
 // realms joined, their members and handles, and the realm-only policy.
 // Its methods are safe for concurrent use. node.Node owns one.
 type Service struct {
-	deps   Deps
+	deps   realmwire.Deps
 	events *eventqueue.Queue
 
 	ctx    context.Context
@@ -169,14 +120,22 @@ type handleEntry struct {
 }
 
 // NewService starts the realm service on deps.Host: it registers the two
-// realm protocols and watches identify and the connections. The error names
-// a missing dependency or an event bus failure.
-func NewService(deps Deps) (*Service, error) {
+// realm protocols, watches identify and the connections, and turns the
+// realm-only policy on when deps.RealmOnly is set. It is wiring, called by
+// package node: its parameter's type is internal to the module, so
+// applications cannot call it (they reach realms through node.Node). The
+// error names a missing dependency, a bad realm-only duration or an event
+// bus failure.
+func NewService(deps realmwire.Deps) (*Service, error) {
 	switch {
 	case deps.Host == nil:
 		return nil, errors.New("realm: NewService: nil Host")
 	case deps.Backend == nil:
 		return nil, errors.New("realm: NewService: nil Backend")
+	case deps.RealmOnly != nil && deps.RealmOnly.AuthTimeout <= 0:
+		return nil, fmt.Errorf("realm: realm-only: AuthTimeout %v, want > 0", deps.RealmOnly.AuthTimeout)
+	case deps.RealmOnly != nil && deps.RealmOnly.Backoff <= 0:
+		return nil, fmt.Errorf("realm: realm-only: backoff %v, want > 0", deps.RealmOnly.Backoff)
 	}
 	if deps.Clock == nil {
 		deps.Clock = clock.New()
@@ -216,6 +175,12 @@ func NewService(deps Deps) (*Service, error) {
 	deps.Host.SetStreamHandler(StreamProtocol, s.handleStream)
 	s.wg.Add(1)
 	go s.watchIdentify()
+	if ro := deps.RealmOnly; ro != nil {
+		if err := s.enableRealmOnly(ro.AuthTimeout, ro.Backoff, ro.Exempt); err != nil {
+			_ = s.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
