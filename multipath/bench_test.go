@@ -243,7 +243,7 @@ func benchNewFailoverEnv(b *testing.B, newest bool) *benchFailoverEnv {
 	e := &benchFailoverEnv{newest: newest}
 	e.server = testnode.New(b)
 	e.server.SetStreamHandler(benchEchoProto, benchEchoHandler)
-	listen := e.server.Swarm().ListenAddresses()
+	listen := e.server.Network().ListenAddresses()
 	if len(listen) != 1 {
 		b.Fatalf("server listens on %v, want one address", listen)
 	}
@@ -259,25 +259,26 @@ func benchNewFailoverEnv(b *testing.B, newest bool) *benchFailoverEnv {
 		b.Cleanup(func() { _ = px.Close() })
 		e.proxies[i] = px
 	}
+	var clientSwarm *swarm.Swarm // the component itself, for SetPathSelector (wiring)
 	e.client = testnode.New(b,
 		node.Multipath(multipath.Config{DesiredPaths: 2}),
 		node.Fx(fx.Decorate(func(g connmgr.ConnectionGater) connmgr.ConnectionGater {
 			return benchDenyGater{ConnectionGater: g, deny: e.server.Addrs()}
-		})),
+		}), fx.Populate(&clientSwarm)),
 	)
 	if newest {
-		e.client.Swarm().SetPathSelector(nil)
+		clientSwarm.SetPathSelector(nil)
 	}
 	sid := e.server.ID()
 	ctx, cancel := context.WithTimeout(context.Background(), benchSetupTimeout)
 	defer cancel()
 	for _, px := range e.proxies {
-		if _, err := e.client.Swarm().DialPath(ctx, sid, px.Multiaddr()); err != nil {
+		if _, err := e.client.Network().DialPath(ctx, sid, px.Multiaddr()); err != nil {
 			b.Fatalf("DialPath %s: %v", px.Multiaddr(), err)
 		}
 	}
 	e.waitHealthy(b)
-	if n := len(e.client.Swarm().ConnsToPeer(sid)); n != 2 {
+	if n := len(e.client.Network().ConnsToPeer(sid)); n != 2 {
 		b.Fatalf("client has %d connections to the server, want 2: %+v", n, e.client.Paths(sid))
 	}
 	e.load = benchStartLoad(e.client.Host(), sid)
@@ -314,7 +315,7 @@ func (e *benchFailoverEnv) proxyOf(a ma.Multiaddr) int {
 func (e *benchFailoverEnv) selectedProxy(b *testing.B) (int, time.Duration) {
 	sid := e.server.ID()
 	if e.newest {
-		c := swarm.NewestPathSelector{}.SelectPath(sid, e.client.Swarm().ConnsToPeer(sid))
+		c := swarm.NewestPathSelector{}.SelectPath(sid, e.client.Network().ConnsToPeer(sid))
 		if c == nil {
 			b.Fatal("client has no connection to the server")
 		}
@@ -379,7 +380,7 @@ func (e *benchFailoverEnv) waitHealthy(b *testing.B) {
 			if !present[i] && time.Since(lastDial) > time.Second {
 				lastDial = time.Now()
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				_, err := e.client.Swarm().DialPath(ctx, sid, px.Multiaddr())
+				_, err := e.client.Network().DialPath(ctx, sid, px.Multiaddr())
 				cancel()
 				if err != nil {
 					b.Logf("redial path through proxy %d: %v", i, err)
@@ -560,7 +561,7 @@ func benchPeerProcess(countStr string) int {
 		return 1
 	}
 	for _, n := range nodes {
-		ai, err := json.Marshal(peer.AddrInfo{ID: n.ID(), Addrs: n.Swarm().ListenAddresses()})
+		ai, err := json.Marshal(peer.AddrInfo{ID: n.ID(), Addrs: n.Network().ListenAddresses()})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			closeAll()
@@ -684,7 +685,7 @@ func (pp *benchPeerProc) cpu(b *testing.B) time.Duration {
 
 // benchConnBytes returns the QUIC bytes sent over all of s's connections
 // (what PathInfo.BytesSent reports per path) and their IDs.
-func benchConnBytes(s *swarm.Swarm) (uint64, []string) {
+func benchConnBytes(s network.Network) (uint64, []string) {
 	var sum uint64
 	var ids []string
 	for _, c := range s.Conns() {
@@ -708,11 +709,11 @@ type benchHBSample struct {
 // process's CPU time and the QUIC bytes the measured node sent over window;
 // the connections must be the same at both ends of the window.
 func benchHBMeasure(b *testing.B, pp *benchPeerProc, n *node.Node, window time.Duration) benchHBSample {
-	b0, ids0 := benchConnBytes(n.Swarm())
+	b0, ids0 := benchConnBytes(n.Network())
 	p0, c0, t0 := pp.cpu(b), benchCPUTime(), time.Now()
 	time.Sleep(window)
 	c1, t1, p1 := benchCPUTime(), time.Now(), pp.cpu(b)
-	b1, ids1 := benchConnBytes(n.Swarm())
+	b1, ids1 := benchConnBytes(n.Network())
 	if !slices.Equal(ids0, ids1) {
 		b.Fatalf("connections changed during the window: %d before, %d after", len(ids0), len(ids1))
 	}
@@ -772,11 +773,13 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 	pp, peers := benchStartPeerProc(b, benchHBPeers)
 	b.Logf("peer process: %d peers ready in %s", len(peers), time.Since(setupStart).Round(time.Millisecond))
 
+	var pathManager *multipath.Manager // the component itself, to Close it (wiring)
 	n := testnode.New(b,
 		node.ConnLimits(rconnmgr.Config{
 			LowWater: 1800, HighWater: 2000,
 			Unassigned: core.PoolLimits{LowWater: 1800, HighWater: 2000},
 		}),
+		node.Fx(fx.Populate(&pathManager)),
 	)
 	var wg sync.WaitGroup
 	var next atomic.Int64
@@ -807,7 +810,7 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 	for _, ai := range peers {
 		paths += len(n.Paths(ai.ID))
 	}
-	if conns := len(n.Swarm().Conns()); conns != paths || paths != 2*len(peers) {
+	if conns := len(n.Network().Conns()); conns != paths || paths != 2*len(peers) {
 		b.Fatalf("%d connections, %d paths, want %d", conns, paths, 2*len(peers))
 	}
 	b.Logf("measured node: %d paths to %d peers after %s", paths, len(peers), time.Since(setupStart).Round(time.Millisecond))
@@ -819,7 +822,7 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 	time.Sleep(benchHBSettle)
 
 	on := benchHBMeasure(b, pp, n, benchHBWindow)
-	if err := n.Multipath().Close(); err != nil {
+	if err := pathManager.Close(); err != nil {
 		b.Fatal(err)
 	}
 	time.Sleep(2 * time.Second)
@@ -891,7 +894,7 @@ func benchEnsureTwoPaths(b *testing.B, n *node.Node, peers []peer.AddrInfo) int 
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), benchSetupTimeout)
-			_, err := n.Swarm().DialPath(ctx, ai.ID, a)
+			_, err := n.Network().DialPath(ctx, ai.ID, a)
 			cancel()
 			if err != nil {
 				b.Fatalf("DialPath %s %s: %v", ai.ID, a, err)
@@ -952,7 +955,7 @@ func benchRoundTrip(s network.Stream, buf []byte) error {
 //   - "selector" (realmnet): client.Host().NewStream(ctx, server, proto) —
 //     the basic host over swarm.NewStream, which asks the multipath manager
 //     (StrategyBest) for the path; lazy multistream-select.
-//   - "swarm": client.Swarm().NewStream (selector) plus the same protocol
+//   - "swarm": client.Network().NewStream (selector) plus the same protocol
 //     work as "direct", without the basic host: isolates the selector.
 //   - "direct" (reference): NewStream on a fixed connection (the one the
 //     manager selects), SetProtocol and multistream's lazy
@@ -972,12 +975,13 @@ func benchRoundTrip(s network.Stream, buf []byte) error {
 func BenchmarkStreamOpen(b *testing.B) {
 	server := testnode.New(b, node.ListenAddrStrings(benchListen1, benchListen2))
 	server.SetStreamHandler(benchEchoProto, benchEchoHandler)
-	client := testnode.New(b, node.Multipath(multipath.Config{DesiredPaths: 2}))
+	var clientPaths *multipath.Manager // the component itself, for SelectPath (the swarm's seam)
+	client := testnode.New(b, node.Multipath(multipath.Config{DesiredPaths: 2}), node.Fx(fx.Populate(&clientPaths)))
 	sid := server.ID()
 	ctx, cancel := context.WithTimeout(context.Background(), benchSetupTimeout)
 	defer cancel()
-	for _, a := range server.Swarm().ListenAddresses() {
-		if _, err := client.Swarm().DialPath(ctx, sid, a); err != nil {
+	for _, a := range server.Network().ListenAddresses() {
+		if _, err := client.Network().DialPath(ctx, sid, a); err != nil {
 			b.Fatalf("DialPath %s: %v", a, err)
 		}
 	}
@@ -987,7 +991,7 @@ func BenchmarkStreamOpen(b *testing.B) {
 		b.Fatal("no selected path")
 	}
 	var fixed network.Conn
-	for _, c := range client.Swarm().ConnsToPeer(sid) {
+	for _, c := range client.Network().ConnsToPeer(sid) {
 		if c.ID() == sel.ConnID {
 			fixed = c
 		}
@@ -1001,7 +1005,7 @@ func BenchmarkStreamOpen(b *testing.B) {
 			return client.Host().NewStream(ctx, sid, benchEchoProto)
 		},
 		"swarm": func(ctx context.Context) (network.Stream, error) {
-			s, err := client.Swarm().NewStream(ctx, sid)
+			s, err := client.Network().NewStream(ctx, sid)
 			if err != nil {
 				return nil, err
 			}
@@ -1045,9 +1049,9 @@ func BenchmarkStreamOpen(b *testing.B) {
 		})
 	}
 	b.Run("selectpath", func(b *testing.B) {
-		conns := client.Swarm().ConnsToPeer(sid)
+		conns := client.Network().ConnsToPeer(sid)
 		for b.Loop() {
-			if client.Multipath().SelectPath(sid, conns) == nil {
+			if clientPaths.SelectPath(sid, conns) == nil {
 				b.Fatal("no path selected")
 			}
 		}

@@ -44,7 +44,7 @@ func newNode(t *testing.T, cfg multipath.Config, listen ...string) *node.Node {
 // proxyTo puts a fault-injection proxy in front of n's first listen address.
 func proxyTo(t *testing.T, n *node.Node) *udpproxy.Proxy {
 	t.Helper()
-	target, err := manet.ToNetAddr(n.Swarm().ListenAddresses()[0].Decapsulate(ma.StringCast("/quic-v1")))
+	target, err := manet.ToNetAddr(n.Network().ListenAddresses()[0].Decapsulate(ma.StringCast("/quic-v1")))
 	require.NoError(t, err)
 	p, err := udpproxy.New("127.0.0.1:0", target.(*net.UDPAddr))
 	require.NoError(t, err)
@@ -56,7 +56,7 @@ func dialPath(t *testing.T, from, to *node.Node, addr ma.Multiaddr) network.Conn
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := from.Swarm().DialPath(ctx, to.ID(), addr)
+	c, err := from.Network().DialPath(ctx, to.ID(), addr)
 	require.NoError(t, err)
 	return c
 }
@@ -290,7 +290,7 @@ func threePaths(t *testing.T, cfg multipath.Config) (server, client *node.Node, 
 	t.Helper()
 	server = newNode(t, cfg, "/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.2/udp/0/quic-v1", "/ip4/127.0.0.3/udp/0/quic-v1")
 	client = newNode(t, cfg)
-	for _, addr := range server.Swarm().ListenAddresses() {
+	for _, addr := range server.Network().ListenAddresses() {
 		dialPath(t, client, server, addr)
 	}
 	// The manager's own standby dialing may race with ours and leave a
@@ -314,7 +314,7 @@ func TestRoundRobinSpreadsEvenly(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for range 999 {
-		s, err := client.Swarm().NewStream(ctx, server.ID())
+		s, err := client.Network().NewStream(ctx, server.ID())
 		require.NoError(t, err)
 		counts[s.Conn().ID()]++
 		require.NoError(t, s.Reset())
@@ -356,7 +356,7 @@ func TestLeastLoadedPicksFewestStreams(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 				continue
 			}
-			s, err := client.Swarm().NewStream(ctx, server.ID())
+			s, err := client.Network().NewStream(ctx, server.ID())
 			require.NoError(t, err)
 			if healthy() {
 				t.Cleanup(func() { _ = s.Reset() })
@@ -393,7 +393,7 @@ func TestCustomAndPerPeerStrategy(t *testing.T) {
 	})
 	require.NoError(t, err)
 	for range 3 {
-		s, err := client.Swarm().NewStream(ctx, server.ID())
+		s, err := client.Network().NewStream(ctx, server.ID())
 		require.NoError(t, err)
 		require.Equal(t, conns[1].ID(), s.Conn().ID())
 		_ = s.Reset()
@@ -402,7 +402,7 @@ func TestCustomAndPerPeerStrategy(t *testing.T) {
 	require.Error(t, client.Multipath().SetPeerStrategy(server.ID(), multipath.StrategyCustom, nil))
 	require.ErrorContains(t, client.Multipath().SetStrategy("fastest", nil), "fastest")
 	require.NoError(t, client.Multipath().SetPeerStrategy(server.ID(), "", nil))
-	s, err := client.Swarm().NewStream(ctx, server.ID())
+	s, err := client.Network().NewStream(ctx, server.ID())
 	require.NoError(t, err)
 	best, ok := client.Multipath().Selected(server.ID())
 	require.True(t, ok)
@@ -458,7 +458,7 @@ func TestStandbyPathDialedAfterIdentify(t *testing.T) {
 	client := newNode(t, multipath.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	require.NoError(t, client.Connect(ctx, peer.AddrInfo{ID: server.ID(), Addrs: server.Swarm().ListenAddresses()[:1]}))
+	require.NoError(t, client.Connect(ctx, peer.AddrInfo{ID: server.ID(), Addrs: server.Network().ListenAddresses()[:1]}))
 	require.Eventually(t, func() bool {
 		ps := client.Paths(server.ID())
 		if len(ps) != 2 {
@@ -482,23 +482,23 @@ func TestStandbyPathDialedAfterIdentify(t *testing.T) {
 func TestRedundantPathClosed(t *testing.T) {
 	server := newNode(t, multipath.Config{})
 	client := newNode(t, multipath.Config{})
-	addr := server.Swarm().ListenAddresses()[0]
+	addr := server.Network().ListenAddresses()[0]
 	first := dialPath(t, client, server, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	again, err := client.Swarm().DialPath(ctx, server.ID(), addr)
+	again, err := client.Network().DialPath(ctx, server.ID(), addr)
 	require.NoError(t, err)
 	require.Same(t, first, again)
 
 	for range 5 {
 		server, client := newNode(t, multipath.Config{}), newNode(t, multipath.Config{})
 		client.Host().Peerstore().AddAddrs(server.ID(), server.Addrs(), time.Hour)
-		addr := server.Swarm().ListenAddresses()[0]
+		addr := server.Network().ListenAddresses()[0]
 		var conns [3]network.Conn
 		var wg sync.WaitGroup
 		for i := range conns {
 			wg.Go(func() {
-				c, err := client.Swarm().DialPath(ctx, server.ID(), addr)
+				c, err := client.Network().DialPath(ctx, server.ID(), addr)
 				require.NoError(t, err)
 				conns[i] = c
 			})
@@ -550,7 +550,7 @@ func TestHeartbeatsKeepPathsAlive(t *testing.T) {
 	sub, err := client.Host().EventBus().Subscribe(new(multipath.EvtPathDead))
 	require.NoError(t, err)
 	defer sub.Close()
-	dialPath(t, client, server, server.Swarm().ListenAddresses()[0])
+	dialPath(t, client, server, server.Network().ListenAddresses()[0])
 	select {
 	case e := <-sub.Out():
 		t.Fatalf("a healthy path died: %+v", e)

@@ -500,7 +500,7 @@ func TestAdmissionHookChurn100Connections(t *testing.T) {
 	// redundancy tie-break and stay unannounced (reinstated when the old
 	// one's close arrives, unless a closes it first): every connection is
 	// announced or refused as redundant, none twice over.
-	redundant := b.Swarm().AdmissionStats().Refused[core.ReasonPathRedundant]
+	redundant := b.Network().AdmissionStats().Refused[core.ReasonPathRedundant]
 	require.LessOrEqual(t, bConns.Load(), int64(rounds), "b's connections")
 	require.GreaterOrEqual(t, bConns.Load()+int64(redundant), int64(rounds), "b's connections (%d redundant)", redundant)
 	require.Zero(t, other.Load())

@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/fx"
 
 	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/core"
@@ -94,7 +95,7 @@ func TestPoolsHoldUnderInboundBurst(t *testing.T) {
 	// for a loaded machine).
 	if !assert.Eventually(t, func() bool { return hub.ConnectionCount() <= highWater }, 2*silence+time.Second, 20*time.Millisecond,
 		"not at or below HighWater within two SilencePeriods") {
-		t.Fatalf("count %d; stats %+v; swarm %+v", hub.ConnectionCount(), hub.Stats(), hub.Swarm().AdmissionStats())
+		t.Fatalf("count %d; stats %+v; swarm %+v", hub.ConnectionCount(), hub.Stats(), hub.Network().AdmissionStats())
 	}
 	t.Logf("max pool %d, max swarm %d, %d connections %s after the burst; stats %+v",
 		maxPool.Load(), maxSwarm.Load(), hub.ConnectionCount(), time.Since(burstEnd).Round(time.Millisecond), hub.Stats())
@@ -137,7 +138,9 @@ func TestConnManagerOptionsAndLimits(t *testing.T) {
 	_, err = node.New(context.Background(), node.RealmDefaults(core.PoolLimits{LowWater: 9, HighWater: 3}))
 	require.ErrorContains(t, err, "RealmDefaults")
 
-	n := testnode.New(t, node.ConnLimits(connmgr.Config{LowWater: 5, HighWater: 50}), node.RealmDefaults(core.PoolLimits{LowWater: 2, HighWater: 8}))
+	var pools *connmgr.Manager // the component itself, for AssignRealm (wiring, not in the ConnManager view)
+	n := testnode.New(t, node.ConnLimits(connmgr.Config{LowWater: 5, HighWater: 50}), node.RealmDefaults(core.PoolLimits{LowWater: 2, HighWater: 8}),
+		node.Fx(fx.Populate(&pools)))
 	cfg := n.ConnManager().Config()
 	require.Equal(t, 5, cfg.LowWater)
 	require.Equal(t, 50, cfg.HighWater)
@@ -156,7 +159,7 @@ func TestConnManagerOptionsAndLimits(t *testing.T) {
 	require.Len(t, n.Connections(other.ID()), 1)
 	require.Equal(t, n.Connections(other.ID())[0], n.Connection(other.ID()))
 	require.Contains(t, n.ConnectionsMap(), other.ID())
-	n.ConnManager().AssignRealm(other.ID(), "realm-a")
+	pools.AssignRealm(other.ID(), "realm-a")
 	require.Len(t, n.RealmConnections("realm-a"), 1)
 	st := n.Stats()
 	require.Equal(t, 1, st.Realms["realm-a"].Count)

@@ -167,9 +167,9 @@ func (n *Node) AddrInfo() peer.AddrInfo {
 // protocol can be mounted on it.
 func (n *Node) Host() host.Host { return n.host }
 
-// Swarm returns realmnet's swarm (the host's network.Network), for DialPath
-// and path-level access.
-func (n *Node) Swarm() *swarm.Swarm { return n.swarm }
+// Network returns realmnet's swarm (the host's network.Network) as the
+// Network view: connections, streams, DialPath, admission counters.
+func (n *Node) Network() Network { return n.swarm }
 
 // Hooks returns the hook registry, for adding and removing BeforeConnect and
 // AfterHandshake hooks at run time.
@@ -185,7 +185,7 @@ func (n *Node) Gater() *gater.Gater { return n.gater }
 
 // ConnManager returns the connection manager: pools, tags, protection,
 // realm assignment, trims.
-func (n *Node) ConnManager() *connmgr.Manager { return n.pools }
+func (n *Node) ConnManager() ConnManager { return n.pools }
 
 // Connections returns every connection (path) to p.
 func (n *Node) Connections(p peer.ID) []network.Conn { return n.pools.Connections(p) }
@@ -214,7 +214,7 @@ func (n *Node) TrimConnections(ctx context.Context, count int) (int, error) {
 func (n *Node) Stats() connmgr.Stats { return n.pools.Stats() }
 
 // Multipath returns the path manager: strategies, path snapshots, events.
-func (n *Node) Multipath() *multipath.Manager { return n.paths }
+func (n *Node) Multipath() PathManager { return n.paths }
 
 // Paths returns snapshots of the paths (connections) to p: addresses, RTT,
 // loss, state, which one is selected. Empty when not connected.

@@ -270,7 +270,7 @@ func TestFxOptionReachesComponents(t *testing.T) {
 	var fromFx *swarm.Swarm
 	var ps peerstore.Peerstore
 	n := testnode.New(t, node.Fx(fx.Populate(&fromFx, &ps)))
-	require.Same(t, n.Swarm(), fromFx)
+	require.Same(t, n.Network(), fromFx)
 	require.Same(t, n.Host().Network(), network.Network(fromFx))
 	require.Equal(t, n.Host().Peerstore(), ps)
 }

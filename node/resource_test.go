@@ -59,7 +59,7 @@ func TestResourceAccountingBalancesAfterChurn(t *testing.T) {
 	}
 	startGoroutines := runtime.NumGoroutine()
 	running := goleak.IgnoreCurrent() // the nodes' own goroutines
-	admittedBefore := server.Swarm().AdmissionStats().Admitted
+	admittedBefore := server.Network().AdmissionStats().Admitted
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -109,7 +109,7 @@ func TestResourceAccountingBalancesAfterChurn(t *testing.T) {
 	wg.Wait()
 	require.False(t, t.Failed())
 	require.EqualValues(t, clients*connsPerClient*streamsPerConn, streams.Load())
-	churned := server.Swarm().AdmissionStats().Admitted - admittedBefore
+	churned := server.Network().AdmissionStats().Admitted - admittedBefore
 	require.GreaterOrEqual(t, churned, uint64(clients*connsPerClient), "connections churned")
 
 	// Members are charged to the realm scope until they leave.

@@ -140,7 +140,7 @@ func simultaneousRound(t *testing.T, ctx context.Context, round int, waitSettled
 				len(a.Host().Network().ConnsToPeer(b.ID())) == len(b.Host().Network().ConnsToPeer(a.ID()))
 		}, 15*time.Second, 10*time.Millisecond, "round %d: redundant connections left open", round)
 	}
-	redundant.Add(a.Swarm().AdmissionStats().Refused[core.ReasonPathRedundant] + b.Swarm().AdmissionStats().Refused[core.ReasonPathRedundant])
+	redundant.Add(a.Network().AdmissionStats().Refused[core.ReasonPathRedundant] + b.Network().AdmissionStats().Refused[core.ReasonPathRedundant])
 }
 
 // settled reports whether every path of n to p is usable (none redundant,
