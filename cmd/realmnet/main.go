@@ -2,22 +2,47 @@
 //
 // Subcommands:
 //
-//	realmnet demo [--nodes 5]   start a small network in one process, find every
-//	                            node through the DHT, echo between every pair,
-//	                            run two realms (blue, green) over it, check
-//	                            their isolation, and print a summary
-//	realmnet run [flags]        run one long-lived node until SIGINT or SIGTERM
-//	realmnet id --identity FILE print the peer ID of the key in FILE
+//	realmnet demo [--nodes 5]     start a small network in one process, find
+//	                              every node through the DHT, echo between
+//	                              every pair, run two realms (blue, green)
+//	                              over it, check their isolation, and print a
+//	                              summary
+//	realmnet run [--config FILE]  run one long-lived node until SIGINT or
+//	                              SIGTERM; its settings come from flags and a
+//	                              JSON config file (flags win)
+//	realmnet init --identity FILE create a new identity (private key) in FILE
+//	                              and print its peer ID; never replaces a file
+//	realmnet id --identity FILE   print the peer ID of the key in FILE; never
+//	                              creates one
+//	realmnet version              print realmnet's version, the Go version,
+//	                              the OS and the architecture
+//	realmnet completion SHELL     print a shell completion script
 //
-// Errors are printed to standard error and make the program exit with
-// status 1.
+// Every subcommand takes --log-level LEVEL (go-log's level of every logger:
+// debug, info, warn, error, dpanic, panic, fatal; default: GOLOG_LOG_LEVEL,
+// else error) and --json (id, init, run and version print JSON objects on
+// standard output instead of text; the other commands refuse it).
+//
+// The reference of every command and flag is generated from the commands
+// into docs/cli (go generate, or the hidden `realmnet gen-docs DIR`);
+// a test fails when it is out of date.
+//
+// Logs and errors are printed to standard error; an error makes the program
+// exit with status 1.
 package main
 
+//go:generate go run . gen-docs ../../docs/cli
+
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 
+	logging "github.com/ipfs/go-log/v2"
 	"github.com/spf13/cobra"
+
+	"github.com/realmnet/realmnet/node"
 )
 
 func main() {
@@ -27,17 +52,102 @@ func main() {
 	}
 }
 
+// globalOptions are the root command's persistent flags, seen by every
+// subcommand.
+type globalOptions struct {
+	// logLevel is --log-level: go-log's level of every logger, applied only
+	// when the flag is given.
+	logLevel string
+	// json is --json: print JSON objects instead of text on standard output.
+	json bool
+}
+
+// Flag names shared by several commands.
+const (
+	logLevelFlag = "log-level"
+	jsonFlag     = "json"
+	identityFlag = "identity"
+)
+
+// jsonAnnotation marks, in cobra.Command.Annotations, the commands that
+// honour --json; the others refuse it rather than print text a script would
+// fail to parse.
+const jsonAnnotation = "realmnet/json"
+
 // newRootCommand returns the realmnet command with all its subcommands.
 func newRootCommand() *cobra.Command {
+	globals := &globalOptions{}
 	root := &cobra.Command{
 		Use:   "realmnet",
 		Short: "Run realmnet nodes",
 		Long: "realmnet runs nodes of the realmnet peer-to-peer network: a demo network\n" +
-			"in one process, a long-lived node, or prints a node identity's peer ID.",
+			"in one process (demo) or a long-lived node (run); it creates node identities\n" +
+			"(init), prints their peer IDs (id) and prints its own version (version).\n\n" +
+			"Logs and errors go to standard error; with --json, id, init, run and version\n" +
+			"print JSON objects on standard output. An error makes realmnet exit with\n" +
+			"status 1.",
+		Version: node.Version(),
 		// main prints the error once; usage is only shown for --help.
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		PersistentPreRunE: func(command *cobra.Command, _ []string) error {
+			if globals.json && command.Annotations[jsonAnnotation] == "" {
+				return fmt.Errorf("--%s: %s has no JSON output", jsonFlag, command.CommandPath())
+			}
+			if command.Flags().Changed(logLevelFlag) {
+				return applyLogLevel("--"+logLevelFlag, globals.logLevel)
+			}
+			return nil
+		},
 	}
-	root.AddCommand(newDemoCommand(), newRunCommand(), newIDCommand())
+	root.SetVersionTemplate(versionLine() + "\n")
+	root.PersistentFlags().StringVar(&globals.logLevel, logLevelFlag, "",
+		"level of every logger: debug, info, warn, error, dpanic, panic or fatal (default: $GOLOG_LOG_LEVEL, else error)")
+	root.PersistentFlags().BoolVar(&globals.json, jsonFlag, false,
+		"print JSON objects on standard output instead of text (id, init, run, version)")
+	root.AddCommand(newDemoCommand(), newRunCommand(globals), newInitCommand(globals),
+		newIDCommand(globals), newVersionCommand(globals), newGenDocsCommand())
 	return root
+}
+
+// supportsJSON marks command as honouring --json and returns it.
+func supportsJSON(command *cobra.Command) *cobra.Command {
+	if command.Annotations == nil {
+		command.Annotations = map[string]string{}
+	}
+	command.Annotations[jsonAnnotation] = "true"
+	return command
+}
+
+// applyLogLevel sets go-log's level of every logger, existing and future,
+// to level. name says where level came from ("--log-level", or a config
+// key) and starts the error when level is not a level.
+func applyLogLevel(name, level string) error {
+	if err := checkLogLevel(name, level); err != nil {
+		return err
+	}
+	return logging.SetLogLevel("*", level)
+}
+
+// checkLogLevel returns an error naming name and level when level is not a
+// go-log level.
+func checkLogLevel(name, level string) error {
+	// zap parses "" as info; an empty level is a mistake here.
+	if level == "" {
+		return fmt.Errorf("%s: empty; want debug, info, warn, error, dpanic, panic or fatal", name)
+	}
+	if _, err := logging.Parse(level); err != nil {
+		return fmt.Errorf("%s: %q is not a log level (want debug, info, warn, error, dpanic, panic or fatal)", name, level)
+	}
+	return nil
+}
+
+// printJSON writes value to out as one line of JSON.
+func printJSON(out io.Writer, value any) error {
+	data, err := json.Marshal(value)
+	if err != nil {
+		return fmt.Errorf("encode JSON output: %w", err)
+	}
+	_, err = out.Write(append(data, '\n'))
+	return err
 }

@@ -3,14 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/realmnet/realmnet/internal/testkit"
 )
 
 func TestDemoWithThreeNodes(t *testing.T) {
@@ -113,86 +110,6 @@ func TestDemoRejectsOneNode(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "--nodes 1") {
 		t.Errorf("error %q does not name the value 1", err)
-	}
-}
-
-func TestIDPrintsTheSameIDTwice(t *testing.T) {
-	identityFile := filepath.Join(t.TempDir(), "identity.key")
-	printID := func() string {
-		t.Helper()
-		command := newRootCommand()
-		command.SetArgs([]string{"id", "--identity", identityFile})
-		var output bytes.Buffer
-		command.SetOut(&output)
-		command.SetErr(&output)
-		if err := command.Execute(); err != nil {
-			t.Fatalf("id --identity %s: %v", identityFile, err)
-		}
-		return strings.TrimSpace(output.String())
-	}
-	first := printID()
-	if first == "" {
-		t.Fatal("id printed nothing")
-	}
-	if second := printID(); second != first {
-		t.Errorf("id printed %q, then %q for the same file", first, second)
-	}
-}
-
-func TestRunRejectsBadFlags(t *testing.T) {
-	for _, test := range []struct {
-		args     []string
-		badValue string
-	}{
-		{[]string{"run", "--dht-mode", "banana"}, "banana"},
-		{[]string{"run", "--listen", "garbage"}, "garbage"},
-		{[]string{"run", "--bootstrap", "/ip4/127.0.0.1/udp/4001/quic-v1"}, "/ip4/127.0.0.1/udp/4001/quic-v1"},
-		{[]string{"run", "--bootstrap", "nonsense"}, "nonsense"},
-	} {
-		command := newRootCommand()
-		command.SetArgs(test.args)
-		var output bytes.Buffer
-		command.SetOut(&output)
-		command.SetErr(&output)
-		err := command.Execute()
-		if err == nil {
-			t.Errorf("%v succeeded; output:\n%s", test.args, output.String())
-			continue
-		}
-		if !strings.Contains(err.Error(), test.badValue) {
-			t.Errorf("%v: error %q does not name %q", test.args, err, test.badValue)
-		}
-	}
-}
-
-func TestRunPrintsAddressesAndStops(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var output bytes.Buffer
-	done := make(chan error, 1)
-	go func() {
-		done <- runNode(ctx, &output, runFlags{
-			listenAddrs: []string{testkit.Loopback},
-			dhtMode:     "server",
-		})
-	}()
-	// runNode starts the node even when its context is already done, prints
-	// the addresses, then stops; output is read only once it has returned.
-	time.Sleep(500 * time.Millisecond)
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("runNode: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("runNode did not return after its context was cancelled")
-	}
-	text := output.String()
-	if !strings.Contains(text, "/ip4/127.0.0.1/udp/") || !strings.Contains(text, "/quic-v1/p2p/12D3KooW") {
-		t.Errorf("output lacks a /p2p address:\n%s", text)
-	}
-	if !strings.HasSuffix(text, "stopped\n") {
-		t.Errorf("output does not end with \"stopped\":\n%s", text)
 	}
 }
 

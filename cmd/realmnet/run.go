@@ -2,65 +2,245 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
+	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/realmnet/realmnet/node"
 )
 
-// runFlags are the flags of `realmnet run`.
-type runFlags struct {
-	listenAddrs    []string
-	identityFile   string
-	bootstrapAddrs []string
-	dhtMode        string
+// The flags of `realmnet run`; each but --config is also a config key
+// (configKey).
+const (
+	configFlag           = "config"
+	listenFlag           = "listen"
+	bootstrapFlag        = "bootstrap"
+	dhtModeFlag          = "dht-mode"
+	dhtPrivateAddrsFlag  = "dht-private-addrs"
+	bootstrapTimeoutFlag = "bootstrap-timeout"
+)
+
+// runSettings are the settings of `realmnet run`: its flags' values, with
+// the config file's values for the flags not given on the command line.
+type runSettings struct {
+	// listen are the QUIC multiaddrs to listen on.
+	listen []string
+	// identity is the private key's file ("": a fresh key).
+	identity string
+	// bootstrap are multiaddrs ending in /p2p/<peer ID>.
+	bootstrap []string
+	// dhtMode is auto, server or client.
+	dhtMode string
+	// dhtPrivateAddrs is node.DHTPrivateAddrs.
+	dhtPrivateAddrs bool
+	// bootstrapTimeout is node.BootstrapTimeout.
+	bootstrapTimeout time.Duration
+	// logLevel is the config file's log_level, applied by runNode; "" when
+	// the file has none or --log-level overrides it (the root command
+	// applied the flag already).
+	logLevel string
+	// sources name, by flag name, the settings that came from the config
+	// file: `"listen" in FILE`. Errors about the others name the flag.
+	sources map[string]string
 }
+
+// defaultRunSettings returns the defaults of run's flags, which are node's.
+func defaultRunSettings() runSettings {
+	defaults := node.DefaultConfig()
+	return runSettings{
+		listen:           []string{node.DefaultListenAddr},
+		dhtMode:          node.DHTAuto.String(),
+		dhtPrivateAddrs:  defaults.DHTPrivateAddrs,
+		bootstrapTimeout: defaults.BootstrapTimeout,
+	}
+}
+
+// source returns what errors about the setting of flag name: "--flag", or
+// the config key and file it came from.
+func (settings *runSettings) source(flag string) string {
+	if source, ok := settings.sources[flag]; ok {
+		return source
+	}
+	return "--" + flag
+}
+
+// runOutput is the JSON line `realmnet run --json` prints once the node is
+// up.
+type runOutput struct {
+	// PeerID is the node's peer ID.
+	PeerID string `json:"peer_id"`
+	// Addrs are the node's addresses, each ending in /p2p/<peer ID>.
+	Addrs []string `json:"addrs"`
+}
+
+// runLong is the help of `realmnet run`, the reference of its config file.
+const runLong = `run starts one realmnet node, prints its peer ID and addresses (one per
+line, each ending in /p2p/<peer ID>, ready to be given to another node's
+--bootstrap), and runs until it receives SIGINT or SIGTERM; it then closes
+the node and exits with status 0. With --json it prints one line instead:
+
+    {"peer_id": "12D3KooW...", "addrs": ["/ip4/192.0.2.7/udp/4001/quic-v1/p2p/12D3KooW..."]}
+
+realmnet speaks QUIC only: every --listen and --bootstrap multiaddr must
+contain /quic-v1.
+
+Without --identity the node gets a fresh key, hence a new peer ID, on every
+run. With --identity FILE the key is read from FILE (realmnet init creates
+one); when FILE does not exist a new key is written there and a line on
+standard error says so.
+
+Every setting is checked before anything starts or is written; an error
+names the flag, or the config key and file, and the bad value.
+
+--config FILE reads settings from FILE, a JSON object of at most 1 MiB. Its
+keys are the flags' names with "_" for "-"; a flag given on the command line
+overrides the file's value (a --listen or --bootstrap flag replaces the
+file's whole list). Unknown keys are refused. Relative paths are relative to
+the working directory, not to the file.
+
+    key                 JSON value                   flag
+    listen              array of strings             --listen
+    identity            string                       --identity
+    bootstrap           array of strings             --bootstrap
+    dht_mode            string                       --dht-mode
+    dht_private_addrs   true or false                --dht-private-addrs
+    bootstrap_timeout   string, a Go duration        --bootstrap-timeout
+    log_level           string                       --log-level
+
+For example:
+
+    {
+      "listen": ["/ip4/0.0.0.0/udp/4001/quic-v1", "/ip6/::/udp/4001/quic-v1"],
+      "identity": "/var/lib/realmnet/identity.key",
+      "bootstrap": ["/ip4/192.0.2.1/udp/4001/quic-v1/p2p/12D3KooW..."],
+      "dht_mode": "server",
+      "dht_private_addrs": false,
+      "bootstrap_timeout": "20s",
+      "log_level": "info"
+    }`
 
 // newRunCommand returns `realmnet run`, which runs one node until it is
 // interrupted.
-func newRunCommand() *cobra.Command {
-	var flags runFlags
+func newRunCommand(globals *globalOptions) *cobra.Command {
+	flags := defaultRunSettings()
+	var configFile string
 	command := &cobra.Command{
-		Use:   "run",
+		Use:   "run [--config FILE] [flags]",
 		Short: "Run one realmnet node until SIGINT or SIGTERM",
-		Long: "run starts one realmnet node, prints its addresses (one per line, each\n" +
-			"ending in /p2p/<peer ID>, ready to be given to another node's --bootstrap),\n" +
-			"and runs until it receives SIGINT or SIGTERM; it then closes the node and\n" +
-			"exits with status 0.\n\n" +
-			"Without --identity the node gets a fresh key, hence a new peer ID, on every\n" +
-			"run. With --identity FILE the key is read from FILE, or generated and\n" +
-			"written there when FILE does not exist.",
-		Args: cobra.NoArgs,
+		Long:  runLong,
+		Args:  cobra.NoArgs,
 		RunE: func(command *cobra.Command, _ []string) error {
+			settings := flags
+			settings.listen = slices.Clone(flags.listen)
+			settings.bootstrap = slices.Clone(flags.bootstrap)
+			if command.Flags().Changed(configFlag) && configFile == "" {
+				return fmt.Errorf("--%s: empty file name", configFlag)
+			}
+			if configFile != "" {
+				config, err := loadRunConfig(configFile)
+				if err != nil {
+					return err
+				}
+				if err := settings.applyConfig(command.Flags(), config, configFile); err != nil {
+					return err
+				}
+			}
 			ctx, stop := signal.NotifyContext(command.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runNode(ctx, command.OutOrStdout(), flags)
+			return runNode(ctx, command.OutOrStdout(), command.ErrOrStderr(), settings, globals.json)
 		},
 	}
-	command.Flags().StringArrayVar(&flags.listenAddrs, "listen", []string{node.DefaultListenAddr},
-		"QUIC multiaddr to listen on (repeatable)")
-	command.Flags().StringVar(&flags.identityFile, "identity", "",
+	command.Flags().StringVar(&configFile, configFlag, "",
+		"JSON file of settings, one key per flag (see above); flags given override it")
+	command.Flags().StringArrayVar(&flags.listen, listenFlag, flags.listen,
+		"QUIC multiaddr to listen on, containing /quic-v1 (repeatable)")
+	command.Flags().StringVar(&flags.identity, identityFlag, flags.identity,
 		"file holding the node's private key, created when missing (default: a fresh key each run)")
-	command.Flags().StringArrayVar(&flags.bootstrapAddrs, "bootstrap", nil,
-		"multiaddr of a bootstrap peer, ending in /p2p/<peer ID> (repeatable)")
-	command.Flags().StringVar(&flags.dhtMode, "dht-mode", node.DHTAuto.String(),
+	command.Flags().StringArrayVar(&flags.bootstrap, bootstrapFlag, flags.bootstrap,
+		"QUIC multiaddr of a bootstrap peer, ending in /p2p/<peer ID> (repeatable)")
+	command.Flags().StringVar(&flags.dhtMode, dhtModeFlag, flags.dhtMode,
 		"DHT role: auto, server or client")
-	return command
+	command.Flags().BoolVar(&flags.dhtPrivateAddrs, dhtPrivateAddrsFlag, flags.dhtPrivateAddrs,
+		"let the DHT keep loopback and private (RFC 1918, ULA) addresses; --dht-private-addrs=false on the public internet")
+	command.Flags().DurationVar(&flags.bootstrapTimeout, bootstrapTimeoutFlag, flags.bootstrapTimeout,
+		"how long startup waits for the bootstrap peers (failures are logged, not fatal)")
+	return supportsJSON(command)
 }
 
-// runNode starts a node configured by flags, prints its addresses to out,
-// and closes it when ctx is done.
-func runNode(ctx context.Context, out io.Writer, flags runFlags) error {
-	options, err := flags.nodeOptions()
+// applyConfig sets the settings config has a value for, except those whose
+// flag the command line gave (flagSet.Changed), and records their source.
+// A bootstrap_timeout that is not a duration is an error naming its key.
+func (settings *runSettings) applyConfig(flagSet *pflag.FlagSet, config runConfig, file string) error {
+	settings.sources = map[string]string{}
+	// use reports whether the config's value for flag applies, and records
+	// its source when it does.
+	use := func(flag string, present bool) bool {
+		if !present || flagSet.Changed(flag) {
+			return false
+		}
+		settings.sources[flag] = fmt.Sprintf("%q in %s", configKey(flag), file)
+		return true
+	}
+	if use(listenFlag, config.Listen != nil) {
+		settings.listen = config.Listen
+	}
+	if use(identityFlag, config.Identity != nil) {
+		settings.identity = *config.Identity
+	}
+	if use(bootstrapFlag, config.Bootstrap != nil) {
+		settings.bootstrap = config.Bootstrap
+	}
+	if use(dhtModeFlag, config.DHTMode != nil) {
+		settings.dhtMode = *config.DHTMode
+	}
+	if use(dhtPrivateAddrsFlag, config.DHTPrivateAddrs != nil) {
+		settings.dhtPrivateAddrs = *config.DHTPrivateAddrs
+	}
+	if use(bootstrapTimeoutFlag, config.BootstrapTimeout != nil) {
+		timeout, err := time.ParseDuration(*config.BootstrapTimeout)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a duration (e.g. \"10s\")",
+				settings.source(bootstrapTimeoutFlag), *config.BootstrapTimeout)
+		}
+		settings.bootstrapTimeout = timeout
+	}
+	if use(logLevelFlag, config.LogLevel != nil) {
+		settings.logLevel = *config.LogLevel
+	}
+	return nil
+}
+
+// runNode checks settings, starts a node configured by them, prints its
+// addresses to out (as a runOutput with asJSON), and closes it when ctx is
+// done. Notices, such as a new identity file, go to errOut.
+func runNode(ctx context.Context, out, errOut io.Writer, settings runSettings, asJSON bool) error {
+	options, err := settings.nodeOptions()
 	if err != nil {
 		return err
+	}
+	if settings.logLevel != "" {
+		if err := applyLogLevel(settings.source(logLevelFlag), settings.logLevel); err != nil {
+			return err
+		}
+	}
+	if settings.identity != "" {
+		key, err := settings.loadOrCreateIdentity(errOut)
+		if err != nil {
+			return err
+		}
+		options = append(options, node.Identity(key))
 	}
 	runningNode, err := node.New(ctx, options...)
 	if err != nil {
@@ -73,64 +253,140 @@ func runNode(ctx context.Context, out io.Writer, flags runFlags) error {
 	if err != nil {
 		return fmt.Errorf("format the node's addresses: %w", err)
 	}
-	fmt.Fprintf(out, "peer ID %s, listening on:\n", runningNode.ID())
-	for _, addr := range addrs {
-		fmt.Fprintln(out, addr)
+	if asJSON {
+		output := runOutput{PeerID: runningNode.ID().String(), Addrs: make([]string, 0, len(addrs))}
+		for _, addr := range addrs {
+			output.Addrs = append(output.Addrs, addr.String())
+		}
+		if err := printJSON(out, output); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(out, "peer ID %s, listening on:\n", runningNode.ID())
+		for _, addr := range addrs {
+			fmt.Fprintln(out, addr)
+		}
+		fmt.Fprintln(out, "running until SIGINT or SIGTERM")
 	}
-	fmt.Fprintln(out, "running until SIGINT or SIGTERM")
 
 	<-ctx.Done()
-	fmt.Fprintln(out, "stopping")
+	if !asJSON {
+		fmt.Fprintln(out, "stopping")
+	}
 	if err := runningNode.Close(); err != nil {
 		return fmt.Errorf("close node: %w", err)
 	}
-	fmt.Fprintln(out, "stopped")
+	if !asJSON {
+		fmt.Fprintln(out, "stopped")
+	}
 	return nil
 }
 
-// nodeOptions turns the flags into node options. Errors name the bad value.
-func (flags runFlags) nodeOptions() ([]node.Option, error) {
-	dhtRole, err := node.ParseDHTRole(flags.dhtMode)
-	if err != nil {
-		return nil, fmt.Errorf("--dht-mode: %w", err)
+// nodeOptions checks the settings, except the identity file, which is
+// read later, and turns them into node options. Errors name the flag or
+// config key (settings.source) and the bad value.
+func (settings *runSettings) nodeOptions() ([]node.Option, error) {
+	if len(settings.listen) == 0 {
+		return nil, fmt.Errorf("%s: no address; give at least one QUIC multiaddr (e.g. %s)",
+			settings.source(listenFlag), node.DefaultListenAddr)
 	}
-	for _, listenAddr := range flags.listenAddrs {
-		if _, err := ma.NewMultiaddr(listenAddr); err != nil {
-			return nil, fmt.Errorf("--listen %q is not a multiaddr: %w", listenAddr, err)
+	for _, listenAddr := range settings.listen {
+		if err := checkQUICAddr(listenAddr); err != nil {
+			return nil, fmt.Errorf("%s: %q %w", settings.source(listenFlag), listenAddr, err)
 		}
 	}
-	options := []node.Option{node.ListenAddrStrings(flags.listenAddrs...), node.DHTMode(dhtRole)}
-	if flags.identityFile != "" {
-		options = append(options, node.IdentityFile(flags.identityFile))
-	}
-	if len(flags.bootstrapAddrs) > 0 {
-		peers, err := parseBootstrapPeers(flags.bootstrapAddrs)
+	options := []node.Option{node.ListenAddrStrings(settings.listen...)}
+	if len(settings.bootstrap) > 0 {
+		peers, err := parseBootstrapPeers(settings.source(bootstrapFlag), settings.bootstrap)
 		if err != nil {
 			return nil, err
 		}
 		options = append(options, node.Bootstrap(peers...))
 	}
-	return options, nil
+	dhtRole, err := node.ParseDHTRole(settings.dhtMode)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", settings.source(dhtModeFlag), err)
+	}
+	if settings.bootstrapTimeout <= 0 {
+		return nil, fmt.Errorf("%s: %s; it must be positive", settings.source(bootstrapTimeoutFlag), settings.bootstrapTimeout)
+	}
+	if settings.logLevel != "" {
+		if err := checkLogLevel(settings.source(logLevelFlag), settings.logLevel); err != nil {
+			return nil, err
+		}
+	}
+	return append(options,
+		node.DHTMode(dhtRole),
+		node.DHTPrivateAddrs(settings.dhtPrivateAddrs),
+		node.BootstrapTimeout(settings.bootstrapTimeout),
+	), nil
 }
 
-// parseBootstrapPeers parses multiaddrs ending in /p2p/<peer ID> and merges
-// the addresses of the same peer into one AddrInfo.
-func parseBootstrapPeers(addrs []string) ([]peer.AddrInfo, error) {
+// loadOrCreateIdentity returns the key in settings.identity, creating the
+// file when it does not exist and saying so on errOut. Errors name the
+// flag or config key and the path.
+func (settings *runSettings) loadOrCreateIdentity(errOut io.Writer) (crypto.PrivKey, error) {
+	source := settings.source(identityFlag)
+	key, err := node.LoadIdentity(settings.identity)
+	if errors.Is(err, fs.ErrNotExist) {
+		key, err = node.CreateIdentity(settings.identity)
+		switch {
+		case errors.Is(err, node.ErrIdentityExists):
+			// Created by someone else in between: use theirs.
+			key, err = node.LoadIdentity(settings.identity)
+		case err == nil:
+			id, idErr := peer.IDFromPrivateKey(key)
+			if idErr != nil {
+				return nil, fmt.Errorf("%s: derive peer ID from the key in %s: %w", source, settings.identity, idErr)
+			}
+			fmt.Fprintf(errOut, "realmnet: %s: %s did not exist; created a new identity there, peer ID %s\n",
+				source, settings.identity, id)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	return key, nil
+}
+
+// checkQUICAddr returns an error, to follow the address in a message, when
+// value is not a multiaddr or not a QUIC one.
+func checkQUICAddr(value string) error {
+	addr, err := ma.NewMultiaddr(value)
+	if err != nil {
+		return fmt.Errorf("is not a multiaddr: %w", err)
+	}
+	for _, protocol := range addr.Protocols() {
+		if protocol.Code == ma.P_QUIC_V1 {
+			return nil
+		}
+	}
+	return errors.New("is not a QUIC multiaddr: realmnet speaks QUIC only, so it must contain /quic-v1 " +
+		"(e.g. /ip4/0.0.0.0/udp/4001/quic-v1)")
+}
+
+// parseBootstrapPeers parses QUIC multiaddrs ending in /p2p/<peer ID> and
+// merges the addresses of the same peer into one AddrInfo. source names
+// where the addresses came from ("--bootstrap", or a config key) in errors.
+func parseBootstrapPeers(source string, addrs []string) ([]peer.AddrInfo, error) {
 	parsed := make([]ma.Multiaddr, 0, len(addrs))
 	for _, value := range addrs {
+		if err := checkQUICAddr(value); err != nil {
+			return nil, fmt.Errorf("%s: %q %w", source, value, err)
+		}
 		// AddrInfoFromString checks both the multiaddr and its /p2p part.
 		if _, err := peer.AddrInfoFromString(value); err != nil {
-			return nil, fmt.Errorf("--bootstrap %q is not a multiaddr ending in /p2p/<peer ID>: %w", value, err)
+			return nil, fmt.Errorf("%s: %q is not a multiaddr ending in /p2p/<peer ID>: %w", source, value, err)
 		}
 		addr, err := ma.NewMultiaddr(value)
 		if err != nil {
-			return nil, fmt.Errorf("--bootstrap %q is not a multiaddr: %w", value, err)
+			return nil, fmt.Errorf("%s: %q is not a multiaddr: %w", source, value, err)
 		}
 		parsed = append(parsed, addr)
 	}
 	peers, err := peer.AddrInfosFromP2pAddrs(parsed...)
 	if err != nil {
-		return nil, fmt.Errorf("--bootstrap: %w", err)
+		return nil, fmt.Errorf("%s: %w", source, err)
 	}
 	return peers, nil
 }

@@ -26,7 +26,7 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer alice.Close() // at most 10 s; Shutdown(ctx) takes a context
+	defer alice.Close() // at most 30 s; Shutdown(ctx) takes a context
 	bob, err := node.New(ctx, node.ListenAddrStrings("/ip4/127.0.0.1/udp/0/quic-v1"))
 	if err != nil {
 		log.Fatal(err)
