@@ -6,6 +6,14 @@
 // host (identify, ping) over that swarm, and the Kademlia DHT — starts them,
 // and returns a *Node. Close stops them in reverse order. Users add or
 // replace components with the Fx option (fx.Provide, fx.Decorate).
+//
+// Options follow one convention, go-libp2p's, here and in package realm:
+// each is a bare noun naming what it sets (ListenAddrs, Bootstrap,
+// realm.PSK), takes the value in its natural type (ListenAddrStrings for
+// strings), and returns an error naming a bad value. An Option is a
+// func(*Config) error, so applications may write their own. New applies
+// every option and only then resolves the Config, so the order of options
+// never matters.
 package node
 
 import (
