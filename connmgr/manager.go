@@ -205,6 +205,16 @@ func (m *Manager) Config() Config { return m.cfg }
 
 // Close stops the background loop and the decayer and waits for them. It
 // closes no connection. Idempotent.
+// EventsDropped returns how many trim events were dropped because a
+// subscriber did not keep up (the event queue holds at most 4096); 0
+// without an event bus. Safe for concurrent use.
+func (m *Manager) EventsDropped() uint64 {
+	if m.events == nil {
+		return 0
+	}
+	return m.events.Dropped()
+}
+
 func (m *Manager) Close() error {
 	m.cancel()
 	m.wg.Wait()

@@ -185,6 +185,11 @@ func (m *Manager) Config() Config { return m.cfg }
 
 // Close stops every heartbeat and discovery goroutine and waits for them.
 // It closes no connection. Idempotent.
+// EventsDropped returns how many path events were dropped because a
+// subscriber did not keep up (the event queue holds at most 4096). Safe for
+// concurrent use.
+func (m *Manager) EventsDropped() uint64 { return m.events.Dropped() }
+
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	if m.closed {

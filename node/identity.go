@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 )
@@ -22,11 +23,23 @@ var ErrIdentityExists = errors.New("node: identity file already exists")
 
 // LoadIdentity returns the private key stored at path, in libp2p's protobuf
 // encoding (crypto.MarshalPrivateKey). It never creates or modifies a file.
-// Errors name the path: the file does not exist (matches fs.ErrNotExist),
-// cannot be read, is larger than 16 KiB, or does not hold a valid key.
+//
+// The file must be a regular file (a symbolic link to one is followed), so
+// that a FIFO or a device at the path cannot hang or feed the node; and,
+// except on Windows (whose permissions are ACLs, not mode bits), it must not
+// be readable or writable by group or others, as ssh requires of private
+// keys: a key others can read is not secret any more. Errors name the path:
+// the file does not exist (matches fs.ErrNotExist; a dangling symbolic link
+// says so and does not match, so that LoadOrCreateIdentity never puts a new
+// key in place of a missing secret), is not a regular file, is readable by
+// others (ErrIdentityPermissions), cannot be read, is larger than 16 KiB, or
+// does not hold a valid key.
 func LoadIdentity(path string) (crypto.PrivKey, error) {
 	if path == "" {
 		return nil, errors.New("node: identity file path is empty")
+	}
+	if err := checkIdentityFile(path); err != nil {
+		return nil, err
 	}
 	data, err := readCapped(path, maxIdentityFileSize)
 	if err != nil {
@@ -37,6 +50,33 @@ func LoadIdentity(path string) (crypto.PrivKey, error) {
 		return nil, fmt.Errorf("node: identity file %s does not hold a libp2p private key: %w", path, err)
 	}
 	return key, nil
+}
+
+// ErrIdentityPermissions is returned by LoadIdentity for a key file that
+// group or others may read or write (mode bits 077; not checked on Windows).
+var ErrIdentityPermissions = errors.New("node: identity file is accessible by others")
+
+// checkIdentityFile refuses what LoadIdentity must not read; see there.
+func checkIdentityFile(path string) error {
+	link, err := os.Lstat(path)
+	if err != nil {
+		return fmt.Errorf("node: read identity file %s: %w", path, err)
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		if link.Mode()&fs.ModeSymlink != 0 && errors.Is(err, fs.ErrNotExist) {
+			target, _ := os.Readlink(path)
+			return fmt.Errorf("node: identity file %s is a symbolic link to %s, which does not exist; refusing to create a key in its place", path, target)
+		}
+		return fmt.Errorf("node: read identity file %s: %w", path, err)
+	}
+	if !info.Mode().IsRegular() {
+		return fmt.Errorf("node: identity file %s is not a regular file (%s)", path, info.Mode().Type())
+	}
+	if runtime.GOOS != "windows" && info.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%w: %s has mode %04o, want 0600 or stricter (chmod 600 %s)", ErrIdentityPermissions, path, info.Mode().Perm(), path)
+	}
+	return nil
 }
 
 // CreateIdentity generates an Ed25519 key and writes it at path atomically,
@@ -155,12 +195,20 @@ func syncDir(dir string) {
 }
 
 // readCapped reads a whole file that must not exceed limit bytes.
+// The file is checked again once open: a FIFO swapped in after
+// checkIdentityFile would make Open block, but a device or a directory is
+// still refused here.
 func readCapped(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	if info, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (%s)", info.Mode().Type())
+	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, err

@@ -397,6 +397,25 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	return n.closeErr
 }
 
+// EventsDropped counts, per component, the events dropped because a
+// subscriber of the node's bus did not keep up. Each component delivers
+// its events through bounded queues (4096 events each), so a subscriber that
+// stops reading costs bounded memory; what does not fit is dropped and
+// counted here. go-libp2p's own emitters (identify, the host) block instead
+// of dropping: see Shutdown.
+type EventsDropped struct {
+	// Swarm: connectedness, connection and stream events.
+	Swarm uint64
+	// Multipath: path events. ConnManager: trim events.
+	Multipath, ConnManager uint64
+}
+
+// EventsDropped returns the events dropped so far; see the type. Safe for
+// concurrent use.
+func (n *Node) EventsDropped() EventsDropped {
+	return EventsDropped{Swarm: n.swarm.EventsDropped(), Multipath: n.paths.EventsDropped(), ConnManager: n.pools.EventsDropped()}
+}
+
 // JoinRealm joins the realm called name (see package realm): with
 // realm.PSK a closed realm, else an open one. It returns at once;
 // members are found (DHT, connected peers, realm.Peers, member exchange,

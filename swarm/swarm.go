@@ -924,6 +924,16 @@ func (s *Swarm) reinstate(p peer.ID) {
 	}
 }
 
+// EventsDropped returns how many of the swarm's events — connectedness
+// changes, connection and stream lifecycle events — were dropped because a
+// subscriber did not keep up: each of its event queues holds at most
+// eventqueue.DefaultLimit (4096) events, so a subscriber that stops reading
+// costs bounded memory, not memory per stream. The count only grows. Safe
+// for concurrent use.
+func (s *Swarm) EventsDropped() uint64 {
+	return s.lifecycle.Dropped() + s.connectedness.queue.Dropped()
+}
+
 // Close closes the listeners and every connection (code
 // network.ConnShutdown), cancels dials in flight, waits for every goroutine
 // the swarm started, and closes the transport. Safe to call more than once;
