@@ -389,15 +389,17 @@ func kadMode(m DHTRole) dht.ModeOpt {
 }
 
 // newRealms builds the realm service over the host (its stop hook runs
-// before the host's and the DHT's, so goodbyes still go out) and turns the
-// realm-only policy on when asked, exempting bootstrap and allowlisted peers.
-func newRealms(lc fx.Lifecycle, cfg *Config, h host.Host, backend *realmBackend, g *gater.Gater, d *dht.IpfsDHT) (*realm.Service, error) {
+// before the host's and the DHT's, so goodbyes still go out), turns the
+// realm-only policy on when asked, exempting bootstrap and allowlisted
+// peers, and tells the resource manager who is trusted (members,
+// allowlisted and bootstrap peers) for the streams in negotiation.
+func newRealms(lc fx.Lifecycle, cfg *Config, h host.Host, backend *realmBackend, g *gater.Gater, d *dht.IpfsDHT, rm *resource.Manager) (*realm.Service, error) {
 	deps := realmwire.Deps{Host: h, Backend: backend, Routing: d, Clock: cfg.Clock}
+	bootstrapPeers := make(map[peer.ID]bool, len(cfg.Bootstrap))
+	for _, ai := range cfg.Bootstrap {
+		bootstrapPeers[ai.ID] = true
+	}
 	if cfg.RealmOnly {
-		bootstrapPeers := make(map[peer.ID]bool, len(cfg.Bootstrap))
-		for _, ai := range cfg.Bootstrap {
-			bootstrapPeers[ai.ID] = true
-		}
 		deps.RealmOnly = &realmwire.RealmOnly{
 			AuthTimeout: cfg.AuthTimeout,
 			Backoff:     cfg.RealmOnlyBackoff,
@@ -409,6 +411,9 @@ func newRealms(lc fx.Lifecycle, cfg *Config, h host.Host, backend *realmBackend,
 		return nil, err
 	}
 	lc.Append(fx.StopHook(svc.Close))
+	// Realm members, allowlisted and bootstrap peers keep their share of
+	// the streams in negotiation, whatever untrusted peers open.
+	rm.SetTrusted(func(p peer.ID) bool { return bootstrapPeers[p] || svc.IsMember(p) || g.HasAllowRule(p) })
 	return svc, nil
 }
 

@@ -22,6 +22,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -129,6 +130,8 @@ type Manager struct {
 	usage  map[core.RealmID]*realmUsage
 
 	gauge *prometheus.GaugeVec // nil without a registerer
+
+	negotiation negotiation
 }
 
 // New creates the manager from cfg (unset rcmgr limits take the auto-scaled
@@ -147,6 +150,8 @@ func New(cfg Config, reg prometheus.Registerer, opts ...rcmgr.Option) (*Manager,
 		return nil, fmt.Errorf("resource: create rcmgr: %w", err)
 	}
 	m := &Manager{ResourceManager: rm, realms: cfg.Realms, usage: make(map[core.RealmID]*realmUsage)}
+	m.negotiation.perPeer = make(map[peer.ID]int)
+	m.negotiation.share = untrustedShare(limits.ToPartialLimitConfig().Transient)
 	if m.realms.Realm == nil {
 		m.realms.Realm = make(map[core.RealmID]core.RealmScopeLimits)
 	}
@@ -162,6 +167,22 @@ func New(cfg Config, reg prometheus.Registerer, opts ...rcmgr.Option) (*Manager,
 		}
 	}
 	return m, nil
+}
+
+// untrustedShare is UntrustedNegotiatingShare percent of the transient
+// scope's inbound stream limit (the lower of StreamsInbound and Streams);
+// 0 when the scope is unlimited (no split needed).
+func untrustedShare(transient rcmgr.ResourceLimits) int {
+	limit := -1
+	for _, v := range []rcmgr.LimitVal{transient.StreamsInbound, transient.Streams} {
+		if v >= 0 && (limit < 0 || int(v) < limit) {
+			limit = int(v)
+		}
+	}
+	if limit < 0 {
+		return 0
+	}
+	return max(1, limit*UntrustedNegotiatingShare/100)
 }
 
 // SetRealmLimits overrides the limits of one realm (zero fields take the
