@@ -119,6 +119,15 @@ func (r *Realm) memberHandle(ctx context.Context, p peer.ID) (handle, error) {
 // authenticated peer, then the realm's handler. Any failure resets the
 // stream with ErrorCodeRefused and is counted.
 func (s *Service) handleStream(str network.Stream) {
+	// A peer that is no member of ours and has no handshake with us in
+	// flight cannot have a realm stream for us: reset it before waiting
+	// for its header, so that peers without a key hold none of the realm
+	// stream protocol's scope (they did, 5 s per stream, and starved every
+	// realm's streams, exchanges and goodbyes).
+	if !s.mayOpenRealmStreams(str.Conn().RemotePeer()) {
+		s.refuse(str)
+		return
+	}
 	deadline := time.Now().Add(HandshakeTimeout)
 	_ = str.SetReadDeadline(deadline)
 	frame, err := readFrame(str)
@@ -184,6 +193,28 @@ func (s *Service) memberRealm(h handle, remote peer.ID) *Realm {
 		return nil
 	}
 	return e.realm
+}
+
+// mayOpenRealmStreams reports whether p may have realm streams for us: it
+// is a member of a joined realm (authenticated or within its reconnect
+// grace), or a handshake with it is in flight, in either direction (a
+// member's first stream may overtake the end of its handshake).
+func (s *Service) mayOpenRealmStreams(p peer.ID) bool {
+	s.flightsMu.Lock()
+	inFlight := s.flights[p] != nil
+	s.flightsMu.Unlock()
+	if inFlight {
+		return true
+	}
+	for _, r := range s.joined() {
+		r.mu.Lock()
+		known := r.membership.members[p] != nil || r.handshakes.pending[p] != nil
+		r.mu.Unlock()
+		if known {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Service) refuse(str network.Stream) {
