@@ -1,8 +1,10 @@
 // Package gater is realmnet's connection gater (go-libp2p's
 // core/connmgr.ConnectionGater): block and allow rules for peers, IP
-// addresses and subnets (IPv4 and IPv6), persisted through go-datastore; a
-// peer policy predicate (the realm package's realm-only policy); and the
-// points where the BeforeConnect and AfterHandshake hooks run.
+// addresses and subnets (IPv4 and IPv6), persisted through go-datastore
+// (Open: LevelDB) with a manifest that makes a damaged store refuse to load
+// (New, Open, RecoverStore); a peer policy predicate (the realm package's
+// realm-only policy); and the points where the BeforeConnect and
+// AfterHandshake hooks run.
 //
 // Rules: an allow rule wins over a block rule that covers the same peer or
 // address (block a subnet, allow one address in it). Subnets are matched
@@ -30,6 +32,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -94,15 +98,24 @@ func (r *ruleSet) coversIP(ip netip.Addr) bool {
 	return err == nil && ok
 }
 
-// Gater implements core/connmgr.ConnectionGater. Create it with New; it is
-// safe for concurrent use.
+// Gater implements core/connmgr.ConnectionGater. Create it with New or Open;
+// it is safe for concurrent use (rule changes are applied under a lock and
+// saved one batch at a time, without holding up decisions).
 type Gater struct {
-	ds    datastore.Datastore
-	hooks *hooks.Registry
+	ds     datastore.Datastore
+	hooks  *hooks.Registry
+	dir    string    // Open's directory, for the manifest file; "" for New
+	closer io.Closer // the datastore Open opened; nil for New
+	damage *StoreDamagedError
 
-	mu    sync.RWMutex
-	block *ruleSet
-	allow *ruleSet
+	mu      sync.RWMutex
+	block   *ruleSet
+	allow   *ruleSet
+	pending map[string]bool // rule key -> present: applied, not saved yet
+
+	persistMu sync.Mutex          // serialises saves; guards stored, digest
+	stored    map[string]struct{} // rule keys saved in ds
+	digest    digest              // manifest of stored
 
 	network atomic.Pointer[network.Network]
 	policy  atomic.Pointer[func(peer.ID) bool]
@@ -115,15 +128,34 @@ var (
 )
 
 // New creates a gater whose rules persist in ds (an in-memory datastore
-// keeps them for the process only) and loads the rules ds already holds.
-// registry may be nil (no hooks). The error names a rule that cannot be
-// read.
-func New(ds datastore.Datastore, registry *hooks.Registry) (*Gater, error) {
+// keeps them for the process only) and loads the rules ds already holds;
+// Open does the same for a LevelDB directory and also catches the
+// corruption LevelDB itself detects. registry may be nil (no hooks).
+//
+// Each rule change is written in one batch with a manifest (the number of
+// rules and a checksum of their keys), atomically if ds's batches are
+// (go-ds-leveldb's are; go-datastore's basic batch is not). New checks the
+// rules against it: rules missing, extra or garbled, a manifest that cannot
+// be read or a key that is not a rule return a *StoreDamagedError
+// (errors.Is(err, ErrStoreDamaged)), unless RecoverStore(true) is given. A
+// store without a manifest (written by a version before it) is taken as it
+// is and its manifest written; if that write fails, New logs it and the
+// next saved change writes it. Other errors are the datastore's.
+func New(ds datastore.Datastore, registry *hooks.Registry, opts ...Option) (*Gater, error) {
 	if ds == nil {
 		return nil, errors.New("gater: New: datastore is nil")
 	}
-	g := &Gater{ds: ds, hooks: registry, block: newRuleSet(), allow: newRuleSet()}
-	if err := g.load(context.Background()); err != nil {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return newGater(ds, registry, o, storeInfo{})
+}
+
+func newGater(ds datastore.Datastore, registry *hooks.Registry, o options, info storeInfo) (*Gater, error) {
+	g := &Gater{ds: ds, hooks: registry, block: newRuleSet(), allow: newRuleSet(),
+		stored: make(map[string]struct{}), pending: make(map[string]bool), dir: info.dir}
+	if err := g.load(context.Background(), o, info); err != nil {
 		return nil, err
 	}
 	return g, nil
@@ -155,36 +187,115 @@ func ruleKey(action, kind, value string) datastore.Key {
 	return rulesPrefix.ChildString(action).ChildString(kind).ChildString(url.PathEscape(value))
 }
 
-func (g *Gater) load(ctx context.Context) error {
-	res, err := g.ds.Query(ctx, query.Query{Prefix: rulesPrefix.String(), KeysOnly: true})
+// queryRules lists the rule keys.
+var queryRules = query.Query{Prefix: rulesPrefix.String(), KeysOnly: true}
+
+// load reads the rules into memory and checks them against the manifest
+// (New's doc says what it accepts).
+func (g *Gater) load(ctx context.Context, o options, info storeInfo) error {
+	s, err := scan(ctx, g.ds)
 	if err != nil {
-		return fmt.Errorf("gater: read rules: %w", err)
+		return err
 	}
-	defer res.Close()
-	for r := range res.Next() {
-		if r.Error != nil {
-			return fmt.Errorf("gater: read rules: %w", r.Error)
+	for _, key := range s.rules {
+		if err := addRuleKey(g.block, g.allow, key); err != nil {
+			return err // scan parsed it already
 		}
-		parts := datastore.NewKey(r.Key).List() // realmnet gater <action> <kind> <value>
-		if len(parts) != 5 {
-			return fmt.Errorf("gater: rule key %q has the wrong shape", r.Key)
+		g.stored[key] = struct{}{}
+		g.digest.add(key)
+	}
+	recorded, cause := -1, error(nil)
+	switch {
+	case s.manifestErr != nil:
+		cause = s.manifestErr
+	case s.manifest != nil:
+		recorded = s.manifest.count
+		if *s.manifest != g.digest {
+			cause = errors.New("the rules do not match their manifest (count or checksum)")
 		}
-		value, err := url.PathUnescape(parts[4])
-		if err != nil {
-			return fmt.Errorf("gater: rule key %q: %w", r.Key, err)
+	case info.side != nil:
+		// The manifest key is gone but the file says one was saved.
+		recorded = info.side.count
+		if *info.side != g.digest {
+			cause = fmt.Errorf("the manifest is missing from the store and the rules do not match %s", manifestFile)
 		}
-		var set *ruleSet
-		switch parts[2] {
-		case "block":
-			set = g.block
-		case "allow":
-			set = g.allow
-		default:
-			return fmt.Errorf("gater: rule key %q: unknown action %q", r.Key, parts[2])
+	case info.corrupt == nil && len(s.rules) > 0:
+		log.Infow("gater: rule store has no manifest (written by an earlier version); writing it", "rules", len(s.rules), "dir", info.dir)
+	}
+	if info.corrupt != nil {
+		cause = errors.Join(info.corrupt, cause)
+		if info.side != nil {
+			recorded = info.side.count // the newest witness
 		}
-		if err := addRule(set, parts[3], value); err != nil {
-			return fmt.Errorf("gater: rule key %q: %w", r.Key, err)
+	}
+	if len(s.errs) > 0 {
+		cause = errors.Join(append([]error{cause}, s.errs...)...)
+	}
+	if cause == nil {
+		if s.manifest == nil && (len(s.rules) > 0 || info.side != nil) {
+			if err := g.writeManifest(ctx, nil); err != nil {
+				log.Warnw("gater: could not write the rule manifest; the next saved change writes it", "dir", info.dir, "error", err)
+			}
 		}
+		return nil
+	}
+	damage := &StoreDamagedError{Dir: info.dir, Recorded: recorded, Readable: len(s.rules), Err: cause}
+	if !o.recoverStore {
+		return damage
+	}
+	log.Errorw("gater: RULE STORE DAMAGED, RECOVERING: keeping the readable rules; lost rules must be added again",
+		"dir", info.dir, "recorded", recorded, "readable", len(s.rules), "unreadable_keys", s.unreadable, "cause", cause)
+	if err := g.writeManifest(ctx, s.unreadable); err != nil {
+		return fmt.Errorf("gater: recover rule store: rewrite: %w (damage: %w)", err, damage)
+	}
+	g.damage = damage
+	return nil
+}
+
+// writeManifest writes the manifest of the stored rules, deleting the keys
+// in drop in the same batch.
+func (g *Gater) writeManifest(ctx context.Context, drop []string) error {
+	b, err := g.batch(ctx)
+	if err != nil {
+		return err
+	}
+	for _, key := range drop {
+		if err := b.Delete(ctx, datastore.NewKey(key)); err != nil {
+			return err
+		}
+	}
+	if err := b.Put(ctx, manifestKey, g.digest.encode()); err != nil {
+		return err
+	}
+	if err := b.Commit(ctx); err != nil {
+		return err
+	}
+	g.saveManifestFile()
+	return nil
+}
+
+// addRuleKey parses a stored rule key into block or allow. The error names
+// the key.
+func addRuleKey(block, allow *ruleSet, key string) error {
+	parts := datastore.NewKey(key).List() // realmnet gater <action> <kind> <value>
+	if len(parts) != 5 {
+		return fmt.Errorf("gater: rule key %q has the wrong shape", key)
+	}
+	value, err := url.PathUnescape(parts[4])
+	if err != nil {
+		return fmt.Errorf("gater: rule key %q: %w", key, err)
+	}
+	var set *ruleSet
+	switch parts[2] {
+	case "block":
+		set = block
+	case "allow":
+		set = allow
+	default:
+		return fmt.Errorf("gater: rule key %q: unknown action %q", key, parts[2])
+	}
+	if err := addRule(set, parts[3], value); err != nil {
+		return fmt.Errorf("gater: rule key %q: %w", key, err)
 	}
 	return nil
 }
@@ -257,46 +368,129 @@ func prefixToIPNet(p netip.Prefix) net.IPNet {
 }
 
 // change adds or removes one rule. The rule is parsed first (a bad one is
-// neither saved nor applied), then written to the datastore and applied in
-// memory under one lock, so that concurrent changes cannot leave the two
-// disagreeing (a rule is never in effect without being saved, nor saved
-// without being in effect).
+// neither applied nor saved), then applied in memory at once, then saved
+// (persist). A save that fails leaves the change in force and pending: the
+// error wraps ErrNotPersisted and the datastore's error, and the next save
+// writes it too.
 func (g *Gater) change(action, kind, value string, add bool) error {
 	if err := addRule(newRuleSet(), kind, value); err != nil {
 		return fmt.Errorf("gater: %s %s rule %q: %w", action, kind, value, err)
 	}
-	key := ruleKey(action, kind, value)
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	ctx := context.Background()
-	var err error
-	if add {
-		err = g.ds.Put(ctx, key, nil)
-	} else {
-		err = g.ds.Delete(ctx, key)
-	}
-	if err != nil {
-		return fmt.Errorf("gater: save %s %s rule %s: %w", action, kind, value, err)
-	}
+	key := ruleKey(action, kind, value).String()
 	set := g.block
 	if action == "allow" {
 		set = g.allow
 	}
+	g.mu.Lock()
+	var err error
 	if add {
 		err = addRule(set, kind, value)
 	} else {
 		err = removeRule(set, kind, value)
 	}
 	if err != nil {
+		g.mu.Unlock()
 		return fmt.Errorf("gater: %s %s rule %s: %w", action, kind, value, err)
+	}
+	g.pending[key] = add
+	g.mu.Unlock()
+	if err := g.persist(context.Background()); err != nil {
+		verb := "add"
+		if !add {
+			verb = "remove"
+		}
+		return fmt.Errorf("%w: %s %s %s rule %s: %w", ErrNotPersisted, verb, action, kind, value, err)
 	}
 	return nil
 }
 
-// BlockPeer blocks p and closes its connections. The error is the
-// datastore's.
+// persist writes the pending changes and the manifest in one batch. Writes
+// are serialised by persistMu; g.mu is not held while writing, so decisions
+// go on meanwhile.
+func (g *Gater) persist(ctx context.Context) error {
+	g.persistMu.Lock()
+	defer g.persistMu.Unlock()
+	g.mu.RLock()
+	snap := maps.Clone(g.pending)
+	g.mu.RUnlock()
+	if len(snap) == 0 {
+		return nil // a concurrent save wrote it
+	}
+	b, err := g.batch(ctx)
+	if err != nil {
+		return err
+	}
+	next := g.digest
+	for key, add := range snap {
+		k := datastore.NewKey(key)
+		_, had := g.stored[key]
+		if add {
+			err = b.Put(ctx, k, nil)
+			if !had {
+				next.add(key)
+			}
+		} else {
+			err = b.Delete(ctx, k)
+			if had {
+				next.remove(key)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := b.Put(ctx, manifestKey, next.encode()); err != nil {
+		return err
+	}
+	if err := b.Commit(ctx); err != nil {
+		return err
+	}
+	for key, add := range snap {
+		if add {
+			g.stored[key] = struct{}{}
+		} else {
+			delete(g.stored, key)
+		}
+	}
+	g.digest = next
+	g.mu.Lock()
+	for key, add := range snap {
+		if cur, ok := g.pending[key]; ok && cur == add {
+			delete(g.pending, key)
+		}
+	}
+	g.mu.Unlock()
+	g.saveManifestFile()
+	return nil
+}
+
+// batch is ds's batch, or go-datastore's basic (non-atomic) one.
+func (g *Gater) batch(ctx context.Context) (datastore.Batch, error) {
+	if b, ok := g.ds.(datastore.Batching); ok {
+		return b.Batch(ctx)
+	}
+	return datastore.NewBasicBatch(g.ds), nil
+}
+
+// saveManifestFile copies the manifest to Open's directory. The rules are
+// saved already; a failure is logged (the file is a second witness, read
+// only when the store lost its manifest key).
+func (g *Gater) saveManifestFile() {
+	if g.dir == "" {
+		return
+	}
+	if err := writeManifestFile(g.dir, g.digest); err != nil {
+		log.Warnw("gater: could not write the rule manifest file", "dir", g.dir, "error", err)
+	}
+}
+
+// BlockPeer blocks p and closes its connections. The block is in force
+// when it returns, even with an error wrapping ErrNotPersisted (the rule
+// was not saved: the datastore's error is wrapped too); any other error
+// names an invalid peer ID, and nothing changed.
 func (g *Gater) BlockPeer(p peer.ID) error {
-	if err := g.change("block", "peer", p.String(), true); err != nil {
+	err := g.change("block", "peer", p.String(), true)
+	if err != nil && !errors.Is(err, ErrNotPersisted) {
 		return err
 	}
 	g.closeWhere(func(c network.Conn) bool { return c.RemotePeer() == p && !g.peerAllowed(p) })
@@ -305,42 +499,55 @@ func (g *Gater) BlockPeer(p peer.ID) error {
 	if n := g.network.Load(); n != nil && !g.peerAllowed(p) {
 		_ = (*n).ClosePeer(p)
 	}
-	return nil
+	return err
 }
 
-// UnblockPeer removes p's block rule.
+// UnblockPeer removes p's block rule. An error wrapping ErrNotPersisted
+// means the rule is gone in memory but still saved.
 func (g *Gater) UnblockPeer(p peer.ID) error { return g.change("block", "peer", p.String(), false) }
 
-// AllowPeer adds an allow rule for p, which wins over block rules.
+// AllowPeer adds an allow rule for p, which wins over block rules. An
+// error wrapping ErrNotPersisted means the rule is in force but not saved;
+// any other error names an invalid peer ID.
 func (g *Gater) AllowPeer(p peer.ID) error { return g.change("allow", "peer", p.String(), true) }
 
-// RemoveAllowedPeer removes p's allow rule.
+// RemoveAllowedPeer removes p's allow rule. An error wrapping
+// ErrNotPersisted means the rule is gone in memory but still saved.
 func (g *Gater) RemoveAllowedPeer(p peer.ID) error {
 	return g.change("allow", "peer", p.String(), false)
 }
 
 // BlockAddr blocks one IP address and closes the connections from or to it.
-// The error names an invalid address.
+// The block is in force when it returns, even with an error wrapping
+// ErrNotPersisted (not saved; wraps the datastore's error); any other error
+// names an invalid address, and nothing changed.
 func (g *Gater) BlockAddr(ip net.IP) error {
 	addr, ok := netip.AddrFromSlice(ip)
 	if !ok {
 		return fmt.Errorf("gater: BlockAddr: invalid IP %v", ip)
 	}
 	addr = addr.Unmap()
-	if err := g.change("block", "ip", addr.String(), true); err != nil {
+	err := g.change("block", "ip", addr.String(), true)
+	if err != nil && !errors.Is(err, ErrNotPersisted) {
 		return err
 	}
 	g.closeWhere(func(c network.Conn) bool { return g.coveredIP(c) == addr && !g.addrAllowed(addr) })
-	return nil
+	return err
 }
 
-// UnblockAddr removes ip's block rule.
+// UnblockAddr removes ip's block rule. An error wrapping ErrNotPersisted
+// means the rule is gone in memory but still saved; any other error names
+// an invalid address.
 func (g *Gater) UnblockAddr(ip net.IP) error { return g.ipRule("block", ip, false) }
 
-// AllowAddr adds an allow rule for ip, which wins over block rules.
+// AllowAddr adds an allow rule for ip, which wins over block rules. An
+// error wrapping ErrNotPersisted means the rule is in force but not saved;
+// any other error names an invalid address.
 func (g *Gater) AllowAddr(ip net.IP) error { return g.ipRule("allow", ip, true) }
 
-// RemoveAllowedAddr removes ip's allow rule.
+// RemoveAllowedAddr removes ip's allow rule. An error wrapping
+// ErrNotPersisted means the rule is gone in memory but still saved; any
+// other error names an invalid address.
 func (g *Gater) RemoveAllowedAddr(ip net.IP) error { return g.ipRule("allow", ip, false) }
 
 func (g *Gater) ipRule(action string, ip net.IP, add bool) error {
@@ -352,29 +559,38 @@ func (g *Gater) ipRule(action string, ip net.IP, add bool) error {
 }
 
 // BlockSubnet blocks a subnet (IPv4 or IPv6) and closes the connections it
-// covers. The error names an invalid subnet.
+// covers. The block is in force when it returns, even with an error
+// wrapping ErrNotPersisted (not saved; wraps the datastore's error); any
+// other error names an invalid subnet, and nothing changed.
 func (g *Gater) BlockSubnet(subnet *net.IPNet) error {
 	prefix, err := toPrefix(subnet)
 	if err != nil {
 		return err
 	}
-	if err := g.change("block", "subnet", prefix.String(), true); err != nil {
+	err = g.change("block", "subnet", prefix.String(), true)
+	if err != nil && !errors.Is(err, ErrNotPersisted) {
 		return err
 	}
 	g.closeWhere(func(c network.Conn) bool {
 		ip := g.coveredIP(c)
 		return ip.IsValid() && prefix.Contains(ip) && !g.addrAllowed(ip)
 	})
-	return nil
+	return err
 }
 
-// UnblockSubnet removes a subnet's block rule.
+// UnblockSubnet removes a subnet's block rule. An error wrapping
+// ErrNotPersisted means the rule is gone in memory but still saved; any
+// other error names an invalid subnet.
 func (g *Gater) UnblockSubnet(subnet *net.IPNet) error { return g.subnetRule("block", subnet, false) }
 
 // AllowSubnet adds an allow rule for a subnet, which wins over block rules.
+// An error wrapping ErrNotPersisted means the rule is in force but not
+// saved; any other error names an invalid subnet.
 func (g *Gater) AllowSubnet(subnet *net.IPNet) error { return g.subnetRule("allow", subnet, true) }
 
-// RemoveAllowedSubnet removes a subnet's allow rule.
+// RemoveAllowedSubnet removes a subnet's allow rule. An error wrapping
+// ErrNotPersisted means the rule is gone in memory but still saved; any
+// other error names an invalid subnet.
 func (g *Gater) RemoveAllowedSubnet(subnet *net.IPNet) error {
 	return g.subnetRule("allow", subnet, false)
 }

@@ -3,14 +3,12 @@ package node
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
-	leveldb "github.com/ipfs/go-ds-leveldb"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	libp2pconfig "github.com/libp2p/go-libp2p/config"
 	libp2pcoreconnmgr "github.com/libp2p/go-libp2p/core/connmgr"
@@ -173,24 +171,22 @@ func newHooks(cfg *Config) (*hooks.Registry, error) {
 // newGater is realmnet's gater; its rules persist in DataDir/gater (LevelDB)
 // or, without a data directory, in memory.
 func newGater(lc fx.Lifecycle, cfg *Config, registry *hooks.Registry) (*gater.Gater, libp2pcoreconnmgr.ConnectionGater, error) {
-	var store datastore.Batching = dssync.MutexWrap(datastore.NewMapDatastore())
-	if cfg.DataDir != "" {
-		dir := filepath.Join(cfg.DataDir, "gater")
-		if err := os.MkdirAll(dir, 0o700); err != nil {
-			return nil, nil, fmt.Errorf("node: create data directory: %w", err)
-		}
-		ldb, err := leveldb.NewDatastore(dir, nil)
+	if cfg.DataDir == "" {
+		g, err := gater.New(dssync.MutexWrap(datastore.NewMapDatastore()), registry)
 		if err != nil {
-			return nil, nil, fmt.Errorf("node: open gater rules in %s: %w", dir, err)
+			return nil, nil, err
 		}
-		store = ldb
+		return g, g, nil
 	}
-	g, err := gater.New(store, registry)
+	dir := filepath.Join(cfg.DataDir, "gater")
+	// gater.Open opens LevelDB strictly and checks the rules against their
+	// manifest: a damaged store refuses to start (a *gater.StoreDamagedError
+	// naming dir and what was lost) unless RecoverGaterStore is given.
+	g, err := gater.Open(dir, registry, gater.RecoverStore(cfg.RecoverGaterStore))
 	if err != nil {
-		_ = store.Close()
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("node: gater rules in %s: %w", dir, err)
 	}
-	lc.Append(fx.StopHook(store.Close))
+	lc.Append(fx.StopHook(g.Close))
 	return g, g, nil
 }
 
@@ -432,8 +428,11 @@ const startTimeout = 2 * time.Minute
 // that all of them are built, and have their stop hooks registered, before
 // anything starts: when listening fails, fx rolls all of them back. It
 // listens, then connects to the bootstrap peers (the host itself is started
-// when it is built, see newHost). ctx is New's.
-func start(lc fx.Lifecycle, ctx startContext, cfg *Config, s *swarm.Swarm, g *gater.Gater, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT, _ *identifyTracker, _ *realm.Service) {
+// when it is built, see newHost). ctx is New's. The gater comes first in its
+// parameters: fx builds them in order, and the gater — whose rule store may
+// refuse to open — needs nothing that starts goroutines, so a refusal leaves
+// nothing running (fx runs no stop hook when building fails).
+func start(lc fx.Lifecycle, ctx startContext, cfg *Config, g *gater.Gater, s *swarm.Swarm, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT, _ *identifyTracker, _ *realm.Service) {
 	g.SetNetwork(s)
 	lc.Append(fx.StartHook(func() error {
 		if err := ctx.Err(); err != nil {

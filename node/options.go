@@ -113,6 +113,9 @@ type Config struct {
 	RealmDefaults *core.PoolLimits
 	// DataDir keeps the gater's rules across restarts ("": in memory).
 	DataDir string
+	// RecoverGaterStore lets the node start from a damaged rule store in
+	// DataDir, keeping the readable rules (default false: refused).
+	RecoverGaterStore bool
 	// Resources are the resource manager's limits.
 	Resources resource.Config
 	// Metrics receives the node's metrics (nil: none exported).
@@ -439,6 +442,20 @@ func DataDir(path string) Option {
 			return errors.New("node: DataDir path is empty")
 		}
 		c.DataDir = path
+		return nil
+	}
+}
+
+// RecoverGaterStore lets New start from a damaged gater rule store in
+// DataDir (gater.RecoverStore): the readable rules are kept, the loss is
+// logged and reported by Gater().StoreDamage(), and the store is made
+// consistent again. Without it, New refuses a damaged store with an error
+// (matching gater.ErrStoreDamaged) that names the directory and how many
+// rules were recorded and readable. Opt in for one start, after reading
+// that error.
+func RecoverGaterStore() Option {
+	return func(c *Config) error {
+		c.RecoverGaterStore = true
 		return nil
 	}
 }
