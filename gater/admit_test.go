@@ -360,6 +360,10 @@ func TestBeforeConnectOutbound(t *testing.T) {
 	require.NoError(t, g.CheckAddrDial(bad, addr))
 }
 
+// The inbound BeforeConnect hooks run in AdmitConn (stage 1, off go-libp2p's
+// accept loop), for inbound connections only, with the addresses and no
+// peer; a rejection is AdmitConn's ReasonHookRejected. InterceptAccept,
+// in the accept loop, checks the address rules only and runs no hook.
 func TestBeforeConnectInbound(t *testing.T) {
 	reg := newRegistry(t)
 	g := newGater(t, nil, reg)
@@ -374,15 +378,25 @@ func TestBeforeConnectInbound(t *testing.T) {
 		}
 		return nil
 	})
-	remote := quic(t, "192.0.2.1")
+	remote, refused := quic(t, "192.0.2.1"), quic(t, "198.51.100.7")
 	require.True(t, g.InterceptAccept(inbound(remote)))
-	require.False(t, g.InterceptAccept(inbound(quic(t, "198.51.100.7"))))
+	require.True(t, g.InterceptAccept(inbound(refused)), "InterceptAccept runs no hook")
+	mu.Lock()
+	require.Empty(t, seen, "a hook ran in the accept loop")
+	mu.Unlock()
+
+	p := testPeer(t, 3)
+	require.NoError(t, g.AdmitConn(t.Context(), newConn(p, network.DirInbound, remote)))
+	err := g.AdmitConn(t.Context(), newConn(p, network.DirInbound, refused))
+	requireRefused(t, err, p, core.ReasonHookRejected, hooks.ErrRejected)
+	require.Contains(t, err.Error(), "documentation range")
+	require.NoError(t, g.AdmitConn(t.Context(), newConn(p, network.DirOutbound, refused)), "outbound connections ran their BeforeConnect at the dial")
 
 	mu.Lock()
 	defer mu.Unlock()
 	require.Len(t, seen, 2)
 	require.Equal(t, network.DirInbound, seen[0].Direction)
-	require.Empty(t, seen[0].Peer, "the peer is not known before the handshake")
+	require.Empty(t, seen[0].Peer, "an inbound attempt carries the addresses, not the peer")
 	require.True(t, remote.Equal(seen[0].RemoteAddr))
 	require.True(t, localAddr.Equal(seen[0].LocalAddr))
 }
@@ -391,7 +405,7 @@ func TestBeforeConnectInbound(t *testing.T) {
 // connection's addresses, proven key and ID; a rejection is AdmitConn's
 // error and carries the hook's reason; InterceptUpgraded runs them too;
 // InterceptSecured does not; rules refuse before the hooks run; the
-// BeforeConnect hooks do not run at admission.
+// BeforeConnect hooks run at admission for inbound connections only.
 func TestAfterHandshake(t *testing.T) {
 	reg := newRegistry(t)
 	g := newGater(t, nil, reg)
@@ -478,8 +492,12 @@ func TestAfterHandshake(t *testing.T) {
 		}
 		require.Equal(t, n, seen.len())
 	})
-	t.Run("BeforeConnect hooks do not run at admission", func(t *testing.T) {
-		require.Zero(t, beforeCalls.Load())
+	t.Run("BeforeConnect hooks run at admission for inbound connections only", func(t *testing.T) {
+		n := beforeCalls.Load()
+		require.NoError(t, g.AdmitConn(t.Context(), newConn(good, network.DirOutbound, remote)))
+		require.Equal(t, n, beforeCalls.Load(), "outbound: BeforeConnect ran at the dial already")
+		require.NoError(t, g.AdmitConn(t.Context(), newConn(good, network.DirInbound, remote)))
+		require.Equal(t, n+1, beforeCalls.Load())
 	})
 	t.Run("removed", func(t *testing.T) {
 		remove()
@@ -660,7 +678,7 @@ func TestRejectionLeavesNothingBehind(t *testing.T) {
 }
 
 // A panicking hook is recovered and rejects: BeforeConnect at the dial and
-// at accept, AfterHandshake in AdmitConn (both directions) and
+// at admission (inbound), AfterHandshake in AdmitConn (both directions) and
 // InterceptUpgraded.
 func TestHookPanicRejects(t *testing.T) {
 	reg := newRegistry(t)
@@ -673,13 +691,18 @@ func TestHookPanicRejects(t *testing.T) {
 	err := g.CheckAddrDial(p, a)
 	require.ErrorIs(t, err, hooks.ErrRejected)
 	require.Contains(t, err.Error(), "boom before")
-	require.False(t, g.InterceptAccept(inbound(a)))
+	require.True(t, g.InterceptAccept(inbound(a)), "InterceptAccept runs no hook")
+	err = g.AdmitConn(t.Context(), newConn(p, network.DirInbound, a))
+	requireRefused(t, err, p, core.ReasonHookRejected, hooks.ErrRejected)
+	require.Contains(t, err.Error(), "boom before", "the inbound BeforeConnect hook runs first at admission")
 
 	for _, dir := range directions {
 		c := newConn(p, dir, a)
 		err := g.AdmitConn(t.Context(), c)
 		requireRefused(t, err, p, core.ReasonHookRejected, hooks.ErrRejected)
-		require.Contains(t, err.Error(), "boom after")
+		if dir == network.DirOutbound {
+			require.Contains(t, err.Error(), "boom after")
+		}
 		ok, _ := g.InterceptUpgraded(c)
 		require.False(t, ok)
 	}

@@ -737,24 +737,13 @@ func (g *Gater) InterceptAddrDial(p peer.ID, addr ma.Multiaddr) bool {
 }
 
 // InterceptAccept runs for an inbound connection when the transport accepts
-// it (go-libp2p's QUIC listener: after the QUIC handshake): address rules,
-// then the BeforeConnect hooks (Peer empty). A refusal closes the connection
-// with network.ConnGated.
+// it (go-libp2p's QUIC listener: after the QUIC handshake, inside its
+// accept loop): the address rules only, which are a lookup. The inbound
+// BeforeConnect hooks run in AdmitConn instead, off the accept loop, so
+// that a slow hook delays only its own connection. A refusal closes the
+// connection with network.ConnGated.
 func (g *Gater) InterceptAccept(addrs network.ConnMultiaddrs) bool {
-	if !g.maAllowed(addrs.RemoteMultiaddr()) {
-		return false
-	}
-	if g.hooks == nil {
-		return true
-	}
-	err := g.hooks.RunBeforeConnect(context.Background(), hooks.ConnectAttempt{
-		Direction: network.DirInbound, RemoteAddr: addrs.RemoteMultiaddr(), LocalAddr: addrs.LocalMultiaddr(),
-	})
-	if err != nil {
-		log.Debugw("inbound connection rejected by a hook", "addr", addrs.RemoteMultiaddr(), "error", err)
-		return false
-	}
-	return true
+	return g.maAllowed(addrs.RemoteMultiaddr())
 }
 
 // InterceptSecured allows every connection: go-libp2p's QUIC transport
@@ -768,7 +757,8 @@ func (g *Gater) InterceptSecured(network.Direction, peer.ID, network.ConnMultiad
 
 // AdmitConn is the gater stage of the swarm's admission pipeline
 // (core.AdmissionStage), the one check of the rules for a connection: peer
-// rules, address rules, the peer policy, then the AfterHandshake hooks (in
+// rules, address rules, the peer policy, then, for an inbound connection,
+// the BeforeConnect hooks, then the AfterHandshake hooks (in
 // registration order, first rejection wins, each bounded by the registry's
 // timeout and by ctx) with the connection's ID, then the rules once more (a
 // block added while the hooks ran applies to this connection too). It returns nil, or a
@@ -794,7 +784,19 @@ func (g *Gater) admit(ctx context.Context, c network.Conn, connID string) error 
 	if g.hooks == nil || g.hooks.Empty() {
 		return nil
 	}
-	h := hooks.Handshake{Direction: c.Stat().Direction, Peer: p, RemotePublicKey: c.RemotePublicKey(),
+	dir := c.Stat().Direction
+	if dir == network.DirInbound {
+		// The inbound BeforeConnect hooks: as the transport accepted the
+		// connection (the attempt carries the addresses, not the peer),
+		// but here, concurrently per connection, not in the accept loop.
+		if err := g.hooks.RunBeforeConnect(ctx, hooks.ConnectAttempt{
+			Direction: network.DirInbound, RemoteAddr: c.RemoteMultiaddr(), LocalAddr: c.LocalMultiaddr(),
+		}); err != nil {
+			log.Debugw("inbound connection rejected by a hook", "addr", c.RemoteMultiaddr(), "conn", connID, "error", err)
+			return refuse(core.ReasonHookRejected, err)
+		}
+	}
+	h := hooks.Handshake{Direction: dir, Peer: p, RemotePublicKey: c.RemotePublicKey(),
 		RemoteAddr: c.RemoteMultiaddr(), LocalAddr: c.LocalMultiaddr(), ConnID: connID}
 	if err := g.hooks.RunAfterHandshake(ctx, h); err != nil {
 		log.Debugw("connection rejected by a hook", "peer", p, "conn", connID, "direction", h.Direction, "error", err)

@@ -1,8 +1,9 @@
 // Package hooks holds the BeforeConnect and AfterHandshake hook types and
 // their registry. Hooks let an application refuse a connection: before any
-// packet is sent to a peer (outbound) or as soon as one arrives (inbound),
-// and once the TLS handshake has proven the peer's identity, before the
-// connection is announced to anyone. It is a leaf: no network I/O, no
+// packet is sent to a peer (outbound) or once the transport has accepted a
+// connection (inbound, with its addresses only), and once the TLS handshake
+// has proven the peer's identity, before the connection is announced to
+// anyone. It is a leaf: no network I/O, no
 // imports from the rest of realmnet; the gater runs the registry at its
 // decision points (docs/admission.md).
 //
@@ -36,7 +37,9 @@ const DefaultTimeout = 2 * time.Second
 var ErrRejected = errors.New("hooks: connection rejected")
 
 // ConnectAttempt describes a connection about to be made (outbound, before
-// any packet is sent) or just accepted by the transport (inbound).
+// any packet is sent) or accepted by the transport (inbound: judged in the
+// swarm's admission stage 1, off the transport's accept loop, before the
+// AfterHandshake hooks).
 type ConnectAttempt struct {
 	Direction network.Direction
 	// Peer is the peer being dialed; empty for inbound attempts.

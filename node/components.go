@@ -236,7 +236,7 @@ func newQUICReuse(lc fx.Lifecycle, resetKey quic.StatelessResetKey, tokenKey qui
 }
 
 // newTransport is go-libp2p's QUIC transport. Its listener asks the gater
-// InterceptAccept (address rules, inbound BeforeConnect hooks) once the QUIC
+// InterceptAccept (address rules only) once the QUIC
 // handshake is done, in its accept loop; the gater's InterceptSecured allows
 // everything, the peer being judged by the swarm's admission pipeline
 // instead.

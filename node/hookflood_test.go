@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
 
@@ -16,16 +18,18 @@ import (
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/internal/testkit"
 	"github.com/realmnet/realmnet/internal/testnode"
+	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
 )
 
-// TestSlowHooksDoNotBlockOtherPeers proves issue #11 item 3: an
-// AfterHandshake hook that takes 500 ms for unknown peers (within the 2 s
-// HookTimeout), under a dial flood from fresh peer IDs, does not hold up a
-// known peer's connect. Hooks run in the swarm's admission pipeline, one
-// connection at a time per peer but concurrently across peers — not inside
-// go-libp2p's QUIC accept loop, where each slow call delayed every inbound
-// connection (before: the known peer's connect failed 3 of 3). The known
+// TestSlowHooksDoNotBlockOtherPeers proves issue #11 item 3: an inbound
+// BeforeConnect hook and an AfterHandshake hook that take 500 ms each for
+// unknown peers (within the 2 s HookTimeout), under a dial flood from fresh
+// peer IDs, do not hold up a known peer's connect. Both hooks run in the
+// swarm's admission pipeline, one connection at a time per peer but
+// concurrently across peers — not inside go-libp2p's QUIC accept loop,
+// where each slow call delayed every inbound connection (before: the known
+// peer's connect failed 3 of 3). The known
 // peer connects 10 times without the flood and 10 times with it; every
 // connect succeeds and the p99 of both is logged.
 func TestSlowHooksDoNotBlockOtherPeers(t *testing.T) {
@@ -34,9 +38,27 @@ func TestSlowHooksDoNotBlockOtherPeers(t *testing.T) {
 		attackers = 24
 		slow      = 500 * time.Millisecond
 	)
-	friend := testnode.New(t)
+	// The victim listens on 127.0.0.1 (for everyone) and 127.0.0.3 (for
+	// the friend): an inbound BeforeConnect hook sees addresses, not peer
+	// IDs, so it trusts connections to the second address.
+	// One path per peer: a second path would be dialed to the victim's
+	// other address, through the slow hook.
+	onePath := node.Multipath(multipath.Config{DesiredPaths: 1})
+	friend := testnode.New(t, onePath)
 	var slowCalls sync.WaitGroup
-	victim := testnode.New(t, node.AfterHandshake(func(ctx context.Context, h hooks.Handshake) error {
+	victim := testnode.New(t, onePath, node.ListenAddrStrings(testkit.Loopback, "/ip4/127.0.0.3/udp/0/quic-v1"), node.BeforeConnect(func(ctx context.Context, a hooks.ConnectAttempt) error {
+		if a.Direction != network.DirInbound || strings.HasPrefix(a.LocalAddr.String(), "/ip4/127.0.0.3/") {
+			return nil
+		}
+		slowCalls.Add(1)
+		defer slowCalls.Done()
+		select {
+		case <-time.After(slow):
+			return nil // let the AfterHandshake hook decide
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}), node.AfterHandshake(func(ctx context.Context, h hooks.Handshake) error {
 		if h.Peer == friend.ID() {
 			return nil
 		}
@@ -50,12 +72,26 @@ func TestSlowHooksDoNotBlockOtherPeers(t *testing.T) {
 		}
 	}))
 
+	var friendsWay, everyonesWay peer.AddrInfo
+	for _, a := range victim.Addrs() {
+		if strings.HasPrefix(a.String(), "/ip4/127.0.0.3/") {
+			friendsWay.Addrs = append(friendsWay.Addrs, a)
+		} else {
+			everyonesWay.Addrs = append(everyonesWay.Addrs, a)
+		}
+	}
+	friendsWay.ID, everyonesWay.ID = victim.ID(), victim.ID()
+	require.NotEmpty(t, friendsWay.Addrs)
+	require.NotEmpty(t, everyonesWay.Addrs)
 	connectTimes := func() []time.Duration {
 		var out []time.Duration
 		for i := range attempts {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			start := time.Now()
-			err := friend.Connect(ctx, victim.AddrInfo())
+			// Only the friend's way: identify taught the friend the
+			// victim's other address, which the dial would also try.
+			friend.Host().Peerstore().ClearAddrs(victim.ID())
+			err := friend.Connect(ctx, friendsWay)
 			cancel()
 			require.NoError(t, err, "friend's connect %d", i)
 			out = append(out, time.Since(start))
@@ -79,7 +115,7 @@ func TestSlowHooksDoNotBlockOtherPeers(t *testing.T) {
 		flood.Go(func() {
 			for floodCtx.Err() == nil {
 				ctx, cancel := context.WithTimeout(floodCtx, 3*time.Second)
-				_ = h.Connect(ctx, peer.AddrInfo{ID: victim.ID(), Addrs: victim.Addrs()})
+				_ = h.Connect(ctx, everyonesWay)
 				cancel()
 				_ = h.Network().ClosePeer(victim.ID())
 			}

@@ -461,11 +461,12 @@ func RecoverGaterStore() Option {
 }
 
 // BeforeConnect registers a hook run before every outbound dial (before any
-// packet is sent) and for every inbound connection as soon as the transport
-// accepts it (go-libp2p's QUIC listener does so once the QUIC handshake is
-// done; the attempt carries the remote address, not the peer ID). The first
-// hook to return an error rejects; see package hooks. More hooks can be
-// added at run time through Node.Hooks.
+// packet is sent) and for every inbound connection in the first stage of
+// the swarm's admission pipeline, before the AfterHandshake hooks (the
+// attempt carries the remote address, not the peer ID; the hook runs off
+// go-libp2p's QUIC accept loop, so a slow hook delays only its own
+// connection). The first hook to return an error rejects; see package
+// hooks. More hooks can be added at run time through Node.Hooks.
 func BeforeConnect(fn hooks.BeforeConnectFunc) Option {
 	return func(c *Config) error {
 		if fn == nil {
