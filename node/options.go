@@ -507,13 +507,15 @@ func HookTimeout(d time.Duration) Option {
 	}
 }
 
-// RealmOnly isolates the node to its realms: a connected peer that has not
-// authenticated into a realm shared with this node within AuthTimeout
-// (default 10 s) of connecting is disconnected, and the gater refuses it
-// (its dials and every new connection, in both directions,
-// gater.ErrPeerPolicy) for RealmOnlyBackoff
-// (default 1 min). Bootstrap peers and peers with an allow rule
-// (Gater().AllowPeer) are exempt, so the DHT keeps its infrastructure.
+// RealmOnly isolates the node to its realms: a peer that has been connected
+// for AuthTimeout (default 10 s) in total without authenticating into a
+// realm shared with this node — the time adds up across its reconnections,
+// and is forgotten only after RealmOnlyBackoff without a connection — is
+// disconnected, and the gater refuses it (its dials and every new
+// connection, in both directions, gater.ErrPeerPolicy) for
+// RealmOnlyBackoff (default 1 min). Bootstrap peers and peers with an allow
+// rule (Gater().AllowPeer) are exempt, so the DHT keeps its
+// infrastructure.
 func RealmOnly() Option {
 	return func(c *Config) error {
 		c.RealmOnly = true
@@ -521,7 +523,8 @@ func RealmOnly() Option {
 	}
 }
 
-// AuthTimeout sets the realm-only policy's time to authenticate (> 0;
+// AuthTimeout sets the realm-only policy's time to authenticate: connected
+// time without authenticating, summed over a peer's reconnections (> 0;
 // default realm.DefaultAuthTimeout, 10 s). It has no effect without
 // RealmOnly.
 func AuthTimeout(d time.Duration) Option {

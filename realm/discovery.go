@@ -66,13 +66,15 @@ func (r *Realm) discover() {
 			// again every round.
 			for _, ai := range r.cfg.Peers {
 				if !r.authenticated(ai.ID) {
-					r.candidate(ai)
+					r.candidate(ai, sourceKnown)
 				}
 			}
 			// A member exchange with one member, chosen at random: the
 			// exchange at a handshake misses the members its peer admits
 			// later, and a member learnt there whose dial failed is not
-			// offered again; this one offers them again.
+			// offered again; this one offers them again, and the peers an
+			// earlier exchange named but did not dial (at most
+			// maxDialsPerExchange are dialed per exchange).
 			if p, ok := r.randomAuthenticatedMember(); ok {
 				r.exchangeAsync(p)
 			}
@@ -95,7 +97,7 @@ func (r *Realm) findProviders() {
 	count := r.svc.deps.Backend.RealmPoolLimits(r.keys.id).HighWater
 	for ai := range r.svc.deps.Routing.FindProvidersAsync(ctx, r.cid, count) {
 		if ai.ID != r.svc.deps.Host.ID() && !r.authenticated(ai.ID) {
-			r.candidate(ai)
+			r.candidate(ai, sourceKnown)
 		}
 	}
 }
@@ -120,7 +122,7 @@ func (r *Realm) startMDNS() {
 type mdnsNotifee struct{ r *Realm }
 
 // HandlePeerFound makes a peer found on the LAN a candidate member.
-func (n mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) { n.r.candidate(ai) }
+func (n mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) { n.r.candidate(ai, sourceKnown) }
 
 // wantsMore reports whether the realm looks for more members: fewer
 // authenticated members than its sub-pool's HighWater.
@@ -130,45 +132,78 @@ func (r *Realm) wantsMore() bool {
 }
 
 // candidate connects to a possible member and authenticates, in the
-// background (at most maxCandidateDials at once per realm).
-func (r *Realm) candidate(ai peer.AddrInfo) {
+// background; it reports whether it started. Each source has its own
+// slots and dials (maxCandidates and maxCandidateDials; for exchange
+// candidates maxExchangeCandidates and maxExchangeDials), and an exchange
+// candidate that failed waits for its backoff (candidates.go).
+func (r *Realm) candidate(ai peer.AddrInfo, src candidateSource) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.candidateLocked(ai)
+	return r.candidateLocked(ai, src)
 }
 
-func (r *Realm) candidateLocked(ai peer.AddrInfo) {
+func (r *Realm) candidateLocked(ai peer.AddrInfo, src candidateSource) bool {
 	p := ai.ID
 	if r.left || p == r.svc.deps.Host.ID() || p == "" {
-		return
+		return false
 	}
 	if _, busy := r.candidates.trying[p]; busy || r.handshakes.pending[p] != nil || (r.membership.members[p] != nil && r.membership.members[p].authenticated) {
-		return
+		return false
 	}
-	if len(r.candidates.trying) >= maxCandidates {
-		return // discovery offers it again later
+	dials := r.candidates.dials
+	switch src {
+	case sourceExchange:
+		if r.candidates.exchangeTrying >= maxExchangeCandidates {
+			return false // a later exchange names it again
+		}
+		if f, ok := r.candidates.failed.Peek(p); ok && r.svc.deps.Clock.Now().Before(f.until) {
+			return false
+		}
+		r.candidates.exchangeTrying++
+		dials = r.candidates.exchangeDials
+	default:
+		if len(r.candidates.trying)-r.candidates.exchangeTrying >= maxCandidates {
+			return false // discovery offers it again later
+		}
 	}
-	r.candidates.trying[p] = struct{}{}
+	if len(ai.Addrs) > maxCandidateAddrs {
+		ai.Addrs = ai.Addrs[:maxCandidateAddrs]
+	}
+	r.candidates.trying[p] = src
 	r.spawnLocked(func() {
 		defer func() {
 			r.mu.Lock()
 			delete(r.candidates.trying, p)
+			if src == sourceExchange {
+				r.candidates.exchangeTrying--
+			}
 			r.mu.Unlock()
 		}()
 		select {
-		case r.candidates.dials <- struct{}{}:
-			defer func() { <-r.candidates.dials }()
+		case dials <- struct{}{}:
+			defer func() { <-dials }()
 		case <-r.ctx.Done():
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.ctx, candidateTimeout)
 		defer cancel()
-		if err := r.connectAndAuthenticate(ctx, ai); err != nil {
+		err := r.connectAndAuthenticate(ctx, ai)
+		if err != nil {
 			log.Debugw("candidate not authenticated", "realm", r.name, "peer", p, "err", err)
 		}
+		if src == sourceExchange && err != nil && r.ctx.Err() == nil {
+			f, _ := r.candidates.failed.Peek(p)
+			f.failures++
+			f.until = r.svc.deps.Clock.Now().Add(retryAfter(f.failures))
+			r.candidates.failed.Add(p, f)
+		}
 	})
+	return true
 }
 
+// connectAndAuthenticate connects to ai — its addresses go with the dial
+// (go-libp2p's Host.Connect keeps them for peerstore.TempAddrTTL, 2 min)
+// — and authenticates.
 func (r *Realm) connectAndAuthenticate(ctx context.Context, ai peer.AddrInfo) error {
 	if err := r.svc.deps.Host.Connect(ctx, ai); err != nil {
 		return fmt.Errorf("realm %q: connect to %s: %w", r.name, ai.ID, err)

@@ -70,11 +70,14 @@ type Stats struct {
 	GoodbyesRejected uint64
 	// PeersClosedRealmOnly: peers closed by the realm-only policy.
 	PeersClosedRealmOnly uint64
+	// ExchangesRefused: member exchanges reset because the member opened
+	// them too often (more than one per second).
+	ExchangesRefused uint64
 }
 
 type counters struct {
-	authSucceeded, authUnknownRealm, authReplayed, authBadMAC, authBadFrame, authRefused atomic.Uint64
-	streamsRefused, streamsNoHandler, recordsRejected, goodbyesRejected, closedRealmOnly atomic.Uint64
+	authSucceeded, authUnknownRealm, authReplayed, authBadMAC, authBadFrame, authRefused                   atomic.Uint64
+	streamsRefused, streamsNoHandler, recordsRejected, goodbyesRejected, closedRealmOnly, exchangesRefused atomic.Uint64
 }
 
 func (c *counters) snapshot() Stats {
@@ -90,5 +93,6 @@ func (c *counters) snapshot() Stats {
 		RecordsRejected:      c.recordsRejected.Load(),
 		GoodbyesRejected:     c.goodbyesRejected.Load(),
 		PeersClosedRealmOnly: c.closedRealmOnly.Load(),
+		ExchangesRefused:     c.exchangesRefused.Load(),
 	}
 }

@@ -17,8 +17,10 @@ import (
 // accepts, in one member exchange.
 const MaxExchangeRecords = 64
 
-// exchangeAddrTTL is how long addresses learnt from member exchange stay in
-// the peerstore.
+// exchangeAddrTTL is how long the signed record of an authenticated member,
+// received in member exchange, stays in the certified address book.
+// Records of peers that are not authenticated members never go to the
+// peerstore (candidates.go).
 const exchangeAddrTTL = 10 * time.Minute
 
 // Member exchange runs on a realm stream of kind kindMembers, opened by the
@@ -66,8 +68,15 @@ func (r *Realm) exchange(ctx context.Context, p peer.ID) error {
 	return str.Close()
 }
 
-// answerExchange is the responder side of a member exchange.
+// answerExchange is the responder side of a member exchange. An exchange
+// opened less than exchangeInterval after the member's previous answered
+// one is reset (ExchangesRefused).
 func (r *Realm) answerExchange(str network.Stream) {
+	if !r.exchangeAllowed(str.Conn().RemotePeer()) {
+		r.svc.stats.exchangesRefused.Add(1)
+		_ = str.Reset()
+		return
+	}
 	_ = str.SetDeadline(time.Now().Add(HandshakeTimeout))
 	if err := r.receiveRecords(str); err != nil {
 		_ = str.Reset()
@@ -114,10 +123,31 @@ func (r *Realm) sendRecords(w io.Writer, to peer.ID) error {
 	return writeFrame(w, nil)
 }
 
-// receiveRecords reads records until the empty frame, verifies each, stores
-// the addresses of valid ones and tries the members it does not know yet.
-// More than MaxExchangeRecords records is an error.
+// exchangeAllowed reports whether member p may have an exchange answered
+// now (at most one per exchangeInterval), and records it if so.
+func (r *Realm) exchangeAllowed(p peer.ID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.membership.members[p]
+	if m == nil {
+		return false
+	}
+	now := r.svc.deps.Clock.Now()
+	if !m.lastExchange.IsZero() && now.Sub(m.lastExchange) < exchangeInterval {
+		return false
+	}
+	m.lastExchange = now
+	return true
+}
+
+// receiveRecords reads records until the empty frame and verifies each.
+// The record of an authenticated member goes to the certified address
+// book; any other is kept in the realm's learnt records (bounded, outside
+// the peerstore) and, for at most maxDialsPerExchange new peers per
+// exchange, dialed with its filtered addresses. More than
+// MaxExchangeRecords records is an error.
 func (r *Realm) receiveRecords(rd io.Reader) error {
+	dialed := 0
 	for i := 0; ; i++ {
 		frame, err := readFrame(rd)
 		if err != nil {
@@ -129,14 +159,21 @@ func (r *Realm) receiveRecords(rd io.Reader) error {
 		if i == MaxExchangeRecords {
 			return fmt.Errorf("%w: more than %d member records", ErrBadFrame, MaxExchangeRecords)
 		}
-		ai, err := r.svc.consumeRecord(frame)
+		env, pr, err := decodePeerRecord(frame)
 		if err != nil {
 			r.svc.stats.recordsRejected.Add(1)
 			log.Debugw("member record rejected", "realm", r.name, "err", err)
 			continue
 		}
-		if ai.ID != r.svc.deps.Host.ID() && !r.authenticated(ai.ID) && r.wantsMore() {
-			r.candidate(ai)
+		switch {
+		case pr.PeerID == r.svc.deps.Host.ID():
+		case r.authenticated(pr.PeerID):
+			r.svc.storeRecord(env)
+		default:
+			ai := r.learn(env, pr)
+			if dialed < maxDialsPerExchange && len(ai.Addrs) > 0 && r.wantsMore() && r.candidate(ai, sourceExchange) {
+				dialed++
+			}
 		}
 	}
 }
@@ -175,21 +212,4 @@ func decodePeerRecord(b []byte) (*record.Envelope, *peer.PeerRecord, error) {
 		return nil, nil, fmt.Errorf("%w: record for %s signed by %s", ErrBadFrame, pr.PeerID, signer)
 	}
 	return env, pr, nil
-}
-
-// consumeRecord verifies a record and stores its addresses in the
-// peerstore's certified address book (which keeps the newest sequence).
-func (s *Service) consumeRecord(b []byte) (peer.AddrInfo, error) {
-	env, pr, err := decodePeerRecord(b)
-	if err != nil {
-		return peer.AddrInfo{}, err
-	}
-	if pr.PeerID != s.deps.Host.ID() {
-		if cab, ok := peerstore.GetCertifiedAddrBook(s.deps.Host.Peerstore()); ok {
-			if _, err := cab.ConsumePeerRecord(env, exchangeAddrTTL); err != nil {
-				return peer.AddrInfo{}, fmt.Errorf("realm: store peer record of %s: %w", pr.PeerID, err)
-			}
-		}
-	}
-	return peer.AddrInfo{ID: pr.PeerID, Addrs: pr.Addrs}, nil
 }

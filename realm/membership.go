@@ -184,11 +184,12 @@ func (r *Realm) admit(p peer.ID, goodbyes uint64) error {
 		}
 	}
 	r.svc.deps.Backend.AssignRealm(p, r.keys.id)
+	r.admitted(p)
 	defer r.changedLocked()
 	if !connected {
 		if m.grace == nil {
 			r.startGraceLocked(p, m)
-			r.candidateLocked(peer.AddrInfo{ID: p})
+			r.candidateLocked(peer.AddrInfo{ID: p}, sourceKnown)
 		}
 		return nil
 	}
@@ -220,7 +221,7 @@ func (r *Realm) removeLocked(p peer.ID, reason string) {
 	// Under the realm-only policy, a peer still connected must now share
 	// another realm within AuthTimeout.
 	if policy := r.svc.policy.Load(); policy != nil && r.svc.deps.Host.Network().Connectedness(p) == network.Connected {
-		policy.connected(p)
+		policy.restart(p)
 	}
 }
 
@@ -235,7 +236,7 @@ func (r *Realm) lostConnection(p peer.ID) {
 	}
 	r.startGraceLocked(p, m)
 	// Try to get the member back while the grace runs.
-	r.candidateLocked(peer.AddrInfo{ID: p})
+	r.candidateLocked(peer.AddrInfo{ID: p}, sourceKnown)
 }
 
 // startGraceLocked marks m (member p) not authenticated and removes it

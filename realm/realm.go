@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/benbjohnson/clock"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -20,13 +21,17 @@ import (
 )
 
 // maxCandidateDials bounds a realm's concurrent connect-and-authenticate
-// attempts to candidates (DHT providers, member exchange, mDNS).
+// attempts to candidates other than those learnt from member exchange
+// (members in their reconnect grace, Peers, DHT providers, mDNS); those
+// have their own maxExchangeDials (candidates.go).
 const maxCandidateDials = 8
 
-// maxCandidates bounds the candidates a realm holds at once (dialing or
-// waiting for one of the maxCandidateDials slots); more are dropped, so a
-// member exchange or a DHT answer full of made-up peers cannot grow the
-// node's goroutines.
+// maxCandidates bounds the candidates other than those learnt from member
+// exchange that a realm holds at once (dialing or waiting for one of the
+// maxCandidateDials slots); more are dropped, so a DHT answer full of
+// made-up peers cannot grow the node's goroutines. Exchange candidates have
+// their own maxExchangeCandidates: a member's made-up peers never take
+// these slots (issue #11, item 6).
 const maxCandidates = 64
 
 // candidateTimeout bounds one candidate's connection and handshake.
@@ -95,12 +100,22 @@ type handshakes struct {
 }
 
 // candidates are the peers being connected to as possible members; trying
-// is guarded by Realm.mu.
+// and exchangeTrying are guarded by Realm.mu.
 type candidates struct {
-	trying map[peer.ID]struct{}
-	// dials holds one token per connect-and-authenticate in progress (at
-	// most maxCandidateDials).
-	dials chan struct{}
+	trying map[peer.ID]candidateSource
+	// exchangeTrying counts the entries of trying learnt from member
+	// exchange (at most maxExchangeCandidates).
+	exchangeTrying int
+	// dials holds one token per connect-and-authenticate in progress to a
+	// candidate not learnt from exchange (at most maxCandidateDials);
+	// exchangeDials the same for the others (at most maxExchangeDials).
+	dials, exchangeDials chan struct{}
+	// learnt holds records learnt from exchanges for peers not
+	// authenticated yet, outside the peerstore (safe for concurrent use).
+	learnt *lru.Cache[peer.ID, learntRecord]
+	// failed holds the retry backoff of exchange candidates that failed
+	// (safe for concurrent use).
+	failed *lru.Cache[peer.ID, candidateFailure]
 	// joined is signalled (without blocking) when a member joins, so the
 	// discovery loop re-checks whether it wants more.
 	joined chan struct{}
@@ -111,6 +126,7 @@ type candidates struct {
 type member struct {
 	since         time.Time
 	authenticated bool
+	lastExchange  time.Time // when it last opened an exchange this node answered
 	handle        handle
 	release       func()       // the member's charge in the realm's resource scope
 	grace         *clock.Timer // running while not authenticated
@@ -152,9 +168,12 @@ func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
 			running: make(map[peer.ID]int),
 		},
 		candidates: candidates{
-			trying: make(map[peer.ID]struct{}),
-			dials:  make(chan struct{}, maxCandidateDials),
-			joined: make(chan struct{}, 1),
+			trying:        make(map[peer.ID]candidateSource),
+			dials:         make(chan struct{}, maxCandidateDials),
+			exchangeDials: make(chan struct{}, maxExchangeDials),
+			joined:        make(chan struct{}, 1),
+			learnt:        newLearntCache(),
+			failed:        newFailureCache(),
 		},
 		handlers:  make(map[protocol.ID]network.StreamHandler),
 		leaveDone: make(chan struct{}),
@@ -180,7 +199,7 @@ func (r *Realm) start() {
 			}
 		}
 		for _, ai := range r.cfg.Peers {
-			r.candidate(ai)
+			r.candidate(ai, sourceKnown)
 		}
 	}()
 	r.wg.Add(1)
