@@ -55,7 +55,9 @@ func (s PathState) String() string {
 
 // PathInfo is a snapshot of one path. RTT and loss come from quic-go's own
 // estimator (RFC 9002), which the heartbeats keep fed; HeartbeatRTT is the
-// latest heartbeat round trip measured at stream level.
+// latest heartbeat's round trip: quic-go's RTT sample from the ACK of the
+// heartbeat's QUIC DATAGRAM frame (RFC 9221 §5.2), or a ping stream's round
+// trip on a connection without datagrams.
 type PathInfo struct {
 	// ConnID is the connection's ID (network.Conn.ID).
 	ConnID string
@@ -71,7 +73,8 @@ type PathInfo struct {
 	Opened time.Time
 	// SmoothedRTT, MinRTT and LatestRTT are quic-go's estimates.
 	SmoothedRTT, MinRTT, LatestRTT time.Duration
-	// HeartbeatRTT is the latest heartbeat round trip (0 before the first).
+	// HeartbeatRTT is the latest heartbeat round trip (0 before the first);
+	// see PathInfo.
 	HeartbeatRTT time.Duration
 	// Loss is packets lost / packets sent, in [0, 1].
 	Loss float64

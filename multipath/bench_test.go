@@ -467,15 +467,20 @@ const (
 	// benchHBPeers is the number of peer nodes; each gives the measured
 	// node two paths.
 	benchHBPeers = 500
-	// benchHBWindow is the measurement window with heartbeats on; 30 s
-	// covers six heartbeat rounds and, about once per path, the reopening
-	// of the heartbeat stream that go-libp2p's ping handler ends after
-	// 30 s.
+	// benchHBWindow is each measurement window with heartbeats on; 30 s
+	// covers six heartbeat rounds and, with ping streams, about once per
+	// path the reopening of the heartbeat stream that go-libp2p's ping
+	// handler ends after 30 s.
 	benchHBWindow = 30 * time.Second
 	// benchHBRefWindow is the reference window; 15 s is one QUIC
 	// keep-alive period (go-libp2p's quicreuse sets 15 s), so each idle
 	// connection sends its keep-alive once in it.
 	benchHBRefWindow = 15 * time.Second
+	// benchHBStreamSettle is the wait between switching the paths to
+	// ping-stream heartbeats and the stream window: every path has opened
+	// its stream by then (one idle heartbeat period) and the window starts
+	// on the steady state.
+	benchHBStreamSettle = 10 * time.Second
 	// benchHBSettle is the wait between the last path becoming healthy and
 	// the first window.
 	benchHBSettle = 30 * time.Second
@@ -509,8 +514,8 @@ func benchCPUTime() time.Duration {
 }
 
 // benchPeerProcess runs count peer nodes, each listening on 127.0.0.1 and
-// 127.0.0.2 with 1-hour heartbeats (they answer pings but hardly send their
-// own). It prints "PEER <AddrInfo JSON>" per node, then "READY"; it answers
+// 127.0.0.2 with 1-hour heartbeats (they acknowledge heartbeat datagrams and
+// answer pings but hardly send their own heartbeats). It prints "PEER <AddrInfo JSON>" per node, then "READY"; it answers
 // each "CPU" line on stdin with "CPU <user+sys ns>"; on stdin EOF it closes
 // the nodes and exits.
 func benchPeerProcess(countStr string) int {
@@ -733,7 +738,7 @@ func (s benchHBSample) perMin(d time.Duration) float64 {
 // and not that of 500 nodes' background work; the child's CPU time is
 // reported separately ("peers-cpu-ms/min"). Each peer listens on 127.0.0.1
 // and 127.0.0.2 with HeartbeatInterval and PathIdleTimeout of 1 hour (it
-// answers pings but hardly sends its own). The measured node has the
+// acknowledges heartbeats but hardly sends its own). The measured node has the
 // default multipath config (5 s heartbeats, DesiredPaths 2); it Connects to
 // every peer and the manager's standby dialing opens the second path. A
 // peer still short of two healthy paths after 10 s gets its missing path
@@ -745,14 +750,22 @@ func (s benchHBSample) perMin(d time.Duration) float64 {
 // connection limit from them); nothing else differs from a default node.
 // Then it waits 30 s, so that the connections are past their start-up
 // transients (quic-go's MTU discovery sends a 1.3-1.4 kB probe with most of
-// the first heartbeats; the peers' validation ping streams end after 30 s).
+// the first heartbeats).
 //
-// realmnet side: a 30 s window with heartbeats on (six heartbeat rounds and
-// about one reopening per path of the heartbeat stream, which go-libp2p's
-// ping handler ends after 30 s). Reported per minute: "cpu-ms/min",
-// "percent-of-core" (cpu-ms/min / 60,000 ms × 100) and "bytes/min" (QUIC
-// bytes sent by the measured node over all its paths: the sum of the
-// PathInfo.BytesSent deltas, read from the same quic-go counters).
+// realmnet side: a 30 s window with heartbeats on (six heartbeat rounds; the
+// connections negotiate QUIC datagrams, so every heartbeat is a datagram
+// and its ACK). Reported per minute: "cpu-ms/min", "percent-of-core"
+// (cpu-ms/min / 60,000 ms × 100) and "bytes/min" (QUIC bytes sent by the
+// measured node over all its paths: the sum of the PathInfo.BytesSent
+// deltas, read from the same quic-go counters).
+//
+// Ping-stream side, same run, same connections: ForceStreamHeartbeats
+// switches every path to the ping stream (the heartbeat of a connection
+// without datagrams, and realmnet's only one before), 10 s to settle, then
+// a 30 s window (six rounds and about one reopening per path of the
+// heartbeat stream, which go-libp2p's ping handler ends after 30 s):
+// "stream-cpu-ms/min", "stream-percent-of-core", "stream-bytes/min",
+// "stream-peers-cpu-ms/min", "stream-hb-percent-of-core".
 //
 // Reference side, same run, same process, same 1,000 connections, heartbeats
 // off: the measured node's Multipath().Close() stops every heartbeat
@@ -765,7 +778,7 @@ func (s benchHBSample) perMin(d time.Duration) float64 {
 //
 // Target: ≤ 1 % of one core for the heartbeats (hb-percent-of-core).
 //
-// The benchmark ignores b.N: it measures once (about 80 s with setup);
+// The benchmark ignores b.N: it measures once (about 2 min with setup);
 // ns/op is not reported.
 func BenchmarkHeartbeatCost(b *testing.B) {
 	benchRaiseNoFile()
@@ -816,12 +829,15 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 	b.Logf("measured node: %d paths to %d peers after %s", paths, len(peers), time.Since(setupStart).Round(time.Millisecond))
 	// Let the connections reach their steady state before measuring: in
 	// their first ~25 s quic-go's MTU discovery sends a ~1.3-1.4 kB probe
-	// packet with most heartbeats, and the heartbeat streams the peers
-	// opened when they validated their paths are ended by go-libp2p's ping
-	// handler after 30 s.
+	// packet with most heartbeats.
 	time.Sleep(benchHBSettle)
 
 	on := benchHBMeasure(b, pp, n, benchHBWindow)
+	// The same paths heartbeated with ping streams, as before datagram
+	// heartbeats (and as a connection without datagrams is).
+	multipath.ForceStreamHeartbeats(pathManager, true)
+	time.Sleep(benchHBStreamSettle)
+	streams := benchHBMeasure(b, pp, n, benchHBWindow)
 	if err := pathManager.Close(); err != nil {
 		b.Fatal(err)
 	}
@@ -833,6 +849,10 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 	bytesOff := float64(off.bytes) * float64(time.Minute) / float64(off.window)
 	b.Logf("heartbeats on:  %.0f cpu-ms/min, %.0f bytes/min, peers %.0f cpu-ms/min (%s window)",
 		cpuOn, bytesOn, on.perMin(on.peerCPU), on.window.Round(time.Millisecond))
+	cpuStreams := streams.perMin(streams.cpu)
+	bytesStreams := float64(streams.bytes) * float64(time.Minute) / float64(streams.window)
+	b.Logf("ping streams:   %.0f cpu-ms/min, %.0f bytes/min, peers %.0f cpu-ms/min (%s window)",
+		cpuStreams, bytesStreams, streams.perMin(streams.peerCPU), streams.window.Round(time.Millisecond))
 	b.Logf("heartbeats off: %.0f cpu-ms/min, %.0f bytes/min, peers %.0f cpu-ms/min (%s window)",
 		cpuOff, bytesOff, off.perMin(off.peerCPU), off.window.Round(time.Millisecond))
 	b.Logf("total wall time %s", time.Since(setupStart).Round(time.Millisecond))
@@ -844,6 +864,11 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 	b.ReportMetric(cpuOn/600, "percent-of-core")
 	b.ReportMetric(bytesOn, "bytes/min")
 	b.ReportMetric(on.perMin(on.peerCPU), "peers-cpu-ms/min")
+	b.ReportMetric(cpuStreams, "stream-cpu-ms/min")
+	b.ReportMetric(cpuStreams/600, "stream-percent-of-core")
+	b.ReportMetric(bytesStreams, "stream-bytes/min")
+	b.ReportMetric(streams.perMin(streams.peerCPU), "stream-peers-cpu-ms/min")
+	b.ReportMetric((cpuStreams-cpuOff)/600, "stream-hb-percent-of-core")
 	b.ReportMetric(cpuOff, "ref-cpu-ms/min")
 	b.ReportMetric(bytesOff, "ref-bytes/min")
 	b.ReportMetric(off.perMin(off.peerCPU), "ref-peers-cpu-ms/min")

@@ -20,11 +20,14 @@ import (
 )
 
 // heartbeat probes one path until it is removed or dead. It is owned by the
-// manager (wg). A probe is 32 random bytes on the path's ping stream, echoed
-// by the peer's ping handler. The next probe is due HeartbeatInterval after
-// the last one, or max(4×SRTT, 200 ms) while the path carries streams. A
-// probe unanswered after max(4×SRTT, 200 ms) makes the path degraded; no
-// answer for PathIdleTimeout makes it dead.
+// manager (wg). On a QUIC connection that negotiated datagrams a probe is
+// one QUIC DATAGRAM frame, answered by the peer's QUIC stack with an ACK
+// (probeDatagram); otherwise it is 32 random bytes on the path's ping
+// stream, echoed by the peer's ping handler. The next probe is due
+// HeartbeatInterval after the last one, or max(4×SRTT, 200 ms) while the
+// path carries streams. A probe unanswered after its timeout
+// (datagramTimeout, or max(4×SRTT, 200 ms) for a ping) makes the path
+// degraded; no answer for PathIdleTimeout makes it dead.
 func (m *Manager) heartbeat(ctx context.Context, p peer.ID, pa *path) {
 	defer m.wg.Done()
 	var stream *heartbeatStream
@@ -65,6 +68,29 @@ func (m *Manager) heartbeat(ctx context.Context, p peer.ID, pa *path) {
 		}
 		if pa.conn.IsClosed() {
 			return
+		}
+		if pa.datagrams && !m.streamHeartbeats.Load() {
+			if stream != nil { // the test switch was turned off
+				_ = stream.Close()
+				stream = nil
+			}
+			lastProbe = m.clock.Now()
+			rtt, err := m.probeDatagram(ctx, p, pa, deadline)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				// Not sent (the connection is closing), or no ACK until
+				// the idle deadline, which the top of the loop checks.
+				// Never at once: on a mock clock the idle deadline is
+				// not reached until the clock moves.
+				log.Debugw("datagram heartbeat", "peer", p, "conn", pa.conn.ID(), "error", err)
+				next = m.clock.Now().Add(m.busyInterval(pa))
+				continue
+			}
+			m.answered(p, pa, rtt)
+			next = lastProbe.Add(m.probeInterval(pa))
+			continue
 		}
 		// go-libp2p's ping handler ends a stream after 30 s: rotate ours
 		// before that, so no probe is lost to it.
@@ -115,6 +141,100 @@ func (m *Manager) heartbeat(ctx context.Context, p peer.ID, pa *path) {
 		m.answered(p, pa, rtt)
 		next = lastProbe.Add(m.probeInterval(pa))
 	}
+}
+
+// peerMaxAckDelay is how long the peer may hold back the ACK of a lone
+// ack-eliciting packet: the max_ack_delay transport parameter's default
+// (RFC 9000 §18.2), which quic-go uses and go-libp2p does not change. A
+// heartbeat datagram on an idle path is such a packet, so its ACK comes
+// about RTT + 25 ms after it was sent (measured on loopback: 25 ms).
+// quic-go does not tell us the value the peer announced.
+const peerMaxAckDelay = 25 * time.Millisecond
+
+// ackMargin is added to every wait for a heartbeat datagram's ACK: timer
+// slack and the peer's scheduling.
+const ackMargin = 5 * time.Millisecond
+
+// maxAckPoll bounds the gap between two looks at the connection's RTT
+// sample while a heartbeat datagram waits for its ACK; it is how late an ACK
+// that arrives after the probe timeout can be noticed (a degraded path comes
+// back at most this much after its ACK).
+const maxAckPoll = 100 * time.Millisecond
+
+// heartbeatPayload is the content of a heartbeat datagram. Its content does
+// not matter: the peer need not read it (go-libp2p does not), its QUIC stack
+// acknowledges the packet that carries it.
+var heartbeatPayload = []byte{0}
+
+// errNoAck is probeDatagram's error when no ACK arrived before the idle
+// deadline.
+var errNoAck = errors.New("no ACK of the heartbeat datagram before the path idle deadline")
+
+// probeDatagram sends one heartbeat as a QUIC DATAGRAM frame and waits for
+// its acknowledgement. A DATAGRAM frame is ack-eliciting (RFC 9221 §5.2):
+// the peer's QUIC stack acknowledges the packet whether or not its
+// application reads datagrams, and quic-go takes an RTT sample from that ACK
+// (RFC 9002 §5: the newly acknowledged largest packet, the peer's ack delay
+// removed). quic-go has no callback for it, so the probe looks at
+// ConnectionStats().LatestRTT: first when the ACK is due (RTT +
+// peerMaxAckDelay + ackMargin), then at doubling gaps up to maxAckPoll,
+// and once exactly at the probe timeout. A new sample means an ACK arrived
+// from the peer over this path since the probe was sent — of the datagram,
+// of the PING quic-go sends on a PTO when the datagram was lost, or of
+// other traffic on a busy path: any of them proves the path carries packets
+// both ways. The returned round trip is that sample. No sample within
+// datagramTimeout makes the path degraded; the wait goes on until the idle
+// deadline (a time of the manager's clock), then errNoAck.
+func (m *Manager) probeDatagram(ctx context.Context, p peer.ID, pa *path, deadline time.Time) (time.Duration, error) {
+	start := time.Now()
+	idle := start.Add(deadline.Sub(m.clock.Now())) // the idle deadline in real time
+	degradeAt := start.Add(m.datagramTimeout(pa))
+	before := pa.quic.ConnectionStats().LatestRTT
+	if err := pa.quic.SendDatagram(heartbeatPayload); err != nil {
+		return 0, err
+	}
+	gap := pa.rtt() + peerMaxAckDelay + ackMargin
+	timer := time.NewTimer(minTime(start.Add(gap), idle).Sub(start))
+	defer timer.Stop()
+	degraded := false
+	for {
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-pa.quic.Context().Done():
+			return 0, context.Cause(pa.quic.Context())
+		case <-timer.C:
+		}
+		if sample := pa.quic.ConnectionStats().LatestRTT; sample != before {
+			return sample, nil
+		}
+		now := time.Now()
+		if !degraded && !now.Before(degradeAt) {
+			m.degraded(p, pa)
+			degraded = true
+		}
+		if !now.Before(idle) {
+			return 0, errNoAck
+		}
+		gap = min(2*gap, maxAckPoll)
+		at := minTime(now.Add(gap), idle)
+		if !degraded {
+			at = minTime(at, degradeAt)
+		}
+		timer.Reset(at.Sub(now))
+	}
+}
+
+// datagramTimeout is how long a heartbeat datagram may go without an ACK
+// before its path is degraded: the ping's bound max(4×SRTT, 200 ms), or the
+// time QUIC needs to recover a lost datagram (PTO, RFC 9002 §6.2.1: SRTT +
+// max(4×RTTVAR, 1 ms) + max_ack_delay, then the round trip of the PTO
+// probe) if that is longer — plus the peer's max_ack_delay, by which a lone
+// datagram's ACK is held back, and ackMargin. On loopback: 230 ms.
+func (m *Manager) datagramTimeout(pa *path) time.Duration {
+	st := pa.quic.ConnectionStats()
+	pto := st.SmoothedRTT + max(4*st.MeanDeviation, time.Millisecond) + peerMaxAckDelay
+	return max(m.busyInterval(pa), pto+st.SmoothedRTT) + peerMaxAckDelay + ackMargin
 }
 
 // heartbeatStream is a ping stream whose protocol negotiation is lazy

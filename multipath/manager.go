@@ -8,9 +8,13 @@
 // network.Notifiee; it never imports the swarm, it talks to it through the
 // Dialer interface.
 //
-// Heartbeats are go-libp2p's ping protocol (/ipfs/ping/1.0.0) on one
-// long-lived stream per path, opened on that exact connection, so any libp2p
-// peer answers them. Defaults and their sources: docs/multipath.md.
+// Heartbeats are QUIC DATAGRAM frames sent on that exact connection: the
+// frame is ack-eliciting (RFC 9221 §5.2), so the peer's QUIC stack — any
+// go-libp2p peer's, which negotiates datagrams and never reads them —
+// acknowledges it, and the ACK is the answer and quic-go's RTT sample
+// (RFC 9002 §5). A connection that did not negotiate datagrams is
+// heartbeated with go-libp2p's ping protocol (/ipfs/ping/1.0.0) on one
+// long-lived stream. Defaults and their sources: docs/multipath.md.
 package multipath
 
 import (
@@ -117,6 +121,10 @@ type Manager struct {
 	peers      map[peer.ID]*peerPaths
 	strategy   Strategy
 	selectFunc SelectFunc
+	// streamHeartbeats makes every path use the ping stream, datagrams
+	// or not (tests and benchmarks only: export_test.go); read at each
+	// probe.
+	streamHeartbeats atomic.Bool
 }
 
 var (

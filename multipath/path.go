@@ -22,6 +22,10 @@ type path struct {
 	ipv6    bool
 	relayed bool
 
+	// datagrams is set when quic negotiated QUIC datagrams (RFC 9221) at
+	// both ends: the path is heartbeated with datagrams, not pings.
+	datagrams bool
+
 	// ctx is cancelled when the path is removed or the manager closes; it
 	// stops the path's heartbeat and drain goroutines.
 	ctx    context.Context
@@ -80,6 +84,8 @@ func newPath(parent context.Context, c core.Conn, now time.Time) *path {
 	var qc *quic.Conn
 	if c.As(&qc) {
 		pa.quic = qc
+		dg := qc.ConnectionState().SupportsDatagrams
+		pa.datagrams = dg.Local && dg.Remote
 	}
 	pa.order = pathOrder(c)
 	if _, err := c.RemoteMultiaddr().ValueForProtocol(ma.P_IP6); err == nil {

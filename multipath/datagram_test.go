@@ -1,0 +1,140 @@
+package multipath_test
+
+import (
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/fx"
+
+	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/internal/testkit"
+	"github.com/realmnet/realmnet/internal/testnode"
+	"github.com/realmnet/realmnet/internal/udpproxy"
+	"github.com/realmnet/realmnet/multipath"
+	"github.com/realmnet/realmnet/node"
+)
+
+// stockBehindProxy is a stock go-libp2p host (testkit.StockHost with opts)
+// and a fault-injection proxy in front of its listen address.
+func stockBehindProxy(t *testing.T, opts ...libp2p.Option) (host.Host, *udpproxy.Proxy) {
+	t.Helper()
+	h := testkit.StockHost(t, opts...)
+	target, err := manet.ToNetAddr(h.Addrs()[0].Decapsulate(ma.StringCast("/quic-v1")))
+	require.NoError(t, err)
+	proxy, err := udpproxy.New("127.0.0.1:0", target.(*net.UDPAddr))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = proxy.Close() })
+	return h, proxy
+}
+
+// onlyPath returns the single path n has to p, or false.
+func onlyPath(n *node.Node, p peer.ID) (core.PathInfo, bool) {
+	ps := n.Paths(p)
+	if len(ps) != 1 {
+		return core.PathInfo{}, false
+	}
+	return ps[0], true
+}
+
+// answersAdvance waits until the path n has to p has recorded rounds more
+// heartbeat answers (LastHeartbeat moved rounds times), each with a round
+// trip, while staying active.
+func answersAdvance(t *testing.T, n *node.Node, p peer.ID, rounds int, within time.Duration) {
+	t.Helper()
+	var last time.Time
+	seen := -1
+	require.Eventually(t, func() bool {
+		pi, ok := onlyPath(n, p)
+		if !ok || pi.State != core.PathActive || pi.HeartbeatRTT <= 0 {
+			return false
+		}
+		if pi.LastHeartbeat.After(last) {
+			last = pi.LastHeartbeat
+			seen++
+		}
+		return seen >= rounds
+	}, within, 5*time.Millisecond, "the path did not record %d heartbeat answers: %+v", rounds, n.Paths(p))
+}
+
+// TestDatagramHeartbeatsNeedNoPing: a stock go-libp2p peer without the ping
+// protocol answers datagram heartbeats with QUIC ACKs — the path gets RTT
+// samples and stays alive past several PathIdleTimeouts — and once the path
+// is blackholed it dies within PathIdleTimeout + HeartbeatInterval. (With
+// ping-stream heartbeats such a path had no heartbeat at all: no RTT
+// samples, and it never died.)
+func TestDatagramHeartbeatsNeedNoPing(t *testing.T) {
+	cfg := multipath.Config{HeartbeatInterval: 200 * time.Millisecond, PathIdleTimeout: 600 * time.Millisecond, DesiredPaths: 1}
+	server, proxy := stockBehindProxy(t, libp2p.Ping(false))
+	client := newNode(t, cfg)
+	ctx := testkit.Context(t, 10*time.Second)
+	_, err := client.Network().DialPath(ctx, server.ID(), proxy.Multiaddr())
+	require.NoError(t, err)
+
+	// Three idle timeouts' worth of answers: 9 probes, every one ACKed.
+	answersAdvance(t, client, server.ID(), 9, 5*time.Second)
+	pi, _ := onlyPath(client, server.ID())
+	require.Positive(t, pi.HeartbeatRTT)
+	require.Less(t, pi.HeartbeatRTT, 20*time.Millisecond, "the RTT sample has the peer's ack delay removed")
+
+	blackholed := time.Now()
+	proxy.SetBlackhole(true)
+	require.Eventually(t, func() bool { return len(client.Paths(server.ID())) == 0 },
+		cfg.PathIdleTimeout+cfg.HeartbeatInterval+500*time.Millisecond, 10*time.Millisecond)
+	t.Logf("path gone %s after the blackhole", time.Since(blackholed))
+}
+
+// countingPing registers go-libp2p's ping handler on h and counts the
+// streams it gets.
+func countingPing(h host.Host) *atomic.Int64 {
+	var n atomic.Int64
+	ps := &ping.PingService{Host: h}
+	h.SetStreamHandler(ping.ID, func(s network.Stream) {
+		n.Add(1)
+		ps.PingHandler(s)
+	})
+	return &n
+}
+
+// TestHeartbeatStreamFallback: with datagrams no heartbeat opens a stream;
+// with the ping stream forced (the path of a connection that did not
+// negotiate datagrams) the heartbeats go over a ping stream, keep the path
+// active with fresh round trips, and a blackholed path is degraded at once
+// and dead after PathIdleTimeout.
+func TestHeartbeatStreamFallback(t *testing.T) {
+	cfg := multipath.Config{HeartbeatInterval: 200 * time.Millisecond, PathIdleTimeout: 600 * time.Millisecond, DesiredPaths: 1}
+	server, proxy := stockBehindProxy(t)
+	pings := countingPing(server)
+	var m *multipath.Manager // the component itself, for ForceStreamHeartbeats
+	client := testnode.New(t, node.Multipath(cfg), node.Fx(fx.Populate(&m)))
+	ctx := testkit.Context(t, 10*time.Second)
+	_, err := client.Network().DialPath(ctx, server.ID(), proxy.Multiaddr())
+	require.NoError(t, err)
+
+	answersAdvance(t, client, server.ID(), 5, 5*time.Second)
+	require.Zero(t, pings.Load(), "datagram heartbeats opened ping streams")
+
+	multipath.ForceStreamHeartbeats(m, true)
+	require.Eventually(t, func() bool { return pings.Load() > 0 }, 2*time.Second, 5*time.Millisecond,
+		"forced stream heartbeats opened no ping stream")
+	answersAdvance(t, client, server.ID(), 5, 5*time.Second)
+	require.Equal(t, int64(1), pings.Load(), "one long-lived ping stream")
+
+	dead := testkit.Subscribe(t, client.Host().EventBus(), new(multipath.EvtPathDead))
+	proxy.SetBlackhole(true)
+	require.Eventually(t, func() bool {
+		pi, ok := onlyPath(client, server.ID())
+		return !ok || pi.State == core.PathDegraded || pi.State == core.PathDead
+	}, cfg.HeartbeatInterval+time.Second, 5*time.Millisecond, "not degraded")
+	testkit.WaitEvent(t, dead, cfg.PathIdleTimeout+cfg.HeartbeatInterval+500*time.Millisecond,
+		func(multipath.EvtPathDead) bool { return true })
+}
