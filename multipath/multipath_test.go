@@ -3,7 +3,9 @@ package multipath_test
 import (
 	"context"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -557,4 +559,67 @@ func TestHeartbeatsKeepPathsAlive(t *testing.T) {
 	case <-time.After(3 * time.Second):
 	}
 	require.Len(t, client.Paths(server.ID()), 1)
+}
+
+// TestTrimmedPathNotRedialedAtOnce: when the peer closes one of our paths
+// because its connection manager trimmed it (network.ConnGarbageCollected),
+// standby discovery leaves that address alone for a while instead of
+// dialing it again at once — a new path would be in the peer's grace
+// period, survive its next trim and keep its pool above high water (a
+// reconnect storm seen in TestPoolsHoldUnderInboundBurst under load). A
+// path the peer closed without a reason is replaced at once, as before.
+func TestTrimmedPathNotRedialedAtOnce(t *testing.T) {
+	server := newNode(t, multipath.Config{}, "/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.2/udp/0/quic-v1")
+	client := newNode(t, multipath.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	require.NoError(t, client.Connect(ctx, peer.AddrInfo{ID: server.ID(), Addrs: server.Network().ListenAddresses()[:1]}))
+	twoPaths := func() bool { return len(client.Paths(server.ID())) == 2 }
+	require.Eventually(t, twoPaths, 10*time.Second, 10*time.Millisecond)
+
+	// closeStandby closes, on the server, its connection that carries the
+	// client's standby path (the one to the server's second address).
+	closeStandby := func(code network.ConnErrorCode) {
+		require.Eventually(t, func() bool { return len(server.Network().ConnsToPeer(client.ID())) == 2 }, 10*time.Second, time.Millisecond,
+			"the server sees both paths")
+		for _, c := range server.Network().ConnsToPeer(client.ID()) {
+			if strings.HasPrefix(c.LocalMultiaddr().String(), "/ip4/127.0.0.2/") {
+				require.NoError(t, c.CloseWithError(code))
+				return
+			}
+		}
+		var seen []string
+		for _, c := range server.Network().ConnsToPeer(client.ID()) {
+			seen = append(seen, c.LocalMultiaddr().String()+" <- "+c.RemoteMultiaddr().String())
+		}
+		t.Fatalf("no connection on the server's second address: %v; client's paths %+v", seen, client.Paths(server.ID()))
+	}
+	onePath := func() bool { return len(client.Paths(server.ID())) == 1 }
+
+	ids := func() []string {
+		var out []string
+		for _, p := range client.Paths(server.ID()) {
+			out = append(out, p.ConnID)
+		}
+		slices.Sort(out)
+		return out
+	}
+	// Closed without a reason: replaced at once (a new connection).
+	before := ids()
+	start := time.Now()
+	closeStandby(network.ConnNoError)
+	require.Eventually(t, func() bool { return twoPaths() && !slices.Equal(ids(), before) }, 10*time.Second, time.Millisecond,
+		"a path closed without a reason is replaced")
+	replaced := time.Since(start)
+
+	// Trimmed: not redialed within many times that.
+	closeStandby(network.ConnGarbageCollected)
+	require.Eventually(t, onePath, 5*time.Second, time.Millisecond)
+	window := max(time.Second, 10*replaced)
+	deadline := time.Now().Add(window)
+	for time.Now().Before(deadline) {
+		require.True(t, onePath(), "the trimmed path was redialed %s after the trim (a replacement took %s)", time.Until(deadline), replaced)
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("replacement after a plain close: %s; none within %s after a trim", replaced.Round(time.Millisecond), window)
 }

@@ -114,9 +114,15 @@ func pathOrder(c network.Conn) []byte {
 	return out
 }
 
-// refusedByPeer reports whether the peer closed the path because it has
-// enough paths (ErrorCodeTooManyPaths): quic-go records the close as the
-// cause of the connection's context.
+// refusedByPeer reports whether the peer closed the path because it does
+// not want it: it has enough paths (ErrorCodeTooManyPaths), its connection
+// manager trimmed or refused it (network.ConnGarbageCollected, go-libp2p's
+// code for connection manager closes), or its gater refused it
+// (network.ConnGated). Discovery then leaves the address alone for
+// redialAfter instead of dialing it again at once, which would fight the
+// peer's trims (a new path is in its grace period, so it survives the next
+// trim, and the peer's pool stays above its high water). quic-go records
+// the close as the cause of the connection's context.
 func (pa *path) refusedByPeer() bool {
 	if pa.quic == nil {
 		return false
@@ -127,7 +133,11 @@ func (pa *path) refusedByPeer() bool {
 	}
 	// A redundant path is not a refusal of the address: the other
 	// connection on the same pair serves it.
-	return network.ConnErrorCode(appErr.ErrorCode) == ErrorCodeTooManyPaths
+	switch network.ConnErrorCode(appErr.ErrorCode) {
+	case ErrorCodeTooManyPaths, network.ConnGarbageCollected, network.ConnGated:
+		return true
+	}
+	return false
 }
 
 // rtt is the path's round-trip estimate used for selection.
