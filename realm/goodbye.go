@@ -122,19 +122,57 @@ func sealWith(rec record.Record, key crypto.PrivKey) ([]byte, error) {
 	return env.Marshal()
 }
 
+// sendGoodbye delivers the goodbye to p and waits for its acknowledgement,
+// trying again, within HandshakeTimeout, when an attempt fails for any
+// reason but p's refusal: the connection the stream goes on may be one to
+// p's previous instance (p crashed and restarted on the same address: its
+// new connection is then, on the same address pair, held back as redundant
+// until the old one is found dead — a stateless reset, at the first
+// packet). A goodbye lost there would leave p listing this node as a
+// member for as long as they stay connected through another realm (found
+// by the soak test, TestLeaveRightAfterRestartIsSeen). Attempts are spaced
+// 20 ms, doubling.
 func (r *Realm) sendGoodbye(ctx context.Context, p peer.ID, env []byte) error {
-	// The realm is already marked left: open the stream directly, with the
-	// pair's handle.
-	h := r.keys.handle(r.svc.deps.Host.ID(), p)
 	ctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
 	defer cancel()
+	wait := 20 * time.Millisecond
+	for {
+		err := r.sendGoodbyeOnce(ctx, p, env)
+		var se *network.StreamError
+		if err == nil || ctx.Err() != nil || (errors.As(err, &se) && se.Remote && se.ErrorCode == ErrorCodeRefused) {
+			return err
+		}
+		log.Debugw("goodbye attempt failed; trying again", "realm", r.name, "peer", p, "err", err)
+		select {
+		case <-time.After(wait):
+			wait *= 2
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
+// sendGoodbyeOnce is one attempt of sendGoodbye, on the stream the host
+// opens to p.
+func (r *Realm) sendGoodbyeOnce(ctx context.Context, p peer.ID, env []byte) error {
 	str, err := r.svc.deps.Host.NewStream(ctx, p, StreamProtocol)
 	if err != nil {
 		return fmt.Errorf("realm %q: goodbye to %s: %w", r.name, p, err)
 	}
+	return r.goodbyeOn(ctx, str, p, env)
+}
+
+// goodbyeOn writes the goodbye on str and waits for the receiver's end of
+// stream, its acknowledgement.
+func (r *Realm) goodbyeOn(ctx context.Context, str network.Stream, p peer.ID, env []byte) error {
+	// The realm is already marked left: the stream carries the pair's
+	// handle directly.
+	h := r.keys.handle(r.svc.deps.Host.ID(), p)
 	deadline, _ := ctx.Deadline()
 	_ = str.SetDeadline(deadline)
-	err = writeFrame(str, encodeStreamHeader(streamHeader{kind: kindGoodbye, handle: h}))
+	stop := context.AfterFunc(ctx, func() { _ = str.Reset() })
+	defer stop()
+	err := writeFrame(str, encodeStreamHeader(streamHeader{kind: kindGoodbye, handle: h}))
 	if err == nil {
 		err = writeFrame(str, env)
 	}
