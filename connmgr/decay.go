@@ -106,6 +106,7 @@ func (d *decayer) decay(now time.Time) {
 		s := &m.segments[i]
 		s.Lock()
 		for _, pi := range s.peers {
+			changed := false
 			for t, v := range pi.decaying {
 				if !due[t] {
 					continue
@@ -117,6 +118,10 @@ func (d *decayer) decay(now time.Time) {
 					pi.value -= v.Value
 					delete(pi.decaying, t)
 				}
+				changed = true
+			}
+			if changed {
+				m.peerChangedLocked(pi)
 			}
 		}
 		s.Unlock()
@@ -149,6 +154,7 @@ func (t *decayingTag) Bump(p peer.ID, delta int) error {
 	after := t.bumpFn(*v, delta)
 	pi.value += after - v.Value
 	v.Value = after
+	m.peerChangedLocked(pi)
 	return nil
 }
 
@@ -165,6 +171,7 @@ func (t *decayingTag) Remove(p peer.ID) error {
 		if v := pi.decaying[t]; v != nil {
 			pi.value -= v.Value
 			delete(pi.decaying, t)
+			m.peerChangedLocked(pi)
 		}
 	}
 	return nil
@@ -186,6 +193,7 @@ func (t *decayingTag) Close() error {
 			if v := pi.decaying[t]; v != nil {
 				pi.value -= v.Value
 				delete(pi.decaying, t)
+				m.peerChangedLocked(pi)
 			}
 		}
 		s.Unlock()

@@ -43,8 +43,9 @@ import (
 var log = logging.Logger("realmnet/connmgr")
 
 // PathSelector says which of a peer's connections is its selected path,
-// without side effects (it is asked during trims, under the trim lock); the
-// multipath manager implements it. nil means "no opinion".
+// without side effects (it is asked during trims, under the trim lock and
+// the peer table's locks: it must not call the Manager); the multipath
+// manager implements it. nil means "no opinion".
 type PathSelector interface {
 	SelectedPath(p peer.ID, conns []network.Conn) network.Conn
 }
@@ -72,17 +73,36 @@ type peerInfo struct {
 	authenticated bool
 	// active is when one of the peer's connections last carried traffic.
 	active time.Time
+	// keep and keepEpoch cache, during one trim, the path the selector
+	// keeps (trims only: trimMu and index.mu held).
+	keep      *connInfo
+	keepEpoch uint64
 }
 
 // connInfo is what the manager knows of one connection.
 type connInfo struct {
-	conn    core.Conn
-	opened  time.Time
-	inbound bool
+	// opened and lastActive lead and share a cache line: a trim reads
+	// them through the index (opened for rows its column puts inside the
+	// grace period, lastActive for the candidates it orders).
+	opened time.Time
+	// lastActive is when the connection last carried traffic (activity
+	// sampling, below).
+	lastActive time.Time
+	conn       core.Conn
+	peer       *peerInfo
+	inbound    bool
+	// statOpened is conn.Stat().Opened at admission: the default path
+	// selection keeps the newest.
+	statOpened time.Time
+	// seg is the peer's segment. slot is the connection's row in the
+	// index (index.mu); removed is set, under the segment lock, when the
+	// connection is no longer accounted (a trim reads it without).
+	seg     *segment
+	slot    int32
+	removed atomic.Bool
 	// Activity sampling (background loop): streams opened, bytes moved,
-	// when they last changed, and bytes per second over the last sample.
+	// and bytes per second over the last sample.
 	streams, bytes uint64
-	lastActive     time.Time
 	throughput     float64
 }
 
@@ -113,15 +133,18 @@ type Manager struct {
 
 	global, unassigned atomic.Int64
 
-	// trimMu serialises trims; trimBuffer and keyBuffer are reused by them,
+	index connIndex
+
+	// trimMu serialises trims; victimBuffer and keyBuffer are reused by them,
 	// trimEvents collects their events, emitted by unlockTrim.
-	trimMu     sync.Mutex
-	trimBuffer []candidate
-	keyBuffer  []sortKey
-	trimEvents []EvtConnTrimmed
-	fullTrims  atomic.Uint64 // TrimOpenConns runs, for coalescing
-	trimCount  atomic.Uint64
-	lastTrim   atomic.Int64 // unix nanoseconds
+	trimMu       sync.Mutex
+	victimBuffer []*connInfo
+	keyBuffer    []sortKey
+	trimEvents   []EvtConnTrimmed
+	trimEpoch    uint64        // selections so far, for peerInfo.keepEpoch
+	fullTrims    atomic.Uint64 // TrimOpenConns runs, for coalescing
+	trimCount    atomic.Uint64
+	lastTrim     atomic.Int64 // unix nanoseconds
 
 	stats statsCounters
 
@@ -257,6 +280,7 @@ func (m *Manager) TagPeer(p peer.ID, tag string, value int) {
 	pi := m.entry(s, p)
 	pi.value += value - pi.tags[tag]
 	pi.tags[tag] = value
+	m.peerChangedLocked(pi)
 }
 
 // withPeer calls f with p's entry under its segment lock; f is not called
@@ -275,6 +299,7 @@ func (m *Manager) UntagPeer(p peer.ID, tag string) {
 	m.withPeer(p, func(pi *peerInfo) {
 		pi.value -= pi.tags[tag]
 		delete(pi.tags, tag)
+		m.peerChangedLocked(pi)
 	})
 }
 
@@ -287,6 +312,7 @@ func (m *Manager) UpsertTag(p peer.ID, tag string, upsert func(int) int) {
 	old := pi.tags[tag]
 	pi.tags[tag] = upsert(old)
 	pi.value += pi.tags[tag] - old
+	m.peerChangedLocked(pi)
 }
 
 // GetTagInfo returns p's tags (decaying tags included), score and
@@ -529,8 +555,14 @@ func (m *Manager) account(c core.Conn) (accountResult, bool) {
 		pi.temp = false
 		pi.firstSeen = now
 	}
-	pi.conns = append(pi.conns, &connInfo{conn: c, opened: now, lastActive: now,
-		inbound: c.Stat().Direction == network.DirInbound})
+	stat := c.Stat()
+	ci := &connInfo{conn: c, peer: pi, seg: s, opened: now, lastActive: now,
+		inbound: stat.Direction == network.DirInbound, statOpened: stat.Opened}
+	m.index.mu.Lock()
+	pi.conns = append(pi.conns, ci)
+	m.index.add(ci)
+	m.index.refresh(pi, m.cfg.RealmWeight)
+	m.index.mu.Unlock()
 	if len(pi.realms) == 0 {
 		return admitted, m.unassigned.Add(1) > int64(m.cfg.Unassigned.HighWater)
 	}
@@ -556,13 +588,33 @@ func (m *Manager) forget(c network.Conn) bool {
 		return false
 	}
 	m.unaccountLocked(pi, i)
+	m.forgottenLocked(pi)
+	return true
+}
+
+// forgetInfo removes ci from the accounting, as forget does by connection;
+// it reports whether ci was still accounted.
+func (m *Manager) forgetInfo(ci *connInfo) bool {
+	s := ci.seg
+	s.Lock()
+	defer s.Unlock()
+	if ci.removed.Load() {
+		return false
+	}
+	m.unaccountLocked(ci.peer, slices.Index(ci.peer.conns, ci))
+	m.forgottenLocked(ci.peer)
+	return true
+}
+
+// forgottenLocked makes pi temporary when its last connection went; the
+// segment is locked.
+func (m *Manager) forgottenLocked(pi *peerInfo) {
 	if len(pi.conns) == 0 {
 		// Keep the entry (tags, realms) as a temporary one: it expires
 		// after the grace period unless the peer connects again.
 		pi.temp = true
 		pi.firstSeen = m.clock.Now()
 	}
-	return true
 }
 
 // find returns the index of c in pi.conns, or -1.
@@ -575,20 +627,19 @@ func (pi *peerInfo) find(c network.Conn) int {
 	return -1
 }
 
-// known reports whether c is accounted.
-func (m *Manager) known(c network.Conn) bool {
-	found := false
-	m.withPeer(c.RemotePeer(), func(pi *peerInfo) { found = pi.find(c) >= 0 })
-	return found
-}
-
 // unaccountLocked removes connection i from pi and every count; the segment
 // is locked.
 func (m *Manager) unaccountLocked(pi *peerInfo, i int) {
 	last := len(pi.conns) - 1
+	ci := pi.conns[i]
+	ci.removed.Store(true)
+	m.index.mu.Lock()
 	pi.conns[i] = pi.conns[last]
 	pi.conns[last] = nil
 	pi.conns = pi.conns[:last]
+	m.index.remove(ci)
+	m.index.refresh(pi, m.cfg.RealmWeight)
+	m.index.mu.Unlock()
 	m.global.Add(-1)
 	if len(pi.realms) == 0 {
 		m.unassigned.Add(-1)
@@ -665,8 +716,11 @@ func (m *Manager) AssignRealm(p peer.ID, r core.RealmID) {
 	if len(pi.realms) == 0 {
 		m.unassigned.Add(-n)
 	}
+	m.index.mu.Lock()
 	pi.realms = append(pi.realms, rp)
 	pi.authenticated = true
+	m.index.refresh(pi, m.cfg.RealmWeight)
+	m.index.mu.Unlock()
 	rp.count.Add(n)
 	over := rp.count.Load() > int64(rp.limits.Load().HighWater)
 	s.Unlock()
@@ -688,7 +742,10 @@ func (m *Manager) UnassignRealm(p peer.ID, r core.RealmID) {
 		if i < 0 {
 			return
 		}
+		m.index.mu.Lock()
 		pi.realms = slices.Delete(slices.Clone(pi.realms), i, i+1)
+		m.index.refresh(pi, m.cfg.RealmWeight)
+		m.index.mu.Unlock()
 		n := int64(len(pi.conns))
 		rp.count.Add(-n)
 		if len(pi.realms) == 0 && m.unassigned.Add(n) > int64(m.cfg.Unassigned.HighWater) {

@@ -31,18 +31,14 @@ const (
 	scopeRealm
 )
 
-// candidate is a snapshot of one connection that a trim may close.
+// candidate is what victim order compares of one connection.
 type candidate struct {
-	conn          core.Conn
-	realms        []*realmPool
 	class         int
 	score         int
 	authenticated bool
 	lastActive    int64 // unix nanoseconds
 	throughput    float64
 	inbound       bool
-	opened        int64 // unix nanoseconds
-	group         int32 // index of the peer's first candidate
 }
 
 // compareCandidates orders victims: class, then ascending score, then
@@ -78,33 +74,25 @@ func compareCandidates(a, b *candidate) int {
 
 // sortKey packs the leading fields of compareCandidates into two integers,
 // so that sorting moves 24-byte keys and compares integers; ties fall back
-// to compareCandidates.
+// to compareCandidates. index is the connection's row in the index, or
+// newcomerIndex.
 type sortKey struct {
 	k1, k2 uint64
 	index  int32
 }
 
+// newcomerIndex is the sortKey index of the connection being admitted.
+const newcomerIndex = -1
+
 // keyOf packs class (2 bits), score (31 bits, offset by 2^30 and clamped)
 // and authenticated (1 bit) into k1, and lastActive into k2.
-func keyOf(c *candidate, index int) sortKey {
+func keyOf(c *candidate, index int32) sortKey {
 	score := min(max(int64(c.score)+1<<30, 0), 1<<31-1)
 	k1 := uint64(c.class)<<62 | uint64(score)<<31
 	if c.authenticated {
 		k1 |= 1 << 30
 	}
-	return sortKey{k1: k1, k2: uint64(max(c.lastActive, 0)), index: int32(index)}
-}
-
-func (m *Manager) compareKeys(cands []candidate) func(a, b sortKey) int {
-	return func(a, b sortKey) int {
-		if a.k1 != b.k1 {
-			return cmp.Compare(a.k1, b.k1)
-		}
-		if a.k2 != b.k2 {
-			return cmp.Compare(a.k2, b.k2)
-		}
-		return compareCandidates(&cands[a.index], &cands[b.index])
-	}
+	return sortKey{k1: k1, k2: uint64(max(c.lastActive, 0)), index: index}
 }
 
 // trimResult says what a trim did.
@@ -119,70 +107,35 @@ type trimResult struct {
 // ignoreGrace. No realm is taken below its LowWater, except target by a
 // realm trim (need stops it there). newcomer, when not nil, is a connection
 // being admitted and not yet accounted: it competes as a candidate.
-//
-// Only the cheapest candidates are ordered: a quickselect finds the 2×need
-// (+64) smallest keys, only those are sorted, and the rest is sorted only if
-// skipped candidates (reservations) leave the walk short.
 func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace bool, reason core.CloseReason, newcomer core.Conn) trimResult {
 	if need <= 0 {
 		return trimResult{}
 	}
 	now := m.clock.Now()
-	cands := m.snapshot(sc, target, now, newcomer)
-
-	graceStart := now.Add(-m.cfg.GracePeriod).UnixNano()
-	keys := m.keyBuffer[:0]
-	for i := range cands {
-		if ignoreGrace || cands[i].opened <= graceStart {
-			keys = append(keys, keyOf(&cands[i], i))
-		}
-	}
-	compare := m.compareKeys(cands)
-	head := min(len(keys), 2*need+64)
-	selectSmallest(keys, head, compare)
-	slices.SortFunc(keys[:head], compare)
-
-	var pending []realmCount
-	var victims []int32
-	for i := 0; i < len(keys) && len(victims) < need; i++ {
-		if i == head {
-			slices.SortFunc(keys[head:], compare) // rarely: reservations skipped many
-		}
-		c := &cands[keys[i].index]
-		// The newcomer is not counted in its realms yet: refusing it
-		// takes no realm below its reservation.
-		if c.conn != newcomer && !m.reservationAllows(c.realms, target, pending) {
-			continue
-		}
-		for _, rp := range c.realms {
-			pending = addPending(pending, rp)
-		}
-		victims = append(victims, keys[i].index)
-	}
+	victims := m.selectVictimsLocked(sc, target, need, ignoreGrace, newcomer, now)
 
 	var res trimResult
-	for _, vi := range victims {
-		v := &cands[vi]
-		if v.conn == newcomer && newcomer != nil {
+	for _, v := range victims {
+		if v == nil {
 			res.newcomer = true
 			m.stats.closed(reason)
 			continue
 		}
-		if !m.known(v.conn) {
+		if v.removed.Load() {
 			continue // closed meanwhile
 		}
 		// Close first, then free the slot: a concurrent admission must not
 		// add its connection while the victim is still in the swarm.
 		_ = v.conn.CloseWithError(network.ConnGarbageCollected)
-		m.forget(v.conn) // false when Disconnected already did it
+		m.forgetInfo(v) // false when Disconnected already did it
 		res.closed++
 		m.stats.closed(reason)
 		if m.events != nil {
-			m.trimEvents = append(m.trimEvents, EvtConnTrimmed{Peer: v.conn.RemotePeer(), ConnID: v.conn.ID(), Pool: poolOf(sc, target), Reason: reason})
+			m.trimEvents = append(m.trimEvents, EvtConnTrimmed{Peer: v.peer.id, ConnID: v.conn.ID(), Pool: poolOf(sc, target), Reason: reason})
 		}
 	}
-	clear(cands) // drop the references to connections
-	m.trimBuffer, m.keyBuffer = cands[:0], keys[:0]
+	clear(victims) // drop the references to connections
+	m.victimBuffer = victims[:0]
 	m.trimCount.Add(1)
 	m.lastTrim.Store(now.UnixNano())
 	switch sc {
@@ -197,10 +150,308 @@ func (m *Manager) trimLocked(sc scope, target *realmPool, need int, ignoreGrace 
 	return res
 }
 
+// newcomerPeer is what a selection knows of the peer of the connection
+// being admitted, copied under its segment lock.
+type newcomerPeer struct {
+	pi     *peerInfo // nil: no entry
+	base   candidate // class, score, authenticated of the peer
+	realms []*realmPool
+	// inScope: the peer's entry is in the trim's scope; otherwise the
+	// newcomer competes alone with score 0.
+	inScope bool
+}
+
+// selectVictimsLocked returns, in closing order, up to need connections of
+// the scope to close; nil in the result stands for newcomer. m.trimMu is
+// held; the result is m.victimBuffer.
+//
+// It scans the index's rows (no per-peer map is walked): keys are built for
+// the rows in scope and out of their grace period, a quickselect finds the
+// need+64 smallest and only those are sorted; when skipped candidates
+// (protected peers, reservations) leave the walk short, the next smallest
+// are selected and sorted the same way. Protection is looked up only for
+// the candidates walked.
+func (m *Manager) selectVictimsLocked(sc scope, target *realmPool, need int, ignoreGrace bool, newcomer core.Conn, now time.Time) []*connInfo {
+	graceStart := now.Add(-m.cfg.GracePeriod).UnixNano()
+	activeSince := now.Add(-m.cfg.SilencePeriod).UnixNano()
+	var np newcomerPeer
+	if newcomer != nil {
+		np = m.newcomerPeer(sc, target, newcomer.RemotePeer(), activeSince)
+	}
+	var sel PathSelector
+	if s := m.selector.Load(); s != nil {
+		sel = *s
+	}
+	m.trimEpoch++
+	epoch := m.trimEpoch
+
+	m.protectedMu.RLock()
+	defer m.protectedMu.RUnlock()
+	anyProtected := len(m.protected) > 0
+	// Every segment is locked for the selection, in order (nothing else
+	// holds two): the connection fields a row points to (opened,
+	// lastActive, throughput) are written under their segment's lock
+	// alone. Taking 256 uncontended locks costs a few microseconds; the
+	// tables are not walked.
+	for i := range m.segments {
+		m.segments[i].Lock()
+	}
+	defer func() {
+		for i := range m.segments {
+			m.segments[i].Unlock()
+		}
+	}()
+	x := &m.index
+	x.mu.Lock()
+	defer x.mu.Unlock()
+
+	// The newcomer's peer: its paths and the newcomer form one group.
+	var newcomerKeep network.Conn
+	if np.inScope && len(np.pi.conns) > 0 {
+		conns := make([]network.Conn, 0, len(np.pi.conns)+1)
+		for _, ci := range np.pi.conns {
+			conns = append(conns, ci.conn)
+		}
+		newcomerKeep = m.selected(np.pi.id, append(conns, newcomer))
+	}
+	newcomerCand := func() candidate {
+		c := np.base
+		// Among equals a newcomer yields: it counts as idle the longest,
+		// so it displaces only what is cheaper than itself (a redundant
+		// path, a lower class or score) and full pools do not churn.
+		c.lastActive = 0
+		c.inbound = newcomer.Stat().Direction == network.DirInbound
+		if newcomerKeep != nil && newcomerKeep != newcomer {
+			c.class = classRedundant
+		}
+		return c
+	}
+	// cand reconstructs row i's candidate (newcomerIndex: the newcomer's).
+	cand := func(i int32) candidate {
+		if i == newcomerIndex {
+			return newcomerCand()
+		}
+		ci := x.info[i]
+		flags := x.flags[i]
+		c := candidate{
+			class:         classMember,
+			score:         int(x.score[i]),
+			authenticated: flags&rowAuthenticated != 0,
+			lastActive:    ci.lastActive.UnixNano(),
+			throughput:    ci.throughput,
+			inbound:       ci.inbound,
+		}
+		if x.active[i] > activeSince {
+			c.score += activityBonus
+		}
+		switch {
+		case (flags&rowMulti != 0 || ci.peer == np.pi) && m.redundant(ci, flags, sel, epoch, np.pi, newcomerKeep):
+			c.class = classRedundant
+		case flags&rowUnassigned != 0 && sc == scopeGlobal:
+			c.class = classUnassigned
+		}
+		return c
+	}
+
+	keys := m.keyBuffer[:0]
+	for i, ci := range x.info {
+		flags := x.flags[i]
+		switch sc {
+		case scopeUnassigned:
+			if flags&rowUnassigned == 0 {
+				continue
+			}
+		case scopeRealm:
+			if !slices.Contains(ci.peer.realms, target) {
+				continue
+			}
+		}
+		if !ignoreGrace && x.opened[i] > graceStart && ci.opened.UnixNano() > graceStart {
+			continue
+		}
+		// keyOf(cand(i)), without building the candidate.
+		class := uint64(classMember)
+		switch {
+		case flags&rowMulti == 0 && (np.pi == nil || ci.peer != np.pi):
+			if flags&rowUnassigned != 0 && sc == scopeGlobal {
+				class = classUnassigned
+			}
+		case sel == nil && np.pi == nil:
+			if flags&rowRedundant != 0 {
+				class = classRedundant
+			} else if flags&rowUnassigned != 0 && sc == scopeGlobal {
+				class = classUnassigned
+			}
+		case m.redundant(ci, flags, sel, epoch, np.pi, newcomerKeep):
+			class = classRedundant
+		case flags&rowUnassigned != 0 && sc == scopeGlobal:
+			class = classUnassigned
+		}
+		score := x.score[i]
+		if x.active[i] > activeSince {
+			score += activityBonus
+		}
+		k1 := class<<62 | uint64(min(max(score+1<<30, 0), 1<<31-1))<<31
+		if flags&rowAuthenticated != 0 {
+			k1 |= 1 << 30
+		}
+		keys = append(keys, sortKey{k1: k1, index: int32(i)}) // k2: below
+	}
+	if newcomer != nil && (ignoreGrace || now.UnixNano() <= graceStart) {
+		c := newcomerCand()
+		keys = append(keys, keyOf(&c, newcomerIndex))
+	}
+	order := &keyOrder{tie: func(a, b int32) int {
+		ca, cb := cand(a), cand(b)
+		return compareCandidates(&ca, &cb)
+	}}
+	// Only the keys walked are ordered: first the need+64 smallest, then,
+	// when skipped candidates leave the walk short, twice as many more each
+	// time. k2 (lastActive, read through info) is filled only where k1
+	// does not decide: a quickselect on k1 alone finds the head's largest
+	// k1, bound, and only keys up to bound get their k2 before the exact
+	// selection; the others get it if the walk goes past the head.
+	fill := func(keys []sortKey) {
+		for j := range keys {
+			if index := keys[j].index; index != newcomerIndex {
+				keys[j].k2 = uint64(max(x.info[index].lastActive.UnixNano(), 0))
+			}
+		}
+	}
+	head := min(len(keys), need+64)
+	selectSmallestK1(keys, head)
+	var bound uint64
+	for _, k := range keys[:head] {
+		bound = max(bound, k.k1)
+	}
+	filled := head
+	for j := head; j < len(keys); j++ {
+		if keys[j].k1 <= bound {
+			keys[filled], keys[j] = keys[j], keys[filled]
+			filled++
+		}
+	}
+	fill(keys[:filled])
+	selectSmallest(keys[:filled], head, order)
+	sortKeys(keys[:head], order)
+
+	var pending []realmCount
+	victims := m.victimBuffer[:0]
+	for i := 0; i < len(keys) && len(victims) < need; i++ {
+		if i == head {
+			fill(keys[filled:])
+			filled = len(keys)
+			next := min(len(keys), head+2*(head+64))
+			selectSmallest(keys[head:], next-head, order)
+			sortKeys(keys[head:next], order)
+			head = next
+		}
+		var realms []*realmPool
+		if index := keys[i].index; index == newcomerIndex {
+			if _, ok := m.protected[newcomer.RemotePeer()]; ok {
+				continue
+			}
+			realms = np.realms
+			// The newcomer is not counted in its realms yet: refusing it
+			// takes no realm below its reservation.
+		} else {
+			ci := x.info[index]
+			if anyProtected && m.protected[ci.peer.id] != nil {
+				continue
+			}
+			if x.flags[index]&rowUnassigned == 0 {
+				realms = ci.peer.realms
+			}
+			if !m.reservationAllows(realms, target, pending) {
+				continue
+			}
+		}
+		for _, rp := range realms {
+			pending = addPending(pending, rp)
+		}
+		if keys[i].index == newcomerIndex {
+			victims = append(victims, nil)
+		} else {
+			victims = append(victims, x.info[keys[i].index])
+		}
+	}
+	m.keyBuffer = keys[:0]
+	return victims
+}
+
+// newcomerPeer copies what a selection needs of p, the peer of the
+// connection being admitted, under p's segment lock.
+func (m *Manager) newcomerPeer(sc scope, target *realmPool, p peer.ID, activeSince int64) newcomerPeer {
+	class := classMember
+	if sc == scopeGlobal {
+		class = classUnassigned
+	}
+	np := newcomerPeer{base: candidate{class: class}}
+	s := m.segment(p)
+	s.Lock()
+	defer s.Unlock()
+	pi := s.peers[p]
+	if pi == nil {
+		return np
+	}
+	switch sc {
+	case scopeUnassigned:
+		np.inScope = len(pi.realms) == 0
+	case scopeRealm:
+		np.inScope = slices.Contains(pi.realms, target)
+	default:
+		np.inScope = true
+	}
+	if !np.inScope {
+		return np
+	}
+	np.pi = pi
+	np.realms = pi.realms
+	np.base.score = pi.value + m.cfg.RealmWeight*len(pi.realms)
+	if unixNanoOrMin(pi.active) > activeSince {
+		np.base.score += activityBonus
+	}
+	np.base.authenticated = pi.authenticated
+	if len(pi.realms) > 0 {
+		np.base.class = classMember
+	}
+	return np
+}
+
+// redundant reports whether ci, a path of a peer with several, is not the
+// peer's selected path; index.mu is held. Without a selector the index
+// knows (the newest path is kept); with one, the selector is asked once per
+// peer and selection (epoch). The newcomer's peer is decided with the
+// newcomer among its paths (newcomerKeep).
+func (m *Manager) redundant(ci *connInfo, flags uint8, sel PathSelector, epoch uint64, newcomerPI *peerInfo, newcomerKeep network.Conn) bool {
+	pi := ci.peer
+	if pi == newcomerPI && newcomerKeep != nil {
+		return ci.conn != newcomerKeep
+	}
+	if sel == nil {
+		return flags&rowRedundant != 0
+	}
+	if pi.keepEpoch != epoch {
+		conns := make([]network.Conn, len(pi.conns))
+		for i, c := range pi.conns {
+			conns[i] = c.conn
+		}
+		keep := m.selected(pi.id, conns)
+		pi.keep, pi.keepEpoch = nil, epoch
+		for _, c := range pi.conns {
+			if c.conn == keep {
+				pi.keep = c
+			}
+		}
+	}
+	return ci != pi.keep
+}
+
 // selectSmallest reorders keys so that its first k elements are the k
 // smallest (in no particular order): Hoare's quickselect with a
 // median-of-three pivot, O(len(keys)) on average.
-func selectSmallest(keys []sortKey, k int, compare func(a, b sortKey) int) {
+func selectSmallest(keys []sortKey, k int, o *keyOrder) {
+	compare := o.compare
 	lo, hi := 0, len(keys)-1
 	for lo < hi && k > lo && k <= hi {
 		mid := lo + (hi-lo)/2
@@ -236,6 +487,124 @@ func selectSmallest(keys []sortKey, k int, compare func(a, b sortKey) int) {
 			lo = i
 		default:
 			return
+		}
+	}
+}
+
+// selectSmallestK1 is selectSmallest ordering by k1 alone (equal k1 in no
+// particular order), with the comparisons inline.
+func selectSmallestK1(keys []sortKey, k int) {
+	lo, hi := 0, len(keys)-1
+	for lo < hi && k > lo && k <= hi {
+		mid := lo + (hi-lo)/2
+		if keys[mid].k1 < keys[lo].k1 {
+			keys[mid], keys[lo] = keys[lo], keys[mid]
+		}
+		if keys[hi].k1 < keys[lo].k1 {
+			keys[hi], keys[lo] = keys[lo], keys[hi]
+		}
+		if keys[hi].k1 < keys[mid].k1 {
+			keys[hi], keys[mid] = keys[mid], keys[hi]
+		}
+		pivot := keys[mid].k1
+		i, j := lo, hi
+		for i <= j {
+			for keys[i].k1 < pivot {
+				i++
+			}
+			for keys[j].k1 > pivot {
+				j--
+			}
+			if i <= j {
+				keys[i], keys[j] = keys[j], keys[i]
+				i++
+				j--
+			}
+		}
+		switch {
+		case k <= j:
+			hi = j
+		case k >= i:
+			lo = i
+		default:
+			return
+		}
+	}
+}
+
+// keyOrder orders sort keys: k1, then k2, then tie (compareCandidates of
+// the connections). Its compare is a method, not a closure, so that the
+// selection and the sort inline the common case.
+type keyOrder struct {
+	tie func(a, b int32) int
+}
+
+func (o *keyOrder) compare(a, b sortKey) int {
+	if a.k1 == b.k1 && a.k2 == b.k2 {
+		return o.tie(a.index, b.index)
+	}
+	if a.k1 < b.k1 || a.k1 == b.k1 && a.k2 < b.k2 {
+		return -1
+	}
+	return 1
+}
+
+// sortKeys sorts keys: quicksort (median of three, Hoare partition),
+// insertion sort below 12 keys, and slices.SortFunc past a recursion depth
+// of 2·log2(n) (adversarial input).
+func sortKeys(keys []sortKey, o *keyOrder) {
+	depth := 0
+	for n := len(keys); n > 0; n >>= 1 {
+		depth += 2
+	}
+	sortKeysDepth(keys, o, depth)
+}
+
+func sortKeysDepth(keys []sortKey, o *keyOrder, depth int) {
+	for len(keys) > 12 {
+		if depth == 0 {
+			slices.SortFunc(keys, o.compare)
+			return
+		}
+		depth--
+		lo, hi := 0, len(keys)-1
+		mid := hi / 2
+		if o.compare(keys[mid], keys[lo]) < 0 {
+			keys[mid], keys[lo] = keys[lo], keys[mid]
+		}
+		if o.compare(keys[hi], keys[lo]) < 0 {
+			keys[hi], keys[lo] = keys[lo], keys[hi]
+		}
+		if o.compare(keys[hi], keys[mid]) < 0 {
+			keys[hi], keys[mid] = keys[mid], keys[hi]
+		}
+		pivot := keys[mid]
+		i, j := lo, hi
+		for i <= j {
+			for o.compare(keys[i], pivot) < 0 {
+				i++
+			}
+			for o.compare(keys[j], pivot) > 0 {
+				j--
+			}
+			if i <= j {
+				keys[i], keys[j] = keys[j], keys[i]
+				i++
+				j--
+			}
+		}
+		// [0, j] ≤ pivot ≤ [i, len): recurse into the smaller side.
+		if j+1 < len(keys)-i {
+			sortKeysDepth(keys[:j+1], o, depth)
+			keys = keys[i:]
+		} else {
+			sortKeysDepth(keys[i:], o, depth)
+			keys = keys[:j+1]
+		}
+	}
+	for i := 1; i < len(keys); i++ {
+		for j := i; j > 0 && o.compare(keys[j], keys[j-1]) < 0; j-- {
+			keys[j], keys[j-1] = keys[j-1], keys[j]
 		}
 	}
 }
@@ -284,120 +653,6 @@ func (m *Manager) reservationAllows(realms []*realmPool, target *realmPool, pend
 		}
 	}
 	return true
-}
-
-// snapshot copies the candidates of a trim out of the peer table, then
-// marks the non-selected paths of multi-path peers as redundant.
-func (m *Manager) snapshot(sc scope, target *realmPool, now time.Time, newcomer core.Conn) []candidate {
-	cands := m.trimBuffer[:0]
-	if need := int(m.global.Load()) + 1; cap(cands) < need {
-		cands = make([]candidate, 0, need+need/8)
-	}
-	activeSince := now.Add(-m.cfg.SilencePeriod)
-	var newcomerPeer peer.ID
-	newcomerSeen := false
-	if newcomer != nil {
-		newcomerPeer = newcomer.RemotePeer()
-	}
-	newcomerCandidate := func(base candidate) candidate {
-		base.conn = newcomer
-		// Among equals a newcomer yields: it counts as idle the longest,
-		// so it displaces only what is cheaper than itself (a redundant
-		// path, a lower class or score) and full pools do not churn.
-		base.lastActive, base.opened = 0, now.UnixNano()
-		base.inbound = newcomer.Stat().Direction == network.DirInbound
-		return base
-	}
-	m.protectedMu.RLock()
-	for i := range m.segments {
-		s := &m.segments[i]
-		s.Lock()
-		for p, pi := range s.peers {
-			isNewcomerPeer := newcomer != nil && p == newcomerPeer
-			if len(pi.conns) == 0 && !isNewcomerPeer {
-				continue
-			}
-			if !inScope(sc, target, pi.realms) {
-				continue
-			}
-			if _, ok := m.protected[p]; ok {
-				if isNewcomerPeer {
-					newcomerSeen = true
-				}
-				continue
-			}
-			score := pi.value + m.cfg.RealmWeight*len(pi.realms)
-			if pi.active.After(activeSince) {
-				score += activityBonus
-			}
-			class := classMember
-			if len(pi.realms) == 0 && sc == scopeGlobal {
-				class = classUnassigned
-			}
-			base := candidate{realms: pi.realms, class: class, score: score,
-				authenticated: pi.authenticated, group: int32(len(cands))}
-			for _, ci := range pi.conns {
-				cand := base
-				cand.conn = ci.conn
-				cand.lastActive = ci.lastActive.UnixNano()
-				cand.throughput = ci.throughput
-				cand.inbound = ci.inbound
-				cand.opened = ci.opened.UnixNano()
-				cands = append(cands, cand)
-			}
-			if isNewcomerPeer {
-				newcomerSeen = true
-				cands = append(cands, newcomerCandidate(base))
-			}
-		}
-		s.Unlock()
-	}
-	m.protectedMu.RUnlock()
-	if newcomer != nil && !newcomerSeen && !m.IsProtected(newcomerPeer, "") {
-		class := classMember
-		if sc == scopeGlobal {
-			class = classUnassigned
-		}
-		cands = append(cands, newcomerCandidate(candidate{class: class, group: int32(len(cands))}))
-	}
-	m.markRedundant(cands)
-	return cands
-}
-
-func inScope(sc scope, target *realmPool, realms []*realmPool) bool {
-	switch sc {
-	case scopeUnassigned:
-		return len(realms) == 0
-	case scopeRealm:
-		return slices.Contains(realms, target)
-	}
-	return true
-}
-
-// markRedundant gives every non-selected path of a peer with several
-// connections the class classRedundant. Candidates of one peer are
-// contiguous and share group.
-func (m *Manager) markRedundant(cands []candidate) {
-	var conns []network.Conn
-	for start := 0; start < len(cands); {
-		end := start + 1
-		for end < len(cands) && cands[end].group == cands[start].group {
-			end++
-		}
-		if end-start > 1 {
-			conns = conns[:0]
-			for i := start; i < end; i++ {
-				conns = append(conns, cands[i].conn)
-			}
-			keep := m.selected(cands[start].conn.RemotePeer(), conns)
-			for i := start; i < end; i++ {
-				if cands[i].conn != keep {
-					cands[i].class = classRedundant
-				}
-			}
-		}
-		start = end
-	}
 }
 
 func (m *Manager) needGlobal() int { return int(m.global.Load()) - m.cfg.LowWater }
@@ -491,7 +746,11 @@ func (m *Manager) sampleActivity() {
 	for i := range m.segments {
 		s := &m.segments[i]
 		s.Lock()
+		m.index.mu.Lock()
 		for _, pi := range s.peers {
+			if len(pi.conns) == 0 {
+				continue
+			}
 			for _, ci := range pi.conns {
 				a := ci.conn.Activity()
 				streams, bytes := a.StreamsOpened, a.Bytes()
@@ -502,7 +761,9 @@ func (m *Manager) sampleActivity() {
 				ci.throughput = float64(bytes-ci.bytes) / period
 				ci.streams, ci.bytes = streams, bytes
 			}
+			m.index.refresh(pi, m.cfg.RealmWeight)
 		}
+		m.index.mu.Unlock()
 		s.Unlock()
 	}
 }

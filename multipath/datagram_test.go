@@ -84,7 +84,14 @@ func TestDatagramHeartbeatsNeedNoPing(t *testing.T) {
 	answersAdvance(t, client, server.ID(), 9, 5*time.Second)
 	pi, _ := onlyPath(client, server.ID())
 	require.Positive(t, pi.HeartbeatRTT)
-	require.Less(t, pi.HeartbeatRTT, 20*time.Millisecond, "the RTT sample has the peer's ack delay removed")
+	// The peer delays its ACK by up to its max_ack_delay (25 ms); quic-go
+	// removes that delay from the sample. A loaded machine can delay any
+	// one sample too, so one sample below 20 ms within a few more probes
+	// is the check.
+	require.Eventually(t, func() bool {
+		pi, _ := onlyPath(client, server.ID())
+		return pi.HeartbeatRTT > 0 && pi.HeartbeatRTT < 20*time.Millisecond
+	}, 5*time.Second, time.Millisecond, "the RTT sample has the peer's ack delay removed")
 
 	blackholed := time.Now()
 	proxy.SetBlackhole(true)
