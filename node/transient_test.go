@@ -2,12 +2,12 @@ package node_test
 
 import (
 	"context"
-	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
 
@@ -40,18 +40,9 @@ func TestStalledStreamsDoNotStarveMembers(t *testing.T) {
 	require.NoError(t, rm.WaitMembers(ctx, 1))
 
 	measure := func(phase string) []time.Duration {
-		var out []time.Duration
-		for i := range echoes {
-			start := time.Now()
-			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			s, err := rm.NewStream(sctx, victim.ID(), "/echo")
-			require.NoError(t, err, "%s: member's stream %d", phase, i)
-			require.NoError(t, testnode.EchoErr(s, 1024), "%s: member's echo %d", phase, i)
-			cancel()
-			out = append(out, time.Since(start))
-		}
-		slices.Sort(out)
-		return out
+		return testnode.EchoTimes(t, phase+": member", echoes, func(ctx context.Context) (network.Stream, error) {
+			return rm.NewStream(ctx, victim.ID(), "/echo")
+		})
 	}
 	quiet := measure("quiet")
 

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"net"
-	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/stretchr/testify/require"
 
 	"github.com/realmnet/realmnet/internal/testnode"
@@ -36,18 +36,9 @@ func TestRealmStreamsFromStrangersHoldNoScope(t *testing.T) {
 	waitMembers(t, rv, 1)
 	waitMembers(t, rb, 1)
 	measure := func(phase string) []time.Duration {
-		var out []time.Duration
-		for i := range echoes {
-			start := time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			s, err := rb.NewStream(ctx, v.ID(), "/echo")
-			require.NoError(t, err, "%s: member's stream %d", phase, i)
-			require.NoError(t, testnode.EchoErr(s, 1024), "%s: member's echo %d", phase, i)
-			cancel()
-			out = append(out, time.Since(start))
-		}
-		slices.Sort(out)
-		return out
+		return testnode.EchoTimes(t, phase+": member", echoes, func(ctx context.Context) (network.Stream, error) {
+			return rb.NewStream(ctx, v.ID(), "/echo")
+		})
 	}
 	quiet := measure("quiet")
 	before := v.RealmStats().StreamsRefused

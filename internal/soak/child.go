@@ -31,6 +31,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 
 	"github.com/realmnet/realmnet/node"
@@ -483,7 +484,8 @@ func (c *child) stockStart(n int) error {
 }
 
 // stockConnect connects pairs of stock hosts, in order, until they hold
-// conns connection ends (each connection between two local hosts is two).
+// conns connection ends (each connection between two local hosts is two),
+// and returns once identify has run on every end.
 func (c *child) stockConnect(conns int) error {
 	c.mu.Lock()
 	hs := append([]host.Host(nil), c.stock...)
@@ -501,6 +503,21 @@ func (c *child) stockConnect(conns int) error {
 	}
 	if have < conns {
 		return fmt.Errorf("only %d connection ends among %d hosts, %d asked", have, len(hs), conns)
+	}
+	// Connect waits for identify on the dialer's side only: wait for it on
+	// every connection end, so that memory is measured once it settled.
+	for _, h := range hs {
+		ids, ok := h.(interface{ IDService() identify.IDService })
+		if !ok {
+			continue
+		}
+		for _, conn := range h.Network().Conns() {
+			select {
+			case <-ids.IDService().IdentifyWait(conn):
+			case <-ctx.Done():
+				return fmt.Errorf("identify on the stock hosts' connections: %w", ctx.Err())
+			}
+		}
 	}
 	return nil
 }

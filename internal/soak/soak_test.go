@@ -941,8 +941,7 @@ func (s *soak) stock(hosts, conns int, realmnetPerConnKiB float64) {
 		must(Request{Op: OpStockStart, Hosts: need - hosts})
 	}
 	idle2 := get()
-	must(Request{Op: OpStockConnect, Conns: conns})
-	time.Sleep(2 * time.Second) // let identify finish before measuring
+	must(Request{Op: OpStockConnect, Conns: conns}) // returns once identify ran on every end
 	conn := get()
 	ends := max(1, conn.StockConns)
 	perConn := (float64(conn.HeapInuse) - float64(idle2.HeapInuse)) / float64(ends) / 1024

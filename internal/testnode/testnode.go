@@ -9,7 +9,9 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/stretchr/testify/require"
@@ -77,4 +79,26 @@ func EchoErr(s network.Stream, size int) error {
 	}
 	_ = s.Close()
 	return nil
+}
+
+// EchoTimes opens n streams with open, one after the other, echoes 1 KiB
+// over each (EchoErr) and returns the round-trip times, open included,
+// sorted. A failed open or echo fails the test, naming what (e.g. "quiet",
+// "flooded") and which attempt. Each attempt is bounded by 5 s.
+func EchoTimes(t testing.TB, what string, n int, open func(ctx context.Context) (network.Stream, error)) []time.Duration {
+	t.Helper()
+	out := make([]time.Duration, 0, n)
+	for i := range n {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s, err := open(ctx)
+		if err == nil {
+			err = EchoErr(s, 1024)
+		}
+		cancel()
+		require.NoError(t, err, "%s: echo %d", what, i)
+		out = append(out, time.Since(start))
+	}
+	slices.Sort(out)
+	return out
 }
