@@ -124,6 +124,10 @@ func TestPoolsHoldUnderInboundBurst(t *testing.T) {
 	require.NoError(t, err)
 	hub.ConnManager().Protect(seekerID, "test")
 	seeker := testnode.New(t, dhtServer, node.Identity(seekerKey), node.Bootstrap(hub.AddrInfo()))
+	// The seeker's bootstrap lookups may already have taught it the
+	// target's addresses (New waits for its routing table): forget them,
+	// so that ConnectPeer has to find the target through the DHT.
+	seeker.Host().Peerstore().ClearAddrs(target.ID())
 	require.Empty(t, seeker.Host().Peerstore().Addrs(target.ID()))
 	require.Eventually(t, func() bool { return seeker.DHT().RoutingTable().Find(hub.ID()) != "" }, 5*time.Second, 10*time.Millisecond)
 	require.NoError(t, seeker.ConnectPeer(ctx, target.ID()))
