@@ -3,6 +3,7 @@ package resource
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -92,60 +93,73 @@ func (m *Manager) OpenStream(p peer.ID, dir network.Direction) (network.StreamMa
 	if dir != network.DirInbound {
 		return m.ResourceManager.OpenStream(p, dir)
 	}
-	release, err := m.negotiation.acquire(p)
+	counted, err := m.negotiation.acquire(p)
 	if err != nil {
 		return nil, err
 	}
 	s, err := m.ResourceManager.OpenStream(p, dir)
 	if err != nil {
-		if release != nil {
-			release()
+		if counted {
+			m.negotiation.release(p)
 		}
 		return nil, err
 	}
-	if release == nil {
+	if !counted {
 		return s, nil
 	}
-	return &negotiatingStream{StreamManagementScope: s, release: sync.OnceFunc(release)}, nil
+	return &negotiatingStream{StreamManagementScope: s, negotiation: &m.negotiation, peer: p}, nil
 }
 
-// acquire counts one untrusted inbound stream of p; nil release when p is
-// trusted or there is no split.
-func (n *negotiation) acquire(p peer.ID) (release func(), err error) {
+// acquire counts one untrusted inbound stream of p; false when p is trusted
+// or there is no split (nothing was counted, nothing to release).
+func (n *negotiation) acquire(p peer.ID) (counted bool, err error) {
 	n.mu.Lock()
 	trusted, share := n.trusted, n.share
 	n.mu.Unlock()
 	// trusted reaches other components' locks: not under n.mu.
 	if share == 0 || (trusted != nil && trusted(p)) {
-		return nil, nil
+		return false, nil
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	switch {
 	case n.perPeer[p] >= UntrustedNegotiatingPerPeer:
 		n.refused++
-		return nil, &NegotiationError{Peer: p, PerPeer: true, Limit: UntrustedNegotiatingPerPeer}
+		return false, &NegotiationError{Peer: p, PerPeer: true, Limit: UntrustedNegotiatingPerPeer}
 	case n.total >= n.share:
 		n.refused++
-		return nil, &NegotiationError{Peer: p, Limit: n.share}
+		return false, &NegotiationError{Peer: p, Limit: n.share}
 	}
 	n.perPeer[p]++
 	n.total++
-	return func() {
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		n.total--
-		if n.perPeer[p]--; n.perPeer[p] <= 0 {
-			delete(n.perPeer, p)
-		}
-	}, nil
+	return true, nil
+}
+
+// release gives back one stream counted by acquire for p.
+func (n *negotiation) release(p peer.ID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.total--
+	if n.perPeer[p]--; n.perPeer[p] <= 0 {
+		delete(n.perPeer, p)
+	}
 }
 
 // negotiatingStream releases its untrusted-share count when its protocol
 // is set (it leaves the transient scope then) or when it is done.
 type negotiatingStream struct {
 	network.StreamManagementScope
-	release func()
+	negotiation *negotiation
+	peer        peer.ID
+	released    atomic.Bool
+}
+
+// release gives the count back once (SetProtocol or Done, whichever is
+// first; both may run concurrently).
+func (s *negotiatingStream) release() {
+	if s.released.CompareAndSwap(false, true) {
+		s.negotiation.release(s.peer)
+	}
 }
 
 func (s *negotiatingStream) SetProtocol(proto protocol.ID) error {

@@ -273,12 +273,14 @@ func (c *Conn) NewStream(ctx context.Context) (network.Stream, error) {
 // addStream registers a transport stream; it resets the stream and returns
 // ErrConnClosed when the connection closed meanwhile.
 func (c *Conn) addStream(muxed network.MuxedStream, dir network.Direction, scope network.StreamManagementScope) (*Stream, error) {
+	id := c.swarm.nextStreamID.Add(1)
 	s := &Stream{
-		id:     c.swarm.nextStreamID.Add(1),
-		conn:   c,
-		stream: muxed,
-		scope:  scope,
-		stat:   network.Stats{Direction: dir, Opened: time.Now()},
+		id:       id,
+		idString: streamID(c.ID(), id),
+		conn:     c,
+		stream:   muxed,
+		scope:    scope,
+		stat:     network.Stats{Direction: dir, Opened: time.Now()},
 	}
 	c.mu.Lock()
 	if c.streams == nil {

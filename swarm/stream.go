@@ -2,6 +2,7 @@ package swarm
 
 import (
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,7 @@ import (
 // writer at a time).
 type Stream struct {
 	id       uint64
+	idString string // ID(), formatted once when the stream is made
 	conn     *Conn
 	stream   network.MuxedStream
 	scope    network.StreamManagementScope
@@ -34,7 +36,17 @@ var _ network.Stream = (*Stream)(nil)
 
 // ID returns a unique identifier: the connection's ID and the swarm-wide
 // stream number.
-func (s *Stream) ID() string { return fmt.Sprintf("%s-%d", s.conn.ID(), s.id) }
+func (s *Stream) ID() string { return s.idString }
+
+// streamID formats a stream's ID, "<connection ID>-<stream number>", in one
+// allocation.
+func streamID(connID string, id uint64) string {
+	buf := make([]byte, 0, 64)
+	buf = append(buf, connID...)
+	buf = append(buf, '-')
+	buf = strconv.AppendUint(buf, id, 10)
+	return string(buf)
+}
 
 // String describes the stream for logs.
 func (s *Stream) String() string {

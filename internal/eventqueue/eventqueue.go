@@ -54,6 +54,9 @@ type Queue struct {
 	mu sync.Mutex
 	// pending holds the accepted events the goroutine has not taken yet.
 	pending []any
+	// spare is the goroutine's emptied batch, reused as the next pending
+	// buffer so that a steady stream of events does not allocate.
+	spare []any
 	// closing is set (under mu) by the first Close; Push then drops.
 	closing bool
 
@@ -196,7 +199,7 @@ func (q *Queue) run() {
 func (q *Queue) flush() {
 	q.mu.Lock()
 	batch := q.pending
-	q.pending = nil
+	q.pending, q.spare = q.spare[:0], nil
 	q.mu.Unlock()
 	for i, evt := range batch {
 		// Push admits only types in emitters.
@@ -204,7 +207,16 @@ func (q *Queue) flush() {
 		batch[i] = nil
 		q.held.Add(-1)
 	}
+	q.mu.Lock()
+	if q.spare == nil && cap(batch) <= spareMaxCap {
+		q.spare = batch[:0]
+	}
+	q.mu.Unlock()
 }
+
+// spareMaxCap is the largest batch buffer flush keeps for reuse; the buffer
+// of a rare burst is left to the garbage collector.
+const spareMaxCap = 256
 
 // Close emits what is queued, stops the goroutine and closes the emitters.
 // Idempotent and safe for concurrent use; Push after it drops and counts.
