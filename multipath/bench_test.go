@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -725,6 +726,34 @@ func benchHBMeasure(b *testing.B, pp *benchPeerProc, n *node.Node, window time.D
 	return benchHBSample{cpu: c1 - c0, peerCPU: p1 - p0, bytes: b1 - b0, window: t1.Sub(t0)}
 }
 
+// benchHBProfileEnv names a file that receives a CPU profile of the
+// heartbeats-on window of BenchmarkHeartbeatCost (go test's -cpuprofile
+// would cover the setup, 1,000 handshakes, as well).
+const benchHBProfileEnv = "REALMNET_BENCH_HB_CPUPROFILE"
+
+// benchHBProfile starts the CPU profile benchHBProfileEnv asks for and
+// returns the function that stops it.
+func benchHBProfile(b *testing.B) (stop func()) {
+	file := os.Getenv(benchHBProfileEnv)
+	if file == "" {
+		return func() {}
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		b.Fatalf("%s: %v", benchHBProfileEnv, err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		b.Fatalf("%s: %v", benchHBProfileEnv, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Errorf("%s: %v", benchHBProfileEnv, err)
+		}
+	}
+}
+
 func (s benchHBSample) perMin(d time.Duration) float64 {
 	return benchMs(d) * float64(time.Minute) / float64(s.window)
 }
@@ -832,7 +861,9 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 	// packet with most heartbeats.
 	time.Sleep(benchHBSettle)
 
+	stopProfile := benchHBProfile(b)
 	on := benchHBMeasure(b, pp, n, benchHBWindow)
+	stopProfile()
 	// The same paths heartbeated with ping streams, as before datagram
 	// heartbeats (and as a connection without datagrams is).
 	multipath.ForceStreamHeartbeats(pathManager, true)
