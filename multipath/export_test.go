@@ -2,6 +2,6 @@ package multipath
 
 // ForceStreamHeartbeats makes m heartbeat every path with the ping stream
 // (on) or with datagrams where the connection negotiated them (off, the
-// default), from each path's next probe. For the fallback's tests and
-// BenchmarkHeartbeatCost's stream variant only.
-func ForceStreamHeartbeats(m *Manager, on bool) { m.streamHeartbeats.Store(on) }
+// default), restarting every running heartbeat. For the fallback's tests
+// and BenchmarkHeartbeatCost's stream variant only.
+func ForceStreamHeartbeats(m *Manager, on bool) { m.setStreamHeartbeats(on) }

@@ -19,15 +19,14 @@ import (
 	"github.com/realmnet/realmnet/core"
 )
 
-// heartbeat probes one path until it is removed or dead. It is owned by the
-// manager (wg). On a QUIC connection that negotiated datagrams a probe is
-// one QUIC DATAGRAM frame, answered by the peer's QUIC stack with an ACK
-// (probeDatagram); otherwise it is 32 random bytes on the path's ping
-// stream, echoed by the peer's ping handler. The next probe is due
-// HeartbeatInterval after the last one, or max(4×SRTT, 200 ms) while the
-// path carries streams. A probe unanswered after its timeout
-// (datagramTimeout, or max(4×SRTT, 200 ms) for a ping) makes the path
-// degraded; no answer for PathIdleTimeout makes it dead.
+// heartbeat probes, with pings, one path whose connection did not
+// negotiate QUIC datagrams (the others are probed by the probe scheduler,
+// probes.go), until it is removed or dead. It is owned by the manager (wg).
+// A probe is 32 random bytes on the path's ping stream, echoed by the
+// peer's ping handler. The next probe is due HeartbeatInterval after the
+// last one, or max(4×SRTT, 200 ms) while the path carries streams. A probe
+// unanswered after max(4×SRTT, 200 ms) makes the path degraded; no answer
+// for PathIdleTimeout makes it dead.
 func (m *Manager) heartbeat(ctx context.Context, p peer.ID, pa *path) {
 	defer m.wg.Done()
 	var stream *heartbeatStream
@@ -39,6 +38,7 @@ func (m *Manager) heartbeat(ctx context.Context, p peer.ID, pa *path) {
 	probe, answer := make([]byte, ping.PingSize), make([]byte, ping.PingSize)
 	next := m.clock.Now() // validate at once
 	var lastProbe time.Time
+	var seen activitySeen
 	timer := m.clock.Timer(0)
 	defer timer.Stop()
 	for {
@@ -68,29 +68,6 @@ func (m *Manager) heartbeat(ctx context.Context, p peer.ID, pa *path) {
 		}
 		if pa.conn.IsClosed() {
 			return
-		}
-		if pa.datagrams && !m.streamHeartbeats.Load() {
-			if stream != nil { // the test switch was turned off
-				_ = stream.Close()
-				stream = nil
-			}
-			lastProbe = m.clock.Now()
-			rtt, err := m.probeDatagram(ctx, p, pa, deadline)
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				// Not sent (the connection is closing), or no ACK until
-				// the idle deadline, which the top of the loop checks.
-				// Never at once: on a mock clock the idle deadline is
-				// not reached until the clock moves.
-				log.Debugw("datagram heartbeat", "peer", p, "conn", pa.conn.ID(), "error", err)
-				next = m.clock.Now().Add(m.busyInterval(pa))
-				continue
-			}
-			m.answered(p, pa, rtt)
-			next = lastProbe.Add(m.probeInterval(pa))
-			continue
 		}
 		// go-libp2p's ping handler ends a stream after 30 s: rotate ours
 		// before that, so no probe is lost to it.
@@ -139,7 +116,7 @@ func (m *Manager) heartbeat(ctx context.Context, p peer.ID, pa *path) {
 		}
 		stream.answered = true
 		m.answered(p, pa, rtt)
-		next = lastProbe.Add(m.probeInterval(pa))
+		next = lastProbe.Add(m.probeInterval(pa, &seen))
 	}
 }
 
@@ -156,7 +133,7 @@ const peerMaxAckDelay = 25 * time.Millisecond
 const ackMargin = 5 * time.Millisecond
 
 // maxAckPoll bounds the gap between two looks at the connection's RTT
-// sample while a heartbeat datagram waits for its ACK; it is how late an ACK
+// sample while a heartbeat datagram waits for its ACK (probeScheduler.step); it is how late an ACK
 // that arrives after the probe timeout can be noticed (a degraded path comes
 // back at most this much after its ACK).
 const maxAckPoll = 100 * time.Millisecond
@@ -165,65 +142,6 @@ const maxAckPoll = 100 * time.Millisecond
 // not matter: the peer need not read it (go-libp2p does not), its QUIC stack
 // acknowledges the packet that carries it.
 var heartbeatPayload = []byte{0}
-
-// errNoAck is probeDatagram's error when no ACK arrived before the idle
-// deadline.
-var errNoAck = errors.New("no ACK of the heartbeat datagram before the path idle deadline")
-
-// probeDatagram sends one heartbeat as a QUIC DATAGRAM frame and waits for
-// its acknowledgement. A DATAGRAM frame is ack-eliciting (RFC 9221 §5.2):
-// the peer's QUIC stack acknowledges the packet whether or not its
-// application reads datagrams, and quic-go takes an RTT sample from that ACK
-// (RFC 9002 §5: the newly acknowledged largest packet, the peer's ack delay
-// removed). quic-go has no callback for it, so the probe looks at
-// ConnectionStats().LatestRTT: first when the ACK is due (RTT +
-// peerMaxAckDelay + ackMargin), then at doubling gaps up to maxAckPoll,
-// and once exactly at the probe timeout. A new sample means an ACK arrived
-// from the peer over this path since the probe was sent — of the datagram,
-// of the PING quic-go sends on a PTO when the datagram was lost, or of
-// other traffic on a busy path: any of them proves the path carries packets
-// both ways. The returned round trip is that sample. No sample within
-// datagramTimeout makes the path degraded; the wait goes on until the idle
-// deadline (a time of the manager's clock), then errNoAck.
-func (m *Manager) probeDatagram(ctx context.Context, p peer.ID, pa *path, deadline time.Time) (time.Duration, error) {
-	start := time.Now()
-	idle := start.Add(deadline.Sub(m.clock.Now())) // the idle deadline in real time
-	degradeAt := start.Add(m.datagramTimeout(pa))
-	before := pa.quic.ConnectionStats().LatestRTT
-	if err := pa.quic.SendDatagram(heartbeatPayload); err != nil {
-		return 0, err
-	}
-	gap := pa.rtt() + peerMaxAckDelay + ackMargin
-	timer := time.NewTimer(minTime(start.Add(gap), idle).Sub(start))
-	defer timer.Stop()
-	degraded := false
-	for {
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-pa.quic.Context().Done():
-			return 0, context.Cause(pa.quic.Context())
-		case <-timer.C:
-		}
-		if sample := pa.quic.ConnectionStats().LatestRTT; sample != before {
-			return sample, nil
-		}
-		now := time.Now()
-		if !degraded && !now.Before(degradeAt) {
-			m.degraded(p, pa)
-			degraded = true
-		}
-		if !now.Before(idle) {
-			return 0, errNoAck
-		}
-		gap = min(2*gap, maxAckPoll)
-		at := minTime(now.Add(gap), idle)
-		if !degraded {
-			at = minTime(at, degradeAt)
-		}
-		timer.Reset(at.Sub(now))
-	}
-}
 
 // datagramTimeout is how long a heartbeat datagram may go without an ACK
 // before its path is degraded: the ping's bound max(4×SRTT, 200 ms), or the
@@ -314,8 +232,8 @@ func (m *Manager) busyInterval(pa *path) time.Duration {
 }
 
 // probeInterval is the time from one probe to the next.
-func (m *Manager) probeInterval(pa *path) time.Duration {
-	if pa.busy() {
+func (m *Manager) probeInterval(pa *path, seen *activitySeen) time.Duration {
+	if pa.busy(seen) {
 		return min(m.busyInterval(pa), m.cfg.HeartbeatInterval)
 	}
 	return m.cfg.HeartbeatInterval
@@ -403,7 +321,13 @@ func (m *Manager) pathDead(p peer.ID, pa *path) {
 // the peer's addresses; both sides dialing would double the paths). m.mu is
 // held for writing.
 func (m *Manager) maybeDiscover(p peer.ID, pp *peerPaths) {
-	if live := livePaths(pp); m.closed || pp.discovering || live == 0 || live >= m.cfg.DesiredPaths {
+	if pp.discovering {
+		// The running discovery may have looked at the peer's paths
+		// before this change: it runs again when it ends.
+		pp.rediscover = true
+		return
+	}
+	if live := livePaths(pp); m.closed || live == 0 || live >= m.cfg.DesiredPaths {
 		return
 	}
 	outbound := false
@@ -436,6 +360,13 @@ func (m *Manager) discover(p peer.ID) {
 			return
 		}
 		pp.discovering = false
+		if pp.rediscover {
+			pp.rediscover = false
+			m.maybeDiscover(p, pp)
+			if pp.discovering {
+				return // the new run owns the peer's retry timer
+			}
+		}
 		if len(pp.paths) == 0 && pp.strategy == "" {
 			if pp.retry != nil {
 				pp.retry.Stop()
@@ -469,9 +400,13 @@ func (m *Manager) discover(p peer.ID) {
 			m.mu.Unlock()
 			return
 		}
+		// An address is in use while a path on it is open, and also
+		// while one is closing but not removed yet: Disconnected then
+		// decides whether the address may be dialed again (not at once
+		// when the peer refused the path) and runs discovery again.
 		inUse := false
 		for _, pa := range pp.paths {
-			inUse = inUse || (!pa.conn.IsClosed() && pa.conn.RemoteMultiaddr().Equal(addr))
+			inUse = inUse || pa.conn.RemoteMultiaddr().Equal(addr)
 		}
 		key := string(addr.Bytes())
 		failedAt, failed := pp.failedAddrs[key]

@@ -91,6 +91,9 @@ type peerPaths struct {
 	selectFunc  SelectFunc
 	roundRobin  atomic.Uint64
 	discovering bool
+	// rediscover is set when discovery was asked for while it ran; it
+	// runs again when it ends.
+	rediscover  bool
 	failedAddrs map[string]time.Time // by address bytes
 	// retry runs discovery again when addresses dialed recently become
 	// eligible and the peer still lacks paths.
@@ -122,9 +125,11 @@ type Manager struct {
 	strategy   Strategy
 	selectFunc SelectFunc
 	// streamHeartbeats makes every path use the ping stream, datagrams
-	// or not (tests and benchmarks only: export_test.go); read at each
-	// probe.
+	// or not (tests and benchmarks only: export_test.go); read when a
+	// heartbeat starts.
 	streamHeartbeats atomic.Bool
+	// probes runs the datagram heartbeats of all paths (probes.go).
+	probes *probeScheduler
 }
 
 var (
@@ -183,8 +188,10 @@ func New(d Dialer, bus event.Bus, cfg Config, opts ...Option) (*Manager, error) 
 	for _, opt := range opts {
 		opt(m)
 	}
-	m.wg.Add(1)
+	m.probes = newProbeScheduler(m)
+	m.wg.Add(2)
 	go m.watchIdentify()
+	go m.probes.run(ctx)
 	return m, nil
 }
 
@@ -349,9 +356,13 @@ func (m *Manager) choose(p peer.ID, pp *peerPaths, conns []network.Conn) network
 	if pa == nil {
 		return nil
 	}
-	select {
-	case pa.wake <- struct{}{}:
-	default:
+	if pa.probe != nil {
+		m.probes.poke(pa.probe)
+	} else {
+		select {
+		case pa.wake <- struct{}{}:
+		default:
+		}
 	}
 	return pa.conn
 }
@@ -604,12 +615,37 @@ func (m *Manager) Connected(_ network.Network, nc network.Conn) {
 	m.maybeDiscover(p, pp)
 }
 
-// startHeartbeat starts pa's heartbeat goroutine; m.mu is held.
+// startHeartbeat starts pa's heartbeat: scheduled datagram probes when
+// its connection negotiated QUIC datagrams, else a ping-stream heartbeat
+// goroutine; m.mu is held.
 func (m *Manager) startHeartbeat(p peer.ID, pa *path) {
 	ctx, stop := context.WithCancel(pa.ctx)
 	pa.stopHeartbeat = stop
+	if pa.datagrams && !m.streamHeartbeats.Load() {
+		pa.probe = m.probes.add(ctx, p, pa)
+		return
+	}
+	pa.probe = nil
 	m.wg.Add(1)
 	go m.heartbeat(ctx, p, pa)
+}
+
+// setStreamHeartbeats switches every running heartbeat to ping streams
+// (on) or back to datagrams where the connection has them (off), starting
+// each again; see ForceStreamHeartbeats.
+func (m *Manager) setStreamHeartbeats(on bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.streamHeartbeats.Store(on)
+	for p, pp := range m.peers {
+		for _, pa := range pp.paths {
+			if pa.stopHeartbeat == nil || !pa.usable() || !pa.datagrams {
+				continue
+			}
+			pa.stopHeartbeat()
+			m.startHeartbeat(p, pa)
+		}
+	}
 }
 
 // drainAndClose closes a redundant path once it is done with. A path this

@@ -33,13 +33,10 @@ type path struct {
 
 	heartbeatRTT atomic.Int64 // time.Duration of the latest answer
 
-	// wake is poked (never blocking) when a stream is sent over the path,
-	// so that its heartbeat switches to the busy rate at once.
+	// wake is poked (never blocking) when a stream is sent over a path
+	// heartbeated with pings, so that its heartbeat switches to the busy
+	// rate at once (datagram heartbeats: probeScheduler.poke).
 	wake chan struct{}
-
-	// streamsSeen and bytesSeen are the connection's StreamsOpened and
-	// QUIC bytes moved at the last probe (heartbeat goroutine only).
-	streamsSeen, bytesSeen uint64
 
 	state      core.PathState
 	lastAnswer time.Time
@@ -59,9 +56,12 @@ type path struct {
 	// order is the connection's tie-break value for redundancy (nil
 	// without TLS state); see Manager.loser.
 	order []byte
-	// stopHeartbeat stops the path's heartbeat goroutine (nil before the
-	// first); the path stays.
+	// stopHeartbeat stops the path's heartbeat (nil before the first);
+	// the path stays.
 	stopHeartbeat context.CancelFunc
+	// probe is the path's entry in the probe scheduler while it is
+	// heartbeated with datagrams (nil otherwise).
+	probe *probe
 }
 
 // usable reports whether the path can be selected: neither dead nor
@@ -176,15 +176,21 @@ func (pa *path) biasedRTT() time.Duration {
 // the peer's).
 const busyBytes = 2048
 
+// activitySeen is a heartbeat's record of its path's activity at the last
+// probe: the connection's StreamsOpened and QUIC bytes moved. Each
+// heartbeat has its own (a stopped heartbeat may finish a probe while its
+// successor starts).
+type activitySeen struct{ streams, bytes uint64 }
+
 // busy reports whether the path carried application traffic since the
-// previous call: a stream other than our heartbeat stream was opened, or
-// more than busyBytes moved. An open but silent stream (kad-dht keeps one
-// per peer) does not make a path busy. Heartbeat goroutine only.
-func (pa *path) busy() bool {
+// previous call with seen: a stream other than a heartbeat stream was
+// opened, or more than busyBytes moved. An open but silent stream (kad-dht
+// keeps one per peer) does not make a path busy.
+func (pa *path) busy(seen *activitySeen) bool {
 	a := pa.conn.Activity()
-	busy := a.StreamsOpened > pa.streamsSeen+1 || // more than our own heartbeat stream
-		a.Bytes()-pa.bytesSeen > busyBytes
-	pa.streamsSeen, pa.bytesSeen = a.StreamsOpened, a.Bytes()
+	busy := a.StreamsOpened > seen.streams+1 || // more than our own heartbeat stream
+		a.Bytes()-seen.bytes > busyBytes
+	seen.streams, seen.bytes = a.StreamsOpened, a.Bytes()
 	return busy
 }
 

@@ -1,0 +1,313 @@
+package multipath
+
+import (
+	"container/heap"
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// The datagram heartbeats of all paths are driven by one goroutine, the
+// probe scheduler, instead of one goroutine per path: a heartbeat is a
+// QUIC DATAGRAM frame sent without waiting (quic-go queues it) and its
+// answer is an ACK that quic-go records in the connection's RTT statistics,
+// so nothing has to block per path. The scheduler keeps the paths in a heap
+// ordered by the time their next step is due (send a probe, look for its
+// ACK) and sleeps on one timer until the earliest.
+//
+// One goroutine also makes heartbeats cheap to run in bulk: a process that
+// wakes up for every probe and every ACK check of 1,000 paths spends most
+// of its heartbeat CPU time in the Go runtime's thread parking and epoll
+// (measured: findRunnable, futex and epoll_wait were 60 % of the profile),
+// not in QUIC. The scheduler therefore lets an idle path's probe go up to
+// probeCoalesce early, so that probes due close together leave in one
+// wake-up; their ACKs then come back together and are looked for in one
+// wake-up too. Busy paths, validation and ACK checks are never moved
+// earlier.
+//
+// Paths whose connection did not negotiate datagrams keep their own
+// heartbeat goroutine (ping streams block on reads).
+
+// probeCoalesce is how much earlier than due an idle path's probe may be
+// sent to join a wake-up of the scheduler: 5 % of the default 5 s heartbeat
+// interval. It never shortens the time to notice a dead path (probes only
+// move earlier).
+const probeCoalesce = 250 * time.Millisecond
+
+// ackCoalesce is how much earlier than due an ACK check may run to join a
+// wake-up: within ackMargin, which every ACK wait already includes.
+const ackCoalesce = 2 * time.Millisecond
+
+// probeScheduler owns the datagram heartbeats of a Manager: one goroutine
+// (run, owned by the manager's wg) and a heap of scheduled paths. Its
+// methods are safe for concurrent use.
+type probeScheduler struct {
+	m    *Manager
+	mu   sync.Mutex
+	heap probeHeap
+	// kick wakes run when the earliest due time may have moved earlier.
+	kick chan struct{}
+}
+
+// probe is one path's datagram heartbeat state. While the probe is in the
+// heap its fields are guarded by probeScheduler.mu; while run has popped it
+// to take a step (index -1), only run touches them.
+type probe struct {
+	peer peer.ID
+	path *path
+	ctx  context.Context // ends when the heartbeat is stopped or the path removed
+
+	// due is when the next step is due (the manager's clock); index is
+	// the probe's position in the heap, -1 while it is not in it.
+	due   time.Time
+	index int
+	// early is how much earlier than due the step may run (probeCoalesce
+	// for an idle probe, ackCoalesce for an ACK check, 0 otherwise).
+	early time.Duration
+	// pokeArmed is set while the path is probed at the idle rate: the
+	// first stream sent over the path then asks for a busy-rate probe
+	// (poke), later ones cost one atomic load.
+	pokeArmed atomic.Bool
+
+	// Scheduler goroutine only:
+	next      time.Time // when the next probe is due
+	lastProbe time.Time
+	inFlight  bool          // a probe waits for its ACK
+	before    time.Duration // LatestRTT when the probe was sent
+	gap       time.Duration // wait before the next look for the ACK
+	degradeAt time.Time     // no ACK by then makes the path degraded
+	degraded  bool
+	seen      activitySeen
+}
+
+func newProbeScheduler(m *Manager) *probeScheduler {
+	return &probeScheduler{m: m, kick: make(chan struct{}, 1)}
+}
+
+// add schedules pa's datagram heartbeat, its first probe at once (the path
+// is validated); it stops when ctx ends. m.mu is held.
+func (s *probeScheduler) add(ctx context.Context, p peer.ID, pa *path) *probe {
+	now := s.m.clock.Now()
+	pr := &probe{peer: p, path: pa, ctx: ctx, index: -1, next: now}
+	s.mu.Lock()
+	pr.due = now
+	heap.Push(&s.heap, pr)
+	s.mu.Unlock()
+	s.wake()
+	// Removal or Close takes the probe out of the heap at once, so that a
+	// removed path is not kept until its next due time.
+	context.AfterFunc(ctx, func() { s.remove(pr) })
+	return pr
+}
+
+// remove takes pr out of the heap (no-op when it is not in it).
+func (s *probeScheduler) remove(pr *probe) {
+	s.mu.Lock()
+	if pr.index >= 0 {
+		heap.Remove(&s.heap, pr.index)
+	}
+	s.mu.Unlock()
+}
+
+// poke is called when a stream is sent over an idle-rate path: its next
+// probe is due busyInterval after the last one (at once if that is past).
+func (s *probeScheduler) poke(pr *probe) {
+	if !pr.pokeArmed.CompareAndSwap(true, false) {
+		return
+	}
+	s.mu.Lock()
+	if pr.index < 0 {
+		// run is taking a step of pr (or it was removed): that step
+		// decides the next probe; let the next stream poke again.
+		s.mu.Unlock()
+		pr.pokeArmed.Store(true)
+		return
+	}
+	// pr is in the heap: run does not touch it, and its last writes
+	// happened before it was pushed, under s.mu.
+	moved := false
+	if !pr.inFlight {
+		if busyAt := pr.lastProbe.Add(s.m.busyInterval(pr.path)); busyAt.Before(pr.due) {
+			pr.next, pr.due, pr.early = busyAt, busyAt, 0
+			heap.Fix(&s.heap, pr.index)
+			moved = pr.index == 0
+		}
+	}
+	s.mu.Unlock()
+	if moved {
+		s.wake()
+	}
+}
+
+func (s *probeScheduler) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run is the scheduler goroutine: it sleeps until the earliest due step,
+// takes every step due by then (allowing each its early margin), runs them
+// without holding the heap's lock (they take m.mu), and schedules the
+// next step of each. Owned by the manager (wg); ends with its context.
+func (s *probeScheduler) run(ctx context.Context) {
+	defer s.m.wg.Done()
+	timer := s.m.clock.Timer(time.Hour)
+	defer timer.Stop()
+	var batch []*probe
+	for {
+		s.mu.Lock()
+		wait := time.Hour
+		if len(s.heap) > 0 {
+			// Never a negative duration: a mock clock would run its
+			// time back to a timer due in the past.
+			wait = max(0, s.heap[0].due.Sub(s.m.clock.Now()))
+		}
+		s.mu.Unlock()
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+			continue
+		case <-timer.C:
+		}
+		now := s.m.clock.Now()
+		s.mu.Lock()
+		for len(s.heap) > 0 && !s.heap[0].due.After(now.Add(s.heap[0].early)) {
+			batch = append(batch, heap.Pop(&s.heap).(*probe))
+		}
+		s.mu.Unlock()
+		for i, pr := range batch {
+			if s.step(pr, now) {
+				s.mu.Lock()
+				if pr.ctx.Err() == nil { // not removed meanwhile
+					heap.Push(&s.heap, pr)
+				}
+				s.mu.Unlock()
+			}
+			batch[i] = nil
+		}
+		batch = batch[:0]
+	}
+}
+
+// step runs pr's due step at now and sets its next due time; false when
+// its heartbeat is over (stopped, path removed, dead or closed).
+//
+// A probe is one QUIC DATAGRAM frame. A DATAGRAM frame is ack-eliciting
+// (RFC 9221 §5.2): the peer's QUIC stack acknowledges the packet whether or
+// not its application reads datagrams (go-libp2p does not), and quic-go
+// takes an RTT sample from that ACK (RFC 9002 §5: the newly acknowledged
+// largest packet, the peer's ack delay removed). quic-go has no callback
+// for it, so the scheduler looks at ConnectionStats().LatestRTT: first when
+// the ACK is due (RTT + peerMaxAckDelay + ackMargin), then at doubling gaps
+// up to maxAckPoll, and once exactly when the probe times out. A new
+// sample means an ACK arrived from the peer over this path since the probe
+// was sent — of the datagram, of the PING quic-go sends on a PTO when the
+// datagram was lost, or of other traffic on a busy path: any of them
+// proves the path carries packets both ways, and the sample is the
+// answer's round trip. No sample within datagramTimeout makes the path
+// degraded; none until the idle deadline (PathIdleTimeout after the last
+// answer) makes it dead.
+func (s *probeScheduler) step(pr *probe, now time.Time) bool {
+	m, pa := s.m, pr.path
+	if pr.ctx.Err() != nil {
+		return false
+	}
+	deadline := m.idleDeadline(pa)
+	if !now.Before(deadline) {
+		m.pathDead(pr.peer, pa)
+		return false
+	}
+	if pa.conn.IsClosed() || pa.quic.Context().Err() != nil {
+		return false
+	}
+	if pr.inFlight {
+		if sample := pa.quic.ConnectionStats().LatestRTT; sample != pr.before {
+			// An ACK arrived from the peer over this path since the
+			// probe was sent (see probeDatagram): the path carries
+			// packets both ways; the sample is its round trip.
+			pr.inFlight = false
+			m.answered(pr.peer, pa, sample)
+			pr.scheduleProbe(m, pr.lastProbe.Add(m.probeInterval(pa, &pr.seen)), deadline)
+			return true
+		}
+		if !pr.degraded && !now.Before(pr.degradeAt) {
+			m.degraded(pr.peer, pa)
+			pr.degraded = true
+		}
+		pr.gap = min(2*pr.gap, maxAckPoll)
+		at := minTime(now.Add(pr.gap), deadline)
+		if !pr.degraded {
+			at = minTime(at, pr.degradeAt)
+		}
+		pr.setDue(at, ackCoalesce)
+		return true
+	}
+	if now.Add(pr.early).Before(pr.next) {
+		// Woke for the idle deadline (checked above) before the probe.
+		pr.setDue(minTime(pr.next, deadline), pr.early)
+		return true
+	}
+	pr.pokeArmed.Store(false)
+	pr.before = pa.quic.ConnectionStats().LatestRTT
+	if err := pa.quic.SendDatagram(heartbeatPayload); err != nil {
+		// Not sent (the connection is closing): try again at the busy
+		// rate; the idle deadline ends it if that goes on.
+		log.Debugw("datagram heartbeat", "peer", pr.peer, "conn", pa.conn.ID(), "error", err)
+		pr.next = now.Add(m.busyInterval(pa))
+		pr.setDue(minTime(pr.next, deadline), 0)
+		return true
+	}
+	pr.lastProbe, pr.inFlight, pr.degraded = now, true, false
+	pr.degradeAt = now.Add(m.datagramTimeout(pa))
+	pr.gap = pa.rtt() + peerMaxAckDelay + ackMargin
+	pr.setDue(minTime(now.Add(pr.gap), deadline), ackCoalesce)
+	return true
+}
+
+// scheduleProbe sets the next probe at next (or the idle deadline, if
+// earlier); a probe at the idle rate may be coalesced and is brought
+// forward by the first stream sent over the path (poke).
+func (pr *probe) scheduleProbe(m *Manager, next, deadline time.Time) {
+	pr.next = next
+	early := time.Duration(0)
+	if next.Sub(pr.lastProbe) >= m.cfg.HeartbeatInterval {
+		early = min(probeCoalesce, m.cfg.HeartbeatInterval/4)
+		pr.pokeArmed.Store(true)
+	}
+	pr.setDue(minTime(next, deadline), early)
+}
+
+// setDue sets the next step's time; the probe is out of the heap (run
+// pushes it back).
+func (pr *probe) setDue(at time.Time, early time.Duration) {
+	pr.due, pr.early = at, early
+}
+
+// probeHeap is a container/heap of probes ordered by due time.
+type probeHeap []*probe
+
+func (h probeHeap) Len() int           { return len(h) }
+func (h probeHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h probeHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *probeHeap) Push(x any) {
+	pr := x.(*probe)
+	pr.index = len(*h)
+	*h = append(*h, pr)
+}
+func (h *probeHeap) Pop() any {
+	old := *h
+	pr := old[len(old)-1]
+	old[len(old)-1] = nil
+	pr.index = -1
+	*h = old[:len(old)-1]
+	return pr
+}
