@@ -626,7 +626,7 @@ func TestTrimmedPathNotRedialedAtOnce(t *testing.T) {
 	window := max(time.Second, 10*replaced)
 	deadline := time.Now().Add(window)
 	for time.Now().Before(deadline) {
-		require.True(t, onePath(), "the trimmed path was redialed %s after the trim (a replacement took %s)", time.Until(deadline), replaced)
+		require.True(t, onePath(), "the trimmed path was redialed %s after the trim (a replacement took %s): client %+v server %v", time.Until(deadline), replaced, client.Paths(server.ID()), server.Network().ConnsToPeer(client.ID()))
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("replacement after a plain close: %s; none within %s after a trim", replaced.Round(time.Millisecond), window)
