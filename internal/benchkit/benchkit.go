@@ -56,9 +56,11 @@ type Side struct {
 
 // Config tunes Compare. The zero value is usable.
 type Config struct {
-	// Block is the number of operations in one block. 0 calibrates it
-	// during the warm-up: the smallest power of two for which the faster
-	// side's block takes at least MinBlock (at most 1<<16 operations).
+	// Block is the number of operations in one block of either side. 0
+	// calibrates each side's block during the warm-up: the smallest power
+	// of two (at most 1<<16) for which that side's block takes at least
+	// MinBlock, so a side 1,000 times slower than the other runs blocks of
+	// fewer operations and a round stays short.
 	Block int
 	// MinBlock is the calibration's target block time; default 20 µs, 400
 	// times time.Now's cost, so the clock reads are negligible while the
@@ -84,13 +86,14 @@ type Config struct {
 type Result struct {
 	A, B  SideStats
 	Ratio Spread // A's ns/op over B's, per round
-	// Rounds is the number of rounds, Block the operations per block.
-	Rounds, Block int
+	// Rounds is the number of rounds.
+	Rounds int
 }
 
 // SideStats summarizes one side.
 type SideStats struct {
 	Name          string
+	Block         int     // operations per block
 	NsPerOp       float64 // median over blocks of the block's ns per operation
 	AllocsPerOp   float64 // mean over all operations (Config.Allocs)
 	BytesPerOp    float64 // mean heap bytes allocated per operation (Config.Allocs)
@@ -124,21 +127,14 @@ func Compare(tb *testing.B, a, b Side, cfg Config) Result {
 			s.run(tb, 1, false, false)
 		}
 	}
-	block := cfg.Block
-	if block <= 0 {
-		block = 1
-		for block < 1<<16 {
-			fastest := time.Duration(math.MaxInt64)
-			for _, s := range sides {
-				fastest = min(fastest, s.run(tb, block, false, false))
-			}
-			if fastest >= cfg.MinBlock {
-				break
-			}
-			block *= 2
-		}
-	}
 	for _, s := range sides {
+		s.block = cfg.Block
+		if s.block <= 0 {
+			s.block = 1
+			for s.block < 1<<16 && s.run(tb, s.block, false, false) < cfg.MinBlock {
+				s.block *= 2
+			}
+		}
 		s.reset()
 	}
 
@@ -150,8 +146,8 @@ func Compare(tb *testing.B, a, b Side, cfg Config) Result {
 			if i%2 == 1 {
 				j = 1 - k
 			}
-			d := sides[j].run(tb, block, cfg.Allocs, cfg.Latencies)
-			perOp[j] = float64(d) / float64(block)
+			d := sides[j].run(tb, sides[j].block, cfg.Allocs, cfg.Latencies)
+			perOp[j] = float64(d) / float64(sides[j].block)
 			sides[j].blocks = append(sides[j].blocks, perOp[j])
 		}
 		ratios = append(ratios, Ratio(perOp[0], perOp[1]))
@@ -166,9 +162,10 @@ func Compare(tb *testing.B, a, b Side, cfg Config) Result {
 		rounds++
 	}
 
-	res := Result{Rounds: rounds, Block: block, Ratio: Summarize(ratios)}
+	res := Result{Rounds: rounds, Ratio: Summarize(ratios)}
 	for k, s := range sides {
 		st := s.stats()
+		st.Block = s.block
 		if k == 0 {
 			res.A = st
 		} else {
@@ -194,14 +191,15 @@ func Compare(tb *testing.B, a, b Side, cfg Config) Result {
 	tb.ReportMetric(res.Ratio.Max, "ratio-max")
 	tb.ReportMetric(res.Ratio.P10, "ratio-p10")
 	tb.ReportMetric(res.Ratio.P90, "ratio-p90")
-	tb.Logf("%d rounds of %d op(s) per side: %s %.0f ns/op, %s %.0f ns/op, %s/%s %s",
-		rounds, block, a.Name, res.A.NsPerOp, b.Name, res.B.NsPerOp, a.Name, b.Name, res.Ratio)
+	tb.Logf("%d rounds: %s %.0f ns/op (blocks of %d), %s %.0f ns/op (blocks of %d), %s/%s %s",
+		rounds, a.Name, res.A.NsPerOp, res.A.Block, b.Name, res.B.NsPerOp, res.B.Block, a.Name, b.Name, res.Ratio)
 	return res
 }
 
 // sideRun is one side's state during Compare.
 type sideRun struct {
 	Side
+	block          int             // operations per block
 	blocks         []float64       // ns per operation, one per timed block
 	ops            int             // operations in the timed blocks
 	mallocs, bytes uint64          // allocations in the timed blocks (Config.Allocs)

@@ -102,8 +102,8 @@ func TestCompareAlternates(t *testing.T) {
 			t.Fatalf("round %d ran %q, want %q (order %q)", i, rounds[2*i:2*i+2], want, rounds)
 		}
 	}
-	if res.Block != 3 {
-		t.Errorf("Block = %d, want 3", res.Block)
+	if res.A.Block != 3 || res.B.Block != 3 {
+		t.Errorf("blocks of %d and %d operations, want 3", res.A.Block, res.B.Block)
 	}
 	if res.A.Name != "A" || res.B.Name != "B" {
 		t.Errorf("side names %q, %q", res.A.Name, res.B.Name)
