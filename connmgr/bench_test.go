@@ -2,9 +2,9 @@ package connmgr_test
 
 import (
 	"context"
+	"fmt"
 	"math/rand"
 	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,14 +16,16 @@ import (
 
 	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/internal/benchkit"
 	"github.com/realmnet/realmnet/internal/testkit"
 )
 
 // Benchmarks comparing realmnet's connection manager with go-libp2p's
-// BasicConnMgr on the same fake connections. Each benchmark runs both sides
-// as the sub-benchmarks "realmnet" then "libp2p-BasicConnMgr"; the libp2p
-// line also carries the ratio realmnet/libp2p of the last (largest b.N) run
-// of each side (metrics realmnet/libp2p-time and realmnet/libp2p-allocs).
+// BasicConnMgr on identical sets of fake connections, the two sides
+// interleaved in one loop (internal/benchkit: blocks alternate, the first
+// side alternating per round). Metrics: realmnet-ns/op,
+// libp2p-BasicConnMgr-ns/op (median block), their allocs/op, and ratio-*,
+// realmnet/libp2p per round with its spread.
 
 // benchNewConn returns a testkit.FakeConn to p in direction dir, opened at
 // opened.
@@ -62,53 +64,6 @@ const (
 	benchSideLibp2p   = "libp2p-BasicConnMgr"
 )
 
-// benchResult is one side's last measurement.
-type benchResult struct {
-	nsPerOp, allocsPerOp float64
-}
-
-// benchResults holds the last measurement of each side, by benchmark name.
-type benchResults struct {
-	mu sync.Mutex
-	m  map[string]benchResult
-}
-
-func (r *benchResults) set(b *testing.B, res benchResult) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.m == nil {
-		r.m = make(map[string]benchResult)
-	}
-	r.m[b.Name()] = res
-}
-
-// reportRatio, called by the libp2p side at its end, reports the ratio
-// realmnet/libp2p of the sibling realmnet sub-benchmark's last run to this
-// one as the metrics realmnet/libp2p-time and realmnet/libp2p-allocs on the
-// libp2p line.
-func (r *benchResults) reportRatio(b *testing.B, lp benchResult) {
-	r.mu.Lock()
-	rn, ok := r.m[strings.TrimSuffix(b.Name(), benchSideLibp2p)+benchSideRealmnet]
-	r.mu.Unlock()
-	if !ok || lp.nsPerOp == 0 {
-		return
-	}
-	b.ReportMetric(rn.nsPerOp/lp.nsPerOp, "realmnet/libp2p-time")
-	if lp.allocsPerOp > 0 {
-		b.ReportMetric(rn.allocsPerOp/lp.allocsPerOp, "realmnet/libp2p-allocs")
-	}
-}
-
-// record stores b's result; the libp2p side also reports the ratio.
-func (r *benchResults) record(b *testing.B, res benchResult) {
-	r.set(b, res)
-	if strings.HasSuffix(b.Name(), "/"+benchSideLibp2p) {
-		r.reportRatio(b, res)
-	}
-}
-
-var benchAll benchResults
-
 // benchTrimSet is the connection set of one TrimOpenConns case: n
 // connections over n/perPeer peers, each peer with a random tag value.
 type benchTrimSet struct {
@@ -138,6 +93,17 @@ func benchNewTrimSet(tb testing.TB, n, perPeer int) *benchTrimSet {
 	return s
 }
 
+// clone returns a set with the same peers, tag values, directions and
+// opening times, and connections of its own (each manager closes its own).
+func (s *benchTrimSet) clone() *benchTrimSet {
+	c := &benchTrimSet{peers: s.peers, values: s.values, conns: make([]*testkit.FakeConn, 0, len(s.conns))}
+	for _, x := range s.conns {
+		st := x.Stat()
+		c.conns = append(c.conns, benchNewConn(x.RemotePeer(), st.Direction, st.Opened))
+	}
+	return c
+}
+
 // load tags every peer and admits every connection (reset to open).
 func (s *benchTrimSet) load(m benchManager) {
 	for i, p := range s.peers {
@@ -162,10 +128,17 @@ func (s *benchTrimSet) closed() int {
 // BenchmarkTrimOpenConns measures one TrimOpenConns of a full, long-lived
 // manager: N connections, none in its grace period, HighWater N (below
 // realmnet's admission ceiling of 1.1 N, so admission trims nothing),
-// LowWater 0.9 N. Re-admitting the closed connections between trims is
-// untimed. Reference: go-libp2p's BasicConnMgr on the same connection set
-// (it needs 15–25 ms for 10k peers on the 2-core machine); target: realmnet
-// ≤ 0.1× its time.
+// LowWater 0.9 N. Reference: go-libp2p's BasicConnMgr on an identical
+// connection set (it needs 15–150 ms on the 2-core machine). Each side keeps
+// one manager for the whole run, as in a node; before each trim the
+// connections the previous trim closed are re-admitted and the heap is
+// collected (untimed), after it the result is checked (realmnet: LowWater
+// left; BasicConnMgr: whole peers closed, N−LowWater connections rounded up
+// to whole peers) and the closed connections disconnected (untimed). The
+// sides alternate one trim each (benchkit.Compare, at least 10 rounds);
+// allocs/op are the process's allocations during the trim.
+//
+// Target: ratio-median ≤ 0.1.
 func BenchmarkTrimOpenConns(b *testing.B) {
 	for _, tc := range []struct {
 		name       string
@@ -177,93 +150,72 @@ func BenchmarkTrimOpenConns(b *testing.B) {
 		{"50k-conns-2-per-peer", 50_000, 2},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			set := benchNewTrimSet(b, tc.n, tc.perPeer)
 			low, high := tc.n*9/10, tc.n
-
-			b.Run(benchSideRealmnet, func(b *testing.B) {
-				benchTrim(b, set, func() benchManager {
-					m, err := connmgr.New(connmgr.Config{
-						LowWater:    low,
-						HighWater:   high,
-						GracePeriod: time.Nanosecond,
-						// Above N: the unassigned pool never reaches its
-						// HighWater, so the global trim does the work.
-						Unassigned: core.PoolLimits{LowWater: tc.n, HighWater: 2 * tc.n},
-					}, nil)
-					if err != nil {
-						b.Fatal(err)
-					}
-					return m
-				}, func(m benchManager) {
-					if got := m.(*connmgr.Manager).ConnectionCount(); got != low {
-						b.Fatalf("realmnet: %d connections after trim, want LowWater %d", got, low)
-					}
-					if got := set.closed(); got != tc.n-low {
-						b.Fatalf("realmnet: closed %d connections, want %d", got, tc.n-low)
-					}
-				})
+			rset := benchNewTrimSet(b, tc.n, tc.perPeer)
+			lset := rset.clone()
+			rm, err := connmgr.New(connmgr.Config{
+				LowWater:    low,
+				HighWater:   high,
+				GracePeriod: time.Nanosecond,
+				// Above N: the unassigned pool never reaches its
+				// HighWater, so the global trim does the work.
+				Unassigned: core.PoolLimits{LowWater: tc.n, HighWater: 2 * tc.n},
+			}, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			lm, err := basic.NewConnManager(low, high, basic.WithGracePeriod(time.Nanosecond))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = rm.Close(); _ = lm.Close() })
+			realmnet := benchTrimSide(benchSideRealmnet, rset, rm, func() error {
+				if got := rm.ConnectionCount(); got != low {
+					return fmt.Errorf("%d connections after trim, want LowWater %d", got, low)
+				}
+				if got := rset.closed(); got != tc.n-low {
+					return fmt.Errorf("closed %d connections, want %d", got, tc.n-low)
+				}
+				return nil
 			})
-
-			b.Run(benchSideLibp2p, func(b *testing.B) {
-				benchTrim(b, set, func() benchManager {
-					m, err := basic.NewConnManager(low, high, basic.WithGracePeriod(time.Nanosecond))
-					if err != nil {
-						b.Fatal(err)
-					}
-					return m
-				}, func(benchManager) {
-					// BasicConnMgr closes whole peers, lowest value first,
-					// until it has closed ncandidates-lowWater connections.
-					target := tc.n - low
-					want := (target + tc.perPeer - 1) / tc.perPeer * tc.perPeer
-					if got := set.closed(); got != want {
-						b.Fatalf("libp2p: closed %d connections, want %d", got, want)
-					}
-				})
+			libp2p := benchTrimSide(benchSideLibp2p, lset, lm, func() error {
+				// BasicConnMgr closes whole peers, lowest value first,
+				// until it has closed ncandidates-lowWater connections.
+				target := tc.n - low
+				want := (target + tc.perPeer - 1) / tc.perPeer * tc.perPeer
+				if got := lset.closed(); got != want {
+					return fmt.Errorf("closed %d connections, want %d", got, want)
+				}
+				return nil
 			})
-
+			benchkit.Compare(b, realmnet, libp2p, benchkit.Config{Block: 1, MinRounds: 10, Allocs: true})
 		})
 	}
 }
 
-func benchTrim(b *testing.B, set *benchTrimSet, newManager func() benchManager, verify func(benchManager)) {
-	b.ReportAllocs()
-	ctx := context.Background()
-	var elapsed time.Duration
-	var mallocs uint64
-	var ms runtime.MemStats
-	b.StopTimer()
-	// One long-lived manager, as in a node: every iteration re-admits the
-	// connections the previous trim closed, then trims again.
-	m := newManager()
-	defer func() {
-		if err := m.Close(); err != nil {
-			b.Fatal(err)
-		}
-	}()
+// benchTrimSide is the benchkit side of one manager: it loads set into m,
+// and each op is one TrimOpenConns, with the re-admission before it and
+// verify and the disconnections after it untimed.
+func benchTrimSide(name string, set *benchTrimSet, m benchManager, verify func() error) benchkit.Side {
 	set.load(m)
-	for range b.N {
-		set.reopenClosed(m)
-		time.Sleep(time.Millisecond) // out of the 1 ns grace period
-		runtime.GC()
-
-		runtime.ReadMemStats(&ms)
-		before := ms.Mallocs
-		start := time.Now()
-		b.StartTimer()
-		m.TrimOpenConns(ctx)
-		b.StopTimer()
-		elapsed += time.Since(start)
-		runtime.ReadMemStats(&ms)
-		mallocs += ms.Mallocs - before
-
-		verify(m)
-		set.disconnectClosed(m)
+	ctx := context.Background()
+	return benchkit.Side{
+		Name: name,
+		Before: func() error {
+			set.reopenClosed(m)
+			time.Sleep(time.Millisecond) // out of the 1 ns grace period
+			runtime.GC()
+			return nil
+		},
+		Op: func() error { m.TrimOpenConns(ctx); return nil },
+		After: func() error {
+			if err := verify(); err != nil {
+				return err
+			}
+			set.disconnectClosed(m)
+			return nil
+		},
 	}
-	benchAll.record(b, benchResult{
-		nsPerOp:     float64(elapsed.Nanoseconds()) / float64(b.N),
-		allocsPerOp: float64(mallocs) / float64(b.N),
-	})
 }
 
 // reopenClosed reopens and re-admits the connections the last trim closed.
@@ -289,73 +241,72 @@ func (s *benchTrimSet) disconnectClosed(m benchManager) {
 
 // BenchmarkLockContention is go-libp2p's BasicConnMgr lock-contention
 // workload: 16 goroutines tag random peers while the timed loop connects,
-// tags, untags and disconnects random connections.
+// tags, untags and disconnects random connections. The sides are
+// interleaved (benchkit.Compare, blocks of at least 50 ms per side: several
+// of the scheduler's 10 ms time slices, so that a block does not depend on
+// which goroutines one slice happened to run); each side's 16 taggers run
+// only during its own blocks (started before, stopped after, untimed), so
+// each manager is timed under its own contention only.
+// allocs/op include the taggers' allocations.
 func BenchmarkLockContention(b *testing.B) {
-	b.Run(benchSideRealmnet, func(b *testing.B) {
-		benchLockContention(b, func() benchManager {
-			m, err := connmgr.New(connmgr.Config{LowWater: 1000, HighWater: 1000, GracePeriod: time.Nanosecond}, nil)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return m
-		})
-	})
-	b.Run(benchSideLibp2p, func(b *testing.B) {
-		benchLockContention(b, func() benchManager {
-			m, err := basic.NewConnManager(1000, 1000, basic.WithGracePeriod(0))
-			if err != nil {
-				b.Fatal(err)
-			}
-			return m
-		})
-	})
+	newRealmnet := func() benchManager {
+		m, err := connmgr.New(connmgr.Config{LowWater: 1000, HighWater: 1000, GracePeriod: time.Nanosecond}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return m
+	}
+	newLibp2p := func() benchManager {
+		m, err := basic.NewConnManager(1000, 1000, basic.WithGracePeriod(0))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return m
+	}
+	benchkit.Compare(b, benchLockContentionSide(b, benchSideRealmnet, newRealmnet()),
+		benchLockContentionSide(b, benchSideLibp2p, newLibp2p()),
+		benchkit.Config{MinBlock: 50 * time.Millisecond, MinRounds: 20, Allocs: true})
 }
 
-func benchLockContention(b *testing.B, newManager func() benchManager) {
-	b.ReportAllocs()
+func benchLockContentionSide(b *testing.B, name string, cm benchManager) benchkit.Side {
 	conns := make([]*testkit.FakeConn, 5000)
 	for i := range conns {
 		conns[i] = benchRandConn(b)
 	}
-	cm := newManager()
-	defer cm.Close()
+	b.Cleanup(func() { _ = cm.Close() })
 	not := cm.Notifee()
-
-	kill := make(chan struct{})
+	var kill chan struct{}
 	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-kill:
-					return
-				default:
-					cm.TagPeer(conns[rand.Intn(len(conns))].RemotePeer(), "another-tag", 1)
-				}
+	return benchkit.Side{
+		Name: name,
+		Before: func() error {
+			kill = make(chan struct{})
+			for range 16 {
+				wg.Go(func() {
+					for {
+						select {
+						case <-kill:
+							return
+						default:
+							cm.TagPeer(conns[rand.Intn(len(conns))].RemotePeer(), "another-tag", 1)
+						}
+					}
+				})
 			}
-		})
+			return nil
+		},
+		Op: func() error {
+			rc := conns[rand.Intn(len(conns))]
+			benchAdmit(cm, rc)
+			cm.TagPeer(rc.RemotePeer(), "tag", 100)
+			cm.UntagPeer(rc.RemotePeer(), "tag")
+			not.Disconnected(nil, rc)
+			return nil
+		},
+		After: func() error {
+			close(kill)
+			wg.Wait()
+			return nil
+		},
 	}
-
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	before := ms.Mallocs
-	b.ResetTimer()
-	start := time.Now()
-	for range b.N {
-		rc := conns[rand.Intn(len(conns))]
-		benchAdmit(cm, rc)
-		cm.TagPeer(rc.RemotePeer(), "tag", 100)
-		cm.UntagPeer(rc.RemotePeer(), "tag")
-		not.Disconnected(nil, rc)
-	}
-	elapsed := time.Since(start)
-	b.StopTimer()
-	runtime.ReadMemStats(&ms)
-	close(kill)
-	wg.Wait()
-	// Allocations include the taggers' (as the framework's allocs/op do).
-	benchAll.record(b, benchResult{
-		nsPerOp:     float64(elapsed.Nanoseconds()) / float64(b.N),
-		allocsPerOp: float64(ms.Mallocs-before) / float64(b.N),
-	})
 }

@@ -13,19 +13,25 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/realmnet/realmnet/internal/benchkit"
+	"github.com/realmnet/realmnet/internal/testkit"
 	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/node"
 	"github.com/realmnet/realmnet/realm"
 )
 
 // These benchmarks measure realm operations next to the plain libp2p
-// operation they build on, in the same run and between the same two nodes
-// on 127.0.0.1, and report both (and their ratio) as metrics:
+// operation they build on, interleaved in one loop (internal/benchkit) on
+// 127.0.0.1, and report both and their ratio with its spread:
 //
 //   - BenchmarkJoinToFirstMember: JoinRealm until the first member is
-//     authenticated, next to a plain connect + identify (host.Connect).
+//     authenticated, next to the plain operation of the same kind: a
+//     connect + identify when the join connects too, a stream round trip
+//     when both run on an open connection.
 //   - BenchmarkRealmStreamEcho: a 1 KiB echo on a new realm stream, next to
 //     the same echo on a new plain host stream over the same connection.
+//   - BenchmarkRealmRequest: p50 and p99 of a 1 KiB request/response on a
+//     new realm stream, next to the same on a stock go-libp2p host pair.
 
 const (
 	benchRealmName = "bench"
@@ -64,30 +70,30 @@ func benchDisconnect(b *testing.B, x, y *node.Node) {
 	})
 }
 
-// benchMs converts a total duration over n operations to milliseconds per op.
-func benchMs(total time.Duration, n int) float64 {
-	return float64(total) / float64(n) / float64(time.Millisecond)
-}
-
 // BenchmarkJoinToFirstMember measures how long a node takes from JoinRealm
 // to having its first authenticated member: node A is in the realm (with a
 // PSK); per op, node B joins it and the op ends when B's realm has A as an
-// authenticated member (WaitMembers); B then leaves (not timed).
+// authenticated member (WaitMembers); B then leaves (not timed). Each
+// variant compares the join with the plain libp2p operation of the same
+// kind, interleaved (benchkit.Compare, blocks of one op), ratio-* =
+// join/reference per round:
 //
-//   - connected: B is already connected to A, identify done; the op is the
-//     handshake on that connection (hello, reply, finish, end of stream).
-//   - withPeers: B is not connected and joins with Peers(A); the op
+//   - connected: B is already connected to A, identify done; the join is
+//     the handshake on that connection (a new stream: hello, reply,
+//     finish, end of stream — 1.5 round trips — and the membership
+//     bookkeeping). Reference "echo": a new host stream on the same
+//     connection with a 1 KiB echo (one round trip after the stream's
+//     lazy negotiation): what any request on an open connection costs.
+//   - withPeers: B is not connected and joins with Peers(A); the join
 //     includes the connection (QUIC, identify) and the handshake.
-//
-// Reference, same run and same pair: before each op, B's connection to A is
-// closed and B connects again with a plain host.Connect (QUIC handshake and
-// identify), timed separately: connect-ms/op. ns/op (and join-ms/op) is the
-// mean join time; join/connect is the ratio.
+//     Reference "connect": a plain host.Connect to A from the same
+//     disconnected state (QUIC handshake and identify).
 //
 // Anomalies are counted, not fatal, so the numbers stay usable while they
 // exist (each one is a bug, see the counters):
 //   - stuck-joins: B had no member joinStuckAfter after joining (a failed
-//     handshake is not retried); excluded from ns/op.
+//     handshake is not retried); the op then counts joinStuckAfter (the
+//     medians are robust to a few).
 //   - stale-members: A still listed B as a member after B's goodbye was
 //     acknowledged.
 //   - leave-errors: B's Leave returned an error although it had time.
@@ -95,7 +101,7 @@ func benchMs(total time.Duration, n int) float64 {
 // After a stuck join or a stale member A leaves and joins again (not timed),
 // so every op starts from the same state.
 //
-// Target: ns/op ≤ 50 ms in both variants.
+// Target: join-ns/op ≤ 50 ms in both variants.
 func BenchmarkJoinToFirstMember(b *testing.B) {
 	b.Run("connected", func(b *testing.B) { benchJoin(b, false) })
 	b.Run("withPeers", func(b *testing.B) { benchJoin(b, true) })
@@ -108,115 +114,148 @@ const joinStuckAfter = 3 * time.Second
 func benchJoin(b *testing.B, withPeers bool) {
 	a, bn := testnode.New(b), testnode.New(b)
 	ra := join(b, a, benchRealmName, realm.PSK(testPSK))
+	a.SetStreamHandler(benchEchoProto, testnode.Echo)
 	opts := []realm.Option{realm.PSK(testPSK)}
 	if withPeers {
 		opts = append(opts, realm.Peers(a.AddrInfo()))
 	}
 	ctx := context.Background()
-	var (
-		joinTotal, connectTotal          time.Duration
-		joins, stuck, stale, leaveErrors int
-	)
+	var stuck, stale, leaveErrors int
 	// refusedByB runs f and waits until B (in no realm) has refused the
 	// handshake f makes A start: A tries every peer it identifies, and every
 	// connected peer when its realm starts.
-	refusedByB := func(f func()) {
+	refusedByB := func(f func() error) error {
 		refused := bn.RealmStats().AuthUnknownRealm
-		f()
+		if err := f(); err != nil {
+			return err
+		}
 		benchWaitUntil(b, "B refused A's handshake", func() bool { return bn.RealmStats().AuthUnknownRealm > refused })
+		return nil
+	}
+	connectB := func() error {
+		return bn.Host().Connect(ctx, peer.AddrInfo{ID: a.ID(), Addrs: a.Addrs()})
 	}
 	// resetA gives A a fresh realm, without B.
 	resetA := func() {
 		lctx, cancel := context.WithTimeout(ctx, benchWait)
 		_ = ra.Leave(lctx) // a goodbye to B, who is in no realm, is refused
 		cancel()
-		start := func() { ra = join(b, a, benchRealmName, realm.PSK(testPSK)) }
+		start := func() error { ra = join(b, a, benchRealmName, realm.PSK(testPSK)); return nil }
 		if bn.Host().Network().Connectedness(a.ID()) == network.Connected {
-			refusedByB(start)
+			_ = refusedByB(start)
 		} else {
-			start()
+			_ = start()
 		}
 	}
-
-	for b.Loop() {
-		b.StopTimer()
-		// Reference: a fresh plain connect + identify.
-		if bn.Host().Network().Connectedness(a.ID()) == network.Connected {
+	// ready brings B to the state the variant's ops start from.
+	ready := func() error {
+		connected := bn.Host().Network().Connectedness(a.ID()) == network.Connected
+		switch {
+		case withPeers && connected:
 			benchDisconnect(b, bn, a)
+		case !withPeers && !connected:
+			return refusedByB(connectB)
 		}
-		refusedByB(func() {
-			start := time.Now()
-			if err := bn.Host().Connect(ctx, peer.AddrInfo{ID: a.ID(), Addrs: a.Addrs()}); err != nil {
-				b.Fatalf("connect: %v", err)
-			}
-			connectTotal += time.Since(start)
-		})
-		if withPeers {
-			benchDisconnect(b, bn, a)
-		}
+		return nil
+	}
 
-		b.StartTimer()
-		start := time.Now()
-		rb, err := bn.JoinRealm(ctx, benchRealmName, opts...)
-		if err != nil {
-			b.Fatalf("join: %v", err)
-		}
-		wctx, cancel := context.WithTimeout(ctx, joinStuckAfter)
-		err = rb.WaitMembers(wctx, 1)
-		cancel()
-		elapsed := time.Since(start)
-		b.StopTimer()
-		joined := err == nil
-
-		// (if/else, not a tagless switch: a function call in a case of a
-		// tagless switch inside a b.Loop body crashes the go1.26.8
-		// compiler.)
-		if joined {
-			joins++
-			joinTotal += elapsed
-			if _, ok := rb.Member(a.ID()); !ok {
-				b.Fatalf("first member is %v, want A", rb.Members())
+	var rb *realm.Realm
+	var joined bool
+	var leaveStart time.Time
+	joinSide := benchkit.Side{
+		Name:   "join",
+		Before: ready,
+		Op: func() error {
+			var err error
+			rb, err = bn.JoinRealm(ctx, benchRealmName, opts...)
+			if err != nil {
+				return fmt.Errorf("join: %w", err)
 			}
-		} else if errors.Is(err, context.DeadlineExceeded) {
-			stuck++
-			_, aHasB := ra.Member(bn.ID())
-			b.Logf("stuck join: B has no member after %v (A lists B: %v; B: %+v; A: %+v)", joinStuckAfter, aHasB, bn.RealmStats(), a.RealmStats())
-		} else {
-			b.Fatalf("wait for the first member: %v", err)
-		}
-		lctx, cancel := context.WithTimeout(ctx, benchWait)
-		leaveStart := time.Now()
-		err = rb.Leave(lctx)
-		cancel()
-		if err != nil {
-			leaveErrors++
-			b.Logf("leave: %v", err)
-		}
-		if !memPollFor(time.Second, func() bool { _, ok := ra.Member(bn.ID()); return !ok }) {
-			if joined { // (after a stuck join, A lists B and B does not list A)
-				stale++
-				if info, ok := ra.Member(bn.ID()); ok && stale == 1 {
-					b.Logf("stale member: A (re-)admitted B %v after B began to leave", info.Since.Sub(leaveStart))
+			wctx, cancel := context.WithTimeout(ctx, joinStuckAfter)
+			err = rb.WaitMembers(wctx, 1)
+			cancel()
+			joined = err == nil
+			if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("wait for the first member: %w", err)
+			}
+			return nil
+		},
+		After: func() error {
+			if joined {
+				if _, ok := rb.Member(a.ID()); !ok {
+					return fmt.Errorf("first member is %v, want A", rb.Members())
 				}
+			} else {
+				stuck++
+				_, aHasB := ra.Member(bn.ID())
+				b.Logf("stuck join: B has no member after %v (A lists B: %v; B: %+v; A: %+v)", joinStuckAfter, aHasB, bn.RealmStats(), a.RealmStats())
 			}
-			resetA()
+			lctx, cancel := context.WithTimeout(ctx, benchWait)
+			leaveStart = time.Now()
+			err := rb.Leave(lctx)
+			cancel()
+			if err != nil {
+				leaveErrors++
+				b.Logf("leave: %v", err)
+			}
+			if !memPollFor(time.Second, func() bool { _, ok := ra.Member(bn.ID()); return !ok }) {
+				if joined { // (after a stuck join, A lists B and B does not list A)
+					stale++
+					if info, ok := ra.Member(bn.ID()); ok && stale == 1 {
+						b.Logf("stale member: A (re-)admitted B %v after B began to leave", info.Since.Sub(leaveStart))
+					}
+				}
+				resetA()
+			}
+			return nil
+		},
+	}
+	var ref benchkit.Side
+	if withPeers {
+		var refused uint64
+		ref = benchkit.Side{
+			Name: "connect",
+			Before: func() error {
+				if err := ready(); err != nil {
+					return err
+				}
+				refused = bn.RealmStats().AuthUnknownRealm
+				return nil
+			},
+			Op: connectB,
+			After: func() error {
+				// A starts a handshake with every peer it identifies.
+				benchWaitUntil(b, "B refused A's handshake", func() bool { return bn.RealmStats().AuthUnknownRealm > refused })
+				return nil
+			},
 		}
-		b.StartTimer()
+	} else {
+		msg := bytes.Repeat([]byte{0xab}, benchEchoSize)
+		reply := make([]byte, benchEchoSize)
+		if err := ready(); err != nil {
+			b.Fatal(err)
+		}
+		if err := bn.Host().Peerstore().AddProtocols(a.ID(), benchEchoProto); err != nil {
+			b.Fatal(err)
+		}
+		ref = benchkit.Side{
+			Name:   "echo",
+			Before: ready,
+			Op: func() error {
+				s, err := bn.Host().NewStream(ctx, a.ID(), benchEchoProto)
+				if err != nil {
+					return err
+				}
+				return benchEchoOnce(s, msg, reply)
+			},
+		}
 	}
-
-	if joins == 0 {
-		b.Fatalf("no join succeeded in %d ops", b.N)
-	}
-	joinMs, connectMs := benchMs(joinTotal, joins), benchMs(connectTotal, b.N)
-	b.ReportMetric(joinMs*1e6, "ns/op")
-	b.ReportMetric(joinMs, "join-ms/op")
-	b.ReportMetric(connectMs, "connect-ms/op")
-	b.ReportMetric(joinMs/connectMs, "join/connect")
+	res := benchkit.Compare(b, joinSide, ref, benchkit.Config{Block: 1, MinRounds: 20})
+	b.ReportMetric(res.A.NsPerOp/1e6, "join-ms/op")
+	b.ReportMetric(res.B.NsPerOp/1e6, ref.Name+"-ms/op")
 	b.ReportMetric(float64(stuck), "stuck-joins")
 	b.ReportMetric(float64(stale), "stale-members")
 	b.ReportMetric(float64(leaveErrors), "leave-errors")
-	b.Logf("N=%d: join to first member %.2f ms/op, plain connect+identify %.2f ms/op, ratio %.2f (target: join ≤ 50 ms); "+
-		"stuck joins %d, stale members %d, leave errors %d", b.N, joinMs, connectMs, joinMs/connectMs, stuck, stale, leaveErrors)
 }
 
 // benchEchoPair makes two nodes that are members of one realm (with a PSK)
@@ -258,92 +297,81 @@ func benchEchoOnce(s network.Stream, msg, reply []byte) error {
 	return s.Close()
 }
 
+// benchStreamSide is a benchkit side that opens a stream with open and
+// runs one 1 KiB echo on it; the first echo (a warm-up) is checked.
+func benchStreamSide(b *testing.B, name string, open func(context.Context) (network.Stream, error)) benchkit.Side {
+	b.Helper()
+	msg := bytes.Repeat([]byte{0xab}, benchEchoSize)
+	reply := make([]byte, benchEchoSize)
+	op := func() error {
+		s, err := open(context.Background())
+		if err != nil {
+			return fmt.Errorf("%s stream: %w", name, err)
+		}
+		return benchEchoOnce(s, msg, reply)
+	}
+	if err := op(); err != nil {
+		b.Fatalf("warm-up: %v", err)
+	}
+	if !bytes.Equal(reply, msg) {
+		b.Fatal("warm-up: the echo differs from the message")
+	}
+	return benchkit.Side{Name: name, Op: op}
+}
+
 // BenchmarkRealmStreamEcho measures one short request on an existing,
 // authenticated connection between two members on 127.0.0.1: open a stream
 // for /bench/echo/1.0.0, write 1 KiB, CloseWrite, read the 1 KiB echo,
-// close.
+// close. Sides, interleaved (benchkit.Compare, blocks of 8 echoes, each
+// echo also timed on its own for p50/p99):
 //
 //   - realm: the stream is a realm stream (Realm.NewStream: the generic
 //     realm protocol plus a header frame, dispatched by handle to the
 //     realm's handler, charged to the realm's resource scope).
 //   - plain: the stream is a host stream (Host().NewStream) to a host
 //     handler, on the same connection.
-//   - interleaved: one realm echo and one plain echo per op, each timed
-//     (realm-ns/op, plain-ns/op), so both see the same conditions; ratio is
-//     realm/plain.
 //
-// plain also reports realm/plain, the ratio of the two sub-benchmarks'
-// ns/op. Target: ratio ≤ 1.1.
+// ratio-* is realm/plain per round. Target: ratio-median ≤ 1.1.
 func BenchmarkRealmStreamEcho(b *testing.B) {
 	client, rc, server := benchEchoPair(b)
-	msg := bytes.Repeat([]byte{0xab}, benchEchoSize)
-	reply := make([]byte, benchEchoSize)
-	ctx := context.Background()
-	realmEcho := func() error {
-		s, err := rc.NewStream(ctx, server.ID(), benchEchoProto)
-		if err != nil {
-			return fmt.Errorf("realm stream: %w", err)
-		}
-		return benchEchoOnce(s, msg, reply)
-	}
-	plainEcho := func() error {
-		s, err := client.Host().NewStream(ctx, server.ID(), benchEchoProto)
-		if err != nil {
-			return fmt.Errorf("plain stream: %w", err)
-		}
-		return benchEchoOnce(s, msg, reply)
-	}
-	for _, warm := range []func() error{realmEcho, plainEcho} {
-		if err := warm(); err != nil {
-			b.Fatalf("warm-up: %v", err)
-		}
-		if !bytes.Equal(reply, msg) {
-			b.Fatal("warm-up: the echo differs from the message")
-		}
-	}
+	sid := server.ID()
+	benchkit.Compare(b,
+		benchStreamSide(b, "realm", func(ctx context.Context) (network.Stream, error) {
+			return rc.NewStream(ctx, sid, benchEchoProto)
+		}),
+		benchStreamSide(b, "plain", func(ctx context.Context) (network.Stream, error) {
+			return client.Host().NewStream(ctx, sid, benchEchoProto)
+		}),
+		benchkit.Config{Block: 8, Warmup: 50, MinRounds: 100, Allocs: true, Latencies: true})
+}
 
-	perOp := map[string]float64{}
-	for _, side := range []struct {
-		name string
-		echo func() error
-	}{{"realm", realmEcho}, {"plain", plainEcho}} {
-		b.Run(side.name, func(b *testing.B) {
-			b.SetBytes(benchEchoSize)
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := side.echo(); err != nil {
-					b.Fatal(err)
-				}
-			}
-			perOp[side.name] = float64(b.Elapsed()) / float64(b.N)
-			if side.name == "plain" && perOp["realm"] > 0 {
-				// The realm sub-benchmark ran just before.
-				ratio := perOp["realm"] / perOp["plain"]
-				b.ReportMetric(ratio, "realm/plain")
-				b.Logf("realm %.1f µs/op (previous sub-benchmark), plain %.1f µs/op, ratio %.3f (target ≤ 1.1)",
-					perOp["realm"]/1e3, perOp["plain"]/1e3, ratio)
-			}
-		})
+// BenchmarkRealmRequest measures the latency distribution of a 1 KiB
+// request/response over a new realm stream (the op of
+// BenchmarkRealmStreamEcho's realm side, between two members on
+// 127.0.0.1), next to the same 1 KiB echo on a new stream between two
+// stock go-libp2p hosts (testkit.StockHost, "libp2p"), interleaved
+// (benchkit.Compare, blocks of 8, every request timed on its own).
+// Reported: realm-p50-us, realm-p99-us, realm-p99/p50 and the same for
+// libp2p (nearest rank over every request of the side); ratio-* compares
+// the block medians, realm/libp2p.
+//
+// Target: realm-p99/p50 ≤ 3.
+func BenchmarkRealmRequest(b *testing.B) {
+	_, rc, server := benchEchoPair(b)
+	sid := server.ID()
+	lc, ls := testkit.StockHost(b), testkit.StockHost(b)
+	ls.SetStreamHandler(benchEchoProto, testnode.Echo)
+	ctx, cancel := context.WithTimeout(context.Background(), benchWait)
+	defer cancel()
+	if err := lc.Connect(ctx, peer.AddrInfo{ID: ls.ID(), Addrs: ls.Addrs()}); err != nil {
+		b.Fatal(err)
 	}
-
-	b.Run("interleaved", func(b *testing.B) {
-		var realmTotal, plainTotal time.Duration
-		for b.Loop() {
-			start := time.Now()
-			if err := realmEcho(); err != nil {
-				b.Fatal(err)
-			}
-			mid := time.Now()
-			if err := plainEcho(); err != nil {
-				b.Fatal(err)
-			}
-			realmTotal += mid.Sub(start)
-			plainTotal += time.Since(mid)
-		}
-		realmNs, plainNs := float64(realmTotal)/float64(b.N), float64(plainTotal)/float64(b.N)
-		b.ReportMetric(realmNs, "realm-ns/op")
-		b.ReportMetric(plainNs, "plain-ns/op")
-		b.ReportMetric(realmNs/plainNs, "ratio")
-		b.Logf("N=%d: realm %.1f µs/op, plain %.1f µs/op, ratio %.3f (target ≤ 1.1)", b.N, realmNs/1e3, plainNs/1e3, realmNs/plainNs)
-	})
+	benchkit.Compare(b,
+		benchStreamSide(b, "realm", func(ctx context.Context) (network.Stream, error) {
+			return rc.NewStream(ctx, sid, benchEchoProto)
+		}),
+		benchStreamSide(b, "libp2p", func(ctx context.Context) (network.Stream, error) {
+			return lc.NewStream(ctx, ls.ID(), benchEchoProto)
+		}),
+		benchkit.Config{Block: 8, Warmup: 50, MinRounds: 250, Latencies: true})
 }
