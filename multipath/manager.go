@@ -485,7 +485,7 @@ func (m *Manager) AdmitConn(_ context.Context, c core.Conn) error {
 		return &core.RefusedError{Stage: core.StagePaths, Reason: core.ReasonMaxPaths, Code: ErrorCodeTooManyPaths,
 			Peer: p, Err: fmt.Errorf("multipath: peer already has MaxPaths=%d paths", m.cfg.MaxPaths)}
 	}
-	pa := newPath(m.ctx, c, m.clock.Now())
+	pa := newPath(c, m.clock.Now())
 	pa.selectedBefore = pp.selected
 	pp.paths = append(pp.paths, pa)
 	reason := core.SwitchPathAdded
@@ -496,9 +496,7 @@ func (m *Manager) AdmitConn(_ context.Context, c core.Conn) error {
 		loser.stateBefore = loser.state
 		loser.state = core.PathRedundant
 		loser.survivor = c
-		if loser.stopHeartbeat != nil {
-			loser.stopHeartbeat()
-		}
+		loser.stopHeartbeat(m.probes)
 	}
 	events := []any{EvtPathAdded{Peer: p, Path: pa.info(false)}}
 	m.collecting = &events
@@ -551,7 +549,7 @@ func (m *Manager) AbortConn(c core.Conn) {
 	if i := slices.IndexFunc(pp.paths, func(pa *path) bool { return pa.conn == c }); i >= 0 {
 		pa := pp.paths[i]
 		pp.paths = slices.Delete(pp.paths, i, i+1)
-		pa.cancel()
+		pa.remove(m.probes)
 		selectedBefore = pa.selectedBefore
 	}
 	// Undo without a trace: c was never announced, so neither were the
@@ -560,7 +558,7 @@ func (m *Manager) AbortConn(c core.Conn) {
 		if loser.state == core.PathRedundant && loser.survivor == c && !loser.conn.IsClosed() {
 			loser.state = loser.stateBefore
 			loser.survivor = nil
-			if loser.stopHeartbeat != nil {
+			if loser.heartbeatStarted {
 				m.startHeartbeat(p, loser)
 			}
 		}
@@ -619,13 +617,17 @@ func (m *Manager) Connected(_ network.Network, nc network.Conn) {
 // its connection negotiated QUIC datagrams, else a ping-stream heartbeat
 // goroutine; m.mu is held.
 func (m *Manager) startHeartbeat(p peer.ID, pa *path) {
-	ctx, stop := context.WithCancel(pa.ctx)
-	pa.stopHeartbeat = stop
+	pa.stopHeartbeat(m.probes)
+	pa.heartbeatStarted = true
 	if pa.datagrams && !m.streamHeartbeats.Load() {
-		pa.probe = m.probes.add(ctx, p, pa)
+		pa.probe = m.probes.add(p, pa)
 		return
 	}
-	pa.probe = nil
+	if pa.wake == nil {
+		pa.wake = make(chan struct{}, 1)
+	}
+	ctx, stop := context.WithCancel(pa.lifetime(m.ctx))
+	pa.stopPings = stop
 	m.wg.Add(1)
 	go m.heartbeat(ctx, p, pa)
 }
@@ -639,10 +641,9 @@ func (m *Manager) setStreamHeartbeats(on bool) {
 	m.streamHeartbeats.Store(on)
 	for p, pp := range m.peers {
 		for _, pa := range pp.paths {
-			if pa.stopHeartbeat == nil || !pa.usable() || !pa.datagrams {
+			if !pa.heartbeatStarted || !pa.usable() || !pa.datagrams {
 				continue
 			}
-			pa.stopHeartbeat()
 			m.startHeartbeat(p, pa)
 		}
 	}
@@ -659,6 +660,9 @@ func (m *Manager) setStreamHeartbeats(on bool) {
 // Reinstatement or removal stops it. Owned by the manager (wg).
 func (m *Manager) drainAndClose(p peer.ID, pa *path) {
 	defer m.wg.Done()
+	m.mu.Lock()
+	done := pa.lifetime(m.ctx).Done()
+	m.mu.Unlock()
 	ours := pa.conn.Stat().Direction == network.DirOutbound
 	deadline := m.clock.Now().Add(redundantDrain)
 	idleSince := m.clock.Now()
@@ -667,7 +671,7 @@ func (m *Manager) drainAndClose(p peer.ID, pa *path) {
 	for {
 		select {
 		case <-tick.C:
-		case <-pa.ctx.Done():
+		case <-done:
 			return
 		}
 		m.mu.Lock()
@@ -759,7 +763,7 @@ func (m *Manager) Disconnected(_ network.Network, c network.Conn) {
 	}
 	pa := pp.paths[i]
 	pp.paths = slices.Delete(pp.paths, i, i+1)
-	pa.cancel()
+	pa.remove(m.probes)
 	if c.Stat().Direction == network.DirOutbound && pa.refusedByPeer() {
 		pp.failedAddrs[string(c.RemoteMultiaddr().Bytes())] = m.clock.Now()
 	}

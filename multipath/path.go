@@ -26,16 +26,20 @@ type path struct {
 	// both ends: the path is heartbeated with datagrams, not pings.
 	datagrams bool
 
-	// ctx is cancelled when the path is removed or the manager closes; it
-	// stops the path's heartbeat and drain goroutines.
-	ctx    context.Context
-	cancel context.CancelFunc
+	// ctx, made on first use (lifetime), is cancelled when the path is
+	// removed or the manager closes; it stops the path's ping heartbeat
+	// and drain goroutines. Most paths never need one (a context costs
+	// about 0.5 KiB per path).
+	ctx     context.Context
+	cancel  context.CancelFunc
+	removed bool
 
 	heartbeatRTT atomic.Int64 // time.Duration of the latest answer
 
 	// wake is poked (never blocking) when a stream is sent over a path
 	// heartbeated with pings, so that its heartbeat switches to the busy
-	// rate at once (datagram heartbeats: probeScheduler.poke).
+	// rate at once (datagram heartbeats: probeScheduler.poke). Made when
+	// the first ping heartbeat starts (Manager.mu held); nil before.
 	wake chan struct{}
 
 	state      core.PathState
@@ -56,12 +60,13 @@ type path struct {
 	// order is the connection's tie-break value for redundancy (nil
 	// without TLS state); see Manager.loser.
 	order []byte
-	// stopHeartbeat stops the path's heartbeat (nil before the first);
-	// the path stays.
-	stopHeartbeat context.CancelFunc
+	// heartbeatStarted is set once the path's first heartbeat started.
+	heartbeatStarted bool
 	// probe is the path's entry in the probe scheduler while it is
-	// heartbeated with datagrams (nil otherwise).
-	probe *probe
+	// heartbeated with datagrams (nil otherwise); stopPings stops its
+	// ping-stream heartbeat goroutine otherwise.
+	probe     *probe
+	stopPings context.CancelFunc
 }
 
 // usable reports whether the path can be selected: neither dead nor
@@ -70,14 +75,10 @@ func (pa *path) usable() bool {
 	return pa.state != core.PathDead && pa.state != core.PathRedundant
 }
 
-func newPath(parent context.Context, c core.Conn, now time.Time) *path {
-	ctx, cancel := context.WithCancel(parent)
+func newPath(c core.Conn, now time.Time) *path {
 	pa := &path{
 		conn:       c,
 		relayed:    c.Stat().Limited,
-		ctx:        ctx,
-		cancel:     cancel,
-		wake:       make(chan struct{}, 1),
 		state:      core.PathValidating,
 		lastAnswer: now,
 	}
@@ -92,6 +93,41 @@ func newPath(parent context.Context, c core.Conn, now time.Time) *path {
 		pa.ipv6 = true
 	}
 	return pa
+}
+
+// lifetime returns the path's context, made from parent on first use
+// (already cancelled when the path was removed). Manager.mu is held.
+func (pa *path) lifetime(parent context.Context) context.Context {
+	if pa.ctx == nil {
+		pa.ctx, pa.cancel = context.WithCancel(parent)
+		if pa.removed {
+			pa.cancel()
+		}
+	}
+	return pa.ctx
+}
+
+// remove ends the path's heartbeat and goroutines: it is no longer the
+// manager's. Manager.mu is held.
+func (pa *path) remove(s *probeScheduler) {
+	pa.removed = true
+	if pa.cancel != nil {
+		pa.cancel()
+	}
+	pa.stopHeartbeat(s)
+}
+
+// stopHeartbeat stops the path's heartbeat, if one runs; the path stays.
+// Manager.mu is held.
+func (pa *path) stopHeartbeat(s *probeScheduler) {
+	if pa.probe != nil {
+		s.remove(pa.probe)
+		pa.probe = nil
+	}
+	if pa.stopPings != nil {
+		pa.stopPings()
+		pa.stopPings = nil
+	}
 }
 
 // pathOrderLabel is the TLS exporter label of pathOrder.

@@ -26,8 +26,7 @@ import (
 func policyPath(t *testing.T, id, addr string, rtt time.Duration) *path {
 	c := testkit.NewFakeConn("", peer.ID("p-"+id), network.DirOutbound)
 	c.SetAddrs(ma.StringCast(addr), ma.StringCast(addr))
-	pa := newPath(context.Background(), c, time.Now())
-	t.Cleanup(pa.cancel)
+	pa := newPath(c, time.Now())
 	pa.state = core.PathStandby
 	pa.heartbeatRTT.Store(int64(rtt))
 	return pa

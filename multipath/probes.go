@@ -58,7 +58,8 @@ type probeScheduler struct {
 type probe struct {
 	peer peer.ID
 	path *path
-	ctx  context.Context // ends when the heartbeat is stopped or the path removed
+	// stopped is set when the heartbeat is stopped or the path removed.
+	stopped atomic.Bool
 
 	// due is when the next step is due (the manager's clock); index is
 	// the probe's position in the heap, -1 while it is not in it.
@@ -88,24 +89,24 @@ func newProbeScheduler(m *Manager) *probeScheduler {
 }
 
 // add schedules pa's datagram heartbeat, its first probe at once (the path
-// is validated); it stops when ctx ends. m.mu is held.
-func (s *probeScheduler) add(ctx context.Context, p peer.ID, pa *path) *probe {
+// is validated), until remove. m.mu is held.
+func (s *probeScheduler) add(p peer.ID, pa *path) *probe {
 	now := s.m.clock.Now()
-	pr := &probe{peer: p, path: pa, ctx: ctx, index: -1, next: now}
+	pr := &probe{peer: p, path: pa, index: -1, next: now}
 	s.mu.Lock()
 	pr.due = now
 	heap.Push(&s.heap, pr)
 	s.mu.Unlock()
 	s.wake()
-	// Removal or Close takes the probe out of the heap at once, so that a
-	// removed path is not kept until its next due time.
-	context.AfterFunc(ctx, func() { s.remove(pr) })
 	return pr
 }
 
-// remove takes pr out of the heap (no-op when it is not in it).
+// remove stops pr's heartbeat and takes it out of the heap at once, so that
+// a removed path is not kept until its next due time. A step of pr that
+// runs meanwhile is its last.
 func (s *probeScheduler) remove(pr *probe) {
 	s.mu.Lock()
+	pr.stopped.Store(true)
 	if pr.index >= 0 {
 		heap.Remove(&s.heap, pr.index)
 	}
@@ -184,7 +185,7 @@ func (s *probeScheduler) run(ctx context.Context) {
 		for i, pr := range batch {
 			if s.step(pr, now) {
 				s.mu.Lock()
-				if pr.ctx.Err() == nil { // not removed meanwhile
+				if !pr.stopped.Load() { // not removed meanwhile
 					heap.Push(&s.heap, pr)
 				}
 				s.mu.Unlock()
@@ -215,7 +216,7 @@ func (s *probeScheduler) run(ctx context.Context) {
 // answer) makes it dead.
 func (s *probeScheduler) step(pr *probe, now time.Time) bool {
 	m, pa := s.m, pr.path
-	if pr.ctx.Err() != nil {
+	if pr.stopped.Load() {
 		return false
 	}
 	deadline := m.idleDeadline(pa)

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -169,6 +170,9 @@ func benchMemMeasure(side, file string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	if os.Getenv(benchMemProfileEnv) != "" {
+		runtime.MemProfileRate = 1 // every allocation in the profile
+	}
 	ctx := context.Background()
 	var res benchMemResult
 	res.Base = benchMemSnapshot()
@@ -230,6 +234,12 @@ func benchMemMeasure(side, file string) int {
 	}
 	res.Conns = benchMemSnapshot()
 	res.NConns = len(h.Network().Conns())
+	if dir := os.Getenv(benchMemProfileEnv); dir != "" {
+		if err := benchWriteHeapProfile(filepath.Join(dir, side+".heap")); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
 	js, err := json.Marshal(res)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -237,6 +247,25 @@ func benchMemMeasure(side, file string) int {
 	}
 	fmt.Printf("RESULT %s\n", js)
 	return 0
+}
+
+// benchMemProfileEnv names a directory where each measured host of
+// BenchmarkMemory writes a heap profile ("realmnet.heap", "libp2p.heap")
+// once its connections are up, for `go tool pprof -diff_base`.
+const benchMemProfileEnv = "REALMNET_BENCH_MEM_HEAPPROFILE"
+
+// benchWriteHeapProfile writes the heap profile after a GC to file.
+func benchWriteHeapProfile(file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // benchChild is a running child process of this test binary.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -586,7 +587,9 @@ func (s *Swarm) dialAddrOnce(ctx context.Context, p peer.ID, addr ma.Multiaddr) 
 	defer s.beginDial(p)()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.AddrDialTimeout)
 	defer cancel()
-	tc, err := s.transport.Dial(ctx, addr, p)
+	tctx, release := detachAfterDial(ctx)
+	tc, err := s.transport.Dial(tctx, addr, p)
+	release()
 	if err != nil {
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w: %w", ctx.Err(), err)
@@ -643,4 +646,46 @@ func (s *Swarm) DialPath(ctx context.Context, p peer.ID, addr ma.Multiaddr) (net
 		return nil, fmt.Errorf("swarm: dial path to %s at %s: %w", p, transportAddr, err)
 	}
 	return c, nil
+}
+
+// detachedContext is the context a transport dials with: it is cancelled
+// with the dial's context and carries its values while the dial runs, and
+// lets go of it afterwards (see detachAfterDial).
+type detachedContext struct {
+	context.Context // cancellation and deadline, from context.Background
+	values          atomic.Pointer[context.Context]
+}
+
+// Value returns the dial context's value for key until the dial is over,
+// nil afterwards.
+func (c *detachedContext) Value(key any) any {
+	if v := c.values.Load(); v != nil {
+		return (*v).Value(key)
+	}
+	return nil
+}
+
+// detachAfterDial returns a context for a transport's Dial that ends with
+// ctx and carries ctx's values (dial options such as
+// network.WithSimultaneousConnect), and release, to call once Dial
+// returned: it stops the cancellation link and drops the reference to ctx.
+// quic-go makes a dialed connection's context a child of
+// context.WithoutCancel(dial context) for the connection's whole life, so
+// without this every connection kept the whole chain of the dial's
+// contexts (DialPeer's, the attempt's, the address timeout's: about 1 KiB
+// of contexts, timers and channels per connection, measured with
+// BenchmarkMemory's heap profile).
+func detachAfterDial(ctx context.Context) (context.Context, func()) {
+	base, cancel := context.WithCancel(context.Background())
+	if dl, ok := ctx.Deadline(); ok {
+		base, cancel = context.WithDeadline(context.Background(), dl)
+	}
+	d := &detachedContext{Context: base}
+	d.values.Store(&ctx)
+	stop := context.AfterFunc(ctx, cancel)
+	return d, func() {
+		stop()
+		cancel()
+		d.values.Store(nil)
+	}
 }
