@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -64,6 +65,9 @@ const (
 	// OpEcho echoes from node Node to Peer in realm Realm, retrying until
 	// one echo succeeds or Budget has passed.
 	OpEcho Op = "echo"
+	// OpView describes node Node's view of Peer in realm Realm (paths,
+	// membership), in Response.Note: the far end of a failed echo.
+	OpView Op = "view"
 	// OpStockStart starts Hosts stock go-libp2p hosts (QUIC on loopback).
 	OpStockStart Op = "stock-start"
 	// OpStockConnect connects the stock hosts pairwise until they hold
@@ -139,6 +143,10 @@ type EchoResult struct {
 	Attempts int           `json:"attempts"`
 	Elapsed  time.Duration `json:"elapsed"`
 	LastErr  string        `json:"lastErr,omitempty"`
+	// Diag, on failure, is the echoing node's view of the peer: the
+	// connections the attempts used, its paths and whether it lists the
+	// peer as a member.
+	Diag string `json:"diag,omitempty"`
 }
 
 type childNode struct {
@@ -233,6 +241,8 @@ func (c *child) handle(req Request) Response {
 		resp.Stats = c.stats(req.GC)
 	case OpEcho:
 		resp.Echo, err = c.echo(req)
+	case OpView:
+		resp.Note, err = c.view(req)
 	case OpStockStart:
 		err = c.stockStart(req.Hosts)
 	case OpStockConnect:
@@ -408,17 +418,19 @@ func (c *child) echo(req Request) (*EchoResult, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), req.Budget)
 	defer cancel()
 	res := &EchoResult{}
+	var used []string
 	for {
 		res.Attempts++
 		// A stream on a path that has just gone silent hangs until its
 		// deadline; a fresh attempt may take another path.
 		actx, acancel := context.WithTimeout(ctx, attemptTimeout)
-		err := echoOnce(actx, r, req.Peer)
+		connID, err := echoOnce(actx, r, req.Peer)
 		acancel()
 		if err == nil {
 			res.OK = true
 			break
 		}
+		used = append(used, connID)
 		res.LastErr = err.Error()
 		t := time.NewTimer(50 * time.Millisecond)
 		select {
@@ -430,17 +442,49 @@ func (c *child) echo(req Request) (*EchoResult, error) {
 		break
 	}
 	res.Elapsed = time.Since(start)
+	if !res.OK {
+		res.Diag = fmt.Sprintf("streams on %v; member=%v; paths %s", used, slices.Contains(r.Members(), req.Peer), describePaths(cn.n, req.Peer))
+	}
 	return res, nil
+}
+
+func (c *child) view(req Request) (string, error) {
+	cn, err := c.node(req.Node)
+	if err != nil {
+		return "", err
+	}
+	cn.mu.Lock()
+	r, ok := cn.realms[req.Realm]
+	cn.mu.Unlock()
+	member := ok && slices.Contains(r.Members(), req.Peer)
+	return fmt.Sprintf("in realm=%v member=%v paths %s", ok, member, describePaths(cn.n, req.Peer)), nil
+}
+
+// describePaths lists n's paths to p for diagnostics.
+func describePaths(n *node.Node, p peer.ID) string {
+	var paths []string
+	for _, pi := range n.Paths(p) {
+		paths = append(paths, fmt.Sprintf("%s %s→%s %s selected=%v rtt=%v last=%v ago",
+			pi.ConnID, pi.Local, pi.Remote, pi.State, pi.Selected, pi.SmoothedRTT, time.Since(pi.LastHeartbeat).Round(time.Millisecond)))
+	}
+	return fmt.Sprint(paths)
 }
 
 // attemptTimeout bounds one echo attempt within an OpEcho's budget.
 const attemptTimeout = 300 * time.Millisecond
 
-func echoOnce(ctx context.Context, r *realm.Realm, p peer.ID) error {
+// echoOnce echoes 64 bytes on a new realm stream to p; it returns the ID of
+// the connection the stream took ("" when none was opened).
+func echoOnce(ctx context.Context, r *realm.Realm, p peer.ID) (string, error) {
 	s, err := r.NewStream(ctx, p, EchoProtocol)
 	if err != nil {
-		return err
+		return "", err
 	}
+	connID := s.Conn().ID()
+	return connID, echoOn(ctx, s)
+}
+
+func echoOn(ctx context.Context, s network.Stream) error {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = s.SetDeadline(dl)
 	}

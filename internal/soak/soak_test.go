@@ -607,12 +607,23 @@ func (s *soak) drainEchoes(all bool) {
 		case o.err != nil:
 			s.violate("echo %d→%d in %s: %v", o.a, o.b, realmName(o.r), o.err)
 		case !o.res.OK:
-			s.violate("echo %d→%d in %s failed for %v (%d attempts): %s", o.a, o.b, realmName(o.r), o.res.Elapsed.Round(time.Millisecond), o.res.Attempts, o.res.LastErr)
+			s.violate("echo %d→%d in %s failed for %v (%d attempts): %s [%s] [far end: %s]", o.a, o.b, realmName(o.r), o.res.Elapsed.Round(time.Millisecond), o.res.Attempts, o.res.LastErr, o.res.Diag, s.view(o.b, o.r, a.id))
 		default:
 			s.echoOK++
 			s.echoLat = append(s.echoLat, o.res.Elapsed)
 		}
 	}
+}
+
+// view is node b's view of peer p in realm r, for a violation's message.
+func (s *soak) view(b, r int, p peer.ID) string {
+	ctx, cancel := ctxFor(5 * time.Second)
+	defer cancel()
+	resp, err := s.procs[s.nodes[b].proc].call(ctx, Request{Op: OpView, Node: b, Realm: realmName(r), Peer: p})
+	if err != nil {
+		return err.Error()
+	}
+	return resp.Note
 }
 
 // pickJoin returns a live node with fewer than 4 realms and a realm it is
