@@ -545,24 +545,25 @@ const (
 	// go-libp2p's ping handler ends after 30 s; a 10 s window sees a third
 	// of those reopenings, spread over the paths.)
 	benchHBWindow = 10 * time.Second
+	// benchHBRounds is how many windows each heartbeat kind gets; the
+	// kinds alternate.
+	benchHBRounds = 2
 	// benchHBRefWindow is the reference window: 15 s, one QUIC keep-alive
 	// period (go-libp2p's quicreuse sets 15 s). It stays that long: the
 	// keep-alives are not spread over the period but all due 15 s after
 	// the heartbeats stopped, so a 10 s window would see none of them (a
 	// trial run measured 0 bytes/min).
 	benchHBRefWindow = 15 * time.Second
-	// benchHBStreamSettle is the wait between switching the paths to
-	// ping-stream heartbeats and the stream window: one idle heartbeat
-	// period, by which every path has opened its stream, so the window
-	// starts on the steady state.
+	// benchHBStreamSettle is the wait between switching the paths'
+	// heartbeat kind and the next window: one idle heartbeat period, by
+	// which every path has opened its stream (or probed with a datagram),
+	// so the window starts on the steady state.
 	benchHBStreamSettle = 5 * time.Second
 	// benchHBSettle is the wait between the last path becoming healthy and
-	// the first window: two heartbeat rounds. (It was 30 s, past the first
-	// ~25 s in which quic-go's MTU discovery sends a 1.3-1.4 kB probe with
-	// most heartbeats; the heartbeats-on window now sees the tail of those
-	// probes, which makes its bytes/min a little higher than the steady
-	// state.)
-	benchHBSettle = 10 * time.Second
+	// the first window: past the first ~25 s in which quic-go's MTU
+	// discovery sends a 1.3-1.4 kB probe with most heartbeats (with 10 s,
+	// the first window's bytes/min came out 50 % above the steady state).
+	benchHBSettle = 25 * time.Second
 	// benchPeerProcEnv makes the test binary a peer process (see init).
 	benchPeerProcEnv = "REALMNET_BENCH_PEER_PROCESS"
 )
@@ -804,16 +805,16 @@ func benchHBMeasure(b *testing.B, pp *benchPeerProc, n *node.Node, window time.D
 	return benchHBSample{cpu: c1 - c0, peerCPU: p1 - p0, bytes: b1 - b0, window: t1.Sub(t0)}
 }
 
-// benchHBProfileEnv names a file that receives a CPU profile of the
-// heartbeats-on window of BenchmarkHeartbeatCost (go test's -cpuprofile
+// benchHBProfileEnv names a file that receives a CPU profile of the first
+// datagram heartbeat window of BenchmarkHeartbeatCost (go test's -cpuprofile
 // would cover the setup, 1,000 handshakes, as well).
 const benchHBProfileEnv = "REALMNET_BENCH_HB_CPUPROFILE"
 
 // benchHBProfile starts the CPU profile benchHBProfileEnv asks for and
 // returns the function that stops it.
-func benchHBProfile(b *testing.B) (stop func()) {
+func benchHBProfile(b *testing.B, round int) (stop func()) {
 	file := os.Getenv(benchHBProfileEnv)
-	if file == "" {
+	if file == "" || round > 0 {
 		return func() {}
 	}
 	f, err := os.Create(file)
@@ -830,6 +831,11 @@ func benchHBProfile(b *testing.B) (stop func()) {
 			b.Errorf("%s: %v", benchHBProfileEnv, err)
 		}
 	}
+}
+
+// add sums two samples (their windows too).
+func (s benchHBSample) add(o benchHBSample) benchHBSample {
+	return benchHBSample{cpu: s.cpu + o.cpu, peerCPU: s.peerCPU + o.peerCPU, bytes: s.bytes + o.bytes, window: s.window + o.window}
 }
 
 func (s benchHBSample) perMin(d time.Duration) float64 {
@@ -855,29 +861,32 @@ func (s benchHBSample) perMin(d time.Duration) float64 {
 // defaults, 100/400 and unassigned 32/64, would refuse or trim most of the
 // 1,000 connections; the default resource manager sizes its system
 // connection limit from them); nothing else differs from a default node.
-// Then it waits 10 s (two heartbeat rounds; the connections' start-up
-// transients, quic-go's MTU discovery probes, mostly end within ~25 s, so
-// the first window still sees a few of them).
+// Then it waits 25 s: the connections' start-up transients, quic-go's MTU
+// discovery probes, end within about 25 s (with a 10 s wait the first
+// window's bytes came out 50 % above the steady state).
 //
-// The heartbeat windows are 10 s, two heartbeat rounds (HeartbeatInterval
-// 5 s) each, the least that still gives every path two probes in every
-// window; the whole benchmark takes about a minute (it took 2.5 min with
-// 30 s windows and a 30 s settle).
+// Datagram and ping-stream heartbeats then alternate on the same 1,000
+// paths: datagram, stream, datagram, stream, each a 10 s window (two
+// heartbeat rounds: every path probes twice in it) after a 5 s settle from
+// the switch (ForceStreamHeartbeats; one idle period, by which every path
+// has its stream or its first datagram). Each kind's two windows add up to
+// its sample, so neither gets the machine's quieter minute. The whole
+// benchmark takes about 1.5 min (2.5 min when it had one 30 s window per
+// kind and a 30 s settle).
 //
-// realmnet side: a 10 s window with heartbeats on (the connections
-// negotiate QUIC datagrams, so every heartbeat is a datagram and its ACK). Reported per minute: "cpu-ms/min", "percent-of-core"
-// (cpu-ms/min / 60,000 ms × 100) and "bytes/min" (QUIC bytes sent by the
-// measured node over all its paths: the sum of the PathInfo.BytesSent
-// deltas, read from the same quic-go counters).
+// realmnet side, the datagram windows (the connections negotiate QUIC
+// datagrams, so every heartbeat is a datagram and its ACK). Reported per
+// minute: "cpu-ms/min", "percent-of-core" (cpu-ms/min / 60,000 ms × 100)
+// and "bytes/min" (QUIC bytes sent by the measured node over all its paths:
+// the sum of the PathInfo.BytesSent deltas, read from the same quic-go
+// counters).
 //
-// Ping-stream side, same run, same connections: ForceStreamHeartbeats
-// switches every path to the ping stream (the heartbeat of a connection
-// without datagrams, and realmnet's only one before), 5 s to settle (one
-// idle period: every path has opened its stream), then a 10 s window (two
-// rounds, and a third of the reopenings of the heartbeat streams, which
-// go-libp2p's ping handler ends after 30 s):
-// "stream-cpu-ms/min", "stream-percent-of-core", "stream-bytes/min",
-// "stream-peers-cpu-ms/min", "stream-hb-percent-of-core".
+// Ping-stream side, the stream windows (the heartbeat of a connection
+// without datagrams, and realmnet's only one before; the windows see a
+// third of the reopenings of the heartbeat streams, which go-libp2p's ping
+// handler ends after 30 s): "stream-cpu-ms/min", "stream-percent-of-core",
+// "stream-bytes/min", "stream-peers-cpu-ms/min",
+// "stream-hb-percent-of-core".
 //
 // Reference side, same run, same process, same 1,000 connections, heartbeats
 // off: the measured node's Multipath().Close() stops every heartbeat
@@ -891,10 +900,10 @@ func (s benchHBSample) perMin(d time.Duration) float64 {
 //
 // Target: ≤ 1 % of one core for the heartbeats (hb-percent-of-core).
 //
-// REALMNET_BENCH_HB_CPUPROFILE=<file> writes a CPU profile of the
-// heartbeats-on window alone.
+// REALMNET_BENCH_HB_CPUPROFILE=<file> writes a CPU profile of the first
+// datagram window alone.
 //
-// The benchmark ignores b.N: it measures once (about 1 min with setup);
+// The benchmark ignores b.N: it measures once (about 1.5 min with setup);
 // ns/op is not reported.
 func BenchmarkHeartbeatCost(b *testing.B) {
 	benchRaiseNoFile()
@@ -948,14 +957,25 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 	// packet with most heartbeats.
 	time.Sleep(benchHBSettle)
 
-	stopProfile := benchHBProfile(b)
-	on := benchHBMeasure(b, pp, n, benchHBWindow)
-	stopProfile()
-	// The same paths heartbeated with ping streams, as before datagram
-	// heartbeats (and as a connection without datagrams is).
-	multipath.ForceStreamHeartbeats(pathManager, true)
-	time.Sleep(benchHBStreamSettle)
-	streams := benchHBMeasure(b, pp, n, benchHBWindow)
+	// Datagram and ping-stream heartbeats on the same paths, in
+	// alternating windows (datagram, stream, datagram, stream), so that
+	// neither side gets the machine's quieter minute; each side's windows
+	// add up to its sample.
+	var on, streams benchHBSample
+	for i := range 2 * benchHBRounds {
+		stream := i%2 == 1
+		if i > 0 {
+			multipath.ForceStreamHeartbeats(pathManager, stream)
+			time.Sleep(benchHBStreamSettle)
+		}
+		if !stream {
+			stopProfile := benchHBProfile(b, i/2)
+			on = on.add(benchHBMeasure(b, pp, n, benchHBWindow))
+			stopProfile()
+		} else {
+			streams = streams.add(benchHBMeasure(b, pp, n, benchHBWindow))
+		}
+	}
 	if err := pathManager.Close(); err != nil {
 		b.Fatal(err)
 	}
