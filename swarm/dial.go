@@ -329,6 +329,15 @@ func (s *Swarm) dialWithRetry(ctx context.Context, p peer.ID) (*Conn, error) {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
+			// The dial's time ran out before the next attempt: every
+			// attempt failed, as above (a cancellation is not the peer's).
+			if !errors.Is(ctx.Err(), context.Canceled) {
+				s.mu.Lock()
+				if !s.connectedLocked(p) {
+					s.recordBackoffLocked(p, b, s.clock.Now(), delay)
+				}
+				s.mu.Unlock()
+			}
 			return nil, err
 		}
 	}
@@ -649,12 +658,20 @@ func (s *Swarm) DialPath(ctx context.Context, p peer.ID, addr ma.Multiaddr) (net
 }
 
 // detachedContext is the context a transport dials with: it is cancelled
-// with the dial's context and carries its values while the dial runs, and
-// lets go of it afterwards (see detachAfterDial).
+// with the dial's context, reports its deadline and carries its values
+// while the dial runs, and lets go of it afterwards (see detachAfterDial).
 type detachedContext struct {
-	context.Context // cancellation and deadline, from context.Background
+	context.Context // cancellation only, from context.Background
+	deadline        time.Time
+	hasDeadline     bool
 	values          atomic.Pointer[context.Context]
 }
+
+// Deadline is the dial context's deadline. It has no timer of its own: the
+// dial context's expiry cancels this context, so the transport never fails
+// a moment before the dial context has ended (the swarm's backoff
+// bookkeeping looks at the dial context's error after a failure).
+func (c *detachedContext) Deadline() (time.Time, bool) { return c.deadline, c.hasDeadline }
 
 // Value returns the dial context's value for key until the dial is over,
 // nil afterwards.
@@ -666,7 +683,7 @@ func (c *detachedContext) Value(key any) any {
 }
 
 // detachAfterDial returns a context for a transport's Dial that ends with
-// ctx and carries ctx's values (dial options such as
+// ctx and carries ctx's deadline and values (dial options such as
 // network.WithSimultaneousConnect), and release, to call once Dial
 // returned: it stops the cancellation link and drops the reference to ctx.
 // quic-go makes a dialed connection's context a child of
@@ -676,16 +693,14 @@ func (c *detachedContext) Value(key any) any {
 // of contexts, timers and channels per connection, measured with
 // BenchmarkMemory's heap profile).
 func detachAfterDial(ctx context.Context) (context.Context, func()) {
-	base, cancel := context.WithCancel(context.Background())
-	if dl, ok := ctx.Deadline(); ok {
-		base, cancel = context.WithDeadline(context.Background(), dl)
-	}
+	base, cancel := context.WithCancelCause(context.Background())
 	d := &detachedContext{Context: base}
+	d.deadline, d.hasDeadline = ctx.Deadline()
 	d.values.Store(&ctx)
-	stop := context.AfterFunc(ctx, cancel)
+	stop := context.AfterFunc(ctx, func() { cancel(context.Cause(ctx)) })
 	return d, func() {
 		stop()
-		cancel()
+		cancel(context.Canceled)
 		d.values.Store(nil)
 	}
 }

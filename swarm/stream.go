@@ -2,6 +2,7 @@ package swarm
 
 import (
 	"fmt"
+	"reflect"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,10 +15,10 @@ import (
 // Stream is one stream on a Conn. It implements network.Stream. Reads and
 // writes go straight to the QUIC stream; Close, Reset and ResetWithError
 // release the stream's resource-manager scope exactly once. Setting its
-// protocol emits EvtStreamOpened; releasing it then emits
-// EvtStreamClosed. Safe for
-// concurrent use as far as the underlying QUIC stream is (one reader and one
-// writer at a time).
+// protocol emits EvtStreamOpened; releasing it then emits EvtStreamClosed
+// (each while the node's event bus has a subscriber of it). Safe for
+// concurrent use as far as the underlying QUIC stream is (one reader and
+// one writer at a time).
 type Stream struct {
 	id       uint64
 	idString string // ID(), formatted once when the stream is made
@@ -33,6 +34,14 @@ type Stream struct {
 }
 
 var _ network.Stream = (*Stream)(nil)
+
+// The stream events' types: streams are opened and closed at a high rate,
+// so their events are built only while someone subscribes to them
+// (eventqueue.Queue.Wanted).
+var (
+	evtStreamOpenedType = reflect.TypeFor[EvtStreamOpened]()
+	evtStreamClosedType = reflect.TypeFor[EvtStreamClosed]()
+)
 
 // ID returns a unique identifier: the connection's ID and the swarm-wide
 // stream number.
@@ -93,7 +102,7 @@ func (s *Stream) release() {
 	s.releaseOnce.Do(func() {
 		s.conn.removeStream(s)
 		s.scope.Done()
-		if s.announced.Load() {
+		if s.announced.Load() && s.conn.swarm.lifecycle.Wanted(evtStreamClosedType) {
 			s.conn.swarm.lifecycle.Push(EvtStreamClosed{Peer: s.conn.RemotePeer(), ConnID: s.conn.ID(),
 				StreamID: s.ID(), Direction: s.stat.Direction, Protocol: string(s.Protocol())})
 		}
@@ -116,7 +125,7 @@ func (s *Stream) SetProtocol(p protocol.ID) error {
 		return err
 	}
 	s.protocol.Store(&p)
-	if s.announced.CompareAndSwap(false, true) {
+	if s.announced.CompareAndSwap(false, true) && s.conn.swarm.lifecycle.Wanted(evtStreamOpenedType) {
 		s.conn.swarm.lifecycle.Push(EvtStreamOpened{Peer: s.conn.RemotePeer(), ConnID: s.conn.ID(),
 			StreamID: s.ID(), Direction: s.stat.Direction, Protocol: string(p)})
 	}

@@ -2,7 +2,9 @@ package eventqueue
 
 import (
 	"errors"
+	"reflect"
 	"sync"
+	"sync/atomic"
 
 	"github.com/libp2p/go-libp2p/core/event"
 )
@@ -18,10 +20,15 @@ var ErrBusClosed = errors.New("eventqueue: the event bus's owner has closed")
 // keep the owner's emitting goroutines, and its shutdown, waiting forever.
 //
 // Subscriptions made while tracking is off (the owner's own components,
-// subscribed while it starts) are passed through untouched. All methods are
-// safe for concurrent use.
+// subscribed while it starts) are not remembered.
+//
+// It also counts the live subscriptions per event type, so that a Queue on
+// this bus can tell its producers when nobody subscribes to an event
+// (Queue.Wanted) and frequent events need not be built at all. All methods
+// are safe for concurrent use.
 type ClosingBus struct {
 	event.Bus
+	interest interest
 
 	mu       sync.Mutex
 	tracking bool
@@ -29,9 +36,51 @@ type ClosingBus struct {
 	subs     map[*closingSubscription]struct{}
 }
 
+// interest counts live subscriptions per event type, and wildcard ones.
+type interest struct {
+	mu       sync.Mutex
+	counts   map[reflect.Type]*atomic.Int64
+	wildcard atomic.Int64
+}
+
+// counter returns the subscription count of events of type t (not a
+// pointer type), made on first use.
+func (i *interest) counter(t reflect.Type) *atomic.Int64 {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	c, ok := i.counts[t]
+	if !ok {
+		c = new(atomic.Int64)
+		i.counts[t] = c
+	}
+	return c
+}
+
+// subscribed adds delta to the counts of the types a Subscribe call named:
+// event.WildcardSubscription, a pointer to a zero event (new(EvtFoo)), or a
+// slice of them — go-libp2p's forms.
+func (i *interest) subscribed(eventType any, delta int64) {
+	if eventType == event.WildcardSubscription {
+		i.wildcard.Add(delta)
+		return
+	}
+	var types []any
+	if list, ok := eventType.([]any); ok {
+		types = list
+	} else {
+		types = []any{eventType}
+	}
+	for _, t := range types {
+		if rt := reflect.TypeOf(t); rt != nil && rt.Kind() == reflect.Pointer {
+			i.counter(rt.Elem()).Add(delta)
+		}
+	}
+}
+
 // NewClosingBus wraps bus; tracking starts off unless track is true.
 func NewClosingBus(bus event.Bus, track bool) *ClosingBus {
-	return &ClosingBus{Bus: bus, tracking: track, subs: make(map[*closingSubscription]struct{})}
+	return &ClosingBus{Bus: bus, tracking: track, subs: make(map[*closingSubscription]struct{}),
+		interest: interest{counts: make(map[reflect.Type]*atomic.Int64)}}
 }
 
 // Track turns tracking on: from now on every subscription is remembered
@@ -51,12 +100,15 @@ func (b *ClosingBus) Subscribe(eventType any, opts ...event.SubscriptionOpt) (ev
 		return nil, ErrBusClosed
 	}
 	sub, err := b.Bus.Subscribe(eventType, opts...)
-	if err != nil || !b.tracking {
-		return sub, err
+	if err != nil {
+		return nil, err
 	}
-	tracked := &closingSubscription{Subscription: sub, bus: b}
-	b.subs[tracked] = struct{}{}
-	return tracked, nil
+	b.interest.subscribed(eventType, 1)
+	wrapped := &closingSubscription{Subscription: sub, bus: b, eventType: eventType, tracked: b.tracking}
+	if b.tracking {
+		b.subs[wrapped] = struct{}{}
+	}
+	return wrapped, nil
 }
 
 // CloseSubscriptions closes every remembered subscription (go-libp2p's
@@ -70,23 +122,29 @@ func (b *ClosingBus) CloseSubscriptions() {
 	b.subs = make(map[*closingSubscription]struct{})
 	b.mu.Unlock()
 	for s := range subs {
-		_ = s.Subscription.Close()
+		_ = s.Close()
 	}
 }
 
-// closingSubscription forgets itself on Close.
+// closingSubscription takes itself out of the interest counts, and out of
+// the tracked subscriptions when it is one, on Close.
 type closingSubscription struct {
 	event.Subscription
-	bus  *ClosingBus
-	once sync.Once
+	bus       *ClosingBus
+	eventType any
+	tracked   bool
+	once      sync.Once
 }
 
 func (s *closingSubscription) Close() error {
 	var err error
 	s.once.Do(func() {
-		s.bus.mu.Lock()
-		delete(s.bus.subs, s)
-		s.bus.mu.Unlock()
+		if s.tracked {
+			s.bus.mu.Lock()
+			delete(s.bus.subs, s)
+			s.bus.mu.Unlock()
+		}
+		s.bus.interest.subscribed(s.eventType, -1)
 		err = s.Subscription.Close()
 	})
 	return err

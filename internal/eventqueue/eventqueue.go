@@ -50,6 +50,11 @@ type Queue struct {
 	emitters map[reflect.Type]event.Emitter
 	limit    int
 	start    time.Time // monotonic base for the warning limiter
+	// wanted holds the subscription count of each type when the bus is
+	// a ClosingBus (nil otherwise); like emitters, written only by
+	// NewWithLimit.
+	wanted   map[reflect.Type]*atomic.Int64
+	wildcard *atomic.Int64
 
 	mu sync.Mutex
 	// pending holds the accepted events the goroutine has not taken yet.
@@ -120,8 +125,29 @@ func NewWithLimit(bus event.Bus, limit int, types ...any) (*Queue, error) {
 		}
 		q.emitters[reflect.TypeOf(t).Elem()] = em
 	}
+	if cb, ok := bus.(*ClosingBus); ok {
+		q.wanted = make(map[reflect.Type]*atomic.Int64, len(types))
+		for t := range q.emitters {
+			q.wanted[t] = cb.interest.counter(t)
+		}
+		q.wildcard = &cb.interest.wildcard
+	}
 	go q.run()
 	return q, nil
+}
+
+// Wanted reports whether events of type t (a value type, as pushed) may
+// have a subscriber: false only when the queue's bus is a ClosingBus that
+// counts no live subscription of t and no wildcard one. A producer of
+// frequent events can then skip building them; one that subscribes later
+// sees the events from then on. Safe for concurrent use; it costs a map
+// lookup and two atomic loads.
+func (q *Queue) Wanted(t reflect.Type) bool {
+	if q.wanted == nil {
+		return true
+	}
+	c, ok := q.wanted[t]
+	return !ok || c.Load() > 0 || q.wildcard.Load() > 0
 }
 
 // Push queues evt, a value (not a pointer) of one of the queue's types,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -527,4 +528,48 @@ func TestDropWarningsAreRateLimited(t *testing.T) {
 
 	require.NoError(t, sub.Close())
 	closeWithin(t, q)
+}
+
+// TestWantedFollowsSubscriptions: on a ClosingBus, a queue reports a type
+// as wanted exactly while a subscription of it — single, in a list, or a
+// wildcard one — is open, tracked or not; on any other bus always.
+func TestWantedFollowsSubscriptions(t *testing.T) {
+	bus := eventqueue.NewClosingBus(eventbus.NewBus(), false)
+	q, err := eventqueue.New(bus, new(EvtA), new(EvtB))
+	require.NoError(t, err)
+	defer q.Close()
+	typeA, typeB := reflect.TypeFor[EvtA](), reflect.TypeFor[EvtB]()
+	require.False(t, q.Wanted(typeA))
+	require.False(t, q.Wanted(typeB))
+
+	subA, err := bus.Subscribe(new(EvtA))
+	require.NoError(t, err)
+	require.True(t, q.Wanted(typeA))
+	require.False(t, q.Wanted(typeB))
+
+	bus.Track() // tracked subscriptions count alike
+	both, err := bus.Subscribe([]any{new(EvtA), new(EvtB)})
+	require.NoError(t, err)
+	require.True(t, q.Wanted(typeB))
+	require.NoError(t, subA.Close())
+	require.NoError(t, subA.Close()) // a second Close counts nothing
+	require.True(t, q.Wanted(typeA), "the list subscription still takes EvtA")
+	require.NoError(t, both.Close())
+	require.False(t, q.Wanted(typeA))
+	require.False(t, q.Wanted(typeB))
+
+	all, err := bus.Subscribe(event.WildcardSubscription)
+	require.NoError(t, err)
+	require.True(t, q.Wanted(typeA))
+	require.True(t, q.Wanted(typeB))
+	bus.CloseSubscriptions() // ends the tracked wildcard subscription
+	require.False(t, q.Wanted(typeA))
+	require.NoError(t, all.Close())
+	require.False(t, q.Wanted(typeB), "closing twice does not go below zero")
+
+	plain := eventbus.NewBus()
+	pq, err := eventqueue.New(plain, new(EvtA))
+	require.NoError(t, err)
+	defer pq.Close()
+	require.True(t, pq.Wanted(typeA), "without a ClosingBus, every type is wanted")
 }
