@@ -30,6 +30,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/core/routing"
 	ma "github.com/multiformats/go-multiaddr"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
@@ -303,7 +304,11 @@ func (n *Node) checkConnected(p peer.ID) error {
 // already in the peerstore and, when there are none or they fail, looks the
 // peer up in the DHT (FindPeer) and dials what it finds. While the DHT's
 // routing table is empty it first waits for a peer to enter it, at most
-// BootstrapTimeout (10 s) and within ctx. Errors name p and what failed.
+// BootstrapTimeout (10 s) and within ctx. A lookup that ends without the
+// peer is repeated up to findPeerAttempts times in all, 200 ms and 400 ms
+// apart, within ctx: kad-dht ends a lookup once the closest peers it heard
+// of have answered, and in a small or changing network those may not know
+// the peer yet. Errors name p and what failed.
 func (n *Node) ConnectPeer(ctx context.Context, p peer.ID) error {
 	if p == "" {
 		return errors.New("node: ConnectPeer: empty peer ID")
@@ -329,7 +334,7 @@ func (n *Node) ConnectPeer(ctx context.Context, p peer.ID) error {
 		_ = pollUntil(wctx, func() bool { return n.dht.RoutingTable().Size() > 0 })
 		cancel()
 	}
-	ai, err := n.dht.FindPeer(ctx, p)
+	ai, err := n.findPeer(ctx, p)
 	if err != nil {
 		if firstErr != nil {
 			return fmt.Errorf("node: connect to %s: known addresses failed (%v) and DHT lookup failed: %w", p, firstErr, err)
@@ -337,6 +342,30 @@ func (n *Node) ConnectPeer(ctx context.Context, p peer.ID) error {
 		return fmt.Errorf("node: find %s through the DHT: %w", p, err)
 	}
 	return n.connect(ctx, ai, fmt.Sprintf(" at DHT addresses %v", ai.Addrs))
+}
+
+// findPeerAttempts is how many DHT lookups ConnectPeer makes for a peer
+// that a lookup did not find.
+const findPeerAttempts = 3
+
+// findPeer is the DHT's FindPeer, repeated (see ConnectPeer) while it ends
+// with routing.ErrNotFound.
+func (n *Node) findPeer(ctx context.Context, p peer.ID) (peer.AddrInfo, error) {
+	pause := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		ai, err := n.dht.FindPeer(ctx, p)
+		if err == nil || !errors.Is(err, routing.ErrNotFound) || attempt == findPeerAttempts {
+			return ai, err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ai, err
+		case <-t.C:
+		}
+		pause *= 2
+	}
 }
 
 // NewStream opens a stream to p speaking the first of protocols the peer

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -101,7 +102,9 @@ func TestDHTTenNodesFindEachOther(t *testing.T) {
 					n.Host().Peerstore().ClearAddrs(target.ID())
 				}
 				if err := n.ConnectPeer(ctx, target.ID()); err != nil {
-					errs <- err
+					errs <- fmt.Errorf("%w (now: connectedness %v, %d conns, %d addrs, rt size %d, target in rt %v)", err,
+						n.Host().Network().Connectedness(target.ID()), len(n.Host().Network().ConnsToPeer(target.ID())),
+						len(n.Host().Peerstore().Addrs(target.ID())), n.DHT().RoutingTable().Size(), n.DHT().RoutingTable().Find(target.ID()) != "")
 				}
 			})
 		}

@@ -496,11 +496,13 @@ func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
 			dialErr.Cause = ctx.Err()
 			winner = nil
 			next = len(plan)
-			// Collect the cancelled dials below.
+			// Collect the cancelled dials. One that connected anyway went
+			// through admission and was announced: others may be using
+			// it already (a DialPeer that found it, identify), so it is
+			// kept, as after a winner. (Closing it made a peer's only
+			// connection vanish under a concurrent Connect.)
 			for ; inFlight > 0; inFlight-- {
-				if r := <-results; r.conn != nil {
-					_ = r.conn.Close()
-				} else {
+				if r := <-results; r.conn == nil {
 					dialErr.DialErrors = append(dialErr.DialErrors, TransportError{Address: r.addr, Cause: r.err})
 				}
 			}
