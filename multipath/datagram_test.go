@@ -145,3 +145,84 @@ func TestHeartbeatStreamFallback(t *testing.T) {
 	testkit.WaitEvent(t, dead, cfg.PathIdleTimeout+cfg.HeartbeatInterval+500*time.Millisecond,
 		func(multipath.EvtPathDead) bool { return true })
 }
+
+// listeningPair is a realmnet client dialed, through a proxy, to a realmnet
+// server with multipath configuration cfg, both paths validated; it returns
+// the nodes, their managers and the proxy.
+func listeningPair(t *testing.T, cfg multipath.Config) (client, server *node.Node, clientPaths, serverPaths *multipath.Manager, proxy *udpproxy.Proxy) {
+	t.Helper()
+	server = testnode.New(t, node.Multipath(cfg), node.Fx(fx.Populate(&serverPaths)))
+	client = testnode.New(t, node.Multipath(cfg), node.Fx(fx.Populate(&clientPaths)))
+	proxy = proxyTo(t, server)
+	dialPath(t, client, server, proxy.Multiaddr())
+	answersAdvance(t, client, server.ID(), 2, 5*time.Second)
+	answersAdvance(t, server, client.ID(), 2, 5*time.Second)
+	return client, server, clientPaths, serverPaths, proxy
+}
+
+// TestListeningEndHearsThePeersProbes: on an idle path only the dialer
+// probes; the end that accepted the connection counts the dialer's probes
+// as answers (its path stays active, its last heartbeat moves) and sends at
+// most a probe per listenRTTRefresh (6) intervals for an RTT sample, plus
+// one now and then when a check just misses a late probe — far fewer than
+// the dialer. Before, both ends sent one probe per interval.
+func TestListeningEndHearsThePeersProbes(t *testing.T) {
+	cfg := multipath.Config{HeartbeatInterval: 200 * time.Millisecond, PathIdleTimeout: 600 * time.Millisecond, DesiredPaths: 1}
+	client, server, clientPaths, serverPaths, _ := listeningPair(t, cfg)
+	client0, server0 := multipath.DatagramProbesSent(clientPaths), multipath.DatagramProbesSent(serverPaths)
+
+	// 12 rounds: several idle timeouts, two RTT refreshes.
+	answersAdvance(t, client, server.ID(), 12, 10*time.Second)
+	answersAdvance(t, server, client.ID(), 3, 5*time.Second)
+	clientSent := multipath.DatagramProbesSent(clientPaths) - client0
+	serverSent := multipath.DatagramProbesSent(serverPaths) - server0
+	t.Logf("probes sent: dialer %d, listener %d", clientSent, serverSent)
+	require.GreaterOrEqual(t, clientSent, uint64(12))
+	require.LessOrEqual(t, 2*serverSent, clientSent, "the listening end probed about as often as the dialer")
+	pi, ok := onlyPath(server, client.ID())
+	require.True(t, ok)
+	require.Equal(t, core.PathActive, pi.State)
+	require.Positive(t, pi.HeartbeatRTT)
+}
+
+// TestListeningEndNoticesSilence: a path that fails is noticed by the
+// listening end within PathIdleTimeout + HeartbeatInterval, whichever way
+// it fails: when nothing passes, it hears nothing, probes and finds the
+// path dead itself; when only its own packets are lost, the dialer finds
+// the path dead and its CONNECTION_CLOSE reaches the listener.
+func TestListeningEndNoticesSilence(t *testing.T) {
+	cfg := multipath.Config{HeartbeatInterval: 200 * time.Millisecond, PathIdleTimeout: 600 * time.Millisecond, DesiredPaths: 1}
+	bound := cfg.PathIdleTimeout + cfg.HeartbeatInterval + 500*time.Millisecond
+	t.Run("both ways", func(t *testing.T) {
+		client, server, _, _, proxy := listeningPair(t, cfg)
+		dead := testkit.Subscribe(t, server.Host().EventBus(), new(multipath.EvtPathDead))
+		blackholed := time.Now()
+		proxy.SetBlackhole(true)
+		testkit.WaitEvent(t, dead, bound, func(e multipath.EvtPathDead) bool { return e.Peer == client.ID() })
+		t.Logf("the listening end found the path dead %s after the blackhole", time.Since(blackholed))
+	})
+	t.Run("listener to dialer", func(t *testing.T) {
+		client, server, _, _, proxy := listeningPair(t, cfg)
+		blackholed := time.Now()
+		proxy.SetBlackholeToClient(true)
+		require.Eventually(t, func() bool { return len(server.Paths(client.ID())) == 0 }, bound, 5*time.Millisecond,
+			"the listening end kept a path whose packets to the dialer are lost")
+		t.Logf("the listening end's path closed %s after the one-way blackhole", time.Since(blackholed))
+	})
+}
+
+// TestListeningEndProbesAStockDialer: a stock go-libp2p host sends no
+// heartbeats, so the realmnet end it dialed hears nothing on the idle path
+// and probes it itself: the path stays active with RTT samples over three
+// idle timeouts.
+func TestListeningEndProbesAStockDialer(t *testing.T) {
+	cfg := multipath.Config{HeartbeatInterval: 200 * time.Millisecond, PathIdleTimeout: 600 * time.Millisecond, DesiredPaths: 1}
+	server := newNode(t, cfg)
+	stock := testkit.StockHost(t)
+	ctx := testkit.Context(t, 10*time.Second)
+	require.NoError(t, stock.Connect(ctx, peer.AddrInfo{ID: server.ID(), Addrs: server.Addrs()}))
+	answersAdvance(t, server, stock.ID(), 9, 5*time.Second)
+	pi, ok := onlyPath(server, stock.ID())
+	require.True(t, ok)
+	require.Positive(t, pi.HeartbeatRTT)
+}

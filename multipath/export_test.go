@@ -5,3 +5,6 @@ package multipath
 // default), restarting every running heartbeat. For the fallback's tests
 // and BenchmarkHeartbeatCost's stream variant only.
 func ForceStreamHeartbeats(m *Manager, on bool) { m.setStreamHeartbeats(on) }
+
+// DatagramProbesSent is the number of heartbeat datagrams m has sent.
+func DatagramProbesSent(m *Manager) uint64 { return m.probes.sent.Load() }

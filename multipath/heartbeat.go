@@ -262,6 +262,17 @@ func (m *Manager) answered(p peer.ID, pa *path, rtt time.Duration) {
 	}
 }
 
+// heard records packets from the peer on a path this end listens on (the
+// peer's heartbeats or other traffic): an answer without an RTT sample.
+func (m *Manager) heard(pa *path) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || !pa.usable() {
+		return
+	}
+	pa.lastAnswer = m.clock.Now()
+}
+
 // withoutHeartbeat marks a path whose peer does not answer pings healthy
 // for good: its liveness is left to QUIC (idle timeout, keep-alives).
 func (m *Manager) withoutHeartbeat(p peer.ID, pa *path) {

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -28,6 +29,21 @@ import (
 // wake-up too. Busy paths, validation and ACK checks are never moved
 // earlier.
 //
+// Only one end of an idle path probes it. Each end's probes used to cost
+// four packets per path and interval (our datagram and the peer's ACK, the
+// peer's datagram and our ACK); now the end that accepted the connection
+// listens instead while the path is idle: a packet from the peer (its
+// heartbeat, or any traffic) is an answer, read from the connection's
+// PacketsReceived counter at a check every HeartbeatInterval/4 — no packet
+// and no wake-up of its own. It probes as before when it has heard nothing
+// for a HeartbeatInterval (the dialer is not a realmnet node, or uses
+// another interval, or the path fails), when the path turns busy, and every
+// listenRTTRefresh intervals for a fresh RTT sample. A path that fails one way only
+// is still noticed on both ends: the prober closes it as dead after
+// PathIdleTimeout and its CONNECTION_CLOSE reaches the listener when only
+// the listener's packets are lost; when the prober's are lost, the
+// listener hears nothing and probes itself.
+//
 // Paths whose connection did not negotiate datagrams keep their own
 // heartbeat goroutine (ping streams block on reads).
 
@@ -36,6 +52,14 @@ import (
 // interval. It never shortens the time to notice a dead path (probes only
 // move earlier).
 const probeCoalesce = 250 * time.Millisecond
+
+// listenRTTRefresh is how many heartbeat intervals a listening end lets
+// pass before it probes an idle path itself to take a fresh RTT sample (it
+// gets none from the peer's probes): every 30 s by default. The path's RTT
+// matters to the listening end only when it chooses among its paths for a
+// stream, and a stream makes the path busy, which makes it probe at the
+// busy rate.
+const listenRTTRefresh = 6
 
 // ackCoalesce is how much earlier than due an ACK check may run to join a
 // wake-up: within ackMargin, which every ACK wait already includes.
@@ -50,6 +74,8 @@ type probeScheduler struct {
 	heap probeHeap
 	// kick wakes run when the earliest due time may have moved earlier.
 	kick chan struct{}
+	// sent counts the heartbeat datagrams sent.
+	sent atomic.Uint64
 }
 
 // probe is one path's datagram heartbeat state. While the probe is in the
@@ -82,6 +108,17 @@ type probe struct {
 	degradeAt time.Time     // no ACK by then makes the path degraded
 	degraded  bool
 	seen      activitySeen
+
+	// inbound: this end accepted the connection, so it listens on the
+	// path while the path is idle (see the package comment above).
+	inbound bool
+	// listening is set while the path is idle and this end listens
+	// instead of probing (guarded like due while in the heap: poke
+	// clears it).
+	listening bool
+	heard     uint64    // the connection's PacketsReceived at the last check
+	lastHeard time.Time // the last check that found new packets
+	lastRTT   time.Time // when the last probe of this end was answered
 }
 
 func newProbeScheduler(m *Manager) *probeScheduler {
@@ -92,7 +129,8 @@ func newProbeScheduler(m *Manager) *probeScheduler {
 // is validated), until remove. m.mu is held.
 func (s *probeScheduler) add(p peer.ID, pa *path) *probe {
 	now := s.m.clock.Now()
-	pr := &probe{peer: p, path: pa, index: -1, next: now}
+	pr := &probe{peer: p, path: pa, index: -1, next: now,
+		inbound: pa.conn.Stat().Direction == network.DirInbound}
 	s.mu.Lock()
 	pr.due = now
 	heap.Push(&s.heap, pr)
@@ -130,6 +168,7 @@ func (s *probeScheduler) poke(pr *probe) {
 	// pr is in the heap: run does not touch it, and its last writes
 	// happened before it was pushed, under s.mu.
 	moved := false
+	pr.listening = false // a stream of ours: probe at the busy rate
 	if !pr.inFlight {
 		if busyAt := pr.lastProbe.Add(s.m.busyInterval(pr.path)); busyAt.Before(pr.due) {
 			pr.next, pr.due, pr.early = busyAt, busyAt, 0
@@ -234,7 +273,13 @@ func (s *probeScheduler) step(pr *probe, now time.Time) bool {
 			// packets both ways; the sample is its round trip.
 			pr.inFlight = false
 			m.answered(pr.peer, pa, sample)
-			pr.scheduleProbe(m, pr.lastProbe.Add(m.probeInterval(pa, &pr.seen)), deadline)
+			pr.lastRTT = now
+			interval := m.probeInterval(pa, &pr.seen)
+			if pr.inbound && interval >= m.cfg.HeartbeatInterval {
+				pr.listen(m, now, deadline)
+				return true
+			}
+			pr.scheduleProbe(m, pr.lastProbe.Add(interval), deadline)
 			return true
 		}
 		if !pr.degraded && !now.Before(pr.degradeAt) {
@@ -254,6 +299,10 @@ func (s *probeScheduler) step(pr *probe, now time.Time) bool {
 		pr.setDue(minTime(pr.next, deadline), pr.early)
 		return true
 	}
+	if pr.listening && pr.check(m, now, deadline) {
+		return true
+	}
+	pr.listening = false
 	pr.pokeArmed.Store(false)
 	pr.before = pa.quic.ConnectionStats().LatestRTT
 	if err := pa.quic.SendDatagram(heartbeatPayload); err != nil {
@@ -264,6 +313,7 @@ func (s *probeScheduler) step(pr *probe, now time.Time) bool {
 		pr.setDue(minTime(pr.next, deadline), 0)
 		return true
 	}
+	s.sent.Add(1)
 	pr.lastProbe, pr.inFlight, pr.degraded = now, true, false
 	pr.degradeAt = now.Add(m.datagramTimeout(pa))
 	pr.gap = pa.rtt() + peerMaxAckDelay + ackMargin
@@ -282,6 +332,46 @@ func (pr *probe) scheduleProbe(m *Manager, next, deadline time.Time) {
 		pr.pokeArmed.Store(true)
 	}
 	pr.setDue(minTime(next, deadline), early)
+}
+
+// listen starts listening on pr's idle path after an answer at now: the
+// next step is a check for the peer's packets.
+func (pr *probe) listen(m *Manager, now, deadline time.Time) {
+	pr.listening = true
+	pr.heard = pr.path.quic.ConnectionStats().PacketsReceived
+	pr.lastHeard = now
+	pr.scheduleCheck(m, now, deadline)
+}
+
+// check is a listening end's step: it records new packets from the peer as
+// an answer and reports whether the path can go on without a probe of its
+// own; if so, the next check is scheduled.
+func (pr *probe) check(m *Manager, now, deadline time.Time) bool {
+	pa := pr.path
+	if received := pa.quic.ConnectionStats().PacketsReceived; received != pr.heard {
+		pr.heard, pr.lastHeard = received, now
+		m.heard(pa)
+	}
+	// Like an idle probe, the probe that follows silence may leave early
+	// by the check's coalescing margin.
+	silent := !now.Add(pr.early).Before(pr.lastHeard.Add(m.cfg.HeartbeatInterval))
+	if pa.busy(&pr.seen) || silent || now.Sub(pr.lastRTT) >= listenRTTRefresh*m.cfg.HeartbeatInterval {
+		return false
+	}
+	pr.scheduleCheck(m, now, deadline)
+	return true
+}
+
+// scheduleCheck sets a listening end's next check: HeartbeatInterval/4
+// after now, or when it will have heard nothing for a HeartbeatInterval if
+// that is earlier (then it probes). Like an idle probe, a check may run
+// early to join a wake-up, and the first stream sent over the path ends
+// the listening (poke).
+func (pr *probe) scheduleCheck(m *Manager, now, deadline time.Time) {
+	next := minTime(now.Add(m.cfg.HeartbeatInterval/4), pr.lastHeard.Add(m.cfg.HeartbeatInterval))
+	pr.next = next
+	pr.pokeArmed.Store(true)
+	pr.setDue(minTime(next, deadline), min(probeCoalesce, m.cfg.HeartbeatInterval/16))
 }
 
 // setDue sets the next step's time; the probe is out of the heap (run

@@ -58,6 +58,8 @@ type Proxy struct {
 	delay     atomic.Int64  // time.Duration, one way
 	dropRate  atomic.Uint64 // math.Float64bits of the drop fraction
 	blackhole atomic.Bool
+	// blackholeToClient drops the target's replies only.
+	blackholeToClient atomic.Bool
 
 	toTarget  atomic.Uint64
 	toClient  atomic.Uint64
@@ -217,6 +219,13 @@ func (p *Proxy) SetBlackhole(on bool) {
 	p.blackhole.Store(on)
 }
 
+// SetBlackholeToClient drops every datagram from the target to clients
+// (one way) while on is true, including those already waiting in the delay
+// queue; datagrams towards the target still pass. Safe for concurrent use.
+func (p *Proxy) SetBlackholeToClient(on bool) {
+	p.blackholeToClient.Store(on)
+}
+
 // Stats returns a snapshot of the Proxy's counters. Each counter is read
 // atomically, but the snapshot as a whole is not. Safe for concurrent use,
 // also after Close.
@@ -292,6 +301,10 @@ func (p *Proxy) readTarget(m *mapping) {
 			if p.readFailed(err) {
 				return
 			}
+			continue
+		}
+		if p.blackholeToClient.Load() {
+			p.dropped.Add(1)
 			continue
 		}
 		if !p.admit(n) {
@@ -389,7 +402,7 @@ func (p *Proxy) sendToTarget(pkt packet) {
 }
 
 func (p *Proxy) sendToClient(pkt packet) {
-	if p.blackhole.Load() {
+	if p.blackhole.Load() || p.blackholeToClient.Load() {
 		p.dropped.Add(1)
 		return
 	}

@@ -342,6 +342,28 @@ func TestBlackhole(t *testing.T) {
 	}
 }
 
+// A one-way blackhole drops the target's replies and passes the client's
+// datagrams.
+func TestBlackholeToClient(t *testing.T) {
+	srv := startServer(t, true)
+	p := startProxy(t, srv.addr())
+	c := dialProxy(t, p)
+
+	p.SetBlackholeToClient(true)
+	for i := range 3 {
+		if _, ok := roundTrip(t, c, fmt.Appendf(nil, "one way %d", i), 50*time.Millisecond); ok {
+			t.Fatalf("reply %d passed the one-way blackhole", i)
+		}
+	}
+	waitFor(t, 2*time.Second, "3 datagrams at the server, 3 replies dropped", func() bool {
+		return len(srv.received()) == 3 && p.Stats().Dropped == 3
+	})
+	p.SetBlackholeToClient(false)
+	if _, ok := roundTrip(t, c, []byte("after"), 2*time.Second); !ok {
+		t.Fatal("no echo after the one-way blackhole is lifted")
+	}
+}
+
 // Datagrams already waiting in a delay queue are dropped by the blackhole.
 func TestBlackholeDropsQueued(t *testing.T) {
 	srv := startServer(t, true)
