@@ -184,6 +184,7 @@ func (m *Manager) exchange(p peer.ID, pa *path, s *heartbeatStream, probe, answe
 	if _, err := s.Write(probe); err != nil {
 		return 0, err
 	}
+	m.metrics.count(&m.metrics.streamSent)
 	_ = s.SetReadDeadline(minTime(start.Add(m.busyInterval(pa)), idle))
 	n, err := io.ReadFull(s, answer)
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(idle) {
@@ -254,6 +255,7 @@ func (m *Manager) answered(p peer.ID, pa *path, rtt time.Duration) {
 	}
 	pa.lastAnswer = m.clock.Now()
 	pa.heartbeatRTT.Store(int64(rtt))
+	m.metrics.heartbeatRTT.Observe(rtt.Seconds())
 	if pa.state == core.PathValidating || pa.state == core.PathDegraded {
 		pa.state = core.PathStandby // rerank makes it active if selected
 	}
@@ -297,6 +299,7 @@ func (m *Manager) degraded(p peer.ID, pa *path) {
 		return
 	}
 	pa.state = core.PathDegraded
+	m.metrics.count(&m.metrics.lost)
 	log.Debugw("path degraded", "peer", p, "conn", pa.conn.ID())
 	if pp := m.peers[p]; pp != nil {
 		m.rerank(p, pp, core.SwitchPathDegraded)
@@ -313,6 +316,7 @@ func (m *Manager) pathDead(p peer.ID, pa *path) {
 	}
 	validated := pa.state != core.PathValidating
 	pa.state = core.PathDead
+	m.metrics.count(&m.metrics.dead)
 	silent := m.clock.Since(pa.lastAnswer)
 	if pp := m.peers[p]; pp != nil {
 		if !validated && pa.conn.Stat().Direction == network.DirOutbound {

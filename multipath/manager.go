@@ -130,6 +130,8 @@ type Manager struct {
 	streamHeartbeats atomic.Bool
 	// probes runs the datagram heartbeats of all paths (probes.go).
 	probes *probeScheduler
+	// metrics holds the Prometheus counters and histograms (metrics.go).
+	metrics *metrics
 }
 
 var (
@@ -184,6 +186,7 @@ func New(d Dialer, bus event.Bus, cfg Config, opts ...Option) (*Manager, error) 
 		peers:      make(map[peer.ID]*peerPaths),
 		strategy:   cfg.Strategy,
 		selectFunc: cfg.Select,
+		metrics:    newMetrics(),
 	}
 	for _, opt := range opts {
 		opt(m)
@@ -789,15 +792,17 @@ func (m *Manager) rerank(p peer.ID, pp *peerPaths, reason core.SwitchReason) {
 			ranked = append(ranked, pa)
 		}
 	}
-	rtts := make(map[*path]time.Duration, len(ranked))
+	// Each path's RTT is read once (quic-go's SmoothedRTT moves while we
+	// sort), into a field rather than a map: rerank runs on every
+	// heartbeat answer.
 	for _, pa := range ranked {
-		rtts[pa] = pa.biasedRTT()
+		pa.rankRTT = pa.biasedRTT()
 	}
 	key := func(a, b *path) int {
 		return cmp.Or(
 			cmp.Compare(a.healthClass(), b.healthClass()),
 			cmp.Compare(boolInt(a.relayed), boolInt(b.relayed)),
-			cmp.Compare(rtts[a], rtts[b]),
+			cmp.Compare(a.rankRTT, b.rankRTT),
 		)
 	}
 	slices.SortStableFunc(ranked, key)
@@ -810,7 +815,7 @@ func (m *Manager) rerank(p peer.ID, pp *peerPaths, reason core.SwitchReason) {
 		// the best one is clearly better.
 		if i := slices.Index(ranked, old); i > 0 &&
 			old.healthClass() == next.healthClass() && old.relayed == next.relayed &&
-			rtts[next]+m.cfg.SwitchHysteresis > rtts[old] {
+			next.rankRTT+m.cfg.SwitchHysteresis > old.rankRTT {
 			next = old
 			copy(ranked[1:i+1], ranked[:i])
 			ranked[0] = old
@@ -828,6 +833,7 @@ func (m *Manager) rerank(p peer.ID, pp *peerPaths, reason core.SwitchReason) {
 		}
 	}
 	if old != next {
+		m.observeSwitch(old, reason, m.clock.Now())
 		evt := EvtPathSelected{Peer: p, Reason: reason}
 		if old != nil {
 			evt.Old = old.conn.ID()

@@ -44,6 +44,8 @@ type path struct {
 
 	state      core.PathState
 	lastAnswer time.Time
+	// rankRTT is the biased RTT the last rerank sorted by.
+	rankRTT time.Duration
 	// survivor is the connection that made this path redundant
 	// (state core.PathRedundant); draining is set while drainAndClose
 	// runs for it.

