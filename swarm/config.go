@@ -97,6 +97,12 @@ type Config struct {
 	// PathSelector picks the connection for each new stream. Default:
 	// NewestPathSelector. The multipath package supplies the real one.
 	PathSelector core.PathSelector
+	// MetricsTracer receives go-libp2p's swarm metrics events (connections
+	// opened and closed, handshake latency, dial errors and outcomes), so
+	// that go-libp2p's libp2p_swarm_* families and their Grafana dashboard
+	// work unchanged: libp2pswarm.NewMetricsTracer. nil (the default)
+	// records nothing.
+	MetricsTracer libp2pswarm.MetricsTracer
 }
 
 // DefaultConfig returns the default swarm configuration.

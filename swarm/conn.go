@@ -194,6 +194,9 @@ func (c *Conn) doClose(code network.ConnErrorCode) error {
 		_ = s.Reset()
 	}
 	if announced {
+		if mt := c.swarm.cfg.MetricsTracer; mt != nil {
+			mt.ClosedConnection(c.direction, time.Since(c.opened), c.ConnState(), c.LocalMultiaddr())
+		}
 		c.swarm.lifecycle.Push(EvtConnectionClosed{Peer: c.RemotePeer(), ConnID: c.ID(),
 			Direction: c.direction, Local: c.LocalMultiaddr(), Remote: c.RemoteMultiaddr()})
 		// Disconnected runs on its own goroutine, so Close can be called

@@ -458,11 +458,12 @@ func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
 	defer cancel()
 	results := make(chan dialResult, len(plan))
 	start := time.Now()
-	next, inFlight := 0, 0
+	next, inFlight, launched := 0, 0, 0
 	launch := func() {
 		ad := plan[next]
 		next++
 		inFlight++
+		launched++
 		s.refs.Add(1)
 		go func() {
 			defer s.refs.Done()
@@ -507,6 +508,9 @@ func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
 				}
 			}
 		}
+	}
+	if mt := s.cfg.MetricsTracer; mt != nil {
+		mt.DialCompleted(winner != nil, launched, time.Since(start))
 	}
 	if winner == nil {
 		if dialErr.Cause == nil {
@@ -599,13 +603,23 @@ func (s *Swarm) dialAddrOnce(ctx context.Context, p peer.ID, addr ma.Multiaddr) 
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.AddrDialTimeout)
 	defer cancel()
 	tctx, release := detachAfterDial(ctx)
+	start := time.Now()
 	tc, err := s.transport.Dial(tctx, addr, p)
 	release()
+	mt := s.cfg.MetricsTracer
 	if err != nil {
+		if mt != nil {
+			mt.FailedDialing(addr, err, context.Cause(ctx))
+		}
 		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 			err = fmt.Errorf("%w: %w", ctx.Err(), err)
 		}
 		return nil, err
+	}
+	if mt != nil {
+		// The QUIC dial is the handshake (TLS 1.3 inside QUIC), as
+		// go-libp2p's swarm times it.
+		mt.CompletedHandshake(time.Since(start), tc.ConnState(), tc.LocalMultiaddr())
 	}
 	if tc.RemotePeer() != p {
 		_ = tc.CloseWithError(network.ConnProtocolViolation)

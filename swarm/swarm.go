@@ -688,6 +688,9 @@ func (s *Swarm) notifyConnected(c *Conn) {
 	s.connectedness.update(p)
 	s.notifyAll(func(n network.Notifiee) { n.Connected(s, c) })
 	close(c.notified)
+	if mt := s.cfg.MetricsTracer; mt != nil {
+		mt.OpenedConnection(c.direction, c.RemotePublicKey(), c.ConnState(), c.LocalMultiaddr())
+	}
 	opened := EvtConnectionOpened{Peer: p, ConnID: c.ID(), Direction: c.direction,
 		Local: c.LocalMultiaddr(), Remote: c.RemoteMultiaddr()}
 	if s.pools != nil {

@@ -34,6 +34,34 @@ type ClosingBus struct {
 	tracking bool
 	closed   bool
 	subs     map[*closingSubscription]struct{}
+	// queues are the Queues made on this bus, by name (queueName).
+	queues map[string][]*Queue
+}
+
+// addQueue remembers q, named name, for DroppedEvents.
+func (b *ClosingBus) addQueue(name string, q *Queue) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.queues == nil {
+		b.queues = make(map[string][]*Queue)
+	}
+	b.queues[name] = append(b.queues[name], q)
+}
+
+// DroppedEvents returns, per queue name (the package of the queue's event
+// types: "swarm", "multipath", ...), the events the Queues made on this bus
+// have dropped (Queue.Dropped plus Queue.DroppedUnknown, summed over the
+// queues of one name) since they were made. Safe for concurrent use.
+func (b *ClosingBus) DroppedEvents() map[string]uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[string]uint64, len(b.queues))
+	for name, qs := range b.queues {
+		for _, q := range qs {
+			out[name] += q.Dropped() + q.DroppedUnknown()
+		}
+	}
+	return out
 }
 
 // interest counts live subscriptions per event type, and wildcard ones.

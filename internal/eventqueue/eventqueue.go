@@ -12,6 +12,7 @@ package eventqueue
 import (
 	"context"
 	"fmt"
+	"path"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -131,9 +132,23 @@ func NewWithLimit(bus event.Bus, limit int, types ...any) (*Queue, error) {
 			q.wanted[t] = cb.interest.counter(t)
 		}
 		q.wildcard = &cb.interest.wildcard
+		cb.addQueue(queueName(types), q)
 	}
 	go q.run()
 	return q, nil
+}
+
+// queueName names a queue after the package of its first event type
+// ("multipath" for multipath.EvtPathAdded), for the drop counts of its bus.
+func queueName(types []any) string {
+	if len(types) == 0 {
+		return "none"
+	}
+	t := reflect.TypeOf(types[0])
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return path.Base(t.PkgPath())
 }
 
 // Wanted reports whether events of type t (a value type, as pushed) may

@@ -573,3 +573,25 @@ func TestWantedFollowsSubscriptions(t *testing.T) {
 	defer pq.Close()
 	require.True(t, pq.Wanted(typeA), "without a ClosingBus, every type is wanted")
 }
+
+// A ClosingBus sums the drops of the queues made on it, by the package of
+// their event types.
+func TestClosingBusCountsDrops(t *testing.T) {
+	bus := eventqueue.NewClosingBus(eventbus.NewBus(), false)
+	sub := subscribe(t, bus, new(EvtA), eventbus.BufSize(0))
+	q, err := eventqueue.NewWithLimit(bus, 1, new(EvtA))
+	require.NoError(t, err)
+	require.Equal(t, map[string]uint64{"eventqueue_test": 0}, bus.DroppedEvents())
+
+	pushBounded(t, func() {
+		for i := range 10 {
+			q.Push(EvtA{Seq: i})
+		}
+		q.Push(EvtC{}) // unknown: counted too
+	})
+	require.Equal(t, q.Dropped()+1, bus.DroppedEvents()["eventqueue_test"])
+	require.GreaterOrEqual(t, q.Dropped(), uint64(8))
+	receive(t, sub.Out(), 1)
+	closeWithin(t, q)
+	require.NoError(t, sub.Close())
+}
