@@ -91,6 +91,11 @@ func (r *ruleSet) coversIP(ip netip.Addr) bool {
 	if _, ok := r.ips[ip]; ok {
 		return true
 	}
+	return r.coversBySubnet(ip)
+}
+
+// coversBySubnet reports whether one of the set's subnets contains ip.
+func (r *ruleSet) coversBySubnet(ip netip.Addr) bool {
 	if len(r.subnets) == 0 {
 		return false
 	}
@@ -119,6 +124,9 @@ type Gater struct {
 
 	network atomic.Pointer[network.Network]
 	policy  atomic.Pointer[func(peer.ID) bool]
+
+	// decisions counts the decisions by point and rule (Collector).
+	decisions decisionCounts
 }
 
 var (
@@ -682,33 +690,49 @@ func (g *Gater) peerAllowed(p peer.ID) bool {
 	return !blocked
 }
 
-func (g *Gater) addrAllowed(ip netip.Addr) bool {
+func (g *Gater) addrAllowed(ip netip.Addr) bool { return g.addrRule(ip) == ruleNone }
+
+// addrRule is the rule that refuses ip: ruleBlockedAddr (a block rule for
+// the address), ruleBlockedSubnet (one for a subnet containing it), or
+// ruleNone when it is allowed (no block rule, or an allow rule covers it).
+func (g *Gater) addrRule(ip netip.Addr) rule {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
 	if g.allow.coversIP(ip) {
-		return true
+		return ruleNone
 	}
-	return !g.block.coversIP(ip)
+	if _, ok := g.block.ips[ip]; ok {
+		return ruleBlockedAddr
+	}
+	if g.block.coversBySubnet(ip) {
+		return ruleBlockedSubnet
+	}
+	return ruleNone
 }
 
-func (g *Gater) maAllowed(a ma.Multiaddr) bool {
+// maRule is addrRule for a multiaddr; ruleNone when it is not an IP
+// address (no IP rule applies).
+func (g *Gater) maRule(a ma.Multiaddr) rule {
 	ip, err := manet.ToIP(a)
 	if err != nil {
-		return true // not an IP address: no IP rule applies
+		return ruleNone
 	}
 	addr, _ := netip.AddrFromSlice(ip)
-	return g.addrAllowed(addr.Unmap())
+	return g.addrRule(addr.Unmap())
 }
 
 // CheckPeerDial is InterceptPeerDial with a reason: ErrPeerBlocked or
 // ErrPeerPolicy.
 func (g *Gater) CheckPeerDial(p peer.ID) error {
 	if !g.peerAllowed(p) {
+		g.decisions.count(pointPeerDial, ruleBlockedPeer)
 		return fmt.Errorf("%w: %s", ErrPeerBlocked, p)
 	}
 	if policy := g.policy.Load(); policy != nil && !(*policy)(p) {
+		g.decisions.count(pointPeerDial, rulePeerPolicy)
 		return fmt.Errorf("%w: %s", ErrPeerPolicy, p)
 	}
+	g.decisions.count(pointPeerDial, ruleNone)
 	return nil
 }
 
@@ -716,14 +740,19 @@ func (g *Gater) CheckPeerDial(p peer.ID) error {
 // BeforeConnect hooks' *hooks.RejectedError (errors.Is(err,
 // hooks.ErrRejected)). No packet has been sent to the peer yet.
 func (g *Gater) CheckAddrDial(p peer.ID, addr ma.Multiaddr) error {
-	if !g.maAllowed(addr) {
+	if rl := g.maRule(addr); rl != ruleNone {
+		g.decisions.count(pointAddrDial, rl)
 		return fmt.Errorf("%w: %s", ErrAddrBlocked, addr)
 	}
 	if g.hooks != nil {
-		return g.hooks.RunBeforeConnect(context.Background(), hooks.ConnectAttempt{
+		if err := g.hooks.RunBeforeConnect(context.Background(), hooks.ConnectAttempt{
 			Direction: network.DirOutbound, Peer: p, RemoteAddr: addr,
-		})
+		}); err != nil {
+			g.decisions.count(pointAddrDial, ruleHook)
+			return err
+		}
 	}
+	g.decisions.count(pointAddrDial, ruleNone)
 	return nil
 }
 
@@ -743,7 +772,9 @@ func (g *Gater) InterceptAddrDial(p peer.ID, addr ma.Multiaddr) bool {
 // that a slow hook delays only its own connection. A refusal closes the
 // connection with network.ConnGated.
 func (g *Gater) InterceptAccept(addrs network.ConnMultiaddrs) bool {
-	return g.maAllowed(addrs.RemoteMultiaddr())
+	rl := g.maRule(addrs.RemoteMultiaddr())
+	g.decisions.count(pointAccept, rl)
+	return rl == ruleNone
 }
 
 // InterceptSecured allows every connection: go-libp2p's QUIC transport
@@ -767,22 +798,31 @@ func (g *Gater) InterceptSecured(network.Direction, peer.ID, network.ConnMultiad
 // core.ReasonPeerPolicy (ErrPeerPolicy) or core.ReasonHookRejected (the
 // hook's *hooks.RejectedError, matching hooks.ErrRejected).
 func (g *Gater) AdmitConn(ctx context.Context, c core.Conn) error {
-	return g.admit(ctx, c, c.ID())
+	return g.admit(ctx, pointAdmit, c, c.ID())
 }
 
 // AbortConn implements core.AdmissionStage; the gater reserves nothing.
 func (g *Gater) AbortConn(core.Conn) {}
 
-func (g *Gater) admit(ctx context.Context, c network.Conn, connID string) error {
+// admit is AdmitConn and InterceptUpgraded, counted as decision point pt.
+func (g *Gater) admit(ctx context.Context, pt point, c network.Conn, connID string) error {
+	rl, err := g.admitRule(ctx, c, connID)
+	g.decisions.count(pt, rl)
+	return err
+}
+
+// admitRule decides for admit: nil and ruleNone, or the refusal and the
+// rule that made it.
+func (g *Gater) admitRule(ctx context.Context, c network.Conn, connID string) (rule, error) {
 	p := c.RemotePeer()
 	refuse := func(reason core.CloseReason, err error) error {
 		return &core.RefusedError{Stage: core.StageGater, Reason: reason, Code: network.ConnGated, Peer: p, Err: err}
 	}
-	if err := g.checkRules(c, refuse); err != nil {
-		return err
+	if rl, err := g.checkRules(c, refuse); err != nil {
+		return rl, err
 	}
 	if g.hooks == nil || g.hooks.Empty() {
-		return nil
+		return ruleNone, nil
 	}
 	dir := c.Stat().Direction
 	if dir == network.DirInbound {
@@ -793,14 +833,14 @@ func (g *Gater) admit(ctx context.Context, c network.Conn, connID string) error 
 			Direction: network.DirInbound, RemoteAddr: c.RemoteMultiaddr(), LocalAddr: c.LocalMultiaddr(),
 		}); err != nil {
 			log.Debugw("inbound connection rejected by a hook", "addr", c.RemoteMultiaddr(), "conn", connID, "error", err)
-			return refuse(core.ReasonHookRejected, err)
+			return ruleHook, refuse(core.ReasonHookRejected, err)
 		}
 	}
 	h := hooks.Handshake{Direction: dir, Peer: p, RemotePublicKey: c.RemotePublicKey(),
 		RemoteAddr: c.RemoteMultiaddr(), LocalAddr: c.LocalMultiaddr(), ConnID: connID}
 	if err := g.hooks.RunAfterHandshake(ctx, h); err != nil {
 		log.Debugw("connection rejected by a hook", "peer", p, "conn", connID, "direction", h.Direction, "error", err)
-		return refuse(core.ReasonHookRejected, err)
+		return ruleHook, refuse(core.ReasonHookRejected, err)
 	}
 	// A rule added while the hooks ran found nothing to close (the
 	// connection is not announced yet): check the rules once more.
@@ -808,19 +848,19 @@ func (g *Gater) admit(ctx context.Context, c network.Conn, connID string) error 
 }
 
 // checkRules checks the peer rules, the address rules and the peer policy
-// for c, in that order.
-func (g *Gater) checkRules(c network.Conn, refuse func(core.CloseReason, error) error) error {
+// for c, in that order; it returns the refusal and its rule, or ruleNone.
+func (g *Gater) checkRules(c network.Conn, refuse func(core.CloseReason, error) error) (rule, error) {
 	p := c.RemotePeer()
 	if !g.peerAllowed(p) {
-		return refuse(core.ReasonBlocked, fmt.Errorf("%w: %s", ErrPeerBlocked, p))
+		return ruleBlockedPeer, refuse(core.ReasonBlocked, fmt.Errorf("%w: %s", ErrPeerBlocked, p))
 	}
-	if !g.maAllowed(c.RemoteMultiaddr()) {
-		return refuse(core.ReasonBlocked, fmt.Errorf("%w: %s", ErrAddrBlocked, c.RemoteMultiaddr()))
+	if rl := g.maRule(c.RemoteMultiaddr()); rl != ruleNone {
+		return rl, refuse(core.ReasonBlocked, fmt.Errorf("%w: %s", ErrAddrBlocked, c.RemoteMultiaddr()))
 	}
 	if policy := g.policy.Load(); policy != nil && !(*policy)(p) {
-		return refuse(core.ReasonPeerPolicy, fmt.Errorf("%w: %s", ErrPeerPolicy, p))
+		return rulePeerPolicy, refuse(core.ReasonPeerPolicy, fmt.Errorf("%w: %s", ErrPeerPolicy, p))
 	}
-	return nil
+	return ruleNone, nil
 }
 
 // InterceptUpgraded runs AdmitConn's checks — rules, peer policy,
@@ -828,7 +868,7 @@ func (g *Gater) checkRules(c network.Conn, refuse func(core.CloseReason, error) 
 // swarm (which calls it once per connection); realmnet's swarm calls
 // AdmitConn instead.
 func (g *Gater) InterceptUpgraded(c network.Conn) (bool, control.DisconnectReason) {
-	return g.admit(context.Background(), c, c.ID()) == nil, 0
+	return g.admit(context.Background(), pointUpgraded, c, c.ID()) == nil, 0
 }
 
 // String summarises the rules for logs.

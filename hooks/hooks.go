@@ -107,6 +107,7 @@ func (e *RejectedError) Unwrap() error { return e.Reason }
 // starts).
 type Registry struct {
 	timeout time.Duration
+	metrics metrics
 
 	mu     sync.RWMutex
 	nextID uint64
@@ -129,7 +130,9 @@ func NewRegistry(timeout time.Duration) (*Registry, error) {
 	if timeout == 0 {
 		timeout = DefaultTimeout
 	}
-	return &Registry{timeout: timeout}, nil
+	r := &Registry{timeout: timeout}
+	r.metrics.init()
+	return r, nil
 }
 
 // Timeout returns the bound of one hook call.
@@ -184,7 +187,7 @@ func (r *Registry) RunBeforeConnect(ctx context.Context, a ConnectAttempt) error
 	hooks := r.before
 	r.mu.RUnlock()
 	for i, e := range hooks {
-		if err := r.call(ctx, func(ctx context.Context) error { return e.fn(ctx, a) }); err != nil {
+		if err := r.call(ctx, stageBefore, i, func(ctx context.Context) error { return e.fn(ctx, a) }); err != nil {
 			return &RejectedError{Stage: StageBeforeConnect, Hook: i, Reason: err}
 		}
 	}
@@ -198,7 +201,7 @@ func (r *Registry) RunAfterHandshake(ctx context.Context, h Handshake) error {
 	hooks := r.after
 	r.mu.RUnlock()
 	for i, e := range hooks {
-		if err := r.call(ctx, func(ctx context.Context) error { return e.fn(ctx, h) }); err != nil {
+		if err := r.call(ctx, stageAfter, i, func(ctx context.Context) error { return e.fn(ctx, h) }); err != nil {
 			return &RejectedError{Stage: StageAfterHandshake, Hook: i, Reason: err}
 		}
 	}
@@ -210,11 +213,13 @@ type errPanicked struct{ value any }
 
 func (e errPanicked) Error() string { return fmt.Sprintf("hook panicked: %v", e.value) }
 
-// call runs one hook bounded by the timeout. The hook runs on its own
-// goroutine so that a hook that ignores its context cannot hold the
-// connection past the timeout; that goroutine ends when the hook returns
-// (hooks must honour ctx).
-func (r *Registry) call(ctx context.Context, hook func(context.Context) error) error {
+// call runs one hook, the index-th of its stage, bounded by the timeout,
+// and counts its outcome and duration. The hook runs on its own goroutine
+// so that a hook that ignores its context cannot hold the connection past
+// the timeout; that goroutine ends when the hook returns (hooks must honour
+// ctx).
+func (r *Registry) call(ctx context.Context, st stage, index int, hook func(context.Context) error) error {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	done := make(chan error, 1)
@@ -227,10 +232,27 @@ func (r *Registry) call(ctx context.Context, hook func(context.Context) error) e
 		}()
 		done <- hook(ctx)
 	}()
+	var err error
+	var out outcome
 	select {
-	case err := <-done:
-		return err
+	case err = <-done:
+		_, panicked := err.(errPanicked)
+		switch {
+		case err == nil:
+			out = outcomeAccepted
+		case panicked:
+			out = outcomePanic
+		case ctx.Err() != nil:
+			// The hook gave up because its context ended (it honours
+			// ctx): a timeout, not a decision of its own.
+			out = outcomeTimeout
+		default:
+			out = outcomeRejected
+		}
 	case <-ctx.Done():
-		return fmt.Errorf("hook did not return within %s: %w", r.timeout, ctx.Err())
+		err = fmt.Errorf("hook did not return within %s: %w", r.timeout, ctx.Err())
+		out = outcomeTimeout
 	}
+	r.metrics.observe(st, index, out, time.Since(start))
+	return err
 }

@@ -74,6 +74,7 @@ type pendingAuth struct {
 }
 
 func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
+	start := time.Now()
 	s := r.svc
 	ctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
 	defer cancel()
@@ -149,6 +150,7 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 		return err
 	}
 	s.stats.authSucceeded.Add(1)
+	s.handshakeSeconds.Observe(time.Since(start).Seconds())
 	_ = str.Close()
 	r.exchangeAsync(p)
 	return nil
@@ -190,7 +192,8 @@ func (s *Service) responderSlot(p peer.ID) (release func(), ok bool) {
 // respondHandshake returns the realm the initiator authenticated into, or
 // false after counting the failure.
 func (s *Service) respondHandshake(str network.Stream) (*Realm, bool) {
-	_ = str.SetDeadline(time.Now().Add(HandshakeTimeout))
+	start := time.Now()
+	_ = str.SetDeadline(start.Add(HandshakeTimeout))
 	frame, err := readFrame(str)
 	if err != nil {
 		s.stats.authBadFrame.Add(1)
@@ -249,6 +252,7 @@ func (s *Service) respondHandshake(str network.Stream) (*Realm, bool) {
 		return nil, false
 	}
 	s.stats.authSucceeded.Add(1)
+	s.handshakeSeconds.Observe(time.Since(start).Seconds())
 	return r, true
 }
 
@@ -375,14 +379,16 @@ func expectEOF(str network.Stream) error {
 
 // closeGracefully ends a stream whose exchange succeeded: our end of stream
 // first, then the peer's, then Close — closing the read side early would
-// make the peer's own CloseWrite fail (QUIC STOP_SENDING).
-func closeGracefully(str network.Stream) {
+// make the peer's own CloseWrite fail (QUIC STOP_SENDING). It reports
+// whether the peer's end of stream came (else the stream is reset).
+func closeGracefully(str network.Stream) bool {
 	_ = str.CloseWrite()
 	if expectEOF(str) != nil {
 		_ = str.Reset()
-		return
+		return false
 	}
 	_ = str.Close()
+	return true
 }
 
 // beginHandshake records a handshake with p for this realm until done is

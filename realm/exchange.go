@@ -40,6 +40,7 @@ func (r *Realm) exchangeAsync(p peer.ID) {
 		ctx, cancel := context.WithTimeout(r.ctx, HandshakeTimeout)
 		defer cancel()
 		if err := r.exchange(ctx, p); err != nil {
+			r.svc.stats.exchangesFailed.Add(1)
 			log.Debugw("member exchange failed", "realm", r.name, "peer", p, "err", err)
 		}
 	})
@@ -65,7 +66,11 @@ func (r *Realm) exchange(ctx context.Context, p peer.ID) error {
 		_ = str.Reset()
 		return err
 	}
-	return str.Close()
+	// The exchange is complete once the responder's end of stream is read;
+	// Close's error (the stream is done both ways) does not undo it.
+	r.svc.stats.exchangesCompleted.Add(1)
+	_ = str.Close()
+	return nil
 }
 
 // answerExchange is the responder side of a member exchange. An exchange
@@ -79,14 +84,20 @@ func (r *Realm) answerExchange(str network.Stream) {
 	}
 	_ = str.SetDeadline(time.Now().Add(HandshakeTimeout))
 	if err := r.receiveRecords(str); err != nil {
+		r.svc.stats.exchangesFailed.Add(1)
 		_ = str.Reset()
 		return
 	}
 	if err := r.sendRecords(str, str.Conn().RemotePeer()); err != nil {
+		r.svc.stats.exchangesFailed.Add(1)
 		_ = str.Reset()
 		return
 	}
-	closeGracefully(str)
+	if closeGracefully(str) {
+		r.svc.stats.exchangesCompleted.Add(1)
+	} else {
+		r.svc.stats.exchangesFailed.Add(1)
+	}
 }
 
 // sendRecords writes this node's own signed record and those of its other

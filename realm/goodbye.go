@@ -95,7 +95,14 @@ func (r *Realm) sayGoodbye(ctx context.Context, peers []peer.ID) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(peers))
 	for i, p := range peers {
-		wg.Go(func() { errs[i] = r.sendGoodbye(ctx, p, env) })
+		wg.Go(func() {
+			errs[i] = r.sendGoodbye(ctx, p, env)
+			if errs[i] == nil {
+				r.svc.stats.goodbyesSent.Add(1)
+			} else {
+				r.svc.stats.goodbyesUnacknowledged.Add(1)
+			}
+		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
@@ -212,6 +219,7 @@ func (r *Realm) receiveGoodbye(str network.Stream) {
 	r.membership.goodbyes[remote]++
 	r.removeLocked(remote, ReasonGoodbye)
 	r.mu.Unlock()
+	r.svc.stats.goodbyesReceived.Add(1)
 	closeGracefully(str)
 }
 

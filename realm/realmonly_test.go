@@ -115,6 +115,7 @@ func TestRealmOnlyReconnectsDoNotResetAuthTimeout(t *testing.T) {
 	}
 	require.Equal(t, announced, hConns.Load(), "v accepted the stranger again after the cut-off")
 	require.Equal(t, uint64(1), v.RealmStats().PeersClosedRealmOnly)
+	require.Equal(t, 1.0, metricValue(t, realm.ServiceOf(rv).Collector(), "realmnet_realm_peers_closed_total", "reason", "realm_only"))
 
 	// The member is untouched.
 	info, ok := rv.Member(m.ID())

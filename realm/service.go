@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/internal/eventqueue"
@@ -105,6 +106,8 @@ type Service struct {
 	stats   counters
 	sub     event.Subscription
 	notify  *network.NotifyBundle
+	// handshakeSeconds observes completed handshakes (Collector).
+	handshakeSeconds prometheus.Histogram
 
 	// connsMu guards conns, the number of announced connections to each
 	// peer, kept from the swarm's notifications. It is taken before any
@@ -163,6 +166,8 @@ func NewService(deps realmwire.Deps) (*Service, error) {
 		flights:    make(map[peer.ID]*flight),
 		sub:        sub,
 		conns:      make(map[peer.ID]int),
+
+		handshakeSeconds: newHandshakeHistogram(),
 	}
 	s.streams.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())

@@ -52,7 +52,12 @@ func (r *Realm) NewStream(ctx context.Context, p peer.ID, proto protocol.ID) (ne
 	if err := checkProtocol(string(proto)); err != nil {
 		return nil, err
 	}
-	return r.openStream(ctx, p, streamHeader{kind: kindApp, protocol: proto})
+	str, err := r.openStream(ctx, p, streamHeader{kind: kindApp, protocol: proto})
+	if err != nil {
+		return nil, err
+	}
+	r.svc.stats.streamsOutbound.Add(1)
+	return str, nil
 }
 
 func (r *Realm) openStream(ctx context.Context, p peer.ID, hdr streamHeader) (network.Stream, error) {
@@ -233,9 +238,11 @@ func (r *Realm) dispatch(str network.Stream, proto protocol.ID) {
 	}
 	release, err := r.svc.deps.Backend.ReserveRealmStream(r.keys.id, network.DirInbound)
 	if err != nil {
+		r.svc.stats.streamsLimited.Add(1)
 		_ = str.ResetWithError(ErrorCodeResourceLimit)
 		return
 	}
+	r.svc.stats.streamsInbound.Add(1)
 	handler(r.svc.streams.track(str, release))
 }
 
