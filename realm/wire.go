@@ -154,10 +154,11 @@ func decodeStreamHeader(b []byte) (streamHeader, error) {
 		}
 		return h, nil
 	}
-	if err := checkProtocol(string(proto)); err != nil {
+	p := string(proto) // one conversion, for the check and the header
+	if err := checkProtocol(p); err != nil {
 		return h, fmt.Errorf("%w: %w", ErrBadFrame, err)
 	}
-	h.protocol = protocol.ID(proto)
+	h.protocol = protocol.ID(p)
 	return h, nil
 }
 
