@@ -46,6 +46,57 @@ type peerBackoff struct {
 	until time.Time
 	// window is the window's length (until minus the failure's time).
 	window time.Duration
+	// failures counts the failed DialPeer calls of the sequence;
+	// lastError is the last one's error.
+	failures  int
+	lastError error
+}
+
+// DialBackoff is a peer's dial backoff state, as DialBackoffOf reports it.
+type DialBackoff struct {
+	// Until is the end of the backoff window: DialPeer refuses the peer
+	// (ErrDialBackoff) before it.
+	Until time.Time
+	// LastFailure is when the last failed DialPeer ended, and LastError its
+	// error.
+	LastFailure time.Time
+	LastError   error
+	// Failures counts the failed DialPeer calls since the peer's last
+	// success (or since its backoff went stale: RetryConfig).
+	Failures int
+}
+
+// DialBackoffOf returns p's dial backoff state; false when p has none (it
+// was never dialed without success, its last dial succeeded, or its backoff
+// has gone stale). The table it reads is capped (maxBackoffEntries). Safe
+// for concurrent use.
+func (s *Swarm) DialBackoffOf(p peer.ID) (DialBackoff, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.backoffs[p]
+	if !ok || b.stale(s.clock.Now()) {
+		return DialBackoff{}, false
+	}
+	return b.view(), true
+}
+
+// DialBackoffs returns the dial backoff state of every peer that has one
+// (at most maxBackoffEntries, 4096). Safe for concurrent use.
+func (s *Swarm) DialBackoffs() map[peer.ID]DialBackoff {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.clock.Now()
+	out := make(map[peer.ID]DialBackoff, len(s.backoffs))
+	for p, b := range s.backoffs {
+		if !b.stale(now) {
+			out[p] = b.view()
+		}
+	}
+	return out
+}
+
+func (b *peerBackoff) view() DialBackoff {
+	return DialBackoff{Until: b.until, LastFailure: b.until.Add(-b.window), LastError: b.lastError, Failures: b.failures}
 }
 
 // stale reports whether b may be dropped at now: its window is over, and
@@ -63,7 +114,9 @@ func (b *peerBackoff) stale(now time.Time) bool {
 // between two cleanups, a node that dials thousands of fresh unreachable
 // peers (a DHT crawl, a scan, a hostile peer exchange) would otherwise add
 // one entry per peer. An entry is about 200 bytes (the peer ID, the window,
-// the backoff sequence, the map slot), so the table stays under 1 MB. 4096
+// the backoff sequence, the map slot) plus its last dial error (a few
+// hundred bytes: one line per address tried, and the swarm tries a
+// bounded number), so the table stays within a few MB. 4096
 // is far more than a node tries to reach in one backoff window: with
 // DefaultRetryConfig a fresh failing peer's entry lives about 1.6 s (an
 // 800 ms window and as much grace), so the cap is reached only above some
@@ -88,8 +141,10 @@ const backoffCleanupInterval = 30 * time.Second
 // recordBackoffLocked backs p off for window from now with b, p's sequence,
 // and keeps b in the table, making room first when the table is full (see
 // maxBackoffEntries); s.mu is held.
-func (s *Swarm) recordBackoffLocked(p peer.ID, b *peerBackoff, now time.Time, window time.Duration) {
+func (s *Swarm) recordBackoffLocked(p peer.ID, b *peerBackoff, now time.Time, window time.Duration, err error) {
 	b.until, b.window = now.Add(window), window
+	b.failures++
+	b.lastError = err
 	if _, ok := s.backoffs[p]; !ok && len(s.backoffs) >= maxBackoffEntries {
 		s.evictBackoffsLocked(now)
 	}
@@ -318,7 +373,7 @@ func (s *Swarm) dialWithRetry(ctx context.Context, p peer.ID) (*Conn, error) {
 		if attempt >= s.cfg.Retry.MaxRetries || !retryable(err) || ctx.Err() != nil {
 			s.mu.Lock()
 			if !s.connectedLocked(p) {
-				s.recordBackoffLocked(p, b, s.clock.Now(), delay)
+				s.recordBackoffLocked(p, b, s.clock.Now(), delay, err)
 			}
 			s.mu.Unlock()
 			return nil, err
@@ -334,7 +389,7 @@ func (s *Swarm) dialWithRetry(ctx context.Context, p peer.ID) (*Conn, error) {
 			if !errors.Is(ctx.Err(), context.Canceled) {
 				s.mu.Lock()
 				if !s.connectedLocked(p) {
-					s.recordBackoffLocked(p, b, s.clock.Now(), delay)
+					s.recordBackoffLocked(p, b, s.clock.Now(), delay, err)
 				}
 				s.mu.Unlock()
 			}
