@@ -153,7 +153,7 @@ func listeningPair(t *testing.T, cfg multipath.Config) (client, server *node.Nod
 	t.Helper()
 	server = testnode.New(t, node.Multipath(cfg), node.Fx(fx.Populate(&serverPaths)))
 	client = testnode.New(t, node.Multipath(cfg), node.Fx(fx.Populate(&clientPaths)))
-	proxy = proxyTo(t, server)
+	proxy = testnode.Proxy(t, server)
 	dialPath(t, client, server, proxy.Multiaddr())
 	answersAdvance(t, client, server.ID(), 2, 5*time.Second)
 	answersAdvance(t, server, client.ID(), 2, 5*time.Second)

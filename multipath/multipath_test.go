@@ -2,7 +2,6 @@ package multipath_test
 
 import (
 	"context"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,14 +12,12 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
-	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/internal/testkit"
 	"github.com/realmnet/realmnet/internal/testnode"
-	"github.com/realmnet/realmnet/internal/udpproxy"
 	"github.com/realmnet/realmnet/multipath"
 	"github.com/realmnet/realmnet/node"
 )
@@ -41,17 +38,6 @@ func newNode(t *testing.T, cfg multipath.Config, listen ...string) *node.Node {
 	n := testnode.New(t, opts...)
 	n.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
 	return n
-}
-
-// proxyTo puts a fault-injection proxy in front of n's first listen address.
-func proxyTo(t *testing.T, n *node.Node) *udpproxy.Proxy {
-	t.Helper()
-	target, err := manet.ToNetAddr(n.Network().ListenAddresses()[0].Decapsulate(ma.StringCast("/quic-v1")))
-	require.NoError(t, err)
-	p, err := udpproxy.New("127.0.0.1:0", target.(*net.UDPAddr))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = p.Close() })
-	return p
 }
 
 func dialPath(t *testing.T, from, to *node.Node, addr ma.Multiaddr) network.Conn {
@@ -92,7 +78,7 @@ func TestBestSelectsLowestRTT(t *testing.T) {
 	cfg := multipath.Config{HeartbeatInterval: heartbeat, PathIdleTimeout: 5 * time.Second, DesiredPaths: 1}
 	server := newNode(t, cfg)
 	client := newNode(t, cfg)
-	slow, fast := proxyTo(t, server), proxyTo(t, server)
+	slow, fast := testnode.Proxy(t, server), testnode.Proxy(t, server)
 	slow.SetDelay(20 * time.Millisecond)
 	fast.SetDelay(2 * time.Millisecond)
 
@@ -140,7 +126,7 @@ func TestFailoverUnderLoad(t *testing.T) {
 	cfg.DesiredPaths = 1 // only the two proxied paths
 	server := newNode(t, cfg)
 	client := newNode(t, cfg)
-	a, b := proxyTo(t, server), proxyTo(t, server)
+	a, b := testnode.Proxy(t, server), testnode.Proxy(t, server)
 	dialPath(t, client, server, a.Multiaddr())
 	dialPath(t, client, server, b.Multiaddr())
 	require.Eventually(t, func() bool {
@@ -223,7 +209,7 @@ func TestIdlePathDies(t *testing.T) {
 	cfg := multipath.Config{HeartbeatInterval: time.Second, PathIdleTimeout: 1500 * time.Millisecond, DesiredPaths: 1}
 	server := newNode(t, cfg)
 	client := newNode(t, cfg)
-	proxy := proxyTo(t, server)
+	proxy := testnode.Proxy(t, server)
 	dialPath(t, client, server, proxy.Multiaddr())
 	require.Eventually(t, func() bool {
 		ps := client.Paths(server.ID())
@@ -248,7 +234,7 @@ func TestPathEventsInOrder(t *testing.T) {
 	})
 	require.NoError(t, err)
 	defer sub.Close()
-	proxy := proxyTo(t, server)
+	proxy := testnode.Proxy(t, server)
 	c := dialPath(t, client, server, proxy.Multiaddr())
 	require.Eventually(t, func() bool {
 		ps := client.Paths(server.ID())

@@ -75,6 +75,7 @@ func components(ctx context.Context, cfg *Config, key crypto.PrivKey) fx.Option 
 			newDHT,
 			newRealms,
 		),
+		fx.Invoke(registerMetrics),
 		fx.Invoke(start),
 	)
 }
@@ -99,8 +100,12 @@ func newPeerstore(lc fx.Lifecycle, key crypto.PrivKey, id peer.ID) (peerstore.Pe
 // newEventBus is go-libp2p's event bus behind an eventqueue.ClosingBus, so
 // that Shutdown can end the application's subscriptions (tracking starts
 // when New returns).
-func newEventBus() (*eventqueue.ClosingBus, event.Bus) {
-	bus := eventqueue.NewClosingBus(eventbus.NewBus(), false)
+func newEventBus(cfg *Config) (*eventqueue.ClosingBus, event.Bus) {
+	var opts []eventbus.Option
+	if cfg.Metrics != nil {
+		opts = append(opts, eventbus.WithMetricsTracer(eventbus.NewMetricsTracer(eventbus.WithRegisterer(cfg.Metrics))))
+	}
+	bus := eventqueue.NewClosingBus(eventbus.NewBus(opts...), false)
 	return bus, bus
 }
 
@@ -264,6 +269,10 @@ type swarmParams struct {
 // newSwarm is realmnet's swarm. Its admission pipeline is completed by
 // newMultipath, which needs the swarm to dial: gater, paths, pools.
 func newSwarm(p swarmParams) (*swarm.Swarm, error) {
+	cfg := p.Config.Swarm
+	if cfg.MetricsTracer == nil {
+		cfg.MetricsTracer = swarmMetricsTracer(p.Config.Metrics)
+	}
 	s, err := swarm.New(swarm.Params{
 		LocalPeer:       p.ID,
 		Peerstore:       p.Peerstore,
@@ -273,7 +282,7 @@ func newSwarm(p swarmParams) (*swarm.Swarm, error) {
 		Admission:       []core.AdmissionStage{p.Gater, p.Pools},
 		Pools:           p.Pools,
 		EventBus:        p.Bus,
-		Config:          p.Config.Swarm,
+		Config:          cfg,
 		Clock:           p.Config.Clock,
 	})
 	if err != nil {
@@ -327,12 +336,15 @@ func newNodeIdentifyTracker(lc fx.Lifecycle, bus event.Bus, s *swarm.Swarm) (*id
 }
 
 // newHost is libp2p's basic host over our swarm, with identify and ping.
-func newHost(lc fx.Lifecycle, s *swarm.Swarm, bus event.Bus, cm libp2pcoreconnmgr.ConnManager) (host.Host, error) {
+func newHost(lc fx.Lifecycle, cfg *Config, s *swarm.Swarm, bus event.Bus, cm libp2pcoreconnmgr.ConnManager) (host.Host, error) {
 	h, err := basichost.NewHost(s, &basichost.HostOpts{
 		EventBus:    bus,
 		ConnManager: cm,
 		EnablePing:  true,
 		UserAgent:   UserAgent(),
+		// go-libp2p's identify metrics (libp2p_identify_*).
+		EnableMetrics:        cfg.Metrics != nil,
+		PrometheusRegisterer: cfg.Metrics,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("node: create host: %w", err)

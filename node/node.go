@@ -437,12 +437,16 @@ type EventsDropped struct {
 	Swarm uint64
 	// Multipath: path events. ConnManager: trim events.
 	Multipath, ConnManager uint64
+	// Realm: membership events.
+	Realm uint64
 }
 
-// EventsDropped returns the events dropped so far; see the type. Safe for
-// concurrent use.
+// EventsDropped returns the events dropped so far; see the type. The same
+// counts are exported as realmnet_event_queue_dropped_total{queue}. Safe
+// for concurrent use.
 func (n *Node) EventsDropped() EventsDropped {
-	return EventsDropped{Swarm: n.swarm.EventsDropped(), Multipath: n.paths.EventsDropped(), ConnManager: n.pools.EventsDropped()}
+	d := n.bus.DroppedEvents()
+	return EventsDropped{Swarm: d["swarm"], Multipath: d["multipath"], ConnManager: d["connmgr"], Realm: d["realm"]}
 }
 
 // JoinRealm joins the realm called name (see package realm): with

@@ -9,17 +9,33 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/stretchr/testify/require"
 
 	"github.com/realmnet/realmnet/internal/testkit"
+	"github.com/realmnet/realmnet/internal/udpproxy"
 	"github.com/realmnet/realmnet/node"
 )
+
+// Proxy puts a fault-injection proxy (udpproxy, on 127.0.0.1) in front of
+// n's first listen address; the proxy is closed at the end of the test.
+func Proxy(t testing.TB, n *node.Node) *udpproxy.Proxy {
+	t.Helper()
+	target, err := manet.ToNetAddr(n.Network().ListenAddresses()[0].Decapsulate(ma.StringCast("/quic-v1")))
+	require.NoError(t, err)
+	p, err := udpproxy.New("127.0.0.1:0", target.(*net.UDPAddr))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Close() })
+	return p
+}
 
 // EchoProtocol is the protocol of Echo.
 const EchoProtocol = "/realmnet/test/echo/1.0.0"
