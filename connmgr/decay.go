@@ -149,6 +149,9 @@ func (t *decayingTag) Bump(p peer.ID, delta int) error {
 	if v == nil {
 		now := m.clock.Now()
 		v = &connmgr.DecayingValue{Tag: t, Peer: p, Added: now, LastVisit: now}
+		if pi.decaying == nil {
+			pi.decaying = make(map[*decayingTag]*connmgr.DecayingValue)
+		}
 		pi.decaying[t] = v
 	}
 	after := t.bumpFn(*v, delta)

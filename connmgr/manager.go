@@ -63,11 +63,11 @@ type segment struct {
 type peerInfo struct {
 	id        peer.ID
 	firstSeen time.Time
-	temp      bool // tags only, no connection yet: expires after the grace period
-	tags      map[string]int
-	decaying  map[*decayingTag]*connmgr.DecayingValue
-	value     int         // sum of tags and decaying tags
-	conns     []*connInfo // at most MaxConnsPerPeer: a slice beats a map
+	temp      bool                                    // tags only, no connection yet: expires after the grace period
+	tags      map[string]int                          // nil until tagged
+	decaying  map[*decayingTag]*connmgr.DecayingValue // nil until bumped
+	value     int                                     // sum of tags and decaying tags
+	conns     []*connInfo                             // at most MaxConnsPerPeer: a slice beats a map
 	realms    []*realmPool
 	// authenticated is set once the peer has been assigned to a realm.
 	authenticated bool
@@ -77,6 +77,15 @@ type peerInfo struct {
 	// keeps (trims only: trimMu and index.mu held).
 	keep      *connInfo
 	keepEpoch uint64
+}
+
+// setTag sets tag to value, making the tags map on first use (most peers
+// are never tagged); the peer's segment is locked.
+func (pi *peerInfo) setTag(tag string, value int) {
+	if pi.tags == nil {
+		pi.tags = make(map[string]int)
+	}
+	pi.tags[tag] = value
 }
 
 // connInfo is what the manager knows of one connection.
@@ -262,8 +271,6 @@ func (m *Manager) entry(s *segment, p peer.ID) *peerInfo {
 			id:        p,
 			firstSeen: m.clock.Now(),
 			temp:      true,
-			tags:      make(map[string]int),
-			decaying:  make(map[*decayingTag]*connmgr.DecayingValue),
 		}
 		s.peers[p] = pi
 	}
@@ -279,7 +286,7 @@ func (m *Manager) TagPeer(p peer.ID, tag string, value int) {
 	defer s.Unlock()
 	pi := m.entry(s, p)
 	pi.value += value - pi.tags[tag]
-	pi.tags[tag] = value
+	pi.setTag(tag, value)
 	m.peerChangedLocked(pi)
 }
 
@@ -310,8 +317,9 @@ func (m *Manager) UpsertTag(p peer.ID, tag string, upsert func(int) int) {
 	defer s.Unlock()
 	pi := m.entry(s, p)
 	old := pi.tags[tag]
-	pi.tags[tag] = upsert(old)
-	pi.value += pi.tags[tag] - old
+	v := upsert(old)
+	pi.setTag(tag, v)
+	pi.value += v - old
 	m.peerChangedLocked(pi)
 }
 

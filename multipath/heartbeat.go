@@ -321,7 +321,7 @@ func (m *Manager) pathDead(p peer.ID, pa *path) {
 	if pp := m.peers[p]; pp != nil {
 		if !validated && pa.conn.Stat().Direction == network.DirOutbound {
 			// Never answered: do not redial this address at once.
-			pp.failedAddrs[string(pa.conn.RemoteMultiaddr().Bytes())] = m.clock.Now()
+			pp.addrFailed(string(pa.conn.RemoteMultiaddr().Bytes()), m.clock.Now())
 		}
 		m.rerank(p, pp, core.SwitchPathDead)
 	}
@@ -440,7 +440,7 @@ func (m *Manager) discover(p peer.ID) {
 			log.Debugw("standby path dial failed", "peer", p, "addr", addr, "error", err)
 			m.mu.Lock()
 			if pp := m.peers[p]; pp != nil {
-				pp.failedAddrs[key] = m.clock.Now()
+				pp.addrFailed(key, m.clock.Now())
 			}
 			m.mu.Unlock()
 		}

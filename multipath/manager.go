@@ -94,10 +94,19 @@ type peerPaths struct {
 	// rediscover is set when discovery was asked for while it ran; it
 	// runs again when it ends.
 	rediscover  bool
-	failedAddrs map[string]time.Time // by address bytes
+	failedAddrs map[string]time.Time // by address bytes; nil until one fails
 	// retry runs discovery again when addresses dialed recently become
 	// eligible and the peer still lacks paths.
 	retry *clock.Timer
+}
+
+// addrFailed records that a dial to, or a path at, the address with bytes
+// key failed at now. Manager.mu is held.
+func (pp *peerPaths) addrFailed(key string, now time.Time) {
+	if pp.failedAddrs == nil {
+		pp.failedAddrs = make(map[string]time.Time)
+	}
+	pp.failedAddrs[key] = now
 }
 
 // Manager owns the paths of every peer. Create it with New, register it with
@@ -272,7 +281,7 @@ func (m *Manager) knownPeer(p peer.ID) *peerPaths {
 func (m *Manager) peer(p peer.ID) *peerPaths {
 	pp := m.peers[p]
 	if pp == nil {
-		pp = &peerPaths{failedAddrs: make(map[string]time.Time)}
+		pp = &peerPaths{}
 		m.peers[p] = pp
 	}
 	return pp
@@ -768,7 +777,7 @@ func (m *Manager) Disconnected(_ network.Network, c network.Conn) {
 	pp.paths = slices.Delete(pp.paths, i, i+1)
 	pa.remove(m.probes)
 	if c.Stat().Direction == network.DirOutbound && pa.refusedByPeer() {
-		pp.failedAddrs[string(c.RemoteMultiaddr().Bytes())] = m.clock.Now()
+		pp.addrFailed(string(c.RemoteMultiaddr().Bytes()), m.clock.Now())
 	}
 	m.reinstateLocked(p, pp, pa.conn)
 	m.rerank(p, pp, core.SwitchPathRemoved)

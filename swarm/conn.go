@@ -45,13 +45,21 @@ type Conn struct {
 	quic *quic.Conn
 
 	streamsOpened atomic.Uint64
-	// closing is set first thing by doClose; done is closed by it.
+	// closing is set first thing by doClose.
 	closing atomic.Bool
-	done    chan struct{}
+	// connectedDone is set once the Connected notifications for this
+	// connection have run, disconnectPending when it was closed before:
+	// notifyConnected then starts Disconnected, so a notifiee never sees
+	// Disconnected before Connected for the same connection. Both are
+	// guarded by mu.
+	connectedDone, disconnectPending bool
 
 	mu      sync.Mutex
 	streams map[*Stream]struct{} // nil once the connection is closed
 	state   connState
+	// done is closed by doClose; made (under mu) only for a redundant
+	// connection, whose idle watcher waits on it.
+	done chan struct{}
 	// stages are the admission stages that admitted the connection (for
 	// abort); set by the admission, under the peer's admission lock.
 	stages []core.AdmissionStage
@@ -62,10 +70,6 @@ type Conn struct {
 
 	closeOnce sync.Once
 	closeErr  error
-	// notified is closed when the Connected notifications for this
-	// connection have run; Disconnected waits for it, so a notifiee never
-	// sees Disconnected before Connected for the same connection.
-	notified chan struct{}
 }
 
 var _ core.Conn = (*Conn)(nil)
@@ -179,8 +183,10 @@ func (c *Conn) CloseWithError(code network.ConnErrorCode) error {
 
 func (c *Conn) doClose(code network.ConnErrorCode) error {
 	c.closing.Store(true)
-	close(c.done)
 	c.mu.Lock()
+	if c.done != nil {
+		close(c.done)
+	}
 	streams := c.streams
 	c.streams = nil
 	c.mu.Unlock()
@@ -200,22 +206,32 @@ func (c *Conn) doClose(code network.ConnErrorCode) error {
 		c.swarm.lifecycle.Push(EvtConnectionClosed{Peer: c.RemotePeer(), ConnID: c.ID(),
 			Direction: c.direction, Local: c.LocalMultiaddr(), Remote: c.RemoteMultiaddr()})
 		// Disconnected runs on its own goroutine, so Close can be called
-		// from a notifiee or a stream handler without deadlocking. The
-		// swarm's refs count that goroutine: record took the reference.
-		go func() {
-			defer c.swarm.refs.Done()
-			<-c.notified
-			c.swarm.notifyAll(func(n network.Notifiee) { n.Disconnected(c.swarm, c) })
-		}()
+		// from a notifiee or a stream handler without deadlocking; it
+		// starts once Connected has run (here, or by notifyConnected).
+		c.mu.Lock()
+		ready := c.connectedDone
+		c.disconnectPending = !ready
+		c.mu.Unlock()
+		if ready {
+			go c.notifyDisconnected()
+		}
 		c.swarm.reinstateLater(c.RemotePeer())
 	}
 	return err
 }
 
+// notifyDisconnected delivers Disconnected for an announced connection
+// that closed, after its Connected. The swarm's refs count this goroutine:
+// record (or the reinstatement) took the reference.
+func (c *Conn) notifyDisconnected() {
+	defer c.swarm.refs.Done()
+	c.swarm.notifyAll(func(n network.Notifiee) { n.Disconnected(c.swarm, c) })
+}
+
 // closeWhenIdle closes a redundant connection once it has carried no
-// stream for idle, unless it is announced meanwhile (reinstated) or closed.
-// Owned by the swarm (refs).
-func (c *Conn) closeWhenIdle(idle time.Duration) {
+// stream for idle, unless it is announced meanwhile (reinstated) or closed
+// (done, c.done). Owned by the swarm (refs).
+func (c *Conn) closeWhenIdle(idle time.Duration, done <-chan struct{}) {
 	defer c.swarm.refs.Done()
 	check := min(idle/10, time.Second)
 	tick := time.NewTicker(check)
@@ -224,7 +240,7 @@ func (c *Conn) closeWhenIdle(idle time.Duration) {
 	for {
 		select {
 		case <-tick.C:
-		case <-c.done:
+		case <-done:
 			return
 		case <-c.swarm.ctx.Done():
 			return

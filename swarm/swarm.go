@@ -607,8 +607,6 @@ func (s *Swarm) newConn(tc transport.CapableConn, dir network.Direction) *Conn {
 		conn:      tc,
 		direction: dir,
 		opened:    time.Now(),
-		notified:  make(chan struct{}),
-		done:      make(chan struct{}),
 		streams:   make(map[*Stream]struct{}),
 	}
 	tc.As(&c.quic)
@@ -687,9 +685,15 @@ func (s *Swarm) notifyConnected(c *Conn) {
 	p := c.RemotePeer()
 	s.connectedness.update(p)
 	s.notifyAll(func(n network.Notifiee) { n.Connected(s, c) })
-	close(c.notified)
 	if mt := s.cfg.MetricsTracer; mt != nil {
 		mt.OpenedConnection(c.direction, c.RemotePublicKey(), c.ConnState(), c.LocalMultiaddr())
+	}
+	c.mu.Lock()
+	c.connectedDone = true
+	pending := c.disconnectPending
+	c.mu.Unlock()
+	if pending {
+		go c.notifyDisconnected()
 	}
 	opened := EvtConnectionOpened{Peer: p, ConnID: c.ID(), Direction: c.direction,
 		Local: c.LocalMultiaddr(), Remote: c.RemoteMultiaddr()}
@@ -746,7 +750,11 @@ func (s *Swarm) redundantConn(c *Conn, refused *core.RefusedError) (survivor *Co
 		c.state = connRedundant
 		c.redundantCode = refused.Code
 		c.survivor = survivor
+		if c.done == nil {
+			c.done = make(chan struct{})
+		}
 	}
+	done := c.done
 	c.mu.Unlock()
 	if closing {
 		s.mu.Unlock()
@@ -760,7 +768,7 @@ func (s *Swarm) redundantConn(c *Conn, refused *core.RefusedError) (survivor *Co
 		quiet = RedundantQuiet
 	}
 	go c.acceptStreams()
-	go c.closeWhenIdle(quiet)
+	go c.closeWhenIdle(quiet, done)
 	return survivor, false
 }
 
