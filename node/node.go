@@ -32,12 +32,14 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/core/routing"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/realmnet/realmnet/connmgr"
 	"github.com/realmnet/realmnet/core"
+	"github.com/realmnet/realmnet/debugapi"
 	"github.com/realmnet/realmnet/gater"
 	"github.com/realmnet/realmnet/hooks"
 	"github.com/realmnet/realmnet/internal/eventqueue"
@@ -70,6 +72,11 @@ type Node struct {
 	identified *identifyTracker
 	dht        *dht.IpfsDHT
 	realms     *realm.Service
+
+	// debug is the debug endpoint (DebugAddr) and debugEvents its event
+	// recorder; nil without one.
+	debug       *debugapi.Server
+	debugEvents *eventRecorder
 
 	// routingTableWait bounds ConnectPeer's wait for a first DHT peer
 	// (Config.BootstrapTimeout).
@@ -110,6 +117,10 @@ func New(ctx context.Context, opts ...Option) (*Node, error) {
 	if err := cfg.resolve(); err != nil {
 		return nil, err
 	}
+	if cfg.DebugAddr != "" && cfg.Metrics == nil {
+		// The debug endpoint's /metrics serves the node's own registry.
+		cfg.Metrics = prometheus.NewRegistry()
+	}
 	key, err := identity(&cfg)
 	if err != nil {
 		return nil, err
@@ -130,6 +141,14 @@ func New(ctx context.Context, opts ...Option) (*Node, error) {
 	defer cancel()
 	if err := n.app.Start(fxCtx); err != nil {
 		return nil, fmt.Errorf("node: start: %w", err)
+	}
+	if cfg.DebugAddr != "" {
+		if err := n.startDebug(&cfg); err != nil {
+			stopCtx, cancel := context.WithTimeout(context.Background(), DefaultCloseTimeout)
+			defer cancel()
+			_ = n.app.Stop(stopCtx)
+			return nil, err
+		}
 	}
 	// From now on, subscriptions on the node's bus are the application's:
 	// Close ends them (see Close).
@@ -418,6 +437,7 @@ func (n *Node) Close() error {
 // first one's result.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.closeOnce.Do(func() {
+		n.stopDebug()
 		n.bus.CloseSubscriptions()
 		if err := n.app.Stop(ctx); err != nil {
 			n.closeErr = fmt.Errorf("node: stop: %w", err)

@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/benbjohnson/clock"
@@ -118,8 +119,12 @@ type Config struct {
 	RecoverGaterStore bool
 	// Resources are the resource manager's limits.
 	Resources resource.Config
-	// Metrics receives the node's metrics (nil: none exported).
+	// Metrics receives the node's metrics (nil: none exported, unless
+	// DebugAddr is set: see DebugAddr).
 	Metrics prometheus.Registerer
+	// DebugAddr is the debug endpoint's "host:port" (empty: none);
+	// DebugToken the token it requires (required off loopback).
+	DebugAddr, DebugToken string
 	// HookTimeout bounds each hook call (0: hooks.DefaultTimeout, 2 s).
 	HookTimeout time.Duration
 	// BeforeConnect and AfterHandshake are the hooks registered at start.
@@ -429,6 +434,40 @@ func Metrics(reg prometheus.Registerer) Option {
 			return errors.New("node: Metrics registerer is nil")
 		}
 		c.Metrics = reg
+		return nil
+	}
+}
+
+// DebugAddr serves the node's debug endpoint (package debugapi) on addr,
+// "host:port" (port 0 picks a free port; Node.DebugURL tells which):
+// /metrics, /debug/pprof/, the JSON API (/v1/node, /v1/peers, /v1/paths,
+// /v1/pools, /v1/realms, /v1/events, /v1/health, /v1/doctor/{peer};
+// docs/observability.md) and a live page at /. It binds loopback addresses
+// without more; any other address (0.0.0.0, a LAN address) needs
+// DebugToken too, or New fails naming the address. /metrics serves the
+// Metrics registerer when it is also a prometheus.Gatherer (a
+// *prometheus.Registry is); without the Metrics option the node makes a
+// registry of its own for it. Realm keys, PSKs and authentication material
+// appear nowhere in it. Errors name a malformed address.
+func DebugAddr(addr string) Option {
+	return func(c *Config) error {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("node: DebugAddr %q: want host:port: %w", addr, err)
+		}
+		c.DebugAddr = addr
+		return nil
+	}
+}
+
+// DebugToken sets the token the debug endpoint (DebugAddr) requires on
+// every request, as "Authorization: Bearer <token>" or ?token=<token>; at
+// least 16 bytes. Required when DebugAddr is not a loopback address.
+func DebugToken(token string) Option {
+	return func(c *Config) error {
+		if len(token) < 16 {
+			return fmt.Errorf("node: DebugToken of %d bytes: want at least 16", len(token))
+		}
+		c.DebugToken = token
 		return nil
 	}
 }

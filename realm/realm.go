@@ -51,6 +51,8 @@ type Realm struct {
 	keys keys
 	cfg  Config
 	cid  cid.Cid
+	// joined is when the realm was joined (Service.Join).
+	joined time.Time
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -155,6 +157,7 @@ func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
 		keys:   k,
 		cfg:    cfg,
 		cid:    k.rendezvousCID(),
+		joined: time.Now(),
 		bus:    bus,
 		events: events,
 		membership: membership{
@@ -211,6 +214,9 @@ func (r *Realm) start() {
 
 // Name returns the realm's name.
 func (r *Realm) Name() string { return r.name }
+
+// Joined returns when the realm was joined.
+func (r *Realm) Joined() time.Time { return r.joined }
 
 // ID returns the realm's ID (the name of its sub-pool and resource scope).
 func (r *Realm) ID() core.RealmID { return r.keys.id }
