@@ -249,4 +249,3 @@ func TestDoctor(t *testing.T) {
 	require.ErrorAs(t, err, &apiErr)
 	require.Equal(t, http.StatusBadRequest, apiErr.Status)
 }
-
