@@ -135,6 +135,7 @@ func TestMetricsMoveWithTheirActions(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 	waitMetric(t, reg, "realmnet_pool_trimmed_connections_total", with(nodeA, "reason", "manual_trim"), 1)
+	waitMetric(t, reg, "realmnet_pool_trims_total", with(nodeA, "pool", "global"), 1)
 	waitMetric(t, reg, "libp2p_swarm_connections_closed_total", nil, 1)
 
 	// A blocked peer is refused at admission, by reason.
