@@ -44,6 +44,20 @@ func execute(t *testing.T, args ...string) (stdout, stderr string, err error) {
 	return out.String(), errOut.String(), err
 }
 
+// executeStatus runs the realmnet command in-process as main does
+// (executeRoot) and returns what it printed on standard output and
+// standard error, and its exit status.
+func executeStatus(t *testing.T, args ...string) (stdout, stderr string, status int) {
+	t.Helper()
+	command := newRootCommand()
+	command.SetArgs(args)
+	var out, errOut bytes.Buffer
+	command.SetOut(&out)
+	command.SetErr(&errOut)
+	status = executeRoot(command, &errOut)
+	return out.String(), errOut.String(), status
+}
+
 // wantErrorNaming fails the test unless err is an error whose message
 // contains every one of parts.
 func wantErrorNaming(t *testing.T, what string, err error, parts ...string) {

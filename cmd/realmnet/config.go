@@ -33,6 +33,10 @@ type runConfig struct {
 	DHTPrivateAddrs *bool `json:"dht_private_addrs"`
 	// BootstrapTimeout is --bootstrap-timeout, a Go duration ("10s").
 	BootstrapTimeout *string `json:"bootstrap_timeout"`
+	// DebugAddr is --debug-addr: the debug endpoint's host:port.
+	DebugAddr *string `json:"debug_addr"`
+	// DebugTokenFile is --debug-token-file: the file holding its token.
+	DebugTokenFile *string `json:"debug_token_file"`
 	// LogLevel is --log-level.
 	LogLevel *string `json:"log_level"`
 }

@@ -595,12 +595,9 @@ func waitUntil(ctx context.Context, timeout time.Duration, ready func() bool) (t
 	return false, nil
 }
 
-// shortID is the last six characters of a peer ID, enough to tell the demo's
-// nodes apart.
-func shortID(p peer.ID) string {
-	s := p.String()
-	return "…" + s[max(0, len(s)-6):]
-}
+// shortID is p shortened as every table of realmnet shows peer IDs
+// (shortPeerID: "12D3KooW…XyZ12").
+func shortID(p peer.ID) string { return shortPeerID(p.String()) }
 
 // reportPaths prints, for every node and peer, the number of paths, the
 // selected path and its smoothed RTT.

@@ -10,6 +10,12 @@
 //	realmnet run [--config FILE]  run one long-lived node until SIGINT or
 //	                              SIGTERM; its settings come from flags and a
 //	                              JSON config file (flags win)
+//	realmnet inspect VIEW         print a view of a running node, read from
+//	                              its debug endpoint (run --debug-addr):
+//	                              node, peers, paths, pools, realms, events
+//	                              or health, as a table or JSON
+//	realmnet doctor PEER          print a running node's diagnosis of why it
+//	                              can or cannot reach PEER
 //	realmnet init --identity FILE create a new identity (private key) in FILE
 //	                              and print its peer ID; never replaces a file
 //	realmnet id --identity FILE   print the peer ID of the key in FILE; never
@@ -20,24 +26,28 @@
 //
 // Every subcommand takes --log-level LEVEL (go-log's level of every logger:
 // debug, info, warn, error, dpanic, panic, fatal; default: GOLOG_LOG_LEVEL,
-// else error) and --json (id, init, run and version print JSON objects on
-// standard output instead of text; the other commands refuse it).
+// else error) and --json (id, init, run, version, inspect's views and
+// doctor print JSON on standard output instead of text; the other commands
+// refuse it).
 //
 // The reference of every command and flag is generated from the commands
 // into docs/cli (go generate, or the hidden `realmnet gen-docs DIR`);
 // a test fails when it is out of date.
 //
 // Logs and errors are printed to standard error; an error makes the program
-// exit with status 1.
+// exit with status 1, except doctor's: doctor exits with 0 when the peer is
+// reachable, 1 when it is not, 2 on an error.
 package main
 
 //go:generate go run . gen-docs ../../docs/cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/spf13/cobra"
@@ -46,11 +56,58 @@ import (
 )
 
 func main() {
-	if err := newRootCommand().Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "realmnet:", err)
-		os.Exit(1)
-	}
+	os.Exit(executeRoot(newRootCommand(), os.Stderr))
 }
+
+// executeRoot runs root and returns the process's exit status: 0 on success;
+// else it prints the error once on errOut, prefixed "realmnet: ", and
+// returns the status an *exitStatusError carries (printing nothing when it
+// has no error), else the status in the failed command's
+// errorStatusAnnotation (doctor's 2), else 1.
+func executeRoot(root *cobra.Command, errOut io.Writer) int {
+	command, err := root.ExecuteC()
+	if err == nil {
+		return 0
+	}
+	var statusErr *exitStatusError
+	if errors.As(err, &statusErr) {
+		if statusErr.err != nil {
+			fmt.Fprintln(errOut, "realmnet:", statusErr.err)
+		}
+		return statusErr.status
+	}
+	fmt.Fprintln(errOut, "realmnet:", err)
+	if command != nil {
+		if status, convErr := strconv.Atoi(command.Annotations[errorStatusAnnotation]); convErr == nil {
+			return status
+		}
+	}
+	return 1
+}
+
+// errorStatusAnnotation marks, in cobra.Command.Annotations, a command
+// whose errors (usage errors included) exit with the status it holds
+// rather than 1: doctor, whose status 1 is a verdict.
+const errorStatusAnnotation = "realmnet/error-status"
+
+// exitStatusError makes realmnet exit with status, printing err (nothing
+// when nil: the output already said it). doctor returns one for a verdict
+// other than reachable.
+type exitStatusError struct {
+	status int
+	err    error
+}
+
+// Error returns err's message, or says the status when err is nil.
+func (e *exitStatusError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.status)
+	}
+	return e.err.Error()
+}
+
+// Unwrap returns err.
+func (e *exitStatusError) Unwrap() error { return e.err }
 
 // globalOptions are the root command's persistent flags, seen by every
 // subcommand.
@@ -81,11 +138,14 @@ func newRootCommand() *cobra.Command {
 		Use:   "realmnet",
 		Short: "Run realmnet nodes",
 		Long: "realmnet runs nodes of the realmnet peer-to-peer network: a demo network\n" +
-			"in one process (demo) or a long-lived node (run); it creates node identities\n" +
+			"in one process (demo) or a long-lived node (run); it shows a running node's\n" +
+			"state (inspect) and why it can or cannot reach a peer (doctor), read from\n" +
+			"the node's debug endpoint (run --debug-addr); it creates node identities\n" +
 			"(init), prints their peer IDs (id) and prints its own version (version).\n\n" +
-			"Logs and errors go to standard error; with --json, id, init, run and version\n" +
-			"print JSON objects on standard output. An error makes realmnet exit with\n" +
-			"status 1.",
+			"Logs and errors go to standard error; with --json, id, init, run, version,\n" +
+			"inspect and doctor print JSON on standard output. An error makes realmnet\n" +
+			"exit with status 1, except doctor's: doctor exits with 0 when the peer is\n" +
+			"reachable, 1 when it is not and 2 on an error.",
 		Version: node.Version(),
 		// main prints the error once; usage is only shown for --help.
 		SilenceErrors: true,
@@ -104,9 +164,10 @@ func newRootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&globals.logLevel, logLevelFlag, "",
 		"level of every logger: debug, info, warn, error, dpanic, panic or fatal (default: $GOLOG_LOG_LEVEL, else error)")
 	root.PersistentFlags().BoolVar(&globals.json, jsonFlag, false,
-		"print JSON objects on standard output instead of text (id, init, run, version)")
-	root.AddCommand(newDemoCommand(), newRunCommand(globals), newInitCommand(globals),
-		newIDCommand(globals), newVersionCommand(globals), newGenDocsCommand())
+		"print JSON on standard output instead of text (id, init, run, version, inspect, doctor)")
+	root.AddCommand(newDemoCommand(), newRunCommand(globals), newInspectCommand(globals),
+		newDoctorCommand(globals), newInitCommand(globals), newIDCommand(globals),
+		newVersionCommand(globals), newGenDocsCommand())
 	return root
 }
 

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,6 +33,8 @@ const (
 	dhtModeFlag          = "dht-mode"
 	dhtPrivateAddrsFlag  = "dht-private-addrs"
 	bootstrapTimeoutFlag = "bootstrap-timeout"
+	debugAddrFlag        = "debug-addr"
+	debugTokenFileFlag   = "debug-token-file"
 )
 
 // runSettings are the settings of `realmnet run`: its flags' values, with
@@ -47,6 +52,10 @@ type runSettings struct {
 	dhtPrivateAddrs bool
 	// bootstrapTimeout is node.BootstrapTimeout.
 	bootstrapTimeout time.Duration
+	// debugAddr is node.DebugAddr's host:port ("": no debug endpoint).
+	debugAddr string
+	// debugTokenFile is the file holding node.DebugToken ("": none).
+	debugTokenFile string
 	// logLevel is the config file's log_level, applied by runNode; "" when
 	// the file has none or --log-level overrides it (the root command
 	// applied the flag already).
@@ -83,6 +92,9 @@ type runOutput struct {
 	PeerID string `json:"peer_id"`
 	// Addrs are the node's addresses, each ending in /p2p/<peer ID>.
 	Addrs []string `json:"addrs"`
+	// DebugURL is the debug endpoint's base URL (--debug-addr); absent
+	// when the node has none.
+	DebugURL string `json:"debug_url,omitempty"`
 }
 
 // runLong is the help of `realmnet run`, the reference of its config file.
@@ -92,6 +104,17 @@ line, each ending in /p2p/<peer ID>, ready to be given to another node's
 the node and exits with status 0. With --json it prints one line instead:
 
     {"peer_id": "12D3KooW...", "addrs": ["/ip4/192.0.2.7/udp/4001/quic-v1/p2p/12D3KooW..."]}
+
+With --debug-addr HOST:PORT the node serves its debug endpoint there: the
+JSON API that realmnet inspect and realmnet doctor read, /metrics, pprof and
+a live page at /. run then prints the endpoint's URL after the addresses
+("debug endpoint http://127.0.0.1:6060"; "debug_url" with --json). Port 0
+picks a free port. A loopback address (127.0.0.1, ::1, localhost) needs no
+token; any other address needs --debug-token-file FILE, or run fails naming
+the address. FILE holds the token (at least 16 bytes, one line; a trailing
+newline is dropped) and, on Unix, must be private to its owner (chmod 600):
+run refuses a file group or others may access. Clients send the token from
+the same file (realmnet inspect --token-file FILE).
 
 realmnet speaks QUIC only: every --listen and --bootstrap multiaddr must
 contain /quic-v1.
@@ -117,6 +140,8 @@ the working directory, not to the file.
     dht_mode            string                       --dht-mode
     dht_private_addrs   true or false                --dht-private-addrs
     bootstrap_timeout   string, a Go duration        --bootstrap-timeout
+    debug_addr          string, host:port            --debug-addr
+    debug_token_file    string                       --debug-token-file
     log_level           string                       --log-level
 
 For example:
@@ -128,6 +153,8 @@ For example:
       "dht_mode": "server",
       "dht_private_addrs": false,
       "bootstrap_timeout": "20s",
+      "debug_addr": "127.0.0.1:6060",
+      "debug_token_file": "/etc/realmnet/debug.token",
       "log_level": "info"
     }`
 
@@ -176,6 +203,10 @@ func newRunCommand(globals *globalOptions) *cobra.Command {
 		"let the DHT keep loopback and private (RFC 1918, ULA) addresses; --dht-private-addrs=false on the public internet")
 	command.Flags().DurationVar(&flags.bootstrapTimeout, bootstrapTimeoutFlag, flags.bootstrapTimeout,
 		"how long startup waits for the bootstrap peers (failures are logged, not fatal)")
+	command.Flags().StringVar(&flags.debugAddr, debugAddrFlag, flags.debugAddr,
+		"serve the debug endpoint (JSON API for inspect and doctor, /metrics, pprof) on HOST:PORT; off loopback it needs --debug-token-file (default: none)")
+	command.Flags().StringVar(&flags.debugTokenFile, debugTokenFileFlag, flags.debugTokenFile,
+		"file holding the token the debug endpoint requires: one line of at least 16 bytes, mode 0600")
 	return supportsJSON(command)
 }
 
@@ -216,6 +247,12 @@ func (settings *runSettings) applyConfig(flagSet *pflag.FlagSet, config runConfi
 		}
 		settings.bootstrapTimeout = timeout
 	}
+	if use(debugAddrFlag, config.DebugAddr != nil) {
+		settings.debugAddr = *config.DebugAddr
+	}
+	if use(debugTokenFileFlag, config.DebugTokenFile != nil) {
+		settings.debugTokenFile = *config.DebugTokenFile
+	}
 	if use(logLevelFlag, config.LogLevel != nil) {
 		settings.logLevel = *config.LogLevel
 	}
@@ -244,7 +281,7 @@ func runNode(ctx context.Context, out, errOut io.Writer, settings runSettings, a
 	}
 	runningNode, err := node.New(ctx, options...)
 	if err != nil {
-		return err
+		return settings.describeNodeError(err)
 	}
 	defer runningNode.Close()
 
@@ -254,7 +291,8 @@ func runNode(ctx context.Context, out, errOut io.Writer, settings runSettings, a
 		return fmt.Errorf("format the node's addresses: %w", err)
 	}
 	if asJSON {
-		output := runOutput{PeerID: runningNode.ID().String(), Addrs: make([]string, 0, len(addrs))}
+		output := runOutput{PeerID: runningNode.ID().String(), Addrs: make([]string, 0, len(addrs)),
+			DebugURL: runningNode.DebugURL()}
 		for _, addr := range addrs {
 			output.Addrs = append(output.Addrs, addr.String())
 		}
@@ -265,6 +303,9 @@ func runNode(ctx context.Context, out, errOut io.Writer, settings runSettings, a
 		fmt.Fprintf(out, "peer ID %s, listening on:\n", runningNode.ID())
 		for _, addr := range addrs {
 			fmt.Fprintln(out, addr)
+		}
+		if debugURL := runningNode.DebugURL(); debugURL != "" {
+			fmt.Fprintln(out, "debug endpoint", debugURL)
 		}
 		fmt.Fprintln(out, "running until SIGINT or SIGTERM")
 	}
@@ -315,11 +356,63 @@ func (settings *runSettings) nodeOptions() ([]node.Option, error) {
 			return nil, err
 		}
 	}
+	debugOptions, err := settings.debugOptions()
+	if err != nil {
+		return nil, err
+	}
+	options = append(options, debugOptions...)
 	return append(options,
 		node.DHTMode(dhtRole),
 		node.DHTPrivateAddrs(settings.dhtPrivateAddrs),
 		node.BootstrapTimeout(settings.bootstrapTimeout),
 	), nil
+}
+
+// debugOptions checks the debug endpoint's settings and turns them into
+// node.DebugAddr and node.DebugToken, reading the token file
+// (readTokenFile). A token file without an address is refused: it would
+// protect nothing. Whether the address needs a token (it is not loopback)
+// is node.New's check, whose error names the address.
+func (settings *runSettings) debugOptions() ([]node.Option, error) {
+	if settings.debugAddr == "" {
+		if settings.debugTokenFile != "" {
+			return nil, fmt.Errorf("%s: no debug endpoint to protect; give --%s HOST:PORT too",
+				settings.source(debugTokenFileFlag), debugAddrFlag)
+		}
+		return nil, nil
+	}
+	_, port, err := net.SplitHostPort(settings.debugAddr)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %q is not HOST:PORT with a port from 0 to 65535 (e.g. 127.0.0.1:6060)",
+			settings.source(debugAddrFlag), settings.debugAddr)
+	}
+	options := []node.Option{node.DebugAddr(settings.debugAddr)}
+	if settings.debugTokenFile != "" {
+		token, err := readTokenFile(settings.source(debugTokenFileFlag), settings.debugTokenFile)
+		if err != nil {
+			return nil, err
+		}
+		options = append(options, node.DebugToken(token))
+	}
+	return options, nil
+}
+
+// describeNodeError prefixes an error of node.New about the debug endpoint
+// (one that names its address: not loopback without a token, cannot be
+// bound) with the flag or config key it came from, and, when the endpoint
+// needs a token, says which flag gives it. Other errors are returned as
+// they are.
+func (settings *runSettings) describeNodeError(err error) error {
+	if settings.debugAddr == "" || !strings.Contains(err.Error(), strconv.Quote(settings.debugAddr)) {
+		return err
+	}
+	if settings.debugTokenFile == "" && strings.Contains(err.Error(), "token is required") {
+		return fmt.Errorf("%s: %w; give one with --%s FILE", settings.source(debugAddrFlag), err, debugTokenFileFlag)
+	}
+	return fmt.Errorf("%s: %w", settings.source(debugAddrFlag), err)
 }
 
 // loadOrCreateIdentity returns the key in settings.identity, creating the

@@ -36,6 +36,14 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{[]string{"run", "--bootstrap-timeout", "0s"}, []string{"--bootstrap-timeout", "0s"}},
 		{[]string{"run", "--log-level", "loud"}, []string{"--log-level", "loud"}},
 		{[]string{"run", "--config", ""}, []string{"--config"}},
+		{[]string{"run", "--debug-addr", "6060"}, []string{"--debug-addr", "6060", "HOST:PORT"}},
+		{[]string{"run", "--debug-addr", "127.0.0.1:99999"}, []string{"--debug-addr", "127.0.0.1:99999"}},
+		{[]string{"run", "--debug-token-file", "/nonexistent/debug.token"}, []string{"--debug-token-file", "--debug-addr"}},
+		{[]string{"run", "--debug-addr", "127.0.0.1:0", "--debug-token-file", "/nonexistent/debug.token"},
+			[]string{"--debug-token-file", "/nonexistent/debug.token", "no such file"}},
+		// Checked by node.New, whose error names the address.
+		{[]string{"run", "--listen", testkit.Loopback, "--debug-addr", "0.0.0.0:0"},
+			[]string{"--debug-addr", `"0.0.0.0:0"`, "loopback", "--debug-token-file"}},
 	} {
 		stdout, _, err := execute(t, test.args...)
 		wantErrorNaming(t, fmt.Sprint(test.args), err, test.names...)
@@ -66,6 +74,10 @@ func TestRunRejectsBadConfig(t *testing.T) {
 		{`{"bootstrap_timeout": "10"}`, "bootstrap_timeout", []string{`"10"`}},
 		{`{"bootstrap_timeout": "-1s"}`, "bootstrap_timeout", []string{"-1s"}},
 		{`{"log_level": "loud"}`, "log_level", []string{"loud"}},
+		{`{"debug_addr": "nowhere"}`, "debug_addr", []string{"nowhere"}},
+		{`{"debug_addr": 6060}`, "debug_addr", []string{"string"}},
+		{`{"debug_addr": "127.0.0.1:0", "debug_token_file": "` + filepath.Join(dir, "missing.token") + `"}`,
+			"debug_token_file", []string{filepath.Join(dir, "missing.token"), "no such file"}},
 		{`{"identity": "` + missingIdentity + `", "listen": ["` + testkit.Loopback + `"]}`, "identity",
 			[]string{missingIdentity}},
 		{`listen = "/ip4/127.0.0.1/udp/0/quic-v1"`, "", []string{"not a JSON object"}},
@@ -167,6 +179,7 @@ func TestRunWithConfigPrintsAddressesAndStops(t *testing.T) {
   "dht_mode": "server",
   "dht_private_addrs": true,
   "bootstrap_timeout": "5s",
+  "debug_addr": "127.0.0.1:0",
   "log_level": "error"
 }`, testkit.Loopback, identityFile)
 	if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
@@ -177,6 +190,9 @@ func TestRunWithConfigPrintsAddressesAndStops(t *testing.T) {
 	output := decodeJSON[runOutput](t, "run --json", line)
 	if !strings.HasPrefix(output.PeerID, "12D3KooW") || len(output.Addrs) == 0 {
 		t.Fatalf("run --json printed %q: no peer ID or no address", line)
+	}
+	if !strings.HasPrefix(output.DebugURL, "http://127.0.0.1:") {
+		t.Errorf("run --json printed %q: debug_url is not the endpoint on 127.0.0.1 that debug_addr asks for", line)
 	}
 	for _, addr := range output.Addrs {
 		if !strings.HasPrefix(addr, "/ip4/127.0.0.1/udp/") || !strings.HasSuffix(addr, "/quic-v1/p2p/"+output.PeerID) {
@@ -223,5 +239,31 @@ func TestRunPrintsAddressesAndStops(t *testing.T) {
 	}
 	if !slices.Equal(rest, []string{"stopping", "stopped"}) {
 		t.Errorf("run printed %q after its context ended, want stopping, stopped", rest)
+	}
+}
+
+// TestRunServesTheDebugEndpoint: run --debug-addr with --debug-token-file
+// prints the endpoint's URL among its start lines, and the endpoint serves
+// the node to inspect with the token, and to no one without it.
+func TestRunServesTheDebugEndpoint(t *testing.T) {
+	tokenFile := writeTokenFile(t, "the token of run's debug endpoint")
+	running := startCommand(t, "run", "--listen", testkit.Loopback, "--dht-mode", "client",
+		"--debug-addr", "127.0.0.1:0", "--debug-token-file", tokenFile)
+	header := running.waitLine(t, runStartTimeout, func(string) bool { return true })
+	peerID, _, _ := strings.Cut(strings.TrimPrefix(header, "peer ID "), ",")
+	line := running.waitLine(t, runStartTimeout, func(line string) bool { return !strings.HasPrefix(line, "/") })
+	url, ok := strings.CutPrefix(line, "debug endpoint ")
+	if !ok || !strings.HasPrefix(url, "http://127.0.0.1:") {
+		t.Fatalf("the line after the addresses is %q, want \"debug endpoint http://127.0.0.1:PORT\"", line)
+	}
+	running.waitLine(t, runStartTimeout, func(line string) bool { return line == "running until SIGINT or SIGTERM" })
+
+	text := inspect(t, url, "node", "--token-file", tokenFile)
+	wantLines(t, "inspect node of run's endpoint", text, []string{"id:", peerID})
+	_, _, err := execute(t, "inspect", "--addr", url, "node")
+	wantErrorNaming(t, "inspect node of run's endpoint without its token", err, "--token-file")
+
+	if _, err := running.stop(t); err != nil {
+		t.Fatalf("run: %v", err)
 	}
 }
