@@ -171,6 +171,9 @@ func TestMetricsFailoverAndDeadPaths(t *testing.T) {
 	server := testnode.New(t, node.Multipath(cfg))
 	client := testnode.New(t, node.Metrics(reg), node.Multipath(cfg))
 	first, second := testnode.Proxy(t, server), testnode.Proxy(t, server)
+	// The second path is 40 ms slower: the first stays selected (the
+	// hysteresis is 5 ms) until it is blackholed.
+	second.SetDelay(20 * time.Millisecond)
 	ctx := testkit.Context(t, 20*time.Second)
 	_, err := client.Network().DialPath(ctx, server.ID(), first.Multiaddr())
 	require.NoError(t, err)
@@ -178,14 +181,9 @@ func TestMetricsFailoverAndDeadPaths(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		info, ok := client.Multipath().Selected(server.ID())
-		return ok && info.HeartbeatRTT > 0
-	}, 10*time.Second, 10*time.Millisecond)
-	info, _ := client.Multipath().Selected(server.ID())
-	selected := first
-	if info.Remote.Equal(second.Multiaddr()) {
-		selected = second
-	}
-	selected.SetBlackhole(true)
+		return ok && info.HeartbeatRTT > 0 && info.Remote.Equal(first.Multiaddr()) && len(client.Paths(server.ID())) == 2
+	}, 10*time.Second, 10*time.Millisecond, "the fast path is not selected")
+	first.SetBlackhole(true)
 	nodeLabel := map[string]string{"node": client.ID().String()}
 	waitMetric(t, reg, "realmnet_path_probes_lost_total", nodeLabel, 1)
 	waitMetric(t, reg, "realmnet_path_failover_seconds", nodeLabel, 1)
