@@ -64,8 +64,9 @@ type NodeView struct {
 	Conns int `json:"conns"`
 	// Streams counts the open streams, all connections together.
 	Streams int `json:"streams"`
-	// Reachability is what AutoNAT believes of the node: go-libp2p's
-	// network.Reachability String ("Unknown", "Public" or "Private").
+	// Reachability is what the node knows of its reachability from
+	// outside: "unknown" until AutoNAT runs (it comes with NAT
+	// traversal), then "public" or "private".
 	Reachability string `json:"reachability"`
 }
 
@@ -167,11 +168,15 @@ type PoolView struct {
 	// at or above HighWater the pool is trimmed down to LowWater.
 	LowWater  int `json:"low_water"`
 	HighWater int `json:"high_water"`
-	// Trimmed counts the connections closed by the pool's trims since the
-	// node started.
+	// Trimmed counts, for the global and unassigned pools, the
+	// connections closed by their trims since the node started; for a
+	// realm's pool, the trims run on it (the connections trimmed from
+	// realm pools are counted for all realms together, in
+	// realmnet_pool_trimmed_connections_total{reason="realm_high_water"}).
 	Trimmed uint64 `json:"trimmed"`
 	// Refused counts the connections refused at admission on the pool's
-	// account since the node started.
+	// account since the node started: at the global pool's ceiling or
+	// over the per-peer cap. Only the global pool refuses (0 for others).
 	Refused uint64 `json:"refused"`
 }
 
@@ -234,8 +239,9 @@ type PeerHealthView struct {
 	OpenUntil *time.Time `json:"open_until"`
 	// Quality scores the peer in [0, 1]: 1 is the best.
 	Quality float64 `json:"quality"`
-	// RecentFailures counts the peer's recent failed dials and dead
-	// paths; the node decides how far back "recent" goes.
+	// RecentFailures counts the failed dials of the peer since its last
+	// successful one (the swarm's dial backoff; 0 once that has gone
+	// stale).
 	RecentFailures int `json:"recent_failures"`
 }
 
@@ -274,8 +280,10 @@ type DoctorReport struct {
 type AddressView struct {
 	// Addr is the multiaddr.
 	Addr string `json:"addr"`
-	// Sources say where the node learned it: "peerstore", "dht",
-	// "realm-exchange", "identify", "mdns", ...
+	// Sources say where the node has it from: "peerstore" (what
+	// identify, the DHT, realm discovery or the application stored),
+	// "connection" (a live connection's remote address) or "dht" (the
+	// doctor's own lookup).
 	Sources []string `json:"sources"`
 }
 
@@ -295,12 +303,14 @@ type DialView struct {
 type DecisionView struct {
 	// At is when the decision was taken.
 	At time.Time `json:"at"`
-	// Stage is where: an admission stage ("gater", "paths", "pools") or a
-	// hook point ("before_connect").
+	// Stage is where: the gater's rules for the peer ("peer_dial") or an
+	// address ("addr_dial"), the admission pipeline ("admit"), or a hook
+	// point ("before_connect", "after_handshake").
 	Stage string `json:"stage"`
 	// Hook names the hook that decided; empty when it was not a hook.
 	Hook string `json:"hook"`
-	// Outcome is what was decided, e.g. "allowed", "refused".
+	// Outcome is what was decided: "allowed", "denied" (a gater rule or
+	// an admission stage) or "rejected" (a hook).
 	Outcome string `json:"outcome"`
 	// Reason says why; empty when allowed without one.
 	Reason string `json:"reason"`
@@ -323,7 +333,7 @@ type RealmMembershipView struct {
 	Realm string `json:"realm"`
 	// Member is true when the peer is an authenticated member.
 	Member bool `json:"member"`
-	// State says where the peer stands in the realm, e.g. "member",
-	// "handshaking", "failed", "not_seen"; the node chooses the words.
+	// State says where the peer stands in the realm: "member" or "not a
+	// member".
 	State string `json:"state"`
 }

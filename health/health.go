@@ -53,7 +53,8 @@ const (
 	// 1/√loss, and the application's streams stall on each loss).
 	LossExponent = 10
 	// DegradedFactor multiplies the score of a peer whose best path is
-	// degraded (its last heartbeat probe went unanswered).
+	// degraded (its last heartbeat probe went unanswered) or not yet
+	// validated (no heartbeat answered yet).
 	DegradedFactor = 0.5
 )
 

@@ -69,7 +69,7 @@ func (m *metrics) init() {
 	vec := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "realmnet_hook_duration_seconds",
 		Help: "Duration of hook calls by stage (before_connect, after_handshake), whatever their outcome; a call that timed out lasts the registry's timeout.",
-		// 10 µs to ~5.2 s, ×4: an in-memory check to past DefaultTimeout (2 s).
+		// 10 µs to ~10.5 s, ×4: an in-memory check to past DefaultTimeout (2 s).
 		Buckets: prometheus.ExponentialBuckets(0.00001, 4, 11),
 	}, []string{"stage"})
 	m.duration, m.decisions = vec, make(map[decisionKey]uint64)

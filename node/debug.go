@@ -58,15 +58,17 @@ func (n *Node) DebugURL() string {
 // the address (a non-loopback one without a token, one that cannot be
 // bound).
 func (n *Node) startDebug(cfg *Config) error {
-	rec, err := newEventRecorder(n.bus)
+	source := &debugSource{n: n, started: time.Now()}
+	rec, err := newEventRecorder(n.bus, source.poolName)
 	if err != nil {
 		return err
 	}
+	source.events = rec
 	gatherer, _ := cfg.Metrics.(prometheus.Gatherer)
 	srv, err := debugapi.Listen(debugapi.Config{
 		Addr:     cfg.DebugAddr,
 		Token:    cfg.DebugToken,
-		Source:   &debugSource{n: n, started: time.Now(), events: rec},
+		Source:   source,
 		Gatherer: gatherer,
 	})
 	if err != nil {
@@ -353,15 +355,17 @@ func (d *debugSource) Doctor(ctx context.Context, p peer.ID) (debugapi.DoctorRep
 	} else {
 		rep.Decisions = append(rep.Decisions, debugapi.DecisionView{At: now, Stage: "peer_dial", Outcome: "allowed"})
 	}
+	var addrRules []string
 	for _, key := range order {
-		a := ma.StringCast(key)
-		if rule := n.addrRule(a); rule != "" {
+		if rule := n.addrRule(ma.StringCast(key)); rule != "" {
+			addrRules = append(addrRules, rule)
 			rep.Decisions = append(rep.Decisions, debugapi.DecisionView{At: now, Stage: "addr_dial", Outcome: "denied",
 				Reason: fmt.Sprintf("%s: %s", rule, key)})
-			if blocked == "" && len(order) == 1 {
-				blocked = rule
-			}
 		}
+	}
+	if blocked == "" && len(order) > 0 && len(addrRules) == len(order) {
+		// Every address is blocked: the peer cannot be dialed at all.
+		blocked = strings.Join(slices.Compact(addrRules), ", ")
 	}
 
 	// Realm membership.
@@ -389,8 +393,11 @@ func (d *debugSource) Doctor(ctx context.Context, p peer.ID) (debugapi.DoctorRep
 			if err != nil {
 				dv.Error, lastDialErr = err.Error(), err
 				rep.Decisions = append(rep.Decisions, dialDecisions(start, err)...)
+				// Only the pools' stage refuses on a pool's account, and
+				// only the global pool refuses (its ceiling, the per-peer
+				// cap).
 				var refused *core.RefusedError
-				if errors.As(err, &refused) {
+				if errors.As(err, &refused) && refused.Stage == core.StagePools {
 					rep.PoolRefusals = append(rep.PoolRefusals, debugapi.RefusalView{At: start, Pool: core.PoolGlobal, Reason: refused.Reason})
 				}
 			} else if dialed == "" {
@@ -451,7 +458,11 @@ func dialDecisions(at time.Time, err error) []debugapi.DecisionView {
 	var rejected *hooks.RejectedError
 	switch {
 	case errors.As(err, &rejected):
-		return []debugapi.DecisionView{{At: at, Stage: string(rejected.Stage), Hook: fmt.Sprint(rejected.Hook), Outcome: "rejected", Reason: rejected.Reason.Error()}}
+		stage := "before_connect"
+		if rejected.Stage == hooks.StageAfterHandshake {
+			stage = "after_handshake"
+		}
+		return []debugapi.DecisionView{{At: at, Stage: stage, Hook: fmt.Sprint(rejected.Hook), Outcome: "rejected", Reason: rejected.Reason.Error()}}
 	case errors.Is(err, gater.ErrAddrBlocked):
 		return []debugapi.DecisionView{{At: at, Stage: "addr_dial", Outcome: "denied", Reason: err.Error()}}
 	case errors.Is(err, swarm.ErrGaterDisallowedConnection):
@@ -498,13 +509,15 @@ func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", ";
 type eventRecorder struct {
 	sub  event.Subscription
 	done chan struct{}
+	// poolName shows a realm's pool by the realm's name.
+	poolName func(core.Pool) core.Pool
 
 	mu     sync.Mutex
 	events []debugapi.EventView // a ring of recentEvents
 	next   int
 }
 
-func newEventRecorder(bus event.Bus) (*eventRecorder, error) {
+func newEventRecorder(bus event.Bus, poolName func(core.Pool) core.Pool) (*eventRecorder, error) {
 	sub, err := bus.Subscribe([]any{
 		new(swarm.EvtConnectionOpened), new(swarm.EvtConnectionClosed),
 		new(multipath.EvtPathSelected), new(multipath.EvtPathDead),
@@ -514,7 +527,7 @@ func newEventRecorder(bus event.Bus) (*eventRecorder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: debug endpoint: subscribe to events: %w", err)
 	}
-	r := &eventRecorder{sub: sub, done: make(chan struct{})}
+	r := &eventRecorder{sub: sub, done: make(chan struct{}), poolName: poolName}
 	go r.run()
 	return r, nil
 }
@@ -522,7 +535,7 @@ func newEventRecorder(bus event.Bus) (*eventRecorder, error) {
 func (r *eventRecorder) run() {
 	defer close(r.done)
 	for evt := range r.sub.Out() {
-		v := eventView(evt)
+		v := r.eventView(evt)
 		r.mu.Lock()
 		if len(r.events) < recentEvents {
 			r.events = append(r.events, v)
@@ -550,7 +563,7 @@ func (r *eventRecorder) snapshot() []debugapi.EventView {
 
 // eventView describes one event; it names what the event says and never
 // carries key material (the events hold none).
-func eventView(evt any) debugapi.EventView {
+func (r *eventRecorder) eventView(evt any) debugapi.EventView {
 	v := debugapi.EventView{At: time.Now()}
 	switch e := evt.(type) {
 	case swarm.EvtConnectionOpened:
@@ -562,7 +575,7 @@ func eventView(evt any) debugapi.EventView {
 	case multipath.EvtPathDead:
 		v.Type, v.Peer, v.Text = "path_dead", e.Peer.String(), fmt.Sprintf("%s silent for %s", e.ConnID, e.SilentFor.Round(time.Millisecond))
 	case connmgr.EvtConnTrimmed:
-		v.Type, v.Peer, v.Text = "connection_trimmed", e.Peer.String(), fmt.Sprintf("%s from %s (%s)", e.ConnID, e.Pool, e.Reason)
+		v.Type, v.Peer, v.Text = "connection_trimmed", e.Peer.String(), fmt.Sprintf("%s from %s (%s)", e.ConnID, r.poolName(e.Pool), e.Reason)
 	case realm.EvtMemberJoined:
 		v.Type, v.Peer, v.Text = "member_joined", e.Peer.String(), "realm "+e.Realm
 	case realm.EvtMemberLeft:

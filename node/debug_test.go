@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -237,6 +238,17 @@ func TestDoctor(t *testing.T) {
 	require.Contains(t, rep.Verdict, "blocked peer", rep.Verdict)
 	require.Empty(t, rep.Dials, "a blocked peer is not dialed")
 	require.Equal(t, "denied", rep.Decisions[0].Outcome)
+
+	// A peer whose every address is in a blocked subnet.
+	fenced := testnode.New(t, node.ListenAddrStrings("/ip4/127.0.0.4/udp/0/quic-v1"))
+	a.Host().Peerstore().AddAddrs(fenced.ID(), fenced.Addrs(), time.Hour)
+	_, subnet, err := net.ParseCIDR("127.0.0.4/32")
+	require.NoError(t, err)
+	require.NoError(t, a.Gater().BlockSubnet(subnet))
+	rep, err = client.Doctor(ctx, fenced.ID().String())
+	require.NoError(t, err)
+	require.Contains(t, rep.Verdict, "blocked subnet 127.0.0.4/32", rep.Verdict)
+	require.Empty(t, rep.Dials)
 
 	unknown := testnode.New(t).ID() // never told to a
 	rep, err = client.Doctor(ctx, unknown.String())

@@ -96,6 +96,9 @@ func (c healthCollector) Collect(ch chan<- prometheus.Metric) {
 	backoffs := c.swarm.DialBackoffs()
 	breakers := map[health.Breaker]int{health.BreakerClosed: 0, health.BreakerOpen: 0, health.BreakerHalfOpen: 0}
 	buckets := make(map[float64]uint64, len(peerQualityBuckets))
+	for _, ub := range peerQualityBuckets {
+		buckets[ub] = 0 // every bucket is exported, empty or not
+	}
 	var count uint64
 	var sum float64
 	for _, p := range c.swarm.Peers() {

@@ -424,10 +424,22 @@ func ResourceLimits(cfg resource.Config) Option {
 	}
 }
 
-// Metrics exports the node's metrics to reg: go-libp2p rcmgr's (process-wide
-// collectors, libp2p_rcmgr_*) and the realm scopes' usage
-// (realmnet_realm_usage{realm, resource, node}). Several nodes may share a
-// registry. Without it the node exports nothing.
+// Metrics exports the node's metrics to reg (docs/observability.md lists
+// every family):
+//
+//   - go-libp2p's own, from its metrics tracers: the swarm's
+//     (libp2p_swarm_*), identify's, the event bus's and rcmgr's, under
+//     go-libp2p's names so that its Grafana dashboards work; go-libp2p keeps
+//     them per process, so they carry no node label;
+//   - realmnet's (realmnet_*): the admission pipeline, pools, paths, realms,
+//     gater, hooks, event queues, peer health and the realm scopes' usage,
+//     each series labelled node=<peer ID>, so several nodes may share a
+//     registry. They are read when reg is scraped or observed off the
+//     stream path: metrics add no allocation to opening a stream
+//     (BenchmarkStreamOpenEcho1KiBMetrics). Close unregisters them.
+//
+// Without it the node exports nothing (but see DebugAddr). The error names
+// a nil registerer.
 func Metrics(reg prometheus.Registerer) Option {
 	return func(c *Config) error {
 		if reg == nil {

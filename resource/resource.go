@@ -130,6 +130,7 @@ type Manager struct {
 	usage  map[core.RealmID]*realmUsage
 
 	gauge *prometheus.GaugeVec // nil without a registerer
+	reg   prometheus.Registerer
 
 	negotiation negotiation
 }
@@ -165,8 +166,18 @@ func New(cfg Config, reg prometheus.Registerer, opts ...rcmgr.Option) (*Manager,
 			_ = rm.Close()
 			return nil, fmt.Errorf("resource: register metrics: %w", err)
 		}
+		m.reg = reg
 	}
 	return m, nil
+}
+
+// Close unregisters the realm usage gauge, so that a closed node leaves no
+// series behind in a shared registry, and closes rcmgr.
+func (m *Manager) Close() error {
+	if m.reg != nil {
+		m.reg.Unregister(m.gauge)
+	}
+	return m.ResourceManager.Close()
 }
 
 // untrustedShare is UntrustedNegotiatingShare percent of the transient

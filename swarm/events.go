@@ -75,7 +75,7 @@ type connectednessEmitter struct {
 }
 
 func newConnectednessEmitter(bus event.Bus, connectedness func(peer.ID) network.Connectedness) (*connectednessEmitter, error) {
-	q, err := eventqueue.New(bus, new(event.EvtPeerConnectednessChanged))
+	q, err := eventqueue.NewNamed(bus, "swarm", new(event.EvtPeerConnectednessChanged))
 	if err != nil {
 		return nil, fmt.Errorf("swarm: %w", err)
 	}

@@ -106,6 +106,18 @@ func New(bus event.Bus, types ...any) (*Queue, error) {
 // the bus refused (as New); in both cases no emitter stays open and no
 // goroutine is started.
 func NewWithLimit(bus event.Bus, limit int, types ...any) (*Queue, error) {
+	return newQueue(bus, "", limit, types)
+}
+
+// NewNamed is New for a queue whose drops a ClosingBus reports under name
+// (DroppedEvents) instead of the package of its first event type: for a
+// component that emits another package's events (the swarm emits
+// go-libp2p's event.EvtPeerConnectednessChanged).
+func NewNamed(bus event.Bus, name string, types ...any) (*Queue, error) {
+	return newQueue(bus, name, DefaultLimit, types)
+}
+
+func newQueue(bus event.Bus, name string, limit int, types []any) (*Queue, error) {
 	if limit < 1 {
 		return nil, fmt.Errorf("eventqueue: limit %d: must be at least 1", limit)
 	}
@@ -132,7 +144,10 @@ func NewWithLimit(bus event.Bus, limit int, types ...any) (*Queue, error) {
 			q.wanted[t] = cb.interest.counter(t)
 		}
 		q.wildcard = &cb.interest.wildcard
-		cb.addQueue(queueName(types), q)
+		if name == "" {
+			name = queueName(types)
+		}
+		cb.addQueue(name, q)
 	}
 	go q.run()
 	return q, nil
