@@ -75,8 +75,11 @@ func components(ctx context.Context, cfg *Config, key crypto.PrivKey) fx.Option 
 			newDHT,
 			newRealms,
 		),
-		fx.Invoke(registerMetrics),
 		fx.Invoke(start),
+		// After start: its parameters decide the order in which the
+		// components are built (the gater, which can refuse to start on a
+		// damaged store, first).
+		fx.Invoke(registerMetrics),
 	)
 }
 

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -73,9 +74,9 @@ type metricsParams struct {
 }
 
 // registerMetrics registers realmnet's collectors of the node's components
-// (when the Metrics option is set) and unregisters them when the node
-// stops. The error names a collector the registry refused (a second node
-// with the same peer ID in one registry, say).
+// when the node starts (with the Metrics option) and unregisters them when
+// it stops. A collector the registry refuses (a second node with the same
+// peer ID in one registry, say) fails the start, naming it.
 func registerMetrics(p metricsParams) error {
 	reg := nodeRegisterer(p.Config.Metrics, p.ID)
 	if reg == nil {
@@ -107,15 +108,27 @@ func registerMetrics(p metricsParams) error {
 		for _, c := range registered {
 			reg.Unregister(c)
 		}
+		registered = nil
 	}
-	for _, c := range collectors {
-		if err := reg.Register(c.c); err != nil {
+	// Registered when the node starts, not while it is built: a refusal
+	// then stops what has started (fx rolls back), where a failed build
+	// would leave the components built so far running.
+	p.Lifecycle.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			for _, c := range collectors {
+				if err := reg.Register(c.c); err != nil {
+					unregister()
+					return fmt.Errorf("node: register the %s metrics: %w", c.name, err)
+				}
+				registered = append(registered, c.c)
+			}
+			return nil
+		},
+		OnStop: func(context.Context) error {
 			unregister()
-			return fmt.Errorf("node: register the %s metrics: %w", c.name, err)
-		}
-		registered = append(registered, c.c)
-	}
-	p.Lifecycle.Append(fx.StopHook(unregister))
+			return nil
+		},
+	})
 	return nil
 }
 
