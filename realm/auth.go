@@ -138,12 +138,19 @@ func (r *Realm) initiate(ctx context.Context, p peer.ID) (err error) {
 	}
 	if err := r.admit(p, byes); err != nil {
 		// p admitted us: undo it with a goodbye — sent by Leave when the
-		// realm is being left, at once otherwise (e.g. our realm limit).
-		if errors.Is(err, ErrLeft) {
+		// realm is being left, at once otherwise (e.g. our realm limit) —
+		// unless p said goodbye during the handshake: its membership that
+		// admitted us has ended with it, and p may have joined again
+		// since, in a new membership that our goodbye would end (seen in
+		// BenchmarkJoinToFirstMember: p listed no member right after it
+		// had one, while we listed p).
+		switch {
+		case errors.Is(err, ErrLeft):
 			r.mu.Lock()
 			r.membership.admittedBy[p] = struct{}{}
 			r.mu.Unlock()
-		} else {
+		case errors.Is(err, errSaidGoodbye):
+		default:
 			r.goodbyeAsync(p)
 		}
 		s.stats.authRefused.Add(1)
