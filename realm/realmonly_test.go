@@ -85,9 +85,13 @@ func TestRealmOnlyReconnectsDoNotResetAuthTimeout(t *testing.T) {
 		require.False(t, closed, "the member was closed after %v of connection %d", moved, i)
 		before := mConns.Load()
 		_ = m.Host().Network().ClosePeer(v.ID())
+		// Both ends must see the new connection before the next session
+		// watches it from m's side: v can announce it a moment before m
+		// has admitted its end.
 		require.Eventually(t, func() bool {
 			info, ok := rv.Member(m.ID())
-			return mConns.Load() > before && ok && info.Connected
+			return mConns.Load() > before && ok && info.Connected &&
+				m.Host().Network().Connectedness(v.ID()) == network.Connected
 		}, 10*time.Second, 5*time.Millisecond, "the member did not reconnect and authenticate again (reconnection %d)", i)
 	}
 
