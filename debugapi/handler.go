@@ -7,8 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -66,8 +69,53 @@ func Handler(cfg Config) (http.Handler, error) {
 	h = onlyRead(h)
 	if cfg.Token != "" {
 		h = requireToken(cfg.Token, h)
+	} else {
+		h = onlyLocal(h)
 	}
 	return withHeaders(h), nil
+}
+
+// onlyLocal guards an endpoint without a token, which only a loopback
+// address may serve, against web pages the user's browser runs: it
+// answers 403 to a request whose Host is not a loopback address or
+// "localhost" (a DNS-rebinding page reaches 127.0.0.1 under its own name),
+// whose Origin is not local, or that the browser marks cross-site
+// (Sec-Fetch-Site), such as an <img> tag on another site naming the
+// doctor or a profile.
+func onlyLocal(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !isLocalHost(r.Host) {
+			writeError(w, http.StatusForbidden, "the debug endpoint without a token answers only requests addressed to a loopback address or localhost")
+			return
+		}
+		if origin := r.Header.Get("Origin"); origin != "" {
+			u, err := url.Parse(origin)
+			if err != nil || !isLocalHost(u.Host) {
+				writeError(w, http.StatusForbidden, "cross-origin requests are refused")
+				return
+			}
+		}
+		if r.Header.Get("Sec-Fetch-Site") == "cross-site" {
+			writeError(w, http.StatusForbidden, "cross-site requests are refused")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// isLocalHost reports whether hostport ("host" or "host:port") names a
+// loopback address or localhost.
+func isLocalHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	addr, err := netip.ParseAddr(host)
+	return err == nil && addr.IsLoopback()
 }
 
 // withHeaders sets the headers every response carries: no caching (the data
@@ -191,6 +239,12 @@ func (a *api) health(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) doctor(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		// A diagnosis looks the peer up and may dial it: not for HEAD.
+		w.Header().Set("Allow", "GET")
+		writeError(w, http.StatusMethodNotAllowed, "the doctor answers GET only")
+		return
+	}
 	value := r.PathValue("peer")
 	p, err := peer.Decode(value)
 	if err != nil {

@@ -124,8 +124,16 @@ func (s *Server) URL() string { return "http://" + s.listener.Addr().String() }
 func (s *Server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
+	return s.Shutdown(ctx)
+}
+
+// Shutdown is Close with the wait for requests in flight bounded by ctx
+// instead of shutdownTimeout: when ctx ends first, the connections still
+// open are closed. It waits for the server's goroutine and is safe to call
+// more than once.
+func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
-	if errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		err = s.http.Close()
 	}
 	<-s.done

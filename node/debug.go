@@ -80,10 +80,10 @@ func (n *Node) startDebug(cfg *Config) error {
 	return nil
 }
 
-// stopDebug stops the debug endpoint and its event recorder.
-func (n *Node) stopDebug() {
+// stopDebug stops the debug endpoint, within ctx, and its event recorder.
+func (n *Node) stopDebug(ctx context.Context) {
 	if n.debug != nil {
-		_ = n.debug.Close()
+		_ = n.debug.Shutdown(ctx)
 		n.debugEvents.close()
 	}
 }
@@ -195,12 +195,15 @@ func (d *debugSource) Pools() []debugapi.PoolView {
 			refused[core.ReasonPoolCeiling]+refused[core.ReasonMaxConnsPerPeer]),
 		view(core.PoolUnassigned, st.Unassigned, st.Closed[core.ReasonUnassignedHighWater], 0),
 	}
+	realmPools := make([]debugapi.PoolView, 0, len(st.Realms))
 	for id, ps := range st.Realms {
 		// Trims inside a realm are counted per realm (Trims), their
 		// connections for all realms together (realm_high_water).
-		out = append(out, view(d.poolName(core.RealmPool(id)), ps, ps.Trims, 0))
+		realmPools = append(realmPools, view(d.poolName(core.RealmPool(id)), ps, ps.Trims, 0))
 	}
-	return out
+	// A stable order: the page shows the pools as it gets them.
+	slices.SortFunc(realmPools, func(a, b debugapi.PoolView) int { return strings.Compare(string(a.Name), string(b.Name)) })
+	return append(out, realmPools...)
 }
 
 // poolName shows a realm's sub-pool by the realm's name ("realm:chat")
@@ -300,14 +303,23 @@ const doctorLookupTimeout = 5 * time.Second
 // doctorMaxDials caps the addresses a diagnosis dials (one by one).
 const doctorMaxDials = 8
 
+// doctorTimeout bounds a whole diagnosis: below the debug endpoint's
+// per-request write deadline (60 s), so that the report is always
+// written; dials that do not fit are not made.
+const doctorTimeout = 45 * time.Second
+
 // Doctor explains reaching p: the addresses known and where from (the
 // peerstore, the node's connections, the DHT), the gater's rules for p
 // and for each address, the dials it makes when p is not connected (each
-// address on its own, its error or its time), the refusals among their
-// errors, p's membership in each joined realm, p's paths and health, and a
-// one-line verdict. It dials only when p is not connected, and at most
-// doctorMaxDials addresses, each bounded by the node's AddrDialTimeout.
+// address on its own, its error or its time), the pools' refusals among
+// their errors, p's membership in each joined realm, p's paths and
+// health, and a one-line verdict. It dials only when p is not connected
+// (after the DHT lookup, which may connect it), at most doctorMaxDials
+// addresses, within doctorTimeout in all; connections it makes stay open,
+// as any other. Its gater checks count as gater decisions.
 func (d *debugSource) Doctor(ctx context.Context, p peer.ID) (debugapi.DoctorReport, error) {
+	ctx, cancel := context.WithTimeout(ctx, doctorTimeout)
+	defer cancel()
 	n := d.n
 	rep := debugapi.DoctorReport{Peer: p.String(), Addresses: []debugapi.AddressView{}, Dials: []debugapi.DialView{},
 		Decisions: []debugapi.DecisionView{}, PoolRefusals: []debugapi.RefusalView{}, Realms: []debugapi.RealmMembershipView{}}
@@ -316,15 +328,18 @@ func (d *debugSource) Doctor(ctx context.Context, p peer.ID) (debugapi.DoctorRep
 		rep.Verdict = "this is the node itself"
 		return rep, nil
 	}
-	rep.Connectedness = n.swarm.Connectedness(p).String()
 
-	// Addresses and where they come from.
+	// Addresses and where they come from. kad-dht's FindPeer answers with
+	// the peerstore's addresses after its lookup (which adds what it
+	// learnt there), so "dht" marks only the addresses the lookup added.
 	sources := map[string][]string{}
-	var order []string
+	var addrs []ma.Multiaddr // in the order first found
 	add := func(a ma.Multiaddr, source string) {
-		key := a.String()
+		key := string(a.Bytes())
 		if _, ok := sources[key]; !ok {
-			order = append(order, key)
+			addrs = append(addrs, a)
+		} else if source == "dht" {
+			return
 		}
 		if !slices.Contains(sources[key], source) {
 			sources[key] = append(sources[key], source)
@@ -336,15 +351,17 @@ func (d *debugSource) Doctor(ctx context.Context, p peer.ID) (debugapi.DoctorRep
 	for _, c := range n.swarm.ConnsToPeer(p) {
 		add(c.RemoteMultiaddr(), "connection")
 	}
-	lookupCtx, cancel := context.WithTimeout(ctx, doctorLookupTimeout)
+	lookupCtx, cancelLookup := context.WithTimeout(ctx, doctorLookupTimeout)
 	ai, lookupErr := n.dht.FindPeer(lookupCtx, p)
-	cancel()
+	cancelLookup()
 	for _, a := range ai.Addrs {
 		add(a, "dht")
 	}
-	for _, key := range order {
-		rep.Addresses = append(rep.Addresses, debugapi.AddressView{Addr: key, Sources: sources[key]})
+	for _, a := range addrs {
+		rep.Addresses = append(rep.Addresses, debugapi.AddressView{Addr: a.String(), Sources: sources[string(a.Bytes())]})
 	}
+	// Read after the lookup: kad-dht may have connected p.
+	rep.Connectedness = n.swarm.Connectedness(p).String()
 
 	// The gater's rules.
 	now := time.Now()
@@ -356,14 +373,14 @@ func (d *debugSource) Doctor(ctx context.Context, p peer.ID) (debugapi.DoctorRep
 		rep.Decisions = append(rep.Decisions, debugapi.DecisionView{At: now, Stage: "peer_dial", Outcome: "allowed"})
 	}
 	var addrRules []string
-	for _, key := range order {
-		if rule := n.addrRule(ma.StringCast(key)); rule != "" {
+	for _, a := range addrs {
+		if rule := n.addrRule(a); rule != "" {
 			addrRules = append(addrRules, rule)
 			rep.Decisions = append(rep.Decisions, debugapi.DecisionView{At: now, Stage: "addr_dial", Outcome: "denied",
-				Reason: fmt.Sprintf("%s: %s", rule, key)})
+				Reason: fmt.Sprintf("%s: %s", rule, a)})
 		}
 	}
-	if blocked == "" && len(order) > 0 && len(addrRules) == len(order) {
+	if blocked == "" && len(addrs) > 0 && len(addrRules) == len(addrs) {
 		// Every address is blocked: the peer cannot be dialed at all.
 		blocked = strings.Join(slices.Compact(addrRules), ", ")
 	}
@@ -383,13 +400,13 @@ func (d *debugSource) Doctor(ctx context.Context, p peer.ID) (debugapi.DoctorRep
 	var lastDialErr error
 	dialed := ""
 	if rep.Connectedness != network.Connected.String() && blocked == "" {
-		for i, key := range order {
+		for i, a := range addrs {
 			if i == doctorMaxDials || ctx.Err() != nil {
 				break
 			}
 			start := time.Now()
-			_, err := n.swarm.DialPath(ctx, p, ma.StringCast(key))
-			dv := debugapi.DialView{At: start, Addr: key, DurationMs: ms(time.Since(start))}
+			_, err := n.swarm.DialPath(ctx, p, a)
+			dv := debugapi.DialView{At: start, Addr: a.String(), DurationMs: ms(time.Since(start))}
 			if err != nil {
 				dv.Error, lastDialErr = err.Error(), err
 				rep.Decisions = append(rep.Decisions, dialDecisions(start, err)...)
@@ -401,7 +418,7 @@ func (d *debugSource) Doctor(ctx context.Context, p peer.ID) (debugapi.DoctorRep
 					rep.PoolRefusals = append(rep.PoolRefusals, debugapi.RefusalView{At: start, Pool: core.PoolGlobal, Reason: refused.Reason})
 				}
 			} else if dialed == "" {
-				dialed = key
+				dialed = a.String()
 			}
 			rep.Dials = append(rep.Dials, dv)
 		}
@@ -411,12 +428,14 @@ func (d *debugSource) Doctor(ctx context.Context, p peer.ID) (debugapi.DoctorRep
 	paths := n.paths.Paths(p)
 	rep.Paths = pathViews(p, paths)
 	b, backedOff := n.swarm.DialBackoffOf(p)
-	rep.Known = len(order) > 0 || backedOff || member
+	rep.Known = len(addrs) > 0 || backedOff || member
+	var h health.Health
 	if rep.Known {
-		hv := healthView(health.Assess(p, healthInput(paths, b, backedOff), time.Now()))
+		h = health.Assess(p, healthInput(paths, b, backedOff), time.Now())
+		hv := healthView(h)
 		rep.Health = &hv
 	}
-	rep.Verdict = doctorVerdict(rep, blocked, dialed, lastDialErr, lookupErr, paths)
+	rep.Verdict = doctorVerdict(rep, blocked, dialed, lastDialErr, lookupErr, paths, h)
 	return rep, nil
 }
 
@@ -472,7 +491,7 @@ func dialDecisions(at time.Time, err error) []debugapi.DecisionView {
 }
 
 // doctorVerdict is the report's one line.
-func doctorVerdict(rep debugapi.DoctorReport, blocked, dialed string, dialErr, lookupErr error, paths []core.PathInfo) string {
+func doctorVerdict(rep debugapi.DoctorReport, blocked, dialed string, dialErr, lookupErr error, paths []core.PathInfo, h health.Health) string {
 	for _, pi := range paths {
 		if pi.Selected {
 			how := "connected"
@@ -490,13 +509,16 @@ func doctorVerdict(rep debugapi.DoctorReport, blocked, dialed string, dialErr, l
 		if lookupErr != nil {
 			why += " (DHT: " + lookupErr.Error() + ")"
 		}
+		if h.Breaker == health.BreakerOpen || h.Breaker == health.BreakerHalfOpen {
+			return fmt.Sprintf("backed off after %d failed dial(s), breaker %s; %s", h.Failures, h.Breaker, why)
+		}
 		return "unknown peer: " + why
 	case dialErr != nil:
 		var rejected *hooks.RejectedError
 		if errors.As(dialErr, &rejected) {
 			return fmt.Sprintf("refused by %s hook %d: %v", rejected.Stage, rejected.Hook, rejected.Reason)
 		}
-		return fmt.Sprintf("unreachable: every address failed (%d tried; last: %s)", len(rep.Dials), oneLine(dialErr))
+		return fmt.Sprintf("unreachable: %d of %d address(es) tried, all failed (last: %s)", len(rep.Dials), len(rep.Addresses), oneLine(dialErr))
 	}
 	return "not connected"
 }

@@ -194,6 +194,8 @@ func TestDebugAddrNeedsATokenOffLoopback(t *testing.T) {
 
 	_, err = node.New(ctx, node.DebugToken("short"))
 	require.ErrorContains(t, err, "DebugToken")
+	_, err = node.New(ctx, node.DebugToken("a token of at least sixteen bytes\n"))
+	require.ErrorContains(t, err, "DebugToken")
 	_, err = node.New(ctx, node.DebugAddr("no-port"))
 	require.ErrorContains(t, err, "no-port")
 
@@ -230,6 +232,12 @@ func TestDoctor(t *testing.T) {
 	require.True(t, strings.HasPrefix(rep.Verdict, "connected"), rep.Verdict)
 	require.NotEmpty(t, rep.Paths)
 	require.NotNil(t, rep.Health)
+	require.Empty(t, rep.Dials, "a connected peer is not dialed")
+	for _, av := range rep.Addresses {
+		// kad-dht's FindPeer answers with the peerstore's addresses:
+		// only an address the lookup added is the DHT's.
+		require.NotContains(t, av.Sources, "dht", "%s", av.Addr)
+	}
 
 	a.Host().Peerstore().AddAddrs(blocked.ID(), blocked.Addrs(), time.Hour)
 	require.NoError(t, a.Gater().BlockPeer(blocked.ID()))

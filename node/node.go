@@ -437,7 +437,7 @@ func (n *Node) Close() error {
 // first one's result.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.closeOnce.Do(func() {
-		n.stopDebug()
+		n.stopDebug(ctx)
 		n.bus.CloseSubscriptions()
 		if err := n.app.Stop(ctx); err != nil {
 			n.closeErr = fmt.Errorf("node: stop: %w", err)

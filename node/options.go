@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/benbjohnson/clock"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -477,11 +479,16 @@ func DebugAddr(addr string) Option {
 
 // DebugToken sets the token the debug endpoint (DebugAddr) requires on
 // every request, as "Authorization: Bearer <token>" or ?token=<token>; at
-// least 16 bytes. Required when DebugAddr is not a loopback address.
+// least 16 bytes, without white space at its ends or control characters.
+// Required when DebugAddr is not a loopback address.
 func DebugToken(token string) Option {
 	return func(c *Config) error {
 		if len(token) < 16 {
 			return fmt.Errorf("node: DebugToken of %d bytes: want at least 16", len(token))
+		}
+		if strings.TrimSpace(token) != token || strings.ContainsFunc(token, unicode.IsControl) {
+			// A header's value is trimmed: such a token could never match.
+			return errors.New("node: DebugToken has white space at an end or control characters")
 		}
 		c.DebugToken = token
 		return nil

@@ -121,8 +121,8 @@ func verdictIsReachable(verdict string) bool {
 // section each for addresses, dials, decisions, pool refusals, realms,
 // paths and health.
 func printDoctorReport(out io.Writer, report debugapi.DoctorReport, ids peerIDs, now time.Time) error {
-	fmt.Fprintf(out, "verdict: %s\n", report.Verdict)
-	fmt.Fprintf(out, "peer: %s\nknown: %s\nconnectedness: %s\n", report.Peer, yesNo(report.Known), report.Connectedness)
+	fmt.Fprintf(out, "verdict: %s\n", cell(report.Verdict))
+	fmt.Fprintf(out, "peer: %s\nknown: %s\nconnectedness: %s\n", cell(report.Peer), yesNo(report.Known), cell(report.Connectedness))
 
 	const indent = "  "
 	section := func(name string) { fmt.Fprintf(out, "\n%s:\n", name) }

@@ -325,6 +325,8 @@ func TestTableFormats(t *testing.T) {
 		{formatElapsed(3.34), "3.3 ms"},
 		{formatElapsed(5001.2), "5.0 s"},
 		{cell(" a\nb\tc\r\n"), "a; b c"},
+		// A terminal escape sequence a remote peer put in an address.
+		{cell("/dns4/\x1b[2Jevil/udp/1/quic-v1"), `/dns4/\x1b[2Jevil/udp/1/quic-v1`},
 	} {
 		if test.got != test.want {
 			t.Errorf("got %q, want %q", test.got, test.want)

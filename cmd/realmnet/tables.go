@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/realmnet/realmnet/core"
 	"github.com/realmnet/realmnet/debugapi"
@@ -30,12 +32,18 @@ func newTable(out io.Writer, indent string, header ...string) *table {
 	return &table{w: tabwriter.NewWriter(out, 0, 0, 2, ' ', 0), indent: indent, header: header}
 }
 
-// row adds a row; the header goes first, before the first row.
+// row adds a row; the header goes first, before the first row. Every cell
+// goes through cell: data from the node (addresses, errors a remote peer
+// may have chosen) never breaks the table or reaches the terminal as
+// control characters.
 func (t *table) row(cells ...string) {
 	if t.rows == 0 {
 		fmt.Fprintln(t.w, t.indent+strings.Join(t.header, "\t"))
 	}
 	t.rows++
+	for i, c := range cells {
+		cells[i] = cell(c)
+	}
 	fmt.Fprintln(t.w, t.indent+strings.Join(cells, "\t"))
 }
 
@@ -323,5 +331,13 @@ func orDash(value string) string {
 // dropped.
 func cell(text string) string {
 	lines := strings.FieldsFunc(text, func(r rune) bool { return r == '\n' || r == '\r' })
-	return strings.TrimSpace(strings.ReplaceAll(strings.Join(lines, "; "), "\t", " "))
+	text = strings.TrimSpace(strings.ReplaceAll(strings.Join(lines, "; "), "\t", " "))
+	// Other control characters (terminal escape sequences in an address
+	// or an error a remote peer chose) are shown escaped, never sent to
+	// the terminal.
+	if strings.ContainsFunc(text, unicode.IsControl) {
+		q := strconv.Quote(text)
+		text = q[1 : len(q)-1]
+	}
+	return text
 }
