@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -103,19 +102,14 @@ func onlyLocal(next http.Handler) http.Handler {
 	})
 }
 
-// isLocalHost reports whether hostport ("host" or "host:port") names a
-// loopback address or localhost.
+// isLocalHost reports whether hostport ("host" or "host:port", a Host
+// header) names a loopback address or localhost (isLoopback).
 func isLocalHost(hostport string) bool {
 	host := hostport
 	if h, _, err := net.SplitHostPort(hostport); err == nil {
 		host = h
 	}
-	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	addr, err := netip.ParseAddr(host)
-	return err == nil && addr.IsLoopback()
+	return isLoopback(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
 }
 
 // withHeaders sets the headers every response carries: no caching (the data

@@ -213,10 +213,8 @@ func (d *debugSource) poolName(pool core.Pool) core.Pool {
 	if !ok {
 		return pool
 	}
-	for _, r := range d.n.realms.Realms() {
-		if r.ID() == id {
-			return core.Pool("realm:" + r.Name())
-		}
+	if name := joinedRealmName(d.n.realms, id); name != "" {
+		return core.Pool("realm:" + name)
 	}
 	return pool
 }

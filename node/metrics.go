@@ -82,14 +82,7 @@ func registerMetrics(p metricsParams) error {
 	if reg == nil {
 		return nil
 	}
-	realmName := func(id core.RealmID) string {
-		for _, r := range p.Realms.Realms() {
-			if r.ID() == id {
-				return r.Name()
-			}
-		}
-		return ""
-	}
+	realmName := func(id core.RealmID) string { return joinedRealmName(p.Realms, id) }
 	collectors := []struct {
 		name string
 		c    prometheus.Collector
@@ -130,6 +123,18 @@ func registerMetrics(p metricsParams) error {
 		},
 	})
 	return nil
+}
+
+// joinedRealmName is the name of the joined realm whose ID is id; "" when
+// the node has not joined it (any more). Metrics and the debug endpoint
+// show realms, and their sub-pools, by name.
+func joinedRealmName(s *realm.Service, id core.RealmID) string {
+	for _, r := range s.Realms() {
+		if r.ID() == id {
+			return r.Name()
+		}
+	}
+	return ""
 }
 
 var eventsDroppedDesc = prometheus.NewDesc("realmnet_event_queue_dropped_total",
