@@ -158,17 +158,15 @@ func BenchmarkStreamOpenEcho1KiB(b *testing.B) {
 // collector registered) and "none" has none. The registry is not scraped
 // during the run.
 //
-// realmnet's own collectors are read at scrape time and its histograms are
-// observed off the stream path: they add nothing per stream. What the
-// metrics side pays is go-libp2p's rcmgr metrics tracer, which node.Metrics
-// installs so that go-libp2p's resource-manager dashboard works: rcmgr
-// traces every scope event (26 per echo, both ends), formatting a
-// timestamp and taking one process-wide lock each, about 52 allocations
-// per echo. Without Metrics the node turns that tracer off
-// (rcmgr.WithMetricsDisabled; go-libp2p has it on by default).
+// realmnet's collectors, go-libp2p's rcmgr families among them (package
+// resource), are read at scrape time and its histograms are observed off
+// the stream path: they add nothing per stream. rcmgr's own tracer —
+// every scope event, 26 per echo, formatted under a process-wide lock, 52
+// allocations per echo — is off on both sides (it made this ratio 1.20-1.25
+// when node.Metrics turned it on).
 //
 // Target (issue #13): ratio-median ≤ 1.02 and no allocation more per
-// stream; missed while rcmgr's tracer is the source of libp2p_rcmgr_*.
+// stream.
 func BenchmarkStreamOpenEcho1KiBMetrics(b *testing.B) {
 	mc, ms := benchRealmnetPair(b, benchEchoProto, testnode.Echo, node.Metrics(prometheus.NewRegistry()))
 	nc, ns := benchRealmnetPair(b, benchEchoProto, testnode.Echo)

@@ -119,26 +119,15 @@ func newEventBus(cfg *Config) (*eventqueue.ClosingBus, event.Bus) {
 func newResourceManager(lc fx.Lifecycle, cfg *Config, id peer.ID) (*resource.Manager, network.ResourceManager, error) {
 	rc := cfg.Resources
 	rc.PartialLimitConfig.Apply(resourceLimits(cfg.Multipath.MaxPaths, cfg.ConnLimits.HighWater).ToPartialLimitConfig())
+	// resource.New turns rcmgr's trace-fed metrics off (they cost a stream
+	// ~17 % of its time) and, with a registerer, exports the same
+	// libp2p_rcmgr_* families and the realm usage at scrape time, labelled
+	// with the node's ID.
 	var reg prometheus.Registerer
-	var opts []rcmgr.Option
 	if cfg.Metrics != nil {
-		// rcmgr's collectors are process-wide (registered once per
-		// registry); the realm gauge is per node, labelled with its ID.
-		reporter, err := rcmgr.NewStatsTraceReporter()
-		if err != nil {
-			return nil, nil, fmt.Errorf("node: rcmgr metrics: %w", err)
-		}
-		rcmgr.MustRegisterWith(cfg.Metrics)
-		opts = append(opts, rcmgr.WithTraceReporter(reporter))
 		reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": id.String()}, cfg.Metrics)
-	} else {
-		// rcmgr traces every scope event into its process-wide metrics by
-		// default — formatting a timestamp and taking one global lock per
-		// event, 26 events per stream open and close (both ends) — which
-		// nobody reads without Metrics: ~17 % of a stream echo's time.
-		opts = append(opts, rcmgr.WithMetricsDisabled())
 	}
-	rm, err := resource.New(rc, reg, opts...)
+	rm, err := resource.New(rc, reg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("node: create resource manager: %w", err)
 	}

@@ -23,11 +23,14 @@ import (
 // Metrics option in two kinds:
 //
 //   - go-libp2p's own families (libp2p_swarm_*, libp2p_identify_*,
-//     libp2p_eventbus_*, libp2p_rcmgr_*) from go-libp2p's metrics tracers,
-//     so that go-libp2p's Grafana dashboards work unchanged. go-libp2p
-//     keeps their collectors in package variables: they are per process,
-//     registered once per registry whatever the number of nodes, and carry
-//     no node label.
+//     libp2p_eventbus_*) from go-libp2p's metrics tracers, so that
+//     go-libp2p's Grafana dashboards work unchanged. go-libp2p keeps their
+//     collectors in package variables: they are per process, registered
+//     once per registry whatever the number of nodes, and carry no node
+//     label. go-libp2p's libp2p_rcmgr_* families are the exception: the
+//     resource manager exports them itself at scrape time (package
+//     resource; rcmgr's tracer costs a short stream a fifth of its time),
+//     per node, with the node label.
 //   - realmnet's own (realmnet_*), one collector per component, registered
 //     through a registerer that labels every series with node="<peer ID>",
 //     so several nodes can share a registry. They are read from the

@@ -430,22 +430,28 @@ func ResourceLimits(cfg resource.Config) Option {
 // every family):
 //
 //   - go-libp2p's own, from its metrics tracers: the swarm's
-//     (libp2p_swarm_*), identify's, the event bus's and rcmgr's, under
-//     go-libp2p's names so that its Grafana dashboards work; go-libp2p keeps
-//     them per process, so they carry no node label;
+//     (libp2p_swarm_*), identify's and the event bus's, under go-libp2p's
+//     names so that its Grafana dashboards work; go-libp2p keeps them per
+//     process, so they carry no node label;
+//   - go-libp2p's resource-manager families (libp2p_rcmgr_*), same names,
+//     labels and buckets, read from rcmgr's state at scrape time by the
+//     resource manager (package resource) rather than by rcmgr's tracer,
+//     and labelled node=<peer ID>;
 //   - realmnet's (realmnet_*): the admission pipeline, pools, paths, realms,
 //     gater, hooks, event queues, peer health and the realm scopes' usage,
 //     each series labelled node=<peer ID>, so several nodes may share a
 //     registry. They are read when reg is scraped or observed off the
 //     stream path. Close unregisters them.
 //
-// The cost is go-libp2p's rcmgr tracer: it records every resource scope
-// event (about 13 per stream and end), each with a formatted timestamp and
-// a process-wide lock — about a fifth of the CPU time of a short stream on
-// loopback and 52 allocations per stream echo (both ends)
-// (BenchmarkStreamOpenEcho1KiBMetrics). Without Metrics the node exports
-// nothing (but see DebugAddr) and turns that tracer off, which go-libp2p
-// leaves on by default. The error names a nil registerer.
+// Nothing of it runs per stream: BenchmarkStreamOpenEcho1KiBMetrics
+// compares a stream echo with and without Metrics. rcmgr's own tracer,
+// which go-libp2p leaves on by default, is off with or without Metrics: it
+// records every resource scope event (about 13 per stream and end) with a
+// formatted timestamp under a process-wide lock, about a fifth of the CPU
+// time of a short stream. A go-libp2p host that registers rcmgr's own
+// metrics (rcmgr.MustRegisterWith) cannot share reg with a node: the
+// families' label sets differ (node). Without Metrics the node exports
+// nothing (but see DebugAddr). The error names a nil registerer.
 func Metrics(reg prometheus.Registerer) Option {
 	return func(c *Config) error {
 		if reg == nil {

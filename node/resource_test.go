@@ -261,7 +261,8 @@ func TestAttackerHeldAtLimitsMemberServed(t *testing.T) {
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // TestMetricsExportRealmAndRcmgrUsage: with node.Metrics, realm usage and
-// rcmgr's scopes are on the registry; two nodes can share it.
+// rcmgr's scopes are on the registry, labelled by node; two nodes can share
+// it.
 func TestMetricsExportRealmAndRcmgrUsage(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	a := testnode.New(t, node.Metrics(reg))
@@ -278,14 +279,29 @@ func TestMetricsExportRealmAndRcmgrUsage(t *testing.T) {
 	for _, f := range families {
 		names[f.GetName()] = true
 		if f.GetName() == "realmnet_realm_usage" {
-			require.Len(t, f.GetMetric(), 1)
-			m := f.GetMetric()[0]
-			require.Equal(t, 1.0, m.GetGauge().GetValue())
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
+			require.Len(t, f.GetMetric(), 3, "members, streams_inbound, streams_outbound")
+			values := map[string]float64{}
+			for _, m := range f.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range m.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				require.Equal(t, a.ID().String(), labels["node"])
+				require.Equal(t, "chat", labels["realm"])
+				values[labels["resource"]] = m.GetGauge().GetValue()
 			}
-			require.Equal(t, map[string]string{"realm": "chat", "resource": "streams_outbound", "node": a.ID().String()}, labels)
+			require.Equal(t, map[string]float64{"members": 0, "streams_inbound": 0, "streams_outbound": 1}, values)
+		}
+		if f.GetName() == "libp2p_rcmgr_connections" {
+			nodes := map[string]bool{}
+			for _, m := range f.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "node" {
+						nodes[l.GetValue()] = true
+					}
+				}
+			}
+			require.Equal(t, map[string]bool{a.ID().String(): true, b.ID().String(): true}, nodes, "each node's rcmgr series, labelled")
 		}
 	}
 	require.True(t, names["realmnet_realm_usage"])

@@ -32,11 +32,13 @@ import (
 // realmnet/rcmgr-service per round; *-allocs/op are per stream.
 // Sub-benchmarks:
 //
-//   - metrics: rcmgr's default options, whose trace reporter (on unless
-//     disabled, as in a node) costs most of a stream's accounting, and
-//     realmnet's realm usage gauge registered, as in a node with metrics.
-//   - nometrics: rcmgr.WithMetricsDisabled on both sides, no gauge; the
-//     group scope's share is larger.
+//   - metrics: both sides export libp2p_rcmgr_*: rcmgr with its default
+//     options, whose trace reporter (on unless disabled) costs most of a
+//     stream's accounting, against a resource.Manager with a registry (as
+//     in a node with metrics), which reads the same families from rcmgr's
+//     state at scrape time (never scraped here).
+//   - nometrics: no registry on the realmnet side, rcmgr.WithMetricsDisabled
+//     on rcmgr's; the group scope's share is larger.
 //   - realm-scope-only: the realm scope reservation and release alone, no
 //     stream, gauge off: realmnet's own code, measured directly (no
 //     reference; ns/op and allocs/op are the usual ones).

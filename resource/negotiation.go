@@ -91,7 +91,11 @@ func (e *NegotiationError) Unwrap() error { return network.ErrResourceLimitExcee
 // once the stream's protocol is set, or when the stream is done.
 func (m *Manager) OpenStream(p peer.ID, dir network.Direction) (network.StreamManagementScope, error) {
 	if dir != network.DirInbound {
-		return m.ResourceManager.OpenStream(p, dir)
+		s, err := m.ResourceManager.OpenStream(p, dir)
+		if err != nil {
+			m.blocked.openRefused(err, dir, "stream", false)
+		}
+		return s, err
 	}
 	counted, err := m.negotiation.acquire(p)
 	if err != nil {
@@ -99,6 +103,7 @@ func (m *Manager) OpenStream(p peer.ID, dir network.Direction) (network.StreamMa
 	}
 	s, err := m.ResourceManager.OpenStream(p, dir)
 	if err != nil {
+		m.blocked.openRefused(err, dir, "stream", false)
 		if counted {
 			m.negotiation.release(p)
 		}

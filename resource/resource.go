@@ -3,8 +3,8 @@
 // limits — system, transient, service, protocol, peer, connection, stream;
 // memory, file descriptors, connections and streams in and out; auto-scaled
 // defaults; allowlist; per-IP and per-subnet connection limits and rate
-// limits; its Prometheus metrics — plus realm scopes: per-realm limits on
-// members and on inbound and outbound realm streams
+// limits; its Prometheus families, read at scrape time rather than traced
+// (metrics.go) — plus realm scopes: per-realm limits on members and on inbound and outbound realm streams
 // (core.RealmScopeLimits), with a default for every realm and per-realm
 // overrides. The realm package charges a member when it admits it
 // (ReserveRealmMember) and an application realm stream when it opens or
@@ -24,6 +24,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/realmnet/realmnet/core"
@@ -129,40 +130,61 @@ type Manager struct {
 	realms RealmConfig
 	usage  map[core.RealmID]*realmUsage
 
-	gauge *prometheus.GaugeVec // nil without a registerer
-	reg   prometheus.Registerer
+	// reg is the registerer the collector is on; nil without one.
+	reg       prometheus.Registerer
+	collector collector
+	// limitSeries are libp2p_rcmgr_limit's values; blocked counts
+	// libp2p_rcmgr_blocked_resources.
+	limitSeries []limitSeries
+	blocked     blockedCounts
 
 	negotiation negotiation
 }
 
 // New creates the manager from cfg (unset rcmgr limits take the auto-scaled
-// defaults, rcmgr.DefaultLimits.AutoScale()). reg, when not nil, receives
-// the realm usage gauge realmnet_realm_usage{realm, resource} (resource:
-// members, streams_inbound, streams_outbound); rcmgr's own
-// metrics are enabled with rcmgr options (opts). Errors: invalid realm
-// limits (named), rcmgr's errors, a duplicate metric registration.
+// defaults, rcmgr.DefaultLimits.AutoScale()) and rcmgr options opts.
+//
+// rcmgr's own metrics, on by default in go-libp2p, are off
+// (rcmgr.WithMetricsDisabled): they trace every scope event — 26 per
+// stream opened and closed, both ends — with a formatted timestamp under a
+// process-wide lock, about a fifth of a short stream's CPU time. With reg
+// not nil, the Manager registers instead one collector that reads the same
+// state at scrape time: go-libp2p's families libp2p_rcmgr_connections,
+// _streams, _memory, _fds, _limit, _blocked_resources and the per-peer
+// histograms, under go-libp2p's names, labels and buckets (its Grafana
+// dashboard works unchanged; differences are listed on the collector), and
+// realmnet_realm_usage{realm, resource} (resource: members,
+// streams_inbound, streams_outbound). The stream path pays nothing for
+// them. Close unregisters it.
+//
+// Errors: invalid realm limits (named), rcmgr's errors, a registration
+// refused by reg (another Manager, or go-libp2p's own rcmgr metrics, on
+// the same registry with the same labels).
 func New(cfg Config, reg prometheus.Registerer, opts ...rcmgr.Option) (*Manager, error) {
 	if err := cfg.Realms.validate(); err != nil {
 		return nil, err
 	}
 	limits := cfg.PartialLimitConfig.Build(rcmgr.DefaultLimits.AutoScale())
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits), opts...)
+	m := &Manager{realms: cfg.Realms, usage: make(map[core.RealmID]*realmUsage)}
+	opts = append([]rcmgr.Option{rcmgr.WithMetricsDisabled()}, opts...)
+	if reg != nil {
+		opts = append(opts, rcmgr.WithMetrics(&m.blocked))
+	}
+	limiter := rcmgr.NewFixedLimiter(limits)
+	rm, err := rcmgr.NewResourceManager(limiter, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("resource: create rcmgr: %w", err)
 	}
-	m := &Manager{ResourceManager: rm, realms: cfg.Realms, usage: make(map[core.RealmID]*realmUsage)}
+	m.ResourceManager = rm
 	m.negotiation.perPeer = make(map[peer.ID]int)
 	m.negotiation.share = untrustedShare(limits.ToPartialLimitConfig().Transient)
 	if m.realms.Realm == nil {
 		m.realms.Realm = make(map[core.RealmID]core.RealmScopeLimits)
 	}
 	if reg != nil {
-		m.gauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: "realmnet",
-			Name:      "realm_usage",
-			Help:      "Resources in use by a realm: members, streams_inbound, streams_outbound.",
-		}, []string{"realm", "resource"})
-		if err := reg.Register(m.gauge); err != nil {
+		m.limitSeries = systemLimitSeries(limiter)
+		m.collector = collector{m: m}
+		if err := reg.Register(m.collector); err != nil {
 			_ = rm.Close()
 			return nil, fmt.Errorf("resource: register metrics: %w", err)
 		}
@@ -171,13 +193,23 @@ func New(cfg Config, reg prometheus.Registerer, opts ...rcmgr.Option) (*Manager,
 	return m, nil
 }
 
-// Close unregisters the realm usage gauge, so that a closed node leaves no
-// series behind in a shared registry, and closes rcmgr.
+// Close unregisters the collector, so that a closed node leaves no series
+// behind in a shared registry, and closes rcmgr.
 func (m *Manager) Close() error {
 	if m.reg != nil {
-		m.reg.Unregister(m.gauge)
+		m.reg.Unregister(m.collector)
 	}
 	return m.ResourceManager.Close()
+}
+
+// OpenConnection is rcmgr's OpenConnection; a refusal is counted in
+// libp2p_rcmgr_blocked_resources under the scope that refused.
+func (m *Manager) OpenConnection(dir network.Direction, usefd bool, endpoint ma.Multiaddr) (network.ConnManagementScope, error) {
+	s, err := m.ResourceManager.OpenConnection(dir, usefd, endpoint)
+	if err != nil {
+		m.blocked.openRefused(err, dir, "connection", usefd)
+	}
+	return s, err
 }
 
 // untrustedShare is UntrustedNegotiatingShare percent of the transient
@@ -254,22 +286,15 @@ func (m *Manager) reserve(realm core.RealmID, res int, delta int64) (func(), err
 	if limit := limitArray(m.limitsLocked(realm))[res]; limit > 0 && u[res]+delta > limit {
 		return nil, &LimitError{Realm: realm, Resource: resourceNames[res], Limit: limit}
 	}
-	m.addLocked(realm, u, res, delta)
+	u[res] += delta
 	var once sync.Once
 	return func() {
 		once.Do(func() {
 			m.mu.Lock()
 			defer m.mu.Unlock()
-			m.addLocked(realm, u, res, -delta)
+			u[res] -= delta
 		})
 	}, nil
-}
-
-func (m *Manager) addLocked(realm core.RealmID, u *realmUsage, res int, delta int64) {
-	u[res] += delta
-	if m.gauge != nil {
-		m.gauge.WithLabelValues(string(realm), resourceNames[res]).Set(float64(u[res]))
-	}
 }
 
 // ReserveRealmStream charges one stream in direction dir to realm. It
