@@ -275,7 +275,7 @@ func benchNewFailoverEnv(b *testing.B, newest bool) *benchFailoverEnv {
 	e := &benchFailoverEnv{newest: newest}
 	e.server = testnode.New(b)
 	e.server.SetStreamHandler(benchEchoProto, benchEchoHandler)
-	listen := e.server.Network().ListenAddresses()
+	listen := e.server.Addrs()
 	if len(listen) != 1 {
 		b.Fatalf("server listens on %v, want one address", listen)
 	}
@@ -646,7 +646,7 @@ func benchPeerProcess(countStr string) int {
 		return 1
 	}
 	for _, n := range nodes {
-		ai, err := json.Marshal(peer.AddrInfo{ID: n.ID(), Addrs: n.Network().ListenAddresses()})
+		ai, err := json.Marshal(peer.AddrInfo{ID: n.ID(), Addrs: n.Addrs()})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			closeAll()
@@ -1140,7 +1140,7 @@ func BenchmarkStreamOpen(b *testing.B) {
 	sid := server.ID()
 	ctx, cancel := context.WithTimeout(context.Background(), benchSetupTimeout)
 	defer cancel()
-	for _, a := range server.Network().ListenAddresses() {
+	for _, a := range server.Addrs() {
 		if _, err := client.Network().DialPath(ctx, sid, a); err != nil {
 			b.Fatalf("DialPath %s: %v", a, err)
 		}

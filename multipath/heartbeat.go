@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
+	ma "github.com/multiformats/go-multiaddr"
 	msmux "github.com/multiformats/go-multistream"
 
 	"github.com/realmnet/realmnet/core"
@@ -207,7 +208,14 @@ func (m *Manager) exchange(p peer.ID, pa *path, s *heartbeatStream, probe, answe
 // /ipfs/ping/1.0.0, negotiated lazily with the first probe. It is charged to
 // the resource manager's ping service scope, like go-libp2p's own pings.
 // Opening a QUIC stream is local: it does not wait for the peer.
+//
+// A relayed path's connection is limited: its heartbeat stream is allowed
+// on it (network.WithAllowLimitedConn). One stream serves every probe, 32
+// bytes each way per probe plus yamux's 12-byte frame headers, so 5 s
+// heartbeats use about 6 KiB of a relayed connection's data per 2 minutes,
+// well within circuit relay v2's default limit of 128 KiB.
 func (m *Manager) openHeartbeatStream(ctx context.Context, pa *path) (*heartbeatStream, error) {
+	ctx = network.WithAllowLimitedConn(ctx, "multipath heartbeat")
 	ctx, cancel := context.WithTimeout(ctx, m.busyInterval(pa))
 	defer cancel()
 	s, err := pa.conn.NewStream(ctx)
@@ -363,7 +371,10 @@ func (m *Manager) maybeDiscover(p peer.ID, pp *peerPaths) {
 // ErrorCodeTooManyPaths: its MaxPaths is lower),
 // is left alone for redialAfter, so that such a peer causes no churn; when
 // the peer still lacks paths, discovery runs again once such an address is
-// eligible.
+// eligible. Relay addresses (/p2p-circuit) are not dialed: a relay's slots
+// and data are scarce and a relayed path is never preferred to a direct
+// one, so relayed paths come only from DialPeer, when no direct address
+// answers.
 func (m *Manager) discover(p peer.ID) {
 	defer m.wg.Done()
 	var retryAt time.Time // earliest time a skipped address may be dialed again
@@ -406,7 +417,7 @@ func (m *Manager) discover(p peer.ID) {
 		if m.ctx.Err() != nil {
 			return
 		}
-		if !m.dialer.CanDial(p, addr) {
+		if isRelayAddr(addr) || !m.dialer.CanDial(p, addr) {
 			continue
 		}
 		m.mu.Lock()
@@ -479,4 +490,10 @@ func livePaths(pp *peerPaths) int {
 		}
 	}
 	return n
+}
+
+// isRelayAddr reports whether addr goes through a relay (/p2p-circuit).
+func isRelayAddr(addr ma.Multiaddr) bool {
+	_, err := addr.ValueForProtocol(ma.P_CIRCUIT)
+	return err == nil
 }

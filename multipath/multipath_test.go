@@ -278,7 +278,7 @@ func threePaths(t *testing.T, cfg multipath.Config) (server, client *node.Node, 
 	t.Helper()
 	server = newNode(t, cfg, "/ip4/127.0.0.1/udp/0/quic-v1", "/ip4/127.0.0.2/udp/0/quic-v1", "/ip4/127.0.0.3/udp/0/quic-v1")
 	client = newNode(t, cfg)
-	for _, addr := range server.Network().ListenAddresses() {
+	for _, addr := range server.Addrs() {
 		dialPath(t, client, server, addr)
 	}
 	// The manager's own standby dialing may race with ours and leave a
@@ -446,7 +446,7 @@ func TestStandbyPathDialedAfterIdentify(t *testing.T) {
 	client := newNode(t, multipath.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	require.NoError(t, client.Connect(ctx, peer.AddrInfo{ID: server.ID(), Addrs: server.Network().ListenAddresses()[:1]}))
+	require.NoError(t, client.Connect(ctx, peer.AddrInfo{ID: server.ID(), Addrs: server.Addrs()[:1]}))
 	require.Eventually(t, func() bool {
 		ps := client.Paths(server.ID())
 		if len(ps) != 2 {
@@ -470,7 +470,7 @@ func TestStandbyPathDialedAfterIdentify(t *testing.T) {
 func TestRedundantPathClosed(t *testing.T) {
 	server := newNode(t, multipath.Config{})
 	client := newNode(t, multipath.Config{})
-	addr := server.Network().ListenAddresses()[0]
+	addr := server.Addrs()[0]
 	first := dialPath(t, client, server, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -481,7 +481,7 @@ func TestRedundantPathClosed(t *testing.T) {
 	for range 5 {
 		server, client := newNode(t, multipath.Config{}), newNode(t, multipath.Config{})
 		client.Host().Peerstore().AddAddrs(server.ID(), server.Addrs(), time.Hour)
-		addr := server.Network().ListenAddresses()[0]
+		addr := server.Addrs()[0]
 		var conns [3]network.Conn
 		var wg sync.WaitGroup
 		for i := range conns {
@@ -538,7 +538,7 @@ func TestHeartbeatsKeepPathsAlive(t *testing.T) {
 	sub, err := client.Host().EventBus().Subscribe(new(multipath.EvtPathDead))
 	require.NoError(t, err)
 	defer sub.Close()
-	dialPath(t, client, server, server.Network().ListenAddresses()[0])
+	dialPath(t, client, server, server.Addrs()[0])
 	select {
 	case e := <-sub.Out():
 		t.Fatalf("a healthy path died: %+v", e)
@@ -562,7 +562,7 @@ func TestTrimmedPathNotRedialedAtOnce(t *testing.T) {
 	// The first path to 127.0.0.1 (the listen addresses come in no fixed
 	// order), the standby one to 127.0.0.2.
 	var first []ma.Multiaddr
-	for _, a := range server.Network().ListenAddresses() {
+	for _, a := range server.Addrs() {
 		if strings.HasPrefix(a.String(), "/ip4/127.0.0.1/") {
 			first = append(first, a)
 		}

@@ -3,6 +3,8 @@ package multipath
 import (
 	"context"
 	"crypto/rand"
+	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -269,4 +271,51 @@ func stateOf(t *testing.T, m *Manager, p peer.ID, c network.Conn) core.PathState
 	}
 	t.Fatalf("%s is not a path of %s", c.ID(), p)
 	return 0
+}
+
+// recordingDialer is a policy Dialer that can dial every address and
+// records which DialPath was asked for (each dial fails).
+type recordingDialer struct {
+	policyDialer
+	mu     sync.Mutex
+	dialed []ma.Multiaddr
+}
+
+func (d *recordingDialer) DialPath(_ context.Context, _ peer.ID, addr ma.Multiaddr) (network.Conn, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.dialed = append(d.dialed, addr)
+	return nil, errors.New("recordingDialer dials nothing")
+}
+func (*recordingDialer) CanDial(peer.ID, ma.Multiaddr) bool { return true }
+
+// TestDiscoveryLeavesRelayAddrs: standby discovery dials a peer's direct
+// addresses that no path uses, never its relay (/p2p-circuit) addresses:
+// relayed paths come only from DialPeer.
+func TestDiscoveryLeavesRelayAddrs(t *testing.T) {
+	ps, err := pstoremem.NewPeerstore()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ps.Close() })
+	d := &recordingDialer{policyDialer: policyDialer{local: "local", ps: ps}}
+	m, err := New(d, eventbus.NewBus(), Config{DesiredPaths: 4})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = m.Close() })
+
+	p := randomPeer(t)
+	relay := randomPeer(t)
+	direct1 := ma.StringCast("/ip4/10.0.0.1/udp/4001/quic-v1")
+	direct2 := ma.StringCast("/ip4/10.0.0.2/udp/4001/quic-v1")
+	relayed := ma.StringCast("/ip4/203.0.113.7/udp/4001/quic-v1/p2p/" + relay.String() + "/p2p-circuit")
+	ps.AddAddrs(p, []ma.Multiaddr{direct1, relayed, direct2}, time.Hour)
+
+	live := policyPath(t, "live", "/ip4/10.0.0.9/udp/4001/quic-v1", time.Millisecond)
+	m.mu.Lock()
+	m.peers[p] = &peerPaths{paths: []*path{live}, ranked: []*path{live}, discovering: true}
+	m.wg.Add(1)
+	m.mu.Unlock()
+	m.discover(p)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	require.ElementsMatch(t, []ma.Multiaddr{direct1, direct2}, d.dialed)
 }

@@ -74,8 +74,14 @@ func components(ctx context.Context, cfg *Config, key crypto.PrivKey) fx.Option 
 			newNodeIdentifyTracker,
 			newDHT,
 			newRealms,
+			newReachability,
 		),
 		fx.Invoke(start),
+		// After start, which decides the build order (see below); the
+		// relay transport listens on /p2p-circuit when it is added, before
+		// start's hook listens on the QUIC addresses.
+		fx.Invoke(addRelayTransport),
+		fx.Invoke(startRelayService),
 		// After start: its parameters decide the order in which the
 		// components are built (the gater, which can refuse to start on a
 		// damaged store, first).

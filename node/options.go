@@ -10,6 +10,7 @@ import (
 
 	"github.com/benbjohnson/clock"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -142,6 +143,13 @@ type Config struct {
 	// Clock drives the timers of the connection manager, multipath and
 	// realms (nil: the real clock).
 	Clock clock.Clock
+	// RelayService, when not nil, runs the circuit relay v2 service.
+	RelayService *RelayServiceConfig
+	// Relays are static relays, used while the node is not publicly
+	// reachable.
+	Relays []peer.AddrInfo
+	// ForceReachability, when not nil, fixes the node's reachability.
+	ForceReachability *network.Reachability
 }
 
 // DefaultConfig returns the configuration of a node built with no option.
@@ -223,6 +231,9 @@ func ListenAddrs(addrs ...ma.Multiaddr) Option {
 		for i, a := range addrs {
 			if a == nil {
 				return fmt.Errorf("node: ListenAddrs: address %d is nil", i)
+			}
+			if isCircuit(a) {
+				return fmt.Errorf("node: ListenAddrs: %s is a relay address; a node accepts relayed connections by itself (see Relays)", a)
 			}
 		}
 		c.ListenAddrs = append([]ma.Multiaddr(nil), addrs...)

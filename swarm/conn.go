@@ -39,6 +39,10 @@ type Conn struct {
 	conn      transport.CapableConn
 	direction network.Direction
 	opened    time.Time
+	// limited is the transport's word (a relayed connection, with the
+	// relay's data and time limits): streams need
+	// network.WithAllowLimitedConn.
+	limited bool
 
 	// quic is the QUIC connection under conn (nil for another transport),
 	// for Activity.
@@ -132,14 +136,15 @@ func (c *Conn) IsClosed() bool { return c.closing.Load() || c.conn.IsClosed() }
 // connection: var qc *quic.Conn; conn.As(&qc).
 func (c *Conn) As(target any) bool { return c.conn.As(target) }
 
-// Stat returns the direction, the time the connection was opened and the
-// number of open streams. QUIC connections are never limited.
+// Stat returns the direction, the time the connection was opened, whether
+// it is limited (relayed: the transport says so; QUIC connections never
+// are) and the number of open streams.
 func (c *Conn) Stat() network.ConnStats {
 	c.mu.Lock()
 	n := len(c.streams)
 	c.mu.Unlock()
 	return network.ConnStats{
-		Stats:      network.Stats{Direction: c.direction, Opened: c.opened},
+		Stats:      network.Stats{Direction: c.direction, Opened: c.opened, Limited: c.limited},
 		NumStreams: n,
 	}
 }
@@ -265,8 +270,15 @@ func (c *Conn) closeWhenIdle(idle time.Duration, done <-chan struct{}) {
 // NewStream opens a new outbound stream on this connection. It charges the
 // stream to the resource manager (OpenStream) before opening it and returns
 // the resource manager's error when it refuses. Without a deadline on ctx,
-// the open is bounded by 15 s.
+// the open is bounded by 15 s. On a limited (relayed) connection ctx must
+// carry network.WithAllowLimitedConn, or the error matches
+// network.ErrLimitedConn (go-libp2p's rule).
 func (c *Conn) NewStream(ctx context.Context) (network.Stream, error) {
+	if c.limited {
+		if allowed, _ := network.GetAllowLimitedConn(ctx); !allowed {
+			return nil, fmt.Errorf("swarm: open stream on %s: relayed connection and the context does not allow limited connections (network.WithAllowLimitedConn): %w", c.ID(), network.ErrLimitedConn)
+		}
+	}
 	scope, err := c.swarm.rcmgr.OpenStream(c.RemotePeer(), network.DirOutbound)
 	if err != nil {
 		return nil, fmt.Errorf("swarm: open stream to %s: %w", c.RemotePeer(), err)

@@ -208,10 +208,10 @@ func (s *Swarm) pruneBackoffs(tick *clock.Ticker) {
 // DialPeer returns an open connection to p — the one the path selector
 // picks — or dials one. Concurrent calls for the same peer share one dial. It
 // honours network.WithNoDial (returns network.ErrNoConn), the dial timeout
-// (network.WithDialPeerTimeout, else Config.DialTimeout) and
-// network.WithSimultaneousConnect; WithForceDirectDial and
-// WithAllowLimitedConn need no action, as every QUIC connection is direct and
-// unlimited. Errors: ErrDialToSelf; ErrGaterDisallowedConnection when the
+// (network.WithDialPeerTimeout, else Config.DialTimeout),
+// network.WithSimultaneousConnect and network.WithForceDirectDial (a
+// limited, relayed connection does not do: DialPeer returns an unlimited
+// one or dials the peer's direct addresses only). Errors: ErrDialToSelf; ErrGaterDisallowedConnection when the
 // gater refuses the peer; a *DialError wrapping ErrDialBackoff while the peer
 // is backed off, ErrNoAddresses / ErrNoGoodAddresses, or naming each address
 // tried and its error; ErrSwarmClosed; the context's error.
@@ -219,7 +219,8 @@ func (s *Swarm) DialPeer(ctx context.Context, p peer.ID) (network.Conn, error) {
 	if p == s.local {
 		return nil, fmt.Errorf("swarm: dial %s: %w", p, ErrDialToSelf)
 	}
-	if c := s.selectConn(p); c != nil {
+	forceDirect, _ := network.GetForceDirectDial(ctx)
+	if c := s.selectDialedConn(p, forceDirect); c != nil {
 		return c, nil
 	}
 	if noDial, reason := network.GetNoDial(ctx); noDial {
@@ -229,9 +230,9 @@ func (s *Swarm) DialPeer(ctx context.Context, p peer.ID) (network.Conn, error) {
 		return nil, fmt.Errorf("swarm: dial %s: %w", p, err)
 	}
 
-	ad, err := s.joinDial(ctx, p, false)
+	ad, err := s.joinDial(ctx, p, forceDirect)
 	if errors.Is(err, errConnectedMeanwhile) {
-		if c := s.selectConn(p); c != nil {
+		if c := s.selectDialedConn(p, forceDirect); c != nil {
 			return c, nil
 		}
 		// Every connection is unusable (closing, retired): dial anyway.
@@ -245,11 +246,39 @@ func (s *Swarm) DialPeer(ctx context.Context, p peer.ID) (network.Conn, error) {
 		if ad.err != nil {
 			return nil, ad.err
 		}
+		if forceDirect && ad.conn.limited {
+			// Joined a dial of another caller's that took a relay.
+			return nil, fmt.Errorf("swarm: dial %s: the dial in flight made a relayed connection and a direct one was asked for: %w", p, network.ErrLimitedConn)
+		}
 		return ad.conn, nil
 	case <-ctx.Done():
 		s.leaveDial(p, ad)
 		return nil, fmt.Errorf("swarm: dial %s: %w", p, ctx.Err())
 	}
+}
+
+// selectDialedConn is selectConn, but for a forced direct dial only an
+// unlimited connection does.
+func (s *Swarm) selectDialedConn(p peer.ID, forceDirect bool) network.Conn {
+	c := s.selectConn(p)
+	if c == nil || !forceDirect || !c.Stat().Limited {
+		return c
+	}
+	return s.selectUnlimitedConn(p)
+}
+
+// selectUnlimitedConn asks the path selector for an unlimited connection
+// to p; nil when p has none.
+func (s *Swarm) selectUnlimitedConn(p peer.ID) network.Conn {
+	s.mu.RLock()
+	var limited []network.Conn
+	for _, c := range s.conns[p] {
+		if c.limited {
+			limited = append(limited, c)
+		}
+	}
+	s.mu.RUnlock()
+	return s.selectConn(p, limited...)
 }
 
 // dialTimeout is the timeout of a whole DialPeer for ctx.
@@ -273,6 +302,7 @@ var errConnectedMeanwhile = errors.New("swarm: connected meanwhile")
 // connection's wait for our dials (addConn), so a dial never starts after an
 // inbound connection that would be its redundant twin was announced.
 func (s *Swarm) joinDial(ctx context.Context, p peer.ID, evenIfConnected bool) (*activeDial, error) {
+	forceDirect, _ := network.GetForceDirectDial(ctx)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -282,7 +312,7 @@ func (s *Swarm) joinDial(ctx context.Context, p peer.ID, evenIfConnected bool) (
 		ad.waiters++
 		return ad, nil
 	}
-	if !evenIfConnected && s.connectedLocked(p) {
+	if !evenIfConnected && s.connectedLocked(p, forceDirect) {
 		return nil, errConnectedMeanwhile
 	}
 	if b, ok := s.backoffs[p]; ok {
@@ -317,11 +347,11 @@ func (s *Swarm) joinDial(ctx context.Context, p peer.ID, evenIfConnected bool) (
 	return ad, nil
 }
 
-// connectedLocked reports whether p has an open announced connection;
-// s.mu is held.
-func (s *Swarm) connectedLocked(p peer.ID) bool {
+// connectedLocked reports whether p has an open announced connection
+// (an unlimited one when unlimited is true); s.mu is held.
+func (s *Swarm) connectedLocked(p peer.ID, unlimited bool) bool {
 	for _, c := range s.conns[p] {
-		if !c.IsClosed() {
+		if !c.IsClosed() && !(unlimited && c.limited) {
 			return true
 		}
 	}
@@ -372,7 +402,7 @@ func (s *Swarm) dialWithRetry(ctx context.Context, p peer.ID) (*Conn, error) {
 		s.mu.Unlock()
 		if attempt >= s.cfg.Retry.MaxRetries || !retryable(err) || ctx.Err() != nil {
 			s.mu.Lock()
-			if !s.connectedLocked(p) {
+			if !s.connectedLocked(p, false) {
 				s.recordBackoffLocked(p, b, s.clock.Now(), delay, err)
 			}
 			s.mu.Unlock()
@@ -388,7 +418,7 @@ func (s *Swarm) dialWithRetry(ctx context.Context, p peer.ID) (*Conn, error) {
 			// attempt failed, as above (a cancellation is not the peer's).
 			if !errors.Is(ctx.Err(), context.Canceled) {
 				s.mu.Lock()
-				if !s.connectedLocked(p) {
+				if !s.connectedLocked(p, false) {
 					s.recordBackoffLocked(p, b, s.clock.Now(), delay, err)
 				}
 				s.mu.Unlock()
@@ -502,6 +532,12 @@ func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
 	addrs, err := s.dialableAddrs(p)
 	if err != nil {
 		return nil, err
+	}
+	if forceDirect, _ := network.GetForceDirectDial(ctx); forceDirect {
+		addrs = slices.DeleteFunc(addrs, isRelayAddr)
+		if len(addrs) == 0 {
+			return nil, &DialError{Peer: p, Cause: fmt.Errorf("%w: a direct connection was asked for and every address goes through a relay", ErrNoGoodAddresses)}
+		}
 	}
 	ranker := s.cfg.DialRanker
 	if simConnect, _, _ := network.GetSimultaneousConnect(ctx); simConnect {
@@ -659,7 +695,12 @@ func (s *Swarm) dialAddrOnce(ctx context.Context, p peer.ID, addr ma.Multiaddr) 
 	defer cancel()
 	tctx, release := detachAfterDial(ctx)
 	start := time.Now()
-	tc, err := s.transport.Dial(tctx, addr, p)
+	t := s.transportForDialing(addr)
+	if t == nil {
+		release()
+		return nil, fmt.Errorf("swarm: no transport dials %s", addr)
+	}
+	tc, err := t.Dial(tctx, addr, p)
 	release()
 	mt := s.cfg.MetricsTracer
 	if err != nil {

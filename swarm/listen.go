@@ -18,7 +18,8 @@ type listener struct {
 }
 
 // Listen starts listening on every address (e.g. /ip4/127.0.0.1/udp/0/quic-v1;
-// port 0 lets the system choose). It is all or nothing: when one address
+// port 0 lets the system choose; /p2p-circuit accepts relayed connections
+// once a relay transport was added). It is all or nothing: when one address
 // fails, the listeners opened by this call are closed again and the error
 // names the failing address. Listen notifications fire for each address.
 func (s *Swarm) Listen(addrs ...ma.Multiaddr) error {
@@ -36,9 +37,10 @@ func (s *Swarm) Listen(addrs ...ma.Multiaddr) error {
 			closeOpened()
 			return errors.New("swarm: listen on a nil multiaddr")
 		}
-		if !s.transport.CanDial(a) {
+		t := s.transportForListening(a)
+		if t == nil {
 			closeOpened()
-			return fmt.Errorf("swarm: listen on %s: not a QUIC address (want /ip4|ip6/<ip>/udp/<port>/quic-v1)", a)
+			return fmt.Errorf("swarm: listen on %s: no transport for it (want /ip4|ip6/<ip>/udp/<port>/quic-v1, or /p2p-circuit with a relay transport)", a)
 		}
 		// go-libp2p's QUIC transport keys its listeners by the requested
 		// address and panics on a second listener for the same one.
@@ -46,7 +48,7 @@ func (s *Swarm) Listen(addrs ...ma.Multiaddr) error {
 			closeOpened()
 			return fmt.Errorf("swarm: listen on %s: already listening on that address", a)
 		}
-		tl, err := s.transport.Listen(a)
+		tl, err := t.Listen(a)
 		if err != nil {
 			closeOpened()
 			return fmt.Errorf("swarm: listen on %s: %w", a, err)

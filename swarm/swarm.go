@@ -24,7 +24,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -142,8 +141,13 @@ type Swarm struct {
 	conns     map[peer.ID][]*Conn // announced, oldest first
 	redundant map[peer.ID][]*Conn // unannounced, still serving the peer's streams
 	listeners map[*listener]struct{}
-	peerDials map[peer.ID]*activeDial
-	addrDials map[string]*addrDial // by peer ID ‖ address bytes
+	// transports are the transports by protocol (transports.go).
+	transports transportSet
+	// directWaiters are closed when a peer's first unlimited connection is
+	// announced (NewStream waits on them: waitForDirectConn).
+	directWaiters map[peer.ID][]chan struct{}
+	peerDials     map[peer.ID]*activeDial
+	addrDials     map[string]*addrDial // by peer ID ‖ address bytes
 	// dialing counts, per peer, the dials (DialPeer attempts and DialPath)
 	// whose connection has not finished admission; dialDone is closed when
 	// the count drops to zero.
@@ -241,6 +245,7 @@ func New(p Params) (*Swarm, error) {
 		admitting: make(map[peer.ID]*peerLock),
 		notifiees: make(map[network.Notifiee]struct{}),
 	}
+	s.addTransportLocked(p.Transport)
 	s.selector.Store(&cfg.PathSelector)
 	s.SetAdmission(p.Admission...)
 	s.connectedness, err = newConnectednessEmitter(p.EventBus, s.Connectedness)
@@ -450,6 +455,14 @@ const maxStreamAttempts = 3
 // chosen connection fails for any reason but the context or the resource
 // manager, it asks the selector again without that connection and tries the
 // next path (up to 3), so a dying path does not fail the stream.
+//
+// A limited (relayed) connection carries the stream only when ctx allows it
+// (network.WithAllowLimitedConn). Otherwise, as in go-libp2p's swarm,
+// NewStream uses an unlimited connection to p if there is one, or waits up
+// to the dial timeout (network.WithDialPeerTimeout, else
+// Config.DialTimeout) for one to be announced (a hole punch, a direct dial
+// by either side) and returns an error matching network.ErrLimitedConn
+// when none comes.
 func (s *Swarm) NewStream(ctx context.Context, p peer.ID) (network.Stream, error) {
 	var failed []network.Conn
 	var lastErr error
@@ -467,6 +480,14 @@ func (s *Swarm) NewStream(ctx context.Context, p peer.ID) (network.Stream, error
 				return nil, err
 			}
 		}
+		if c.Stat().Limited {
+			if allowed, _ := network.GetAllowLimitedConn(ctx); !allowed {
+				var err error
+				if c, err = s.waitForDirectConn(ctx, p); err != nil {
+					return nil, err
+				}
+			}
+		}
 		st, err := c.NewStream(ctx)
 		if err == nil {
 			return st, nil
@@ -481,10 +502,11 @@ func (s *Swarm) NewStream(ctx context.Context, p peer.ID) (network.Stream, error
 	return nil, lastErr
 }
 
-// CanDial reports whether the QUIC transport can dial addr and addr is not
-// one of our own listen addresses.
+// CanDial reports whether one of the swarm's transports can dial addr (QUIC,
+// or a relay address when a relay transport was added) and addr is not one
+// of our own listen addresses.
 func (s *Swarm) CanDial(_ peer.ID, addr ma.Multiaddr) bool {
-	return s.transport.CanDial(addr) && !s.isOwnAddr(addr)
+	return s.transportForDialing(addr) != nil && !s.isOwnAddr(addr)
 }
 
 // ListenAddresses returns the addresses the swarm listens on, with the
@@ -610,6 +632,9 @@ func (s *Swarm) newConn(tc transport.CapableConn, dir network.Direction) *Conn {
 		streams:   make(map[*Stream]struct{}),
 	}
 	tc.As(&c.quic)
+	if st, ok := tc.(interface{ Stat() network.ConnStats }); ok {
+		c.limited = st.Stat().Limited
+	}
 	return c
 }
 
@@ -664,6 +689,7 @@ func (s *Swarm) record(c *Conn) error {
 		return fmt.Errorf("swarm: connection to %s at %s closed while being admitted: %w", p, c.RemoteMultiaddr(), ErrConnClosed)
 	}
 	s.conns[p] = append(s.conns[p], c)
+	s.wakeDirectWaitersLocked(c)
 	delete(s.backoffs, p)
 	// One reference for the stream loop, one for the Disconnected
 	// goroutine that Close starts.
@@ -927,6 +953,7 @@ func (s *Swarm) reinstate(p peer.ID) {
 			delete(s.redundant, p)
 		}
 		s.conns[p] = append(s.conns[p], c)
+		s.wakeDirectWaitersLocked(c)
 		s.refs.Add(1) // the Disconnected goroutine; the idle watcher ends by itself
 		s.mu.Unlock()
 		s.admitted.Add(1)
@@ -960,6 +987,12 @@ func (s *Swarm) close() error {
 	s.closed = true
 	listeners := s.listeners
 	s.listeners = nil
+	for p, ws := range s.directWaiters {
+		for _, ch := range ws {
+			close(ch)
+		}
+		delete(s.directWaiters, p)
+	}
 	var conns []*Conn
 	for _, cs := range s.conns {
 		conns = append(conns, cs...)
@@ -983,10 +1016,8 @@ func (s *Swarm) close() error {
 	s.refs.Wait()
 	s.connectedness.close()
 	s.lifecycle.Close()
-	if closer, ok := s.transport.(io.Closer); ok {
-		if err := closer.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("swarm: close transport: %w", err))
-		}
+	if err := s.closeTransports(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -1,0 +1,256 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/sec"
+	"github.com/libp2p/go-libp2p/core/transport"
+	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"github.com/libp2p/go-libp2p/p2p/net/upgrader"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	ma "github.com/multiformats/go-multiaddr"
+	"go.uber.org/fx"
+)
+
+// Relayed paths. Every node can dial and accept connections through a
+// circuit relay v2 relay (go-libp2p's p2p/protocol/circuitv2/client, added
+// to the swarm as a second transport, listening on /p2p-circuit). A relayed
+// connection is secured and multiplexed by go-libp2p's upgrader (Noise,
+// yamux) inside the relay's stream; the swarm marks it limited (streams
+// need network.WithAllowLimitedConn), the admission pipeline and the pools
+// take it like any other, and multipath puts it in the relayed tier.
+
+// RelayServiceConfig is the relay service's configuration: go-libp2p's
+// relay.Resources (reservation TTL, max reservations and circuits, per-peer
+// and per-IP caps, and Limit: data and duration per relayed connection).
+// The zero value means go-libp2p's defaults (relay.DefaultResources: 128
+// reservations, 16 circuits per peer, 2 minutes and 128 KiB per circuit).
+type RelayServiceConfig struct {
+	// Resources replaces go-libp2p's default resources when set.
+	Resources *relay.Resources
+}
+
+// RelayService runs go-libp2p's circuit relay v2 service (hop protocol
+// /libp2p/circuit/relay/0.2.0/hop) on the node, with cfg's resources: other
+// peers reserve slots on it and relay their connections through it, within
+// its limits. Only a publicly reachable node should offer it (go-libp2p's
+// EnableRelayService, which also waits for reachability; here the operator
+// decides). Errors: a negative or zero field in cfg.Resources that go-libp2p
+// needs positive, named.
+func RelayService(cfg RelayServiceConfig) Option {
+	return func(c *Config) error {
+		if r := cfg.Resources; r != nil {
+			switch {
+			case r.ReservationTTL <= 0:
+				return fmt.Errorf("node: RelayService: Resources.ReservationTTL must be > 0, got %s", r.ReservationTTL)
+			case r.MaxReservations <= 0:
+				return fmt.Errorf("node: RelayService: Resources.MaxReservations must be > 0, got %d", r.MaxReservations)
+			case r.MaxCircuits <= 0:
+				return fmt.Errorf("node: RelayService: Resources.MaxCircuits must be > 0, got %d", r.MaxCircuits)
+			case r.BufferSize <= 0:
+				return fmt.Errorf("node: RelayService: Resources.BufferSize must be > 0, got %d", r.BufferSize)
+			}
+		}
+		c.RelayService = &cfg
+		return nil
+	}
+}
+
+// Relays sets static relays: when the node is not publicly reachable
+// (Reachability private or unknown), go-libp2p's autorelay reserves a slot
+// on them, keeps the reservations refreshed, and the node advertises its
+// /p2p-circuit addresses through them (identify, DHT, realm exchange). Each
+// relay needs its peer ID and at least one address that is not itself a
+// relay address. Errors name the bad entry.
+func Relays(relays ...peer.AddrInfo) Option {
+	return func(c *Config) error {
+		if len(relays) == 0 {
+			return errors.New("node: Relays needs at least one relay")
+		}
+		for i, r := range relays {
+			if err := r.ID.Validate(); err != nil {
+				return fmt.Errorf("node: Relays: relay %d: peer ID: %w", i, err)
+			}
+			if len(r.Addrs) == 0 {
+				return fmt.Errorf("node: Relays: relay %s has no address", r.ID)
+			}
+			for _, a := range r.Addrs {
+				if isCircuit(a) {
+					return fmt.Errorf("node: Relays: relay %s: %s is a relay address itself (a relay must be reachable directly)", r.ID, a)
+				}
+			}
+		}
+		c.Relays = append(c.Relays, relays...)
+		return nil
+	}
+}
+
+// ForceReachability fixes the node's reachability instead of measuring it:
+// network.ReachabilityPublic or network.ReachabilityPrivate (go-libp2p's
+// ForceReachabilityPublic / ForceReachabilityPrivate). It is emitted on the
+// event bus (event.EvtLocalReachabilityChanged) when the node starts:
+// private starts autorelay on the Relays; public stops it. Errors: any
+// other value.
+func ForceReachability(r network.Reachability) Option {
+	return func(c *Config) error {
+		if r != network.ReachabilityPublic && r != network.ReachabilityPrivate {
+			return fmt.Errorf("node: ForceReachability: want public or private, got %s", r)
+		}
+		c.ForceReachability = &r
+		return nil
+	}
+}
+
+// isCircuit reports whether a goes through a relay.
+func isCircuit(a ma.Multiaddr) bool {
+	_, err := a.ValueForProtocol(ma.P_CIRCUIT)
+	return err == nil
+}
+
+// relayUpgrader is go-libp2p's upgrader for relayed connections: Noise
+// (secured with the node's key) and yamux, as a stock go-libp2p host
+// negotiates them. Gating is left to the admission pipeline, which every
+// connection passes (the swarm's stages); rcmgr charges the connection.
+func relayUpgrader(key crypto.PrivKey, rm network.ResourceManager) (transport.Upgrader, error) {
+	muxers := []upgrader.StreamMuxer{{ID: yamux.ID, Muxer: yamux.DefaultTransport}}
+	secure, err := noise.New(noise.ID, key, muxers)
+	if err != nil {
+		return nil, fmt.Errorf("node: relay transport: Noise: %w", err)
+	}
+	u, err := upgrader.New([]sec.SecureTransport{secure}, muxers, nil, rm, nil)
+	if err != nil {
+		return nil, fmt.Errorf("node: relay transport: upgrader: %w", err)
+	}
+	return u, nil
+}
+
+// addRelayTransport adds the circuit relay v2 client to the swarm (dial
+// and accept relayed connections) and, when the node has static relays,
+// go-libp2p's autorelay.
+func addRelayTransport(lc fx.Lifecycle, cfg *Config, key crypto.PrivKey, h host.Host, rm network.ResourceManager) error {
+	u, err := relayUpgrader(key, rm)
+	if err != nil {
+		return err
+	}
+	if err := client.AddTransport(h, u); err != nil {
+		return fmt.Errorf("node: relay transport: %w", err)
+	}
+	if len(cfg.Relays) == 0 {
+		return nil
+	}
+	opts := []autorelay.Option{autorelay.WithStaticRelays(cfg.Relays)}
+	if cfg.Metrics != nil {
+		opts = append(opts, autorelay.WithMetricsTracer(autorelay.NewMetricsTracer(autorelay.WithRegisterer(cfg.Metrics))))
+	}
+	ar, err := autorelay.NewAutoRelay(h, opts...)
+	if err != nil {
+		return fmt.Errorf("node: autorelay: %w", err)
+	}
+	lc.Append(fx.StartStopHook(ar.Start, ar.Close))
+	return nil
+}
+
+// startRelayService runs the relay service when the node offers one.
+func startRelayService(lc fx.Lifecycle, cfg *Config, h host.Host) error {
+	if cfg.RelayService == nil {
+		return nil
+	}
+	var opts []relay.Option
+	if r := cfg.RelayService.Resources; r != nil {
+		opts = append(opts, relay.WithResources(*r))
+	}
+	if cfg.Metrics != nil {
+		opts = append(opts, relay.WithMetricsTracer(relay.NewMetricsTracer(relay.WithRegisterer(cfg.Metrics))))
+	}
+	r, err := relay.New(h, opts...)
+	if err != nil {
+		return fmt.Errorf("node: relay service: %w", err)
+	}
+	lc.Append(fx.StopHook(r.Close))
+	return nil
+}
+
+// reachability is the node's reachability as last emitted on the bus
+// (event.EvtLocalReachabilityChanged), by ForceReachability or, later, by
+// AutoNAT. Safe for concurrent use.
+type reachability struct {
+	mu      sync.Mutex
+	current network.Reachability
+}
+
+func (r *reachability) get() network.Reachability {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.current
+}
+
+// newReachability follows the bus's reachability events and emits the
+// forced one, from the node's start to its stop.
+func newReachability(lc fx.Lifecycle, cfg *Config, bus event.Bus) *reachability {
+	r := &reachability{}
+	var (
+		sub     event.Subscription
+		emitter event.Emitter
+		done    = make(chan struct{})
+	)
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			var err error
+			if sub, err = bus.Subscribe(new(event.EvtLocalReachabilityChanged)); err != nil {
+				return fmt.Errorf("node: subscribe to reachability: %w", err)
+			}
+			go func() {
+				defer close(done)
+				for e := range sub.Out() {
+					r.mu.Lock()
+					r.current = e.(event.EvtLocalReachabilityChanged).Reachability
+					r.mu.Unlock()
+				}
+			}()
+			if cfg.ForceReachability == nil {
+				return nil
+			}
+			// fx does not stop a hook whose start failed: undo here.
+			if emitter, err = bus.Emitter(new(event.EvtLocalReachabilityChanged), eventbus.Stateful); err == nil {
+				if err = emitter.Emit(event.EvtLocalReachabilityChanged{Reachability: *cfg.ForceReachability}); err != nil {
+					_ = emitter.Close()
+				}
+			}
+			if err != nil {
+				_ = sub.Close()
+				<-done
+				return fmt.Errorf("node: emit the forced reachability: %w", err)
+			}
+			return nil
+		},
+		OnStop: func(context.Context) error {
+			if emitter != nil {
+				_ = emitter.Close()
+			}
+			if sub != nil {
+				_ = sub.Close()
+				<-done
+			}
+			return nil
+		},
+	})
+	return r
+}
+
+// Reachability returns the node's reachability as last announced on its
+// event bus (event.EvtLocalReachabilityChanged): network.ReachabilityUnknown
+// until something measures or fixes it (ForceReachability). Safe for
+// concurrent use.
+func (n *Node) Reachability() network.Reachability { return n.reachability.get() }
