@@ -39,6 +39,20 @@ type runConfig struct {
 	DebugTokenFile *string `json:"debug_token_file"`
 	// LogLevel is --log-level.
 	LogLevel *string `json:"log_level"`
+	// DataDir is --data-dir: where the node keeps its state.
+	DataDir *string `json:"data_dir"`
+	// RelayService is --relay-service.
+	RelayService *bool `json:"relay_service"`
+	// Relay is --relay: static relays, multiaddrs ending in /p2p/<peer ID>.
+	Relay []string `json:"relay"`
+	// Reachability is --reachability: "", public or private.
+	Reachability *string `json:"reachability"`
+	// Realm is --realm: realms to join.
+	Realm []string `json:"realm"`
+	// PSKFile is --psk-file: one key file per realm, in order.
+	PSKFile []string `json:"psk_file"`
+	// RealmRelay is --realm-relay.
+	RealmRelay *bool `json:"realm_relay"`
 }
 
 // configKey returns the config key of the run flag named flag.

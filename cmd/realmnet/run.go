@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,12 +17,14 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/realmnet/realmnet/node"
+	"github.com/realmnet/realmnet/realm"
 )
 
 // The flags of `realmnet run`; each but --config is also a config key
@@ -35,7 +38,18 @@ const (
 	bootstrapTimeoutFlag = "bootstrap-timeout"
 	debugAddrFlag        = "debug-addr"
 	debugTokenFileFlag   = "debug-token-file"
+	dataDirFlag          = "data-dir"
+	relayServiceFlag     = "relay-service"
+	relayFlag            = "relay"
+	reachabilityFlag     = "reachability"
+	realmFlag            = "realm"
+	pskFileFlag          = "psk-file"
+	realmRelayFlag       = "realm-relay"
 )
+
+// maxPSKFileSize caps what a --psk-file is read for: a key is tens of
+// bytes.
+const maxPSKFileSize = 4 << 10
 
 // runSettings are the settings of `realmnet run`: its flags' values, with
 // the config file's values for the flags not given on the command line.
@@ -56,6 +70,22 @@ type runSettings struct {
 	debugAddr string
 	// debugTokenFile is the file holding node.DebugToken ("": none).
 	debugTokenFile string
+	// dataDir is node.DataDir ("": state in memory).
+	dataDir string
+	// relayService runs the public relay service (node.RelayService).
+	relayService bool
+	// relays are static relays (node.Relays), multiaddrs ending in
+	// /p2p/<peer ID>.
+	relays []string
+	// reachability is node.ForceReachability's value: "", public or
+	// private.
+	reachability string
+	// realms are the realms to join, pskFiles their key files (one per
+	// realm, in the same order).
+	realms, pskFiles []string
+	// realmRelay makes the node a relay for the members of its realms
+	// (realm.Relay).
+	realmRelay bool
 	// logLevel is the config file's log_level, applied by runNode; "" when
 	// the file has none or --log-level overrides it (the root command
 	// applied the flag already).
@@ -95,6 +125,9 @@ type runOutput struct {
 	// DebugURL is the debug endpoint's base URL (--debug-addr); absent
 	// when the node has none.
 	DebugURL string `json:"debug_url,omitempty"`
+	// Realms are the IDs of the realms joined (--realm), in order; absent
+	// without one. A realm's ID, unlike its name, reveals nothing.
+	Realms []string `json:"realms,omitempty"`
 }
 
 // runLong is the help of `realmnet run`, the reference of its config file.
@@ -116,8 +149,23 @@ newline is dropped) and, on Unix, must be private to its owner (chmod 600):
 run refuses a file group or others may access. Clients send the token from
 the same file (realmnet inspect --token-file FILE).
 
-realmnet speaks QUIC only: every --listen and --bootstrap multiaddr must
-contain /quic-v1.
+realmnet speaks QUIC only: every --listen, --bootstrap and --relay multiaddr
+must contain /quic-v1. A node accepts relayed connections by itself: a
+/p2p-circuit address is refused as --listen.
+
+Relays and realms. --relay-service makes the node a circuit relay v2 relay
+for anyone (run it on a publicly reachable node). --relay ADDR (repeatable;
+ending in /p2p/<peer ID>, not itself a relay address) names a static relay:
+while the node is not publicly reachable it reserves a slot there and
+advertises its /p2p-circuit addresses. --reachability public|private fixes
+the node's reachability instead of leaving it unknown. --realm NAME
+--psk-file FILE (both repeatable, paired by position) joins realm NAME with
+the key in FILE: the file's bytes, without one trailing newline, at least
+16 of them, mode 0600. --realm-relay makes the node a relay for the members
+of its realms and nobody else; members behind NAT find it through the realm.
+run prints a line per realm joined ("joined realm "team" (ID 3f2a...)";
+"realms" with --json, IDs only). --data-dir DIR keeps the node's state (the
+gater's rules) across runs.
 
 Without --identity the node gets a fresh key, hence a new peer ID, on every
 run. With --identity FILE the key is read from FILE (realmnet init creates
@@ -143,6 +191,13 @@ the working directory, not to the file.
     debug_addr          string, host:port            --debug-addr
     debug_token_file    string                       --debug-token-file
     log_level           string                       --log-level
+    data_dir            string                       --data-dir
+    relay_service       true or false                --relay-service
+    relay               array of strings             --relay
+    reachability        string: public or private    --reachability
+    realm               array of strings             --realm
+    psk_file            array of strings             --psk-file
+    realm_relay         true or false                --realm-relay
 
 For example:
 
@@ -155,7 +210,14 @@ For example:
       "bootstrap_timeout": "20s",
       "debug_addr": "127.0.0.1:6060",
       "debug_token_file": "/etc/realmnet/debug.token",
-      "log_level": "info"
+      "log_level": "info",
+      "data_dir": "/var/lib/realmnet",
+      "relay_service": false,
+      "relay": ["/ip4/198.51.100.9/udp/4001/quic-v1/p2p/12D3KooW..."],
+      "reachability": "private",
+      "realm": ["team"],
+      "psk_file": ["/etc/realmnet/team.psk"],
+      "realm_relay": false
     }`
 
 // newRunCommand returns `realmnet run`, which runs one node until it is
@@ -172,6 +234,9 @@ func newRunCommand(globals *globalOptions) *cobra.Command {
 			settings := flags
 			settings.listen = slices.Clone(flags.listen)
 			settings.bootstrap = slices.Clone(flags.bootstrap)
+			settings.relays = slices.Clone(flags.relays)
+			settings.realms = slices.Clone(flags.realms)
+			settings.pskFiles = slices.Clone(flags.pskFiles)
 			if command.Flags().Changed(configFlag) && configFile == "" {
 				return fmt.Errorf("--%s: empty file name", configFlag)
 			}
@@ -207,6 +272,20 @@ func newRunCommand(globals *globalOptions) *cobra.Command {
 		"serve the debug endpoint (JSON API for inspect and doctor, /metrics, pprof) on HOST:PORT; off loopback it needs --debug-token-file (default: none)")
 	command.Flags().StringVar(&flags.debugTokenFile, debugTokenFileFlag, flags.debugTokenFile,
 		"file holding the token the debug endpoint requires: one line of at least 16 bytes, mode 0600")
+	command.Flags().StringVar(&flags.dataDir, dataDirFlag, flags.dataDir,
+		"directory for the node's state (the gater's rules); default: in memory")
+	command.Flags().BoolVar(&flags.relayService, relayServiceFlag, flags.relayService,
+		"relay connections for other peers (circuit relay v2); run it on a publicly reachable node")
+	command.Flags().StringArrayVar(&flags.relays, relayFlag, flags.relays,
+		"QUIC multiaddr of a static relay, ending in /p2p/<peer ID>, used while the node is not publicly reachable (repeatable)")
+	command.Flags().StringVar(&flags.reachability, reachabilityFlag, flags.reachability,
+		"fix the node's reachability: public or private (default: unknown until measured)")
+	command.Flags().StringArrayVar(&flags.realms, realmFlag, flags.realms,
+		"join the realm NAME; each --realm takes the key of the --psk-file in the same position (repeatable)")
+	command.Flags().StringArrayVar(&flags.pskFiles, pskFileFlag, flags.pskFiles,
+		"file holding a realm's pre-shared key: at least 16 bytes, mode 0600; a trailing newline is dropped (repeatable)")
+	command.Flags().BoolVar(&flags.realmRelay, realmRelayFlag, flags.realmRelay,
+		"relay for the members of the --realm realms, and nobody else")
 	return supportsJSON(command)
 }
 
@@ -256,6 +335,27 @@ func (settings *runSettings) applyConfig(flagSet *pflag.FlagSet, config runConfi
 	if use(logLevelFlag, config.LogLevel != nil) {
 		settings.logLevel = *config.LogLevel
 	}
+	if use(dataDirFlag, config.DataDir != nil) {
+		settings.dataDir = *config.DataDir
+	}
+	if use(relayServiceFlag, config.RelayService != nil) {
+		settings.relayService = *config.RelayService
+	}
+	if use(relayFlag, config.Relay != nil) {
+		settings.relays = config.Relay
+	}
+	if use(reachabilityFlag, config.Reachability != nil) {
+		settings.reachability = *config.Reachability
+	}
+	if use(realmFlag, config.Realm != nil) {
+		settings.realms = config.Realm
+	}
+	if use(pskFileFlag, config.PSKFile != nil) {
+		settings.pskFiles = config.PSKFile
+	}
+	if use(realmRelayFlag, config.RealmRelay != nil) {
+		settings.realmRelay = *config.RealmRelay
+	}
 	return nil
 }
 
@@ -264,6 +364,10 @@ func (settings *runSettings) applyConfig(flagSet *pflag.FlagSet, config runConfi
 // done. Notices, such as a new identity file, go to errOut.
 func runNode(ctx context.Context, out, errOut io.Writer, settings runSettings, asJSON bool) error {
 	options, err := settings.nodeOptions()
+	if err != nil {
+		return err
+	}
+	joins, err := settings.realmJoins()
 	if err != nil {
 		return err
 	}
@@ -284,6 +388,14 @@ func runNode(ctx context.Context, out, errOut io.Writer, settings runSettings, a
 		return settings.describeNodeError(err)
 	}
 	defer runningNode.Close()
+	realmIDs := make([]string, 0, len(joins))
+	for _, join := range joins {
+		joined, err := runningNode.JoinRealm(ctx, join.name, join.opts...)
+		if err != nil {
+			return fmt.Errorf("%s: join realm %q: %w", settings.source(realmFlag), join.name, err)
+		}
+		realmIDs = append(realmIDs, string(joined.ID()))
+	}
 
 	addrInfo := runningNode.AddrInfo()
 	addrs, err := peer.AddrInfoToP2pAddrs(&addrInfo)
@@ -292,7 +404,7 @@ func runNode(ctx context.Context, out, errOut io.Writer, settings runSettings, a
 	}
 	if asJSON {
 		output := runOutput{PeerID: runningNode.ID().String(), Addrs: make([]string, 0, len(addrs)),
-			DebugURL: runningNode.DebugURL()}
+			DebugURL: runningNode.DebugURL(), Realms: realmIDs}
 		for _, addr := range addrs {
 			output.Addrs = append(output.Addrs, addr.String())
 		}
@@ -306,6 +418,9 @@ func runNode(ctx context.Context, out, errOut io.Writer, settings runSettings, a
 		}
 		if debugURL := runningNode.DebugURL(); debugURL != "" {
 			fmt.Fprintln(out, "debug endpoint", debugURL)
+		}
+		for i, join := range joins {
+			fmt.Fprintf(out, "joined realm %q (ID %s)\n", join.name, realmIDs[i])
 		}
 		fmt.Fprintln(out, "running until SIGINT or SIGTERM")
 	}
@@ -335,6 +450,10 @@ func (settings *runSettings) nodeOptions() ([]node.Option, error) {
 		if err := checkQUICAddr(listenAddr); err != nil {
 			return nil, fmt.Errorf("%s: %q %w", settings.source(listenFlag), listenAddr, err)
 		}
+		if strings.Contains(listenAddr, "/p2p-circuit") {
+			return nil, fmt.Errorf("%s: %q is a relay address; the node accepts relayed connections by itself (give relays with --%s)",
+				settings.source(listenFlag), listenAddr, relayFlag)
+		}
 	}
 	options := []node.Option{node.ListenAddrStrings(settings.listen...)}
 	if len(settings.bootstrap) > 0 {
@@ -361,11 +480,93 @@ func (settings *runSettings) nodeOptions() ([]node.Option, error) {
 		return nil, err
 	}
 	options = append(options, debugOptions...)
+	relayOptions, err := settings.relayOptions()
+	if err != nil {
+		return nil, err
+	}
+	options = append(options, relayOptions...)
+	if settings.dataDir != "" {
+		options = append(options, node.DataDir(settings.dataDir))
+	}
 	return append(options,
 		node.DHTMode(dhtRole),
 		node.DHTPrivateAddrs(settings.dhtPrivateAddrs),
 		node.BootstrapTimeout(settings.bootstrapTimeout),
 	), nil
+}
+
+// relayOptions checks the relay settings and turns them into
+// node.RelayService, node.Relays and node.ForceReachability. A relay must
+// be a QUIC multiaddr ending in /p2p/<peer ID> that is not itself a relay
+// address.
+func (settings *runSettings) relayOptions() ([]node.Option, error) {
+	var options []node.Option
+	if settings.relayService {
+		options = append(options, node.RelayService(node.RelayServiceConfig{}))
+	}
+	if len(settings.relays) > 0 {
+		source := settings.source(relayFlag)
+		for _, value := range settings.relays {
+			if strings.Contains(value, "/p2p-circuit") {
+				return nil, fmt.Errorf("%s: %q is a relay address itself; a relay must be reachable directly", source, value)
+			}
+		}
+		relays, err := parseBootstrapPeers(source, settings.relays)
+		if err != nil {
+			return nil, err
+		}
+		options = append(options, node.Relays(relays...))
+	}
+	switch settings.reachability {
+	case "":
+	case "public":
+		options = append(options, node.ForceReachability(network.ReachabilityPublic))
+	case "private":
+		options = append(options, node.ForceReachability(network.ReachabilityPrivate))
+	default:
+		return nil, fmt.Errorf("%s: %q; want public or private", settings.source(reachabilityFlag), settings.reachability)
+	}
+	return options, nil
+}
+
+// realmJoin is one realm run joins.
+type realmJoin struct {
+	name string
+	opts []realm.Option
+}
+
+// realmJoins checks the realm settings — one --psk-file per --realm, each
+// a private file of at least realm.MinPSKLength bytes — and returns the
+// joins, with realm.Relay on each when --realm-relay is set.
+func (settings *runSettings) realmJoins() ([]realmJoin, error) {
+	if len(settings.realms) != len(settings.pskFiles) {
+		return nil, fmt.Errorf("%s: %d realms but %d key files (%s); give one --%s per --%s, in the same order",
+			settings.source(realmFlag), len(settings.realms), len(settings.pskFiles), settings.source(pskFileFlag), pskFileFlag, realmFlag)
+	}
+	if settings.realmRelay && len(settings.realms) == 0 {
+		return nil, fmt.Errorf("%s: no realm to relay for; give --%s NAME --%s FILE", settings.source(realmRelayFlag), realmFlag, pskFileFlag)
+	}
+	joins := make([]realmJoin, 0, len(settings.realms))
+	for i, name := range settings.realms {
+		if slices.Contains(settings.realms[:i], name) {
+			return nil, fmt.Errorf("%s: realm %q is given twice", settings.source(realmFlag), name)
+		}
+		data, err := readPrivateFile(settings.source(pskFileFlag), settings.pskFiles[i], "PSK", maxPSKFileSize)
+		if err != nil {
+			return nil, err
+		}
+		psk := bytes.TrimSuffix(bytes.TrimSuffix(data, []byte("\n")), []byte("\r"))
+		if len(psk) < realm.MinPSKLength {
+			return nil, fmt.Errorf("%s %s: the key of realm %q is %d bytes; want at least %d",
+				settings.source(pskFileFlag), settings.pskFiles[i], name, len(psk), realm.MinPSKLength)
+		}
+		opts := []realm.Option{realm.PSK(psk)}
+		if settings.realmRelay {
+			opts = append(opts, realm.Relay())
+		}
+		joins = append(joins, realmJoin{name: name, opts: opts})
+	}
+	return joins, nil
 }
 
 // debugOptions checks the debug endpoint's settings and turns them into

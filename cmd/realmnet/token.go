@@ -36,35 +36,9 @@ const maxTokenFileSize = 4 << 10
 //     HTTP trims the Authorization header, so such a token would never
 //     match.
 func readTokenFile(source, path string) (string, error) {
-	if path == "" {
-		return "", fmt.Errorf("%s: empty file name", source)
-	}
-	file, err := os.Open(path)
+	data, err := readPrivateFile(source, path, "token", maxTokenFileSize)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return "", fmt.Errorf("%s %s: no such file", source, path)
-		}
-		return "", fmt.Errorf("%s %s: %w", source, path, unwrapPathError(err))
-	}
-	defer file.Close()
-	info, err := file.Stat()
-	if err != nil {
-		return "", fmt.Errorf("%s %s: %w", source, path, unwrapPathError(err))
-	}
-	if !info.Mode().IsRegular() {
-		return "", fmt.Errorf("%s %s: not a regular file", source, path)
-	}
-	// Windows has no such mode bits; its ACLs are out of reach here.
-	if mode := info.Mode().Perm(); runtime.GOOS != "windows" && mode&0o077 != 0 {
-		return "", fmt.Errorf("%s %s: the file's mode is %#o: group or others may read it; "+
-			"a token file must be private to its owner (chmod 600 %s)", source, path, mode, path)
-	}
-	data, err := io.ReadAll(io.LimitReader(file, maxTokenFileSize+1))
-	if err != nil {
-		return "", fmt.Errorf("%s %s: %w", source, path, unwrapPathError(err))
-	}
-	if len(data) > maxTokenFileSize {
-		return "", fmt.Errorf("%s %s: larger than %d bytes; not a token file", source, path, maxTokenFileSize)
+		return "", err
 	}
 	token := strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
 	switch {
@@ -78,4 +52,44 @@ func readTokenFile(source, path string) (string, error) {
 		return "", fmt.Errorf("%s %s: the token is %d bytes; want at least %d", source, path, len(token), minDebugTokenBytes)
 	}
 	return token, nil
+}
+
+// readPrivateFile returns the content of path, a secret (what: "token",
+// "PSK") kept like a private key. source names where path came from and
+// starts every error, which also names path. It refuses an empty name, a
+// missing file, one that is not regular, on Unix one that group or others
+// may access (mode & 0o077 != 0: chmod 600), and one larger than maxSize
+// bytes, before reading more than maxSize+1 bytes.
+func readPrivateFile(source, path, what string, maxSize int64) ([]byte, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%s: empty file name", source)
+	}
+	file, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s %s: no such file", source, path)
+		}
+		return nil, fmt.Errorf("%s %s: %w", source, path, unwrapPathError(err))
+	}
+	defer file.Close()
+	info, err := file.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", source, path, unwrapPathError(err))
+	}
+	if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s %s: not a regular file", source, path)
+	}
+	// Windows has no such mode bits; its ACLs are out of reach here.
+	if mode := info.Mode().Perm(); runtime.GOOS != "windows" && mode&0o077 != 0 {
+		return nil, fmt.Errorf("%s %s: the file's mode is %#o: group or others may read it; "+
+			"a %s file must be private to its owner (chmod 600 %s)", source, path, mode, what, path)
+	}
+	data, err := io.ReadAll(io.LimitReader(file, maxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", source, path, unwrapPathError(err))
+	}
+	if int64(len(data)) > maxSize {
+		return nil, fmt.Errorf("%s %s: larger than %d bytes; not a %s file", source, path, maxSize, what)
+	}
+	return data, nil
 }
