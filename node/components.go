@@ -82,6 +82,7 @@ func components(ctx context.Context, cfg *Config, key crypto.PrivKey) fx.Option 
 		// start's hook listens on the QUIC addresses.
 		fx.Invoke(addRelayTransport),
 		fx.Invoke(startRelayService),
+		fx.Invoke(startAutoNAT),
 		// After start: its parameters decide the order in which the
 		// components are built (the gater, which can refuse to start on a
 		// damaged store, first).
@@ -406,7 +407,7 @@ func kadMode(m DHTRole) dht.ModeOpt {
 // peers, and tells the resource manager who is trusted (members,
 // allowlisted and bootstrap peers) for the streams in negotiation.
 func newRealms(lc fx.Lifecycle, cfg *Config, h host.Host, backend *realmBackend, g *gater.Gater, d *dht.IpfsDHT, rm *resource.Manager) (*realm.Service, error) {
-	deps := realmwire.Deps{Host: h, Backend: backend, Routing: d, Clock: cfg.Clock}
+	deps := realmwire.Deps{Host: h, Backend: backend, Routing: d, Clock: cfg.Clock, PublicRelay: cfg.RelayService != nil}
 	bootstrapPeers := make(map[peer.ID]bool, len(cfg.Bootstrap))
 	for _, ai := range cfg.Bootstrap {
 		bootstrapPeers[ai.ID] = true

@@ -24,6 +24,7 @@ import (
 	"go.uber.org/fx"
 	"go.uber.org/goleak"
 
+	"github.com/realmnet/realmnet/internal/natlab"
 	"github.com/realmnet/realmnet/internal/testkit"
 	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/node"
@@ -31,6 +32,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	natlab.RunIfChild(map[string]natlab.Role{labNodeRole: runLabNode})
 	goleak.VerifyTestMain(m, testkit.LeakOptions()...)
 }
 

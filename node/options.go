@@ -150,6 +150,8 @@ type Config struct {
 	Relays []peer.AddrInfo
 	// ForceReachability, when not nil, fixes the node's reachability.
 	ForceReachability *network.Reachability
+	// AutoNAT configures reachability measurement (AutoNAT v2).
+	AutoNAT AutoNATConfig
 }
 
 // DefaultConfig returns the configuration of a node built with no option.

@@ -183,9 +183,15 @@ func startRelayService(lc fx.Lifecycle, cfg *Config, h host.Host) error {
 }
 
 // reachability is the node's reachability as last emitted on the bus
-// (event.EvtLocalReachabilityChanged), by ForceReachability or, later, by
-// AutoNAT. Safe for concurrent use.
+// (event.EvtLocalReachabilityChanged), by ForceReachability or AutoNAT
+// (autonat.go): one stateful emitter, so that late subscribers (autorelay,
+// kad-dht, the addresses manager) get the current value. Safe for
+// concurrent use.
 type reachability struct {
+	// emitMu orders emissions; mu guards current, which readers take
+	// without waiting for an emission (Emit blocks on slow subscribers).
+	emitMu  sync.Mutex
+	emitter event.Emitter // nil before start and after stop; guarded by emitMu
 	mu      sync.Mutex
 	current network.Reachability
 }
@@ -196,52 +202,46 @@ func (r *reachability) get() network.Reachability {
 	return r.current
 }
 
-// newReachability follows the bus's reachability events and emits the
-// forced one, from the node's start to its stop.
+// set emits v when it differs from the current reachability.
+func (r *reachability) set(v network.Reachability) {
+	r.emitMu.Lock()
+	defer r.emitMu.Unlock()
+	if v == r.get() || r.emitter == nil {
+		return
+	}
+	r.mu.Lock()
+	r.current = v
+	r.mu.Unlock()
+	if err := r.emitter.Emit(event.EvtLocalReachabilityChanged{Reachability: v}); err != nil {
+		log.Warnw("reachability event not emitted", "reachability", v, "error", err)
+	}
+	log.Infow("reachability", "reachability", v)
+}
+
+// newReachability emits the node's reachability from its start to its
+// stop: ForceReachability's value at start, AutoNAT's measurements later.
 func newReachability(lc fx.Lifecycle, cfg *Config, bus event.Bus) *reachability {
 	r := &reachability{}
-	var (
-		sub     event.Subscription
-		emitter event.Emitter
-		done    = make(chan struct{})
-	)
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error {
-			var err error
-			if sub, err = bus.Subscribe(new(event.EvtLocalReachabilityChanged)); err != nil {
-				return fmt.Errorf("node: subscribe to reachability: %w", err)
-			}
-			go func() {
-				defer close(done)
-				for e := range sub.Out() {
-					r.mu.Lock()
-					r.current = e.(event.EvtLocalReachabilityChanged).Reachability
-					r.mu.Unlock()
-				}
-			}()
-			if cfg.ForceReachability == nil {
-				return nil
-			}
-			// fx does not stop a hook whose start failed: undo here.
-			if emitter, err = bus.Emitter(new(event.EvtLocalReachabilityChanged), eventbus.Stateful); err == nil {
-				if err = emitter.Emit(event.EvtLocalReachabilityChanged{Reachability: *cfg.ForceReachability}); err != nil {
-					_ = emitter.Close()
-				}
-			}
+			emitter, err := bus.Emitter(new(event.EvtLocalReachabilityChanged), eventbus.Stateful)
 			if err != nil {
-				_ = sub.Close()
-				<-done
-				return fmt.Errorf("node: emit the forced reachability: %w", err)
+				return fmt.Errorf("node: reachability emitter: %w", err)
+			}
+			r.emitMu.Lock()
+			r.emitter = emitter
+			r.emitMu.Unlock()
+			if cfg.ForceReachability != nil {
+				r.set(*cfg.ForceReachability)
 			}
 			return nil
 		},
 		OnStop: func(context.Context) error {
-			if emitter != nil {
-				_ = emitter.Close()
-			}
-			if sub != nil {
-				_ = sub.Close()
-				<-done
+			r.emitMu.Lock()
+			defer r.emitMu.Unlock()
+			if r.emitter != nil {
+				_ = r.emitter.Close()
+				r.emitter = nil
 			}
 			return nil
 		},
@@ -249,8 +249,8 @@ func newReachability(lc fx.Lifecycle, cfg *Config, bus event.Bus) *reachability 
 	return r
 }
 
-// Reachability returns the node's reachability as last announced on its
-// event bus (event.EvtLocalReachabilityChanged): network.ReachabilityUnknown
-// until something measures or fixes it (ForceReachability). Safe for
-// concurrent use.
+// Reachability returns the node's reachability as it last announced it on
+// its event bus (event.EvtLocalReachabilityChanged):
+// network.ReachabilityUnknown until AutoNAT v2 measures it or
+// ForceReachability fixes it. Safe for concurrent use.
 func (n *Node) Reachability() network.Reachability { return n.reachability.get() }

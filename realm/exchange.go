@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -104,7 +105,7 @@ func (r *Realm) answerExchange(str network.Stream) {
 // authenticated members (as they signed them), then an empty frame.
 func (r *Realm) sendRecords(w io.Writer, to peer.ID) error {
 	h := r.svc.deps.Host
-	own, err := r.svc.ownRecord()
+	own, err := r.svc.ownRecord(r)
 	if err != nil {
 		return err
 	}
@@ -189,15 +190,17 @@ func (r *Realm) receiveRecords(rd io.Reader) error {
 	}
 }
 
-// ownRecord returns this node's signed peer record with its current
-// addresses.
-func (s *Service) ownRecord() ([]byte, error) {
+// ownRecord returns this node's signed peer record for r's members: its
+// current addresses and its circuit addresses through relays that are
+// members of r (relay.go).
+func (s *Service) ownRecord(r *Realm) ([]byte, error) {
 	h := s.deps.Host
 	key := h.Peerstore().PrivKey(h.ID())
 	if key == nil {
 		return nil, errors.New("realm: no private key in the peerstore")
 	}
-	env, err := record.Seal(peer.PeerRecordFromAddrInfo(peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()}), key)
+	addrs := slices.Concat(h.Addrs(), s.relayAddrs(r))
+	env, err := record.Seal(peer.PeerRecordFromAddrInfo(peer.AddrInfo{ID: h.ID(), Addrs: addrs}), key)
 	if err != nil {
 		return nil, fmt.Errorf("realm: sign own peer record: %w", err)
 	}

@@ -83,6 +83,8 @@ type Config struct {
 	Peers []peer.AddrInfo
 	// Handlers are stream handlers set before the first member is admitted.
 	Handlers map[protocol.ID]network.StreamHandler
+	// Relay makes this member a relay for the realm's members (Relay).
+	Relay bool
 }
 
 func defaultConfig() Config {

@@ -115,6 +115,10 @@ type Service struct {
 	// and losing its last connection are ordered.
 	connsMu sync.Mutex
 	conns   map[peer.ID]int
+
+	// relayState is the realm relay service and this member's
+	// reservations on realm relays (relay.go).
+	relayState
 }
 
 type handleEntry struct {
@@ -180,6 +184,17 @@ func NewService(deps realmwire.Deps) (*Service, error) {
 	deps.Host.SetStreamHandler(StreamProtocol, s.handleStream)
 	s.wg.Add(1)
 	go s.watchIdentify()
+	s.relayClient.reservations = make(map[peer.ID]reservation)
+	s.relayClient.backoff = make(map[peer.ID]relayBackoff)
+	relaySub, err := deps.Host.EventBus().Subscribe([]any{new(event.EvtLocalReachabilityChanged), new(EvtMemberJoined),
+		new(EvtMemberLeft), new(event.EvtPeerProtocolsUpdated), new(event.EvtPeerIdentificationCompleted)},
+		eventbus.Name("realmnet/realm relays"))
+	if err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("realm: subscribe for realm relays: %w", err)
+	}
+	s.wg.Add(1)
+	go s.keepRelayReservations(relaySub)
 	if ro := deps.RealmOnly; ro != nil {
 		if err := s.enableRealmOnly(ro.AuthTimeout, ro.Backoff, ro.Exempt); err != nil {
 			_ = s.Close()
@@ -249,6 +264,9 @@ func (s *Service) Join(ctx context.Context, name string, opts ...Option) (*Realm
 	}
 	s.realms[name] = r
 	r.start()
+	if cfg.Relay {
+		s.relayJoined()
+	}
 	log.Infow("joined realm", "realm", name, "id", k.id)
 	return r, nil
 }
@@ -342,10 +360,14 @@ func (s *Service) Close() error {
 // forget removes a left realm (called by Leave).
 func (s *Service) forget(r *Realm) {
 	s.mu.Lock()
-	if s.realms[r.name] == r {
+	forgot := s.realms[r.name] == r
+	if forgot {
 		delete(s.realms, r.name)
 	}
 	s.mu.Unlock()
+	if forgot && r.cfg.Relay {
+		s.relayLeft()
+	}
 }
 
 func (s *Service) setHandle(h handle, e handleEntry) {

@@ -75,6 +75,10 @@ func (r *Realm) openStream(ctx context.Context, p peer.ID, hdr streamHeader) (ne
 			return nil, fmt.Errorf("realm %q: stream to %s: %w", r.name, p, err)
 		}
 	}
+	// Members that reach each other only through a relay (a realm relay,
+	// or a public one) still talk: realm streams may use a limited
+	// connection. Multipath prefers a direct path whenever there is one.
+	ctx = network.WithAllowLimitedConn(ctx, "realm stream")
 	str, err := r.svc.deps.Host.NewStream(ctx, p, StreamProtocol)
 	if err != nil {
 		release()

@@ -65,6 +65,9 @@ type Deps struct {
 	Clock clock.Clock
 	// RealmOnly, when not nil, turns the realm-only policy on.
 	RealmOnly *RealmOnly
+	// PublicRelay is set when the node runs a public relay service
+	// (node.RelayService): realm relays then use it instead of their own.
+	PublicRelay bool
 }
 
 // RealmOnly configures the realm-only policy: peers must authenticate into

@@ -1,0 +1,317 @@
+package node_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/realmnet/realmnet/internal/natlab"
+	"github.com/realmnet/realmnet/internal/testnode"
+	"github.com/realmnet/realmnet/node"
+	"github.com/realmnet/realmnet/realm"
+)
+
+// labNodeRole is the role of a realmnet node in the NAT lab (runLabNode).
+const labNodeRole = "node"
+
+// labRealm and labPSK are the realm the lab's nodes join.
+const labRealm = "lab"
+
+var labPSK = []byte("the NAT lab's realm key, 32 byte")
+
+// runLabNode runs one realmnet node in a lab namespace, listening on
+// -listen (its lab address, UDP port 4001), measuring its reachability
+// with AutoNAT v2 (private addresses allowed: the lab has no public ones).
+// It prints "ready <peer ID> <address>/p2p/<peer ID>" and, whenever its
+// reachability changes, "reachability <value>". Commands, one per line,
+// each answered by one line ("error ..." when it fails):
+//
+//	join [ADDR]            join the lab realm (with ADDR as a known peer) → "joined"
+//	await-relayaddrs       wait for a circuit address through a realm relay → "relayaddrs ADDR"
+//	await-member PEER      wait until PEER is a member → "member PEER limited=BOOL"
+//	await-record PEER      wait until PEER's signed record has a circuit address → "record PEER"
+//	echo PEER              1 KiB realm stream echo with PEER → "echo ok"
+//
+// With -realm-relay the node joins as the realm's relay.
+func runLabNode(args []string, in io.Reader, out io.Writer) error {
+	flags := flag.NewFlagSet(labNodeRole, flag.ContinueOnError)
+	listen := flags.String("listen", "", "lab IPv4 address to listen on")
+	realmRelay := flags.Bool("realm-relay", false, "relay for the realm's members")
+	if err := flags.Parse(args); err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	say := func(format string, a ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(out, format+"\n", a...)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n, err := node.New(ctx, node.ListenAddrStrings("/ip4/"+*listen+"/udp/4001/quic-v1"),
+		node.DHTMode(node.DHTClient), node.AutoNAT(node.AutoNATConfig{PrivateAddrs: true}))
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	sub, err := n.Host().EventBus().Subscribe(new(event.EvtLocalReachabilityChanged))
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for e := range sub.Out() {
+			say("reachability %s", strings.ToLower(e.(event.EvtLocalReachabilityChanged).Reachability.String()))
+		}
+	})
+	defer wg.Wait()
+	defer sub.Close()
+	say("ready %s %s/p2p/%s", n.ID(), n.Addrs()[0], n.ID())
+
+	var joined *realm.Realm
+	lines := bufio.NewScanner(in)
+	for lines.Scan() {
+		command, arg, _ := strings.Cut(lines.Text(), " ")
+		cctx, ccancel := context.WithTimeout(ctx, 60*time.Second)
+		answer, err := labCommand(cctx, n, &joined, *realmRelay, command, arg)
+		ccancel()
+		if err != nil {
+			say("error %s: %v", command, err)
+			continue
+		}
+		say("%s", answer)
+	}
+	return lines.Err()
+}
+
+// labCommand runs one command of runLabNode.
+func labCommand(ctx context.Context, n *node.Node, joined **realm.Realm, realmRelay bool, command, arg string) (string, error) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	wait := func(done func() bool) error {
+		for !done() {
+			select {
+			case <-tick.C:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+	switch command {
+	case "join":
+		opts := []realm.Option{realm.PSK(labPSK), realm.DiscoveryInterval(realm.MinDiscoveryInterval),
+			realm.StreamHandler(testnode.EchoProtocol, testnode.Echo)}
+		if realmRelay {
+			opts = append(opts, realm.Relay())
+		}
+		if arg != "" {
+			ai, err := peer.AddrInfoFromString(arg)
+			if err != nil {
+				return "", err
+			}
+			opts = append(opts, realm.Peers(*ai))
+		}
+		r, err := n.JoinRealm(ctx, labRealm, opts...)
+		if err != nil {
+			return "", err
+		}
+		*joined = r
+		return "joined", nil
+	}
+	r := *joined
+	if r == nil {
+		return "", errors.New("join first")
+	}
+	switch command {
+	case "await-relayaddrs":
+		if err := wait(func() bool { return len(r.RelayAddrs()) > 0 }); err != nil {
+			return "", err
+		}
+		return "relayaddrs " + r.RelayAddrs()[0].String(), nil
+	case "await-record":
+		p, err := peer.Decode(arg)
+		if err != nil {
+			return "", err
+		}
+		cab, ok := peerstore.GetCertifiedAddrBook(n.Host().Peerstore())
+		if !ok {
+			return "", errors.New("no certified address book")
+		}
+		hasCircuit := func() bool {
+			env := cab.GetPeerRecord(p)
+			if env == nil {
+				return false
+			}
+			rec, err := env.Record()
+			if err != nil {
+				return false
+			}
+			for _, a := range rec.(*peer.PeerRecord).Addrs {
+				if _, err := a.ValueForProtocol(ma.P_CIRCUIT); err == nil {
+					return true
+				}
+			}
+			return false
+		}
+		if err := wait(hasCircuit); err != nil {
+			return "", err
+		}
+		return "record " + p.String(), nil
+	case "await-member", "echo":
+		p, err := peer.Decode(arg)
+		if err != nil {
+			return "", err
+		}
+		if command == "echo" {
+			s, err := r.NewStream(ctx, p, testnode.EchoProtocol)
+			if err != nil {
+				return "", err
+			}
+			if err := testnode.EchoErr(s, 1024); err != nil {
+				return "", err
+			}
+			return "echo ok", nil
+		}
+		if err := wait(func() bool { _, ok := r.Member(p); return ok }); err != nil {
+			return "", err
+		}
+		limited := true
+		for _, c := range n.Host().Network().ConnsToPeer(p) {
+			limited = limited && c.Stat().Limited
+		}
+		return fmt.Sprintf("member %s limited=%t", p, limited), nil
+	}
+	return "", fmt.Errorf("unknown command %q", command)
+}
+
+// labProc is a lab node seen from the test: its process, its ID and
+// address, and the reachability it last reported.
+type labProc struct {
+	*natlab.Proc
+	id   peer.ID
+	addr string
+
+	mu           sync.Mutex
+	reachability string
+}
+
+// startLabNode starts a node on host name of lab and waits for it to be
+// ready.
+func startLabNode(t *testing.T, lab *natlab.Lab, name string, args ...string) *labProc {
+	t.Helper()
+	p := &labProc{Proc: lab.Start(t, name, labNodeRole, append([]string{"-listen", lab.Addr(name).String()}, args...)...)}
+	ready := p.expect(t, "ready ", 60*time.Second)
+	fields := strings.Fields(ready)
+	id, err := peer.Decode(fields[1])
+	if err != nil {
+		t.Fatalf("%s: %q: %v", name, ready, err)
+	}
+	p.id, p.addr = id, fields[2]
+	return p
+}
+
+// expect returns the next line of p that starts with prefix, within
+// timeout; reachability lines on the way are recorded, an error line fails
+// the test.
+func (p *labProc) expect(t *testing.T, prefix string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		line, err := p.Recv(time.Until(deadline))
+		if err != nil {
+			t.Fatalf("%s: waiting for %q: %v", p, prefix, err)
+		}
+		if r, ok := strings.CutPrefix(line, "reachability "); ok {
+			p.mu.Lock()
+			p.reachability = r
+			p.mu.Unlock()
+			if prefix != "reachability "+r {
+				continue
+			}
+		}
+		if strings.HasPrefix(line, "error ") {
+			t.Fatalf("%s: %s", p, line)
+		}
+		if strings.HasPrefix(line, prefix) {
+			return line
+		}
+	}
+}
+
+// do sends command and returns its answer.
+func (p *labProc) do(t *testing.T, command, answerPrefix string) string {
+	t.Helper()
+	if err := p.Send(command); err != nil {
+		t.Fatal(err)
+	}
+	return p.expect(t, answerPrefix, 90*time.Second)
+}
+
+// TestNATLabReachabilityAndRealmRelay runs realmnet nodes in the NAT lab:
+// a relay and a peer on public addresses, and a and b behind two
+// endpoint-independent NATs. AutoNAT v2 finds a and b private and the two
+// public nodes public (each public node's dial-back from the other
+// reaches it; nothing reaches a NATed host unsolicited). The relay joins
+// the realm as its relay; a, private, reserves a slot on it through the
+// realm and b — which cannot reach a directly — becomes a's member over a
+// relayed path, on which a realm stream works.
+func TestNATLabReachabilityAndRealmRelay(t *testing.T) {
+	lab := natlab.New(t, natlab.Topology{
+		Public: []string{"relay", "pub"},
+		Sites: []natlab.Site{
+			{Router: "r1", NAT: natlab.EndpointIndependent, Hosts: []string{"a"}},
+			{Router: "r2", NAT: natlab.EndpointIndependent, Hosts: []string{"b"}},
+		},
+	})
+	relay := startLabNode(t, lab, "relay", "-realm-relay")
+	pub := startLabNode(t, lab, "pub")
+	a := startLabNode(t, lab, "a")
+	b := startLabNode(t, lab, "b")
+
+	start := time.Now()
+	step := func(what string) { t.Logf("%6.2fs %s", time.Since(start).Seconds(), what) }
+	relay.do(t, "join", "joined")
+	pub.do(t, "join "+relay.addr, "joined")
+	a.do(t, "join "+relay.addr, "joined")
+	step("joined")
+	a.expect(t, "reachability private", 90*time.Second)
+	step("a private")
+	relay.expect(t, "reachability public", 90*time.Second)
+	step("relay public")
+	pub.expect(t, "reachability public", 90*time.Second)
+	step("pub public")
+
+	circuit := a.do(t, "await-relayaddrs", "relayaddrs ")
+	if !strings.Contains(circuit, relay.id.String()+"/p2p-circuit") {
+		t.Fatalf("a's circuit address %q does not go through the relay %s", circuit, relay.id)
+	}
+	if _, err := ma.NewMultiaddr(strings.TrimPrefix(circuit, "relayaddrs ")); err != nil {
+		t.Fatalf("%q: %v", circuit, err)
+	}
+	// The relay holds a's record with it (a sent it in an exchange), so
+	// b, which learns a from the relay, dials the circuit at once.
+	relay.do(t, "await-record "+a.id.String(), "record ")
+	step("a reserved, its record at the relay")
+	b.do(t, "join "+relay.addr, "joined")
+	member := b.do(t, "await-member "+a.id.String(), "member ")
+	if !strings.HasSuffix(member, "limited=true") {
+		t.Fatalf("b reaches a over a direct path through two NATs without hole punching: %q", member)
+	}
+	step("b member of a")
+	b.do(t, "echo "+a.id.String(), "echo ok")
+	b.expect(t, "reachability private", 90*time.Second)
+	step("b private")
+}
