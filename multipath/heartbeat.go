@@ -211,9 +211,11 @@ func (m *Manager) exchange(p peer.ID, pa *path, s *heartbeatStream, probe, answe
 //
 // A relayed path's connection is limited: its heartbeat stream is allowed
 // on it (network.WithAllowLimitedConn). One stream serves every probe, 32
-// bytes each way per probe plus yamux's 12-byte frame headers, so 5 s
-// heartbeats use about 6 KiB of a relayed connection's data per 2 minutes,
-// well within circuit relay v2's default limit of 128 KiB.
+// bytes each way per probe plus yamux's 12-byte frame headers (about 45
+// bytes each way): idle 5 s heartbeats use about 1 KiB each way of a
+// relayed connection's data per 2 minutes, and busy probing (at most every
+// MinBusyProbeInterval, 200 ms) about 27 KiB, within circuit relay v2's
+// default limit of 128 KiB each way per 2-minute circuit.
 func (m *Manager) openHeartbeatStream(ctx context.Context, pa *path) (*heartbeatStream, error) {
 	ctx = network.WithAllowLimitedConn(ctx, "multipath heartbeat")
 	ctx, cancel := context.WithTimeout(ctx, m.busyInterval(pa))

@@ -5,10 +5,12 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	libp2pconfig "github.com/libp2p/go-libp2p/config"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -220,15 +222,41 @@ func (g serverGate) SetStreamHandler(pid protocol.ID, handler network.StreamHand
 // server picks the first it accepts) and sets the reachability from the
 // answer: public when the address was reached, private when it was not.
 // Without an answer (no server, refused) reachability stays as it is and
-// the prober asks again later.
+// the prober asks again later — at once (after autonatServerSettle) when
+// identify finds a new peer serving AutoNAT v2.
 func probeReachability(ctx context.Context, an *autonatv2.AutoNAT, h host.Host, r *reachability, privateAddrs bool, recheck time.Duration) {
+	sub, err := h.EventBus().Subscribe(new(event.EvtPeerIdentificationCompleted), eventbus.Name("realmnet/autonat"))
+	if err != nil {
+		log.Warnw("AutoNAT v2: no identify events; probing on a timer only", "error", err)
+	} else {
+		defer sub.Close()
+	}
+	var identified <-chan any
+	if sub != nil {
+		identified = sub.Out()
+	}
 	wait := autonatRetryMin
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
+	answered := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case e, ok := <-identified:
+			if !ok {
+				identified = nil // the bus closed it (shutdown)
+				continue
+			}
+			evt := e.(event.EvtPeerIdentificationCompleted)
+			if answered || !slices.Contains(evt.Protocols, autonatv2.DialProtocol) {
+				continue
+			}
+			// A server appeared while the node has no answer: ask soon,
+			// and from there on as if just starting.
+			wait = autonatRetryMin
+			resetTimer(timer, autonatServerSettle)
+			continue
 		case <-timer.C:
 		}
 		result, err := probeOnce(ctx, an, h, privateAddrs)
@@ -237,11 +265,28 @@ func probeReachability(ctx context.Context, an *autonatv2.AutoNAT, h host.Host, 
 			log.Debugw("AutoNAT v2: no answer", "error", err)
 			wait = min(2*wait, autonatRetryMax)
 		default:
+			answered = true
 			r.set(result)
 			wait = recheck
 		}
 		timer.Reset(wait)
 	}
+}
+
+// autonatServerSettle is the wait between identify reporting a new AutoNAT
+// v2 server and the request to it, so that the AutoNAT client has taken
+// the server in too (it follows the same identify events).
+const autonatServerSettle = 500 * time.Millisecond
+
+// resetTimer stops t, drains it, and sets it to fire after d.
+func resetTimer(t *time.Timer, d time.Duration) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+	t.Reset(d)
 }
 
 // errNoAddrToProbe: the node has no address AutoNAT may check.

@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/transport"
 	basichost "github.com/libp2p/go-libp2p/p2p/host/basic"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
+	"github.com/libp2p/go-libp2p/p2p/host/observedaddrs"
 	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoremem"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
@@ -328,7 +329,7 @@ func newNodeIdentifyTracker(lc fx.Lifecycle, bus event.Bus, s *swarm.Swarm) (*id
 		return nil, err
 	}
 	forget := &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
-		if n.Connectedness(c.RemotePeer()) != network.Connected {
+		if n.Connectedness(c.RemotePeer()) == network.NotConnected {
 			t.forget(c.RemotePeer())
 		}
 	}}
@@ -340,20 +341,32 @@ func newNodeIdentifyTracker(lc fx.Lifecycle, bus event.Bus, s *swarm.Swarm) (*id
 	return t, nil
 }
 
-// newHost is libp2p's basic host over our swarm, with identify and ping.
+// newHost is libp2p's basic host over our swarm, with identify, ping and
+// identify's observed addresses.
 func newHost(lc fx.Lifecycle, cfg *Config, s *swarm.Swarm, bus event.Bus, cm libp2pcoreconnmgr.ConnManager) (host.Host, error) {
+	// go-libp2p's observed-address manager: the addresses identify says
+	// peers see us at (a NAT's mapping) become our addresses once
+	// observedaddrs.ActivationThresh (4) peers on different IPs agree.
+	observed, err := observedaddrs.NewManager(bus, s)
+	if err != nil {
+		return nil, fmt.Errorf("node: observed addresses: %w", err)
+	}
+	observed.Start(s)
 	h, err := basichost.NewHost(s, &basichost.HostOpts{
-		EventBus:    bus,
-		ConnManager: cm,
-		EnablePing:  true,
-		UserAgent:   UserAgent(),
+		EventBus:             bus,
+		ConnManager:          cm,
+		EnablePing:           true,
+		UserAgent:            UserAgent(),
+		ObservedAddrsManager: observed,
 		// go-libp2p's identify metrics (libp2p_identify_*).
 		EnableMetrics:        cfg.Metrics != nil,
 		PrometheusRegisterer: cfg.Metrics,
 	})
 	if err != nil {
+		_ = observed.Close()
 		return nil, fmt.Errorf("node: create host: %w", err)
 	}
+	lc.Append(fx.StopHook(observed.Close))
 	// Started at once (identify's handlers, the address manager), before
 	// the components built on the host: kad-dht dials its bootstrap peers
 	// from its constructor, and a peer that identifies us over that

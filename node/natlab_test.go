@@ -38,6 +38,8 @@ var labPSK = []byte("the NAT lab's realm key, 32 byte")
 // reachability changes, "reachability <value>". Commands, one per line,
 // each answered by one line ("error ..." when it fails):
 //
+//	connect ADDR           connect to ADDR → "connected"
+//	await-addr IP          wait until an address of the node has IP (identify's observed addresses) → "addr ADDR"
 //	join [ADDR]            join the lab realm (with ADDR as a known peer) → "joined"
 //	await-relayaddrs       wait for a circuit address through a realm relay → "relayaddrs ADDR"
 //	await-member PEER      wait until PEER is a member → "member PEER limited=BOOL"
@@ -111,6 +113,30 @@ func labCommand(ctx context.Context, n *node.Node, joined **realm.Realm, realmRe
 		return nil
 	}
 	switch command {
+	case "connect":
+		ai, err := peer.AddrInfoFromString(arg)
+		if err != nil {
+			return "", err
+		}
+		if err := n.Connect(ctx, *ai); err != nil {
+			return "", err
+		}
+		return "connected", nil
+	case "await-addr":
+		var found ma.Multiaddr
+		err := wait(func() bool {
+			for _, a := range n.Addrs() {
+				if ip, err := a.ValueForProtocol(ma.P_IP4); err == nil && ip == arg {
+					found = a
+					return true
+				}
+			}
+			return false
+		})
+		if err != nil {
+			return "", fmt.Errorf("%w; addresses: %v", err, n.Addrs())
+		}
+		return "addr " + found.String(), nil
 	case "join":
 		opts := []realm.Option{realm.PSK(labPSK), realm.DiscoveryInterval(realm.MinDiscoveryInterval),
 			realm.StreamHandler(testnode.EchoProtocol, testnode.Echo)}
@@ -251,6 +277,18 @@ func (p *labProc) expect(t *testing.T, prefix string, timeout time.Duration) str
 	}
 }
 
+// awaitReachability waits until p has reported reachability want (now or
+// earlier, while the test waited for other lines).
+func (p *labProc) awaitReachability(t *testing.T, want string, timeout time.Duration) {
+	t.Helper()
+	p.mu.Lock()
+	got := p.reachability
+	p.mu.Unlock()
+	if got != want {
+		p.expect(t, "reachability "+want, timeout)
+	}
+}
+
 // do sends command and returns its answer.
 func (p *labProc) do(t *testing.T, command, answerPrefix string) string {
 	t.Helper()
@@ -261,8 +299,10 @@ func (p *labProc) do(t *testing.T, command, answerPrefix string) string {
 }
 
 // TestNATLabReachabilityAndRealmRelay runs realmnet nodes in the NAT lab:
-// a relay and a peer on public addresses, and a and b behind two
-// endpoint-independent NATs. AutoNAT v2 finds a and b private and the two
+// a relay and three peers on public addresses, and a and b behind two
+// endpoint-independent NATs. a connects to the four public nodes and, from
+// identify's observed addresses (4 observers), advertises its NAT mapping:
+// the router's address, port 4001 kept. AutoNAT v2 finds a and b private and the two
 // public nodes public (each public node's dial-back from the other
 // reaches it; nothing reaches a NATed host unsolicited). The relay joins
 // the realm as its relay; a, private, reserves a slot on it through the
@@ -270,7 +310,7 @@ func (p *labProc) do(t *testing.T, command, answerPrefix string) string {
 // relayed path, on which a realm stream works.
 func TestNATLabReachabilityAndRealmRelay(t *testing.T) {
 	lab := natlab.New(t, natlab.Topology{
-		Public: []string{"relay", "pub"},
+		Public: []string{"relay", "pub", "pub2", "pub3"},
 		Sites: []natlab.Site{
 			{Router: "r1", NAT: natlab.EndpointIndependent, Hosts: []string{"a"}},
 			{Router: "r2", NAT: natlab.EndpointIndependent, Hosts: []string{"b"}},
@@ -278,8 +318,17 @@ func TestNATLabReachabilityAndRealmRelay(t *testing.T) {
 	})
 	relay := startLabNode(t, lab, "relay", "-realm-relay")
 	pub := startLabNode(t, lab, "pub")
+	pub2 := startLabNode(t, lab, "pub2")
+	pub3 := startLabNode(t, lab, "pub3")
 	a := startLabNode(t, lab, "a")
 	b := startLabNode(t, lab, "b")
+	for _, p := range []*labProc{relay, pub, pub2, pub3} {
+		a.do(t, "connect "+p.addr, "connected")
+	}
+	mapped := a.do(t, "await-addr "+lab.Addr("r1").String(), "addr ")
+	if want := fmt.Sprintf("addr /ip4/%s/udp/4001/quic-v1", lab.Addr("r1")); mapped != want {
+		t.Fatalf("a's observed address is %q, want %q (endpoint-independent, port-preserving)", mapped, want)
+	}
 
 	start := time.Now()
 	step := func(what string) { t.Logf("%6.2fs %s", time.Since(start).Seconds(), what) }
@@ -287,11 +336,11 @@ func TestNATLabReachabilityAndRealmRelay(t *testing.T) {
 	pub.do(t, "join "+relay.addr, "joined")
 	a.do(t, "join "+relay.addr, "joined")
 	step("joined")
-	a.expect(t, "reachability private", 90*time.Second)
+	a.awaitReachability(t, "private", 90*time.Second)
 	step("a private")
-	relay.expect(t, "reachability public", 90*time.Second)
+	relay.awaitReachability(t, "public", 90*time.Second)
 	step("relay public")
-	pub.expect(t, "reachability public", 90*time.Second)
+	pub.awaitReachability(t, "public", 90*time.Second)
 	step("pub public")
 
 	circuit := a.do(t, "await-relayaddrs", "relayaddrs ")
@@ -312,6 +361,6 @@ func TestNATLabReachabilityAndRealmRelay(t *testing.T) {
 	}
 	step("b member of a")
 	b.do(t, "echo "+a.id.String(), "echo ok")
-	b.expect(t, "reachability private", 90*time.Second)
+	b.awaitReachability(t, "private", 90*time.Second)
 	step("b private")
 }

@@ -22,7 +22,8 @@ import (
 // TestRealmRelay: R joins the realm with realm.Relay; A, private
 // (ForceReachability) on 127.0.0.2, joins through R and reserves a slot on
 // it without any configured relay; its circuit address reaches R in A's
-// signed record. C, whose gater blocks 127.0.0.2 both ways, joins through R,
+// signed record. C, kept from A by their gaters (each blocks the other's
+// loopback address), joins through R,
 // learns A's record from R's exchange and becomes A's member over a
 // relayed path, on which a realm stream works. D, no member, is refused a
 // reservation on R and a circuit to A through R.
@@ -60,8 +61,12 @@ func TestRealmRelay(t *testing.T) {
 		require.Equal(t, r.ID(), id)
 	}
 
+	// A (127.0.0.2) and C (127.0.0.1) block each other's addresses:
+	// dialing from 127.0.0.2, A's packets may leave from 127.0.0.1, so
+	// C's rule alone would not keep them apart.
 	c := testnode.New(t)
 	require.NoError(t, c.Gater().BlockAddr(net.ParseIP("127.0.0.2")))
+	require.NoError(t, a.Gater().BlockAddr(net.ParseIP("127.0.0.1")))
 	rc, err := c.JoinRealm(ctx, "team", realm.PSK(psk), realm.Peers(r.AddrInfo()))
 	require.NoError(t, err)
 	for {

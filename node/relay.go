@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 
+	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -18,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/upgrader"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	ma "github.com/multiformats/go-multiaddr"
@@ -70,8 +72,11 @@ func RelayService(cfg RelayServiceConfig) Option {
 
 // Relays sets static relays: when the node is not publicly reachable
 // (Reachability private or unknown), go-libp2p's autorelay reserves a slot
-// on them, keeps the reservations refreshed, and the node advertises its
-// /p2p-circuit addresses through them (identify, DHT, realm exchange). Each
+// on them (and, beyond them, on relays from the DHT's routing table), keeps
+// the reservations refreshed, and the node advertises its /p2p-circuit
+// addresses through them (identify, DHT, realm exchange). go-libp2p's
+// autorelay advertises circuit addresses only through relays with public
+// addresses. Each
 // relay needs its peer ID and at least one address that is not itself a
 // relay address. Errors name the bad entry.
 func Relays(relays ...peer.AddrInfo) Option {
@@ -137,9 +142,10 @@ func relayUpgrader(key crypto.PrivKey, rm network.ResourceManager) (transport.Up
 }
 
 // addRelayTransport adds the circuit relay v2 client to the swarm (dial
-// and accept relayed connections) and, when the node has static relays,
-// go-libp2p's autorelay.
-func addRelayTransport(lc fx.Lifecycle, cfg *Config, key crypto.PrivKey, h host.Host, rm network.ResourceManager) error {
+// and accept relayed connections) and go-libp2p's autorelay, which reserves
+// slots while the node is not publicly reachable, on relays from
+// relayCandidates.
+func addRelayTransport(lc fx.Lifecycle, cfg *Config, key crypto.PrivKey, h host.Host, rm network.ResourceManager, d *dht.IpfsDHT) error {
 	u, err := relayUpgrader(key, rm)
 	if err != nil {
 		return err
@@ -147,10 +153,13 @@ func addRelayTransport(lc fx.Lifecycle, cfg *Config, key crypto.PrivKey, h host.
 	if err := client.AddTransport(h, u); err != nil {
 		return fmt.Errorf("node: relay transport: %w", err)
 	}
-	if len(cfg.Relays) == 0 {
-		return nil
+	opts := []autorelay.Option{
+		autorelay.WithPeerSource(relayCandidates(cfg.Relays, h, d)),
+		// One candidate is enough to start reserving (go-libp2p waits
+		// for 4, or 3 minutes); static relays are all wanted.
+		autorelay.WithMinCandidates(1),
+		autorelay.WithNumRelays(max(defaultNumRelays, len(cfg.Relays))),
 	}
-	opts := []autorelay.Option{autorelay.WithStaticRelays(cfg.Relays)}
 	if cfg.Metrics != nil {
 		opts = append(opts, autorelay.WithMetricsTracer(autorelay.NewMetricsTracer(autorelay.WithRegisterer(cfg.Metrics))))
 	}
@@ -160,6 +169,39 @@ func addRelayTransport(lc fx.Lifecycle, cfg *Config, key crypto.PrivKey, h host.
 	}
 	lc.Append(fx.StartStopHook(ar.Start, ar.Close))
 	return nil
+}
+
+// defaultNumRelays is how many relays autorelay keeps reservations on
+// without static relays (go-libp2p's default, 2).
+const defaultNumRelays = 2
+
+// relayCandidates is autorelay's source of relays: the static relays
+// first, then the DHT's routing-table peers that serve the circuit relay
+// v2 hop protocol (as identify reported them), at most num in all.
+// Realm relays are not offered: the realm reserves on them itself, and
+// advertises them to its members only.
+func relayCandidates(static []peer.AddrInfo, h host.Host, d *dht.IpfsDHT) autorelay.PeerSource {
+	return func(_ context.Context, num int) <-chan peer.AddrInfo {
+		out := make(chan peer.AddrInfo, num)
+		defer close(out)
+		offered := make(map[peer.ID]bool, num)
+		offer := func(ai peer.AddrInfo) {
+			if len(out) < num && !offered[ai.ID] {
+				offered[ai.ID] = true
+				out <- ai
+			}
+		}
+		for _, ai := range static {
+			offer(ai)
+		}
+		ps := h.Peerstore()
+		for _, p := range d.RoutingTable().ListPeers() {
+			if hop, err := ps.SupportsProtocols(p, proto.ProtoIDv2Hop); err == nil && len(hop) > 0 {
+				offer(peer.AddrInfo{ID: p, Addrs: ps.Addrs(p)})
+			}
+		}
+		return out
+	}
 }
 
 // startRelayService runs the relay service when the node offers one.

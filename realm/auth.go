@@ -485,5 +485,5 @@ func (r *Realm) retryable(p peer.ID, err error) bool {
 	case errors.Is(err, ErrAuthFailed) && !errors.Is(err, errNoReply):
 		return false
 	}
-	return r.svc.deps.Host.Network().Connectedness(p) == network.Connected && !r.authenticated(p)
+	return r.svc.hasConn(p) && !r.authenticated(p)
 }

@@ -8,7 +8,6 @@ import (
 	"slices"
 
 	"github.com/libp2p/go-libp2p/core/event"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -220,7 +219,7 @@ func (r *Realm) removeLocked(p peer.ID, reason string) {
 	log.Debugw("member left", "realm", r.name, "peer", p, "reason", reason)
 	// Under the realm-only policy, a peer still connected must now share
 	// another realm within AuthTimeout.
-	if policy := r.svc.policy.Load(); policy != nil && r.svc.deps.Host.Network().Connectedness(p) == network.Connected {
+	if policy := r.svc.policy.Load(); policy != nil && r.svc.hasConn(p) {
 		policy.restart(p)
 	}
 }

@@ -158,6 +158,10 @@ type relayClient struct {
 	private      bool
 	reservations map[peer.ID]reservation
 	backoff      map[peer.ID]relayBackoff
+	// announceAgain is when the circuit addresses are sent to the members
+	// a second time (zero: not due): a member that exchanged with us less
+	// than exchangeInterval before refuses the first announcement.
+	announceAgain time.Time
 }
 
 type relayBackoff struct {
@@ -290,12 +294,26 @@ func (s *Service) updateReservations(ctx context.Context) time.Time {
 		next = minTime(next, rsv.expires.Add(-relayRefreshBefore))
 	}
 	changed := !slices.Equal(before, s.relayAddrSetLocked())
+	again := !s.relayClient.announceAgain.IsZero() && !time.Now().Before(s.relayClient.announceAgain)
+	switch {
+	case changed:
+		s.relayClient.announceAgain = time.Now().Add(exchangeInterval + relayAnnounceMargin)
+	case again:
+		s.relayClient.announceAgain = time.Time{}
+	}
+	if !s.relayClient.announceAgain.IsZero() {
+		next = minTime(next, s.relayClient.announceAgain)
+	}
 	s.relayMu.Unlock()
-	if changed {
+	if changed || again {
 		s.announceRelayAddrs()
 	}
 	return next
 }
+
+// relayAnnounceMargin is added to exchangeInterval before the second
+// announcement, so that it does not arrive a moment too early.
+const relayAnnounceMargin = 200 * time.Millisecond
 
 // circuitComponent is /p2p-circuit.
 var circuitComponent = ma.StringCast("/p2p-circuit")

@@ -460,5 +460,12 @@ func (s *Service) disconnected(_ network.Network, c network.Conn) {
 // forgets a closed connection at once, and the notification then starts the
 // grace.
 func (s *Service) connectedLocked(p peer.ID) bool {
-	return s.conns[p] > 0 || s.deps.Host.Network().Connectedness(p) == network.Connected
+	return s.conns[p] > 0 || s.hasConn(p)
+}
+
+// hasConn reports whether the swarm has a connection to p: a direct one
+// (network.Connected) or only relayed ones (network.Limited, which realm
+// streams may use).
+func (s *Service) hasConn(p peer.ID) bool {
+	return s.deps.Host.Network().Connectedness(p) != network.NotConnected
 }

@@ -109,7 +109,7 @@ func (r *Realm) memberHandle(ctx context.Context, p peer.ID) (handle, error) {
 	}
 	r.mu.Unlock()
 	// A member in its grace period, or a connected peer that may be one.
-	if !known && r.svc.deps.Host.Network().Connectedness(p) != network.Connected {
+	if !known && !r.svc.hasConn(p) {
 		return handle{}, fmt.Errorf("%w: %s in realm %q", ErrNotMember, p, r.name)
 	}
 	if err := r.connectAndAuthenticate(ctx, peer.AddrInfo{ID: p}); err != nil {

@@ -340,15 +340,21 @@ func (s *Swarm) notifyAll(f func(network.Notifiee)) {
 	}
 }
 
-// Connectedness returns network.Connected when at least one connection to p
-// is open, network.NotConnected otherwise (QUIC connections are never
-// limited).
+// Connectedness returns network.Connected when an unlimited connection to
+// p is open, network.Limited when only limited (relayed) ones are,
+// network.NotConnected otherwise, as go-libp2p's swarm does; the
+// connectedness events follow the same rule.
 func (s *Swarm) Connectedness(p peer.ID) network.Connectedness {
 	s.mu.RLock()
-	n := len(s.conns[p])
-	s.mu.RUnlock()
-	if n > 0 {
-		return network.Connected
+	defer s.mu.RUnlock()
+	cs := s.conns[p]
+	for _, c := range cs {
+		if !c.limited {
+			return network.Connected
+		}
+	}
+	if len(cs) > 0 {
+		return network.Limited
 	}
 	return network.NotConnected
 }
