@@ -89,10 +89,6 @@ func startAutoNAT(lc fx.Lifecycle, cfg *Config, h host.Host, r *reachability) er
 	if cfg.AutoNAT.Disabled {
 		return nil
 	}
-	dialer, closeDialer, err := newAutoNATDialer()
-	if err != nil {
-		return err
-	}
 	opts := []autonatv2.AutoNATOption{}
 	if cfg.AutoNAT.PrivateAddrs {
 		opts = append(opts, autonatv2.AllowPrivateAddrs)
@@ -100,24 +96,38 @@ func startAutoNAT(lc fx.Lifecycle, cfg *Config, h host.Host, r *reachability) er
 	if cfg.Metrics != nil {
 		opts = append(opts, autonatv2.WithMetricsTracer(autonatv2.NewMetricsTracer(cfg.Metrics)))
 	}
-	an, err := autonatv2.New(dialer, opts...)
-	if err != nil {
-		closeDialer()
-		return fmt.Errorf("node: AutoNAT v2: %w", err)
-	}
 	recheck := cfg.AutoNAT.RecheckInterval
 	if recheck == 0 {
 		recheck = DefaultAutoNATRecheckInterval
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
+	// Everything is built when the node starts, so that a node that fails
+	// before (another component's error) leaves nothing running.
+	var (
+		an          *autonatv2.AutoNAT
+		closeDialer func()
+		cancel      context.CancelFunc
+		done        = make(chan struct{})
+	)
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error {
-			if err := an.Start(serverGate{Host: h, reachability: r}); err != nil {
-				cancel()
-				close(done)
+			dialer, closeD, err := newAutoNATDialer()
+			if err != nil {
+				return err
+			}
+			an, err = autonatv2.New(dialer, opts...)
+			if err == nil {
+				err = an.Start(serverGate{Host: h, reachability: r})
+				if err != nil {
+					an.Close()
+				}
+			}
+			if err != nil {
+				closeD()
 				return fmt.Errorf("node: start AutoNAT v2: %w", err)
 			}
+			closeDialer = closeD
+			var ctx context.Context
+			ctx, cancel = context.WithCancel(context.Background())
 			go func() {
 				defer close(done)
 				if cfg.ForceReachability == nil {
@@ -185,7 +195,12 @@ func newAutoNATDialer() (host.Host, func(), error) {
 		return nil, nil, fmt.Errorf("node: AutoNAT dialer transport: %w", err)
 	}
 	bus := eventbus.NewBus()
-	s, err := swarm.New(swarm.Params{LocalPeer: id, Peerstore: ps, Transport: t, EventBus: bus})
+	// A dial-back is one attempt: an address that does not answer within
+	// AddrDialTimeout is unreachable (retries would only delay the
+	// answer past the server's own 10 s bound).
+	cfg := swarm.DefaultConfig()
+	cfg.Retry = swarm.RetryConfig{MaxRetries: 0, InitialDelay: time.Second, MaxDelay: time.Second, Multiplier: 1}
+	s, err := swarm.New(swarm.Params{LocalPeer: id, Peerstore: ps, Transport: t, EventBus: bus, Config: cfg})
 	if err != nil {
 		closeAll(reuse.Close, ps.Close)()
 		return nil, nil, fmt.Errorf("node: AutoNAT dialer swarm: %w", err)

@@ -84,6 +84,7 @@ func components(ctx context.Context, cfg *Config, key crypto.PrivKey) fx.Option 
 		fx.Invoke(addRelayTransport),
 		fx.Invoke(startRelayService),
 		fx.Invoke(startAutoNAT),
+		fx.Invoke(connectBootstrap),
 		// After start: its parameters decide the order in which the
 		// components are built (the gater, which can refuse to start on a
 		// damaged store, first).
@@ -454,23 +455,30 @@ type startContext struct{ context.Context }
 // work (listening, bootstrap) inside the start hook.
 const startTimeout = 2 * time.Minute
 
-// start is the node's one start hook. It depends on every component, so
+// start is the node's first start hook. It depends on every component, so
 // that all of them are built, and have their stop hooks registered, before
 // anything starts: when listening fails, fx rolls all of them back. It
-// listens, then connects to the bootstrap peers (the host itself is started
-// when it is built, see newHost). ctx is New's. The gater comes first in its
+// listens (the host itself is started when it is built, see newHost);
+// connectBootstrap's hook, the last, connects to the bootstrap peers. ctx
+// is New's. The gater comes first in its
 // parameters: fx builds them in order, and the gater — whose rule store may
 // refuse to open — needs nothing that starts goroutines, so a refusal leaves
 // nothing running (fx runs no stop hook when building fails).
-func start(lc fx.Lifecycle, ctx startContext, cfg *Config, g *gater.Gater, s *swarm.Swarm, _ *multipath.Manager, h host.Host, d *dht.IpfsDHT, _ *identifyTracker, _ *realm.Service) {
+func start(lc fx.Lifecycle, ctx startContext, cfg *Config, g *gater.Gater, s *swarm.Swarm, _ *multipath.Manager, _ host.Host, _ *dht.IpfsDHT, _ *identifyTracker, _ *realm.Service) {
 	g.SetNetwork(s)
 	lc.Append(fx.StartHook(func() error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := s.Listen(cfg.ListenAddrs...); err != nil {
-			return err
-		}
+		return s.Listen(cfg.ListenAddrs...)
+	}))
+}
+
+// connectBootstrap connects to the bootstrap peers when the node starts,
+// in the last start hook: every component that follows new peers (AutoNAT
+// v2's server list, autorelay, realms) is running by then.
+func connectBootstrap(lc fx.Lifecycle, ctx startContext, cfg *Config, h host.Host, d *dht.IpfsDHT) {
+	lc.Append(fx.StartHook(func() error {
 		return bootstrap(ctx, cfg, h, d)
 	}))
 }

@@ -7,15 +7,20 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/realmnet/realmnet/internal/natlab"
 	"github.com/realmnet/realmnet/internal/testnode"
@@ -25,6 +30,17 @@ import (
 
 // labNodeRole is the role of a realmnet node in the NAT lab (runLabNode).
 const labNodeRole = "node"
+
+// declareLabPublic makes the lab's internet (203.0.113.0/24, a
+// documentation range go-multiaddr counts as unroutable) public to this
+// process, so that go-libp2p puts lab addresses in relay reservations and
+// autorelay advertises circuit addresses through a lab relay. A test-only
+// knob: it runs only in lab processes, never in a node's defaults.
+func declareLabPublic() {
+	manet.Unroutable4 = slices.DeleteFunc(manet.Unroutable4, func(n *net.IPNet) bool {
+		return n.Contains(net.IPv4(203, 0, 113, 1))
+	})
+}
 
 // labRealm and labPSK are the realm the lab's nodes join.
 const labRealm = "lab"
@@ -51,9 +67,13 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 	flags := flag.NewFlagSet(labNodeRole, flag.ContinueOnError)
 	listen := flags.String("listen", "", "lab IPv4 address to listen on")
 	realmRelay := flags.Bool("realm-relay", false, "relay for the realm's members")
+	relayService := flags.Bool("relay-service", false, "run the public relay service")
+	dhtServer := flags.Bool("dht-server", false, "be a DHT server")
+	bootstrap := flags.String("bootstrap", "", "bootstrap peer's address")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
+	declareLabPublic()
 	var mu sync.Mutex
 	say := func(format string, a ...any) {
 		mu.Lock()
@@ -62,8 +82,26 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	n, err := node.New(ctx, node.ListenAddrStrings("/ip4/"+*listen+"/udp/4001/quic-v1"),
-		node.DHTMode(node.DHTClient), node.AutoNAT(node.AutoNATConfig{PrivateAddrs: true}))
+	opts := []node.Option{node.ListenAddrStrings("/ip4/" + *listen + "/udp/4001/quic-v1"),
+		node.DHTMode(node.DHTClient), node.AutoNAT(node.AutoNATConfig{PrivateAddrs: true})}
+	if *dhtServer {
+		opts = append(opts, node.DHTMode(node.DHTServer))
+	}
+	if *relayService {
+		// Circuits that carry the tests' 1 MiB echo (go-libp2p's default
+		// is 128 KiB per circuit).
+		resources := relay.DefaultResources()
+		resources.Limit = &relay.RelayLimit{Duration: time.Hour, Data: 64 << 20}
+		opts = append(opts, node.RelayService(node.RelayServiceConfig{Resources: &resources}))
+	}
+	if *bootstrap != "" {
+		ai, err := peer.AddrInfoFromString(*bootstrap)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, node.Bootstrap(*ai))
+	}
+	n, err := node.New(ctx, opts...)
 	if err != nil {
 		return err
 	}
@@ -80,6 +118,7 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 	})
 	defer wg.Wait()
 	defer sub.Close()
+	n.Host().SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
 	say("ready %s %s/p2p/%s", n.ID(), n.Addrs()[0], n.ID())
 
 	var joined *realm.Realm
@@ -156,6 +195,46 @@ func labCommand(ctx context.Context, n *node.Node, joined **realm.Realm, realmRe
 		}
 		*joined = r
 		return "joined", nil
+	}
+	switch command {
+	case "await-circuit":
+		var found ma.Multiaddr
+		err := wait(func() bool {
+			for _, a := range n.Addrs() {
+				if _, err := a.ValueForProtocol(ma.P_CIRCUIT); err == nil {
+					found = a
+					return true
+				}
+			}
+			return false
+		})
+		if err != nil {
+			return "", fmt.Errorf("%w; addresses: %v", err, n.Addrs())
+		}
+		return "circuit " + found.String(), nil
+	case "connect-peer", "echo-big":
+		p, err := peer.Decode(arg)
+		if err != nil {
+			return "", err
+		}
+		if command == "echo-big" {
+			s, err := n.Host().NewStream(network.WithAllowLimitedConn(ctx, "lab"), p, testnode.EchoProtocol)
+			if err != nil {
+				return "", err
+			}
+			if err := testnode.EchoErr(s, 1<<20); err != nil {
+				return "", err
+			}
+			return "echo ok", nil
+		}
+		if err := n.ConnectPeer(network.WithAllowLimitedConn(ctx, "lab"), p); err != nil {
+			return "", err
+		}
+		limited := true
+		for _, c := range n.Host().Network().ConnsToPeer(p) {
+			limited = limited && c.Stat().Limited
+		}
+		return fmt.Sprintf("connected limited=%t", limited), nil
 	}
 	r := *joined
 	if r == nil {
@@ -363,4 +442,43 @@ func TestNATLabReachabilityAndRealmRelay(t *testing.T) {
 	b.do(t, "echo "+a.id.String(), "echo ok")
 	b.awaitReachability(t, "private", 90*time.Second)
 	step("b private")
+}
+
+// TestNATLabDHTAndRelayedPath: a relay that is also the DHT's server on
+// the lab's internet; a behind an endpoint-independent NAT and b behind a
+// symmetric one. Each learns it is private within 15 s of its start
+// (AutoNAT v2), reserves on the relay found in its DHT routing table and
+// advertises a /p2p-circuit address; b then finds a by peer ID through the
+// DHT and echoes 1 MiB over the relayed path.
+func TestNATLabDHTAndRelayedPath(t *testing.T) {
+	lab := natlab.New(t, natlab.Topology{
+		Public: []string{"relay"},
+		Sites: []natlab.Site{
+			{Router: "r1", NAT: natlab.EndpointIndependent, Hosts: []string{"a"}},
+			{Router: "r2", NAT: natlab.Symmetric, Hosts: []string{"b"}},
+		},
+	})
+	relay := startLabNode(t, lab, "relay", "-relay-service", "-dht-server")
+	started := time.Now()
+	a := startLabNode(t, lab, "a", "-bootstrap", relay.addr)
+	b := startLabNode(t, lab, "b", "-bootstrap", relay.addr)
+	for _, p := range []*labProc{a, b} {
+		p.awaitReachability(t, "private", 60*time.Second)
+		took := time.Since(started)
+		t.Logf("%s private %s after its start", p, took.Round(time.Millisecond))
+		if took > 15*time.Second {
+			t.Errorf("%s took %s to learn it is private; want 15 s at most", p, took)
+		}
+	}
+	for _, p := range []*labProc{a, b} {
+		circuit := p.do(t, "await-circuit", "circuit ")
+		if !strings.Contains(circuit, relay.id.String()+"/p2p-circuit") {
+			t.Fatalf("%s advertises %q, not a circuit through the relay", p, circuit)
+		}
+	}
+	connected := b.do(t, "connect-peer "+a.id.String(), "connected ")
+	if connected != "connected limited=true" {
+		t.Fatalf("b reached a directly through two NATs without hole punching: %q", connected)
+	}
+	b.do(t, "echo-big "+a.id.String(), "echo ok")
 }
