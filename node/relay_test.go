@@ -29,7 +29,7 @@ import (
 // directly: each gater blocks the other's address (a node listening on
 // 127.0.0.2 may dial from 127.0.0.1, so one rule is not enough). The relay
 // they share must be on a third address (127.0.0.3).
-func isolate(t *testing.T, a, b *node.Node) {
+func isolate(t testing.TB, a, b *node.Node) {
 	t.Helper()
 	require.NoError(t, a.Gater().BlockAddr(net.ParseIP("127.0.0.2")))
 	require.NoError(t, b.Gater().BlockAddr(net.ParseIP("127.0.0.1")))
@@ -37,7 +37,7 @@ func isolate(t *testing.T, a, b *node.Node) {
 
 // circuitAddrs are b's addresses through relay r: each of r's addresses
 // with /p2p/<r>/p2p-circuit.
-func circuitAddrs(t *testing.T, r *node.Node) []ma.Multiaddr {
+func circuitAddrs(t testing.TB, r *node.Node) []ma.Multiaddr {
 	t.Helper()
 	var out []ma.Multiaddr
 	for _, a := range r.Addrs() {
@@ -200,7 +200,7 @@ func TestRelayFoundThroughTheDHT(t *testing.T) {
 // (each attempt a real dial; the dial backoff a failure leaves is
 // cleared: realmnet's swarm does not back off DialPath, go-libp2p's is
 // cleared by hand).
-func connectThroughRelay(t *testing.T, ctx context.Context, from host.Host, dest peer.ID, via []ma.Multiaddr) {
+func connectThroughRelay(t testing.TB, ctx context.Context, from host.Host, dest peer.ID, via []ma.Multiaddr) {
 	t.Helper()
 	for {
 		var err error
@@ -218,7 +218,7 @@ func connectThroughRelay(t *testing.T, ctx context.Context, from host.Host, dest
 		}
 		require.NoError(t, ctx.Err(), "no relayed connection to %s: last error %v", dest, err)
 		select {
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(10 * time.Millisecond): // fine enough for BenchmarkRelayedPath/time-to-relayed
 		case <-ctx.Done():
 		}
 	}
@@ -228,7 +228,7 @@ func connectThroughRelay(t *testing.T, ctx context.Context, from host.Host, dest
 // (libp2p.EnableRelayService) serves realmnet nodes: B, private with it as
 // static relay, reserves there, and A reaches B through it and echoes.
 func TestInteropStockRelayServesRealmnet(t *testing.T) {
-	stock := testkit.StockHost(t, libp2p.ListenAddrStrings("/ip4/127.0.0.3/udp/0/quic-v1"),
+	stock := testkit.StockHostOn(t, "/ip4/127.0.0.3/udp/0/quic-v1",
 		libp2p.EnableRelay(), libp2p.EnableRelayService(), libp2p.ForceReachabilityPublic())
 	relayInfo := peer.AddrInfo{ID: stock.ID(), Addrs: stock.Addrs()}
 	b := testnode.New(t, node.ListenAddrStrings("/ip4/127.0.0.2/udp/0/quic-v1"),
@@ -254,7 +254,7 @@ func TestInteropStockRelayServesRealmnet(t *testing.T) {
 // stock too, reaches B through it and echoes.
 func TestInteropRealmnetRelayServesStock(t *testing.T) {
 	r := testnode.New(t, node.ListenAddrStrings("/ip4/127.0.0.3/udp/0/quic-v1"), node.RelayService(node.RelayServiceConfig{}))
-	b := testkit.StockHost(t, libp2p.ListenAddrStrings("/ip4/127.0.0.2/udp/0/quic-v1"), libp2p.EnableRelay(),
+	b := testkit.StockHostOn(t, "/ip4/127.0.0.2/udp/0/quic-v1", libp2p.EnableRelay(),
 		libp2p.EnableAutoRelayWithStaticRelays([]peer.AddrInfo{r.AddrInfo()}), libp2p.ForceReachabilityPrivate())
 	b.SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
 	a := testkit.StockHost(t, libp2p.EnableRelay())
@@ -275,7 +275,7 @@ func TestInteropRealmnetRelayServesStock(t *testing.T) {
 }
 
 // circuitAddrsOf is circuitAddrs for a relay given by its AddrInfo.
-func circuitAddrsOf(t *testing.T, relay peer.AddrInfo) []ma.Multiaddr {
+func circuitAddrsOf(t testing.TB, relay peer.AddrInfo) []ma.Multiaddr {
 	t.Helper()
 	var out []ma.Multiaddr
 	for _, a := range relay.Addrs {

@@ -52,9 +52,16 @@ func LeakOptions(extra ...goleak.Option) []goleak.Option {
 // peer of interop and attack tests.
 func StockHost(t testing.TB, opts ...libp2p.Option) host.Host {
 	t.Helper()
+	return StockHostOn(t, Loopback, opts...)
+}
+
+// StockHostOn is StockHost listening on listen (a QUIC multiaddr) instead
+// of Loopback.
+func StockHostOn(t testing.TB, listen string, opts ...libp2p.Option) host.Host {
+	t.Helper()
 	opts = append([]libp2p.Option{
 		libp2p.Transport(libp2pquic.NewTransport),
-		libp2p.ListenAddrStrings(Loopback),
+		libp2p.ListenAddrStrings(listen),
 		libp2p.DisableRelay(),
 	}, opts...)
 	h, err := libp2p.New(opts...)
