@@ -70,6 +70,8 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 	relayService := flags.Bool("relay-service", false, "run the public relay service")
 	dhtServer := flags.Bool("dht-server", false, "be a DHT server")
 	bootstrap := flags.String("bootstrap", "", "bootstrap peer's address")
+	staticRelay := flags.String("relay", "", "static relay's address")
+	private := flags.Bool("private", false, "force private reachability")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
@@ -93,6 +95,16 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 		resources := relay.DefaultResources()
 		resources.Limit = &relay.RelayLimit{Duration: time.Hour, Data: 64 << 20}
 		opts = append(opts, node.RelayService(node.RelayServiceConfig{Resources: &resources}))
+	}
+	if *staticRelay != "" {
+		ai, err := peer.AddrInfoFromString(*staticRelay)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, node.Relays(*ai))
+	}
+	if *private {
+		opts = append(opts, node.ForceReachability(network.ReachabilityPrivate))
 	}
 	if *bootstrap != "" {
 		ai, err := peer.AddrInfoFromString(*bootstrap)
@@ -119,6 +131,8 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 	defer wg.Wait()
 	defer sub.Close()
 	n.Host().SetStreamHandler(testnode.EchoProtocol, testnode.Echo)
+	n.Host().SetStreamHandler(benchEchoProto, testnode.Echo)
+	n.Host().SetStreamHandler(benchThroughputProto, benchDiscardHandler)
 	say("ready %s %s/p2p/%s", n.ID(), n.Addrs()[0], n.ID())
 
 	var joined *realm.Realm
@@ -126,7 +140,10 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 	for lines.Scan() {
 		command, arg, _ := strings.Cut(lines.Text(), " ")
 		cctx, ccancel := context.WithTimeout(ctx, 60*time.Second)
-		answer, err := labCommand(cctx, n, &joined, *realmRelay, command, arg)
+		answer, handled, err := labHostCommand(cctx, n.Host(), command, arg)
+		if !handled {
+			answer, err = labCommand(cctx, n, &joined, *realmRelay, command, arg)
+		}
 		ccancel()
 		if err != nil {
 			say("error %s: %v", command, err)
@@ -197,21 +214,6 @@ func labCommand(ctx context.Context, n *node.Node, joined **realm.Realm, realmRe
 		return "joined", nil
 	}
 	switch command {
-	case "await-circuit":
-		var found ma.Multiaddr
-		err := wait(func() bool {
-			for _, a := range n.Addrs() {
-				if _, err := a.ValueForProtocol(ma.P_CIRCUIT); err == nil {
-					found = a
-					return true
-				}
-			}
-			return false
-		})
-		if err != nil {
-			return "", fmt.Errorf("%w; addresses: %v", err, n.Addrs())
-		}
-		return "circuit " + found.String(), nil
 	case "connect-peer", "echo-big":
 		p, err := peer.Decode(arg)
 		if err != nil {
@@ -331,7 +333,7 @@ func startLabNode(t *testing.T, lab *natlab.Lab, name string, args ...string) *l
 // expect returns the next line of p that starts with prefix, within
 // timeout; reachability lines on the way are recorded, an error line fails
 // the test.
-func (p *labProc) expect(t *testing.T, prefix string, timeout time.Duration) string {
+func (p *labProc) expect(t testing.TB, prefix string, timeout time.Duration) string {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -369,7 +371,7 @@ func (p *labProc) awaitReachability(t *testing.T, want string, timeout time.Dura
 }
 
 // do sends command and returns its answer.
-func (p *labProc) do(t *testing.T, command, answerPrefix string) string {
+func (p *labProc) do(t testing.TB, command, answerPrefix string) string {
 	t.Helper()
 	if err := p.Send(command); err != nil {
 		t.Fatal(err)

@@ -32,7 +32,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	natlab.RunIfChild(map[string]natlab.Role{labNodeRole: runLabNode})
+	natlab.RunIfChild(map[string]natlab.Role{labNodeRole: runLabNode, labStockRole: runLabStock})
 	goleak.VerifyTestMain(m, testkit.LeakOptions()...)
 }
 
