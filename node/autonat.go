@@ -14,7 +14,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/protocol"
 	blankhost "github.com/libp2p/go-libp2p/p2p/host/blank"
 	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	"github.com/libp2p/go-libp2p/p2p/host/peerstore/pstoremem"
@@ -81,10 +80,11 @@ func AutoNAT(cfg AutoNATConfig) Option {
 
 // startAutoNAT runs AutoNAT v2 on the host — server and client — and the
 // prober that turns its answers into the node's reachability. The server
-// answers dial requests unless the node knows itself private (a node that
-// cannot be reached is no use as a server; while reachability is unknown
-// it serves, or the first nodes of a network could never learn theirs).
-// With ForceReachability only the server runs.
+// answers on every node, as go-libp2p's does (its rate limits are
+// go-libp2p's): a node that refused while it believed itself private would,
+// on a wrong verdict (a dial-back lost under load), stop every peer that
+// has no other server from learning its own reachability. With
+// ForceReachability only the server runs.
 func startAutoNAT(lc fx.Lifecycle, cfg *Config, h host.Host, r *reachability) error {
 	if cfg.AutoNAT.Disabled {
 		return nil
@@ -116,7 +116,7 @@ func startAutoNAT(lc fx.Lifecycle, cfg *Config, h host.Host, r *reachability) er
 			}
 			an, err = autonatv2.New(dialer, opts...)
 			if err == nil {
-				err = an.Start(serverGate{Host: h, reachability: r})
+				err = an.Start(h)
 				if err != nil {
 					an.Close()
 				}
@@ -207,29 +207,6 @@ func newAutoNATDialer() (host.Host, func(), error) {
 	}
 	h := blankhost.NewBlankHost(s, blankhost.WithEventBus(bus))
 	return h, closeAll(h.Close, reuse.Close, ps.Close), nil
-}
-
-// serverGate is the host AutoNAT v2 is started on: the node's host, but the
-// server's dial-request handler resets requests while the node knows
-// itself private.
-type serverGate struct {
-	host.Host
-	reachability *reachability
-}
-
-// SetStreamHandler gates AutoNAT v2's dial-request protocol.
-func (g serverGate) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
-	if pid == autonatv2.DialProtocol {
-		inner := handler
-		handler = func(s network.Stream) {
-			if g.reachability.get() == network.ReachabilityPrivate {
-				_ = s.Reset()
-				return
-			}
-			inner(s)
-		}
-	}
-	g.Host.SetStreamHandler(pid, handler)
 }
 
 // probeReachability measures the node's reachability until ctx ends: it
