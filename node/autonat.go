@@ -78,16 +78,17 @@ func AutoNAT(cfg AutoNATConfig) Option {
 	}
 }
 
-// startAutoNAT runs AutoNAT v2 on the host — server and client — and the
+// newAutoNAT runs AutoNAT v2 on the host — server and client — and the
 // prober that turns its answers into the node's reachability. The server
 // answers on every node, as go-libp2p's does (its rate limits are
 // go-libp2p's): a node that refused while it believed itself private would,
 // on a wrong verdict (a dial-back lost under load), stop every peer that
 // has no other server from learning its own reachability. With
 // ForceReachability only the server runs.
-func startAutoNAT(lc fx.Lifecycle, cfg *Config, h host.Host, r *reachability) error {
+func newAutoNAT(lc fx.Lifecycle, cfg *Config, h host.Host, r *reachability) (*autonatService, error) {
+	svc := &autonatService{}
 	if cfg.AutoNAT.Disabled {
-		return nil
+		return svc, nil
 	}
 	opts := []autonatv2.AutoNATOption{}
 	if cfg.AutoNAT.PrivateAddrs {
@@ -100,34 +101,29 @@ func startAutoNAT(lc fx.Lifecycle, cfg *Config, h host.Host, r *reachability) er
 	if recheck == 0 {
 		recheck = DefaultAutoNATRecheckInterval
 	}
-	// Everything is built when the node starts, so that a node that fails
-	// before (another component's error) leaves nothing running.
-	var (
-		an          *autonatv2.AutoNAT
-		closeDialer func()
-		cancel      context.CancelFunc
-		done        = make(chan struct{})
-	)
+	// AutoNAT v2 learns its servers from identify's events: it starts
+	// with the host (which kad-dht's constructor already uses to dial its
+	// bootstrap peers), before any connection it must know of.
+	dialer, closeDialer, err := newAutoNATDialer()
+	if err != nil {
+		return nil, err
+	}
+	an, err := autonatv2.New(dialer, opts...)
+	if err == nil {
+		if err = an.Start(h); err != nil {
+			an.Close()
+		}
+	}
+	if err != nil {
+		closeDialer()
+		return nil, fmt.Errorf("node: start AutoNAT v2: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
 	lc.Append(fx.Hook{
+		// The prober starts with the node: its verdicts go to the
+		// reachability emitter, made at start.
 		OnStart: func(context.Context) error {
-			dialer, closeD, err := newAutoNATDialer()
-			if err != nil {
-				return err
-			}
-			an, err = autonatv2.New(dialer, opts...)
-			if err == nil {
-				err = an.Start(h)
-				if err != nil {
-					an.Close()
-				}
-			}
-			if err != nil {
-				closeD()
-				return fmt.Errorf("node: start AutoNAT v2: %w", err)
-			}
-			closeDialer = closeD
-			var ctx context.Context
-			ctx, cancel = context.WithCancel(context.Background())
 			go func() {
 				defer close(done)
 				if cfg.ForceReachability == nil {
@@ -138,14 +134,18 @@ func startAutoNAT(lc fx.Lifecycle, cfg *Config, h host.Host, r *reachability) er
 		},
 		OnStop: func(context.Context) error {
 			cancel()
-			<-done
+			<-done // fx stops only hooks it started
 			an.Close()
 			closeDialer()
 			return nil
 		},
 	})
-	return nil
+	return svc, nil
 }
+
+// autonatService marks AutoNAT v2 as built; the DHT depends on it, so that
+// AutoNAT is running before kad-dht dials its bootstrap peers.
+type autonatService struct{}
 
 // newAutoNATDialer builds the AutoNAT v2 server's dialer: a fresh key, its
 // own peerstore, QUIC sockets and realmnet swarm (no listener, no admission

@@ -76,6 +76,7 @@ func components(ctx context.Context, cfg *Config, key crypto.PrivKey) fx.Option 
 			newDHT,
 			newRealms,
 			newReachability,
+			newAutoNAT,
 		),
 		fx.Invoke(start),
 		// After start, which decides the build order (see below); the
@@ -83,7 +84,6 @@ func components(ctx context.Context, cfg *Config, key crypto.PrivKey) fx.Option 
 		// start's hook listens on the QUIC addresses.
 		fx.Invoke(addRelayTransport),
 		fx.Invoke(startRelayService),
-		fx.Invoke(startAutoNAT),
 		fx.Invoke(connectBootstrap),
 		// After start: its parameters decide the order in which the
 		// components are built (the gater, which can refuse to start on a
@@ -379,8 +379,9 @@ func newHost(lc fx.Lifecycle, cfg *Config, s *swarm.Swarm, bus event.Bus, cm lib
 }
 
 // newDHT is go-libp2p-kad-dht on the host, under the /realmnet protocol
-// prefix.
-func newDHT(lc fx.Lifecycle, cfg *Config, h host.Host) (*dht.IpfsDHT, error) {
+// prefix. It is built after AutoNAT v2 (its parameter), which must see the
+// bootstrap connections kad-dht's constructor makes.
+func newDHT(lc fx.Lifecycle, cfg *Config, h host.Host, _ *autonatService) (*dht.IpfsDHT, error) {
 	opts := []dht.Option{
 		dht.ProtocolPrefix(protocol.ID(DefaultDHTProtocolPrefix)),
 		dht.Mode(kadMode(cfg.DHTMode)),
