@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -158,6 +159,10 @@ func addRelayTransport(lc fx.Lifecycle, cfg *Config, key crypto.PrivKey, h host.
 		// One candidate is enough to start reserving (go-libp2p waits
 		// for 4, or 3 minutes); static relays are all wanted.
 		autorelay.WithMinCandidates(1),
+		// The source is local (static relays, the routing table), so it
+		// may be asked often: go-libp2p's 30 s made a private node that
+		// started before its routing table filled wait 30 s for a relay.
+		autorelay.WithMinInterval(relaySourceInterval),
 		autorelay.WithNumRelays(max(defaultNumRelays, len(cfg.Relays))),
 	}
 	if cfg.Metrics != nil {
@@ -170,6 +175,10 @@ func addRelayTransport(lc fx.Lifecycle, cfg *Config, key crypto.PrivKey, h host.
 	lc.Append(fx.StartStopHook(ar.Start, ar.Close))
 	return nil
 }
+
+// relaySourceInterval is the least time between two asks of
+// relayCandidates (go-libp2p's autorelay default: 30 s).
+const relaySourceInterval = 2 * time.Second
 
 // defaultNumRelays is how many relays autorelay keeps reservations on
 // without static relays (go-libp2p's default, 2).
