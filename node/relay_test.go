@@ -73,22 +73,9 @@ func TestRelayedPath(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	via := peer.AddrInfo{ID: b.ID(), Addrs: circuitAddrs(t, r)}
 	// autorelay reserves in the background: until it has, R answers
-	// NO_RESERVATION. Each attempt is a real dial; the state awaited is "B
-	// has a reservation".
-	for {
-		err := a.Connect(ctx, via)
-		if err == nil {
-			break
-		}
-		require.NoError(t, ctx.Err(), "B never got a reservation on R: last error %v", err)
-		a.Host().Peerstore().ClearAddrs(b.ID())
-		select {
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-		}
-	}
+	// NO_RESERVATION.
+	connectNodeThroughRelay(t, ctx, a, b.ID(), circuitAddrs(t, r))
 
 	for _, side := range []struct {
 		n    *node.Node
@@ -177,22 +164,31 @@ func TestRelayFoundThroughTheDHT(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	via := peer.AddrInfo{ID: b.ID(), Addrs: circuitAddrs(t, r)}
-	for {
-		err := a.Connect(ctx, via)
-		if err == nil {
-			break
-		}
-		require.NoError(t, ctx.Err(), "B never got a reservation on R: last error %v", err)
-		a.Host().Peerstore().ClearAddrs(b.ID())
-		select {
-		case <-time.After(100 * time.Millisecond):
-		case <-ctx.Done():
-		}
-	}
+	connectNodeThroughRelay(t, ctx, a, b.ID(), circuitAddrs(t, r))
 	conns := a.Host().Network().ConnsToPeer(b.ID())
 	require.NotEmpty(t, conns)
 	require.True(t, conns[0].Stat().Limited)
+}
+
+// connectNodeThroughRelay connects from to dest through its circuit
+// addresses via with node.Connect, retrying while dest's reservation is not
+// made yet (each attempt a real dial; the state awaited is "dest has a
+// reservation"). node.Connect waits for identify, so both ends have
+// admitted the connection when it returns.
+func connectNodeThroughRelay(t testing.TB, ctx context.Context, from *node.Node, dest peer.ID, via []ma.Multiaddr) {
+	t.Helper()
+	for {
+		err := from.Connect(ctx, peer.AddrInfo{ID: dest, Addrs: via})
+		if err == nil {
+			return
+		}
+		require.NoError(t, ctx.Err(), "no relayed connection to %s: last error %v", dest, err)
+		from.Host().Peerstore().ClearAddrs(dest)
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
 }
 
 // connectThroughRelay connects host from to the peer dest through its
