@@ -92,3 +92,10 @@ type PathInfo struct {
 	// Selected is true for the path StrategyBest selects.
 	Selected bool
 }
+
+// IsRelayAddr reports whether a goes through a relay: it has a
+// /p2p-circuit component (circuit relay v2).
+func IsRelayAddr(a ma.Multiaddr) bool {
+	_, err := a.ValueForProtocol(ma.P_CIRCUIT)
+	return err == nil
+}

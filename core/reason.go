@@ -31,6 +31,9 @@ const (
 	ReasonMaxPaths CloseReason = "max_paths"
 	// ReasonPathDead: no heartbeat answer for PathIdleTimeout.
 	ReasonPathDead CloseReason = "path_dead"
+	// ReasonRelayedPathReplaced: a direct path to the peer is confirmed
+	// and multipath's RelayedPaths policy is RelayedPathsClose.
+	ReasonRelayedPathReplaced CloseReason = "relayed_path_replaced"
 )
 
 // Reasons of the gater.
@@ -72,6 +75,13 @@ const (
 	// SwitchPathDead: the selected path died (no heartbeat answer for
 	// PathIdleTimeout).
 	SwitchPathDead SwitchReason = "path_dead"
+	// SwitchUpgrade: a direct path replaced a relayed one (a hole punch,
+	// or any new direct connection to a peer reached through a relay).
+	// It takes over at once, before its first heartbeat answer.
+	SwitchUpgrade SwitchReason = "upgrade"
+	// SwitchFailoverToRelay: the peer's direct paths are degraded or gone
+	// and a relayed path took over.
+	SwitchFailoverToRelay SwitchReason = "failover_to_relay"
 )
 
 // String returns the reason's word.

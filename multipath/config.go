@@ -14,10 +14,12 @@ type Strategy string
 
 const (
 	// StrategyBest sends every stream over one selected path, chosen like
-	// iroh's BiasedRttPathSelector: healthy before validating before
-	// degraded, direct before relayed, then lowest RTT with a 3 ms bias
-	// towards IPv6; within a tier it switches only when the candidate is at
-	// least SwitchHysteresis better, across tiers at once. The default.
+	// iroh's BiasedRttPathSelector: degraded paths last; direct before
+	// relayed (a new direct path takes over from a relayed one at once,
+	// before its first heartbeat answer: iroh's automatic upgrade); then
+	// healthy before validating, then lowest RTT with a 3 ms bias towards
+	// IPv6; within a tier it switches only when the candidate is at least
+	// SwitchHysteresis better, across tiers at once. The default.
 	StrategyBest Strategy = "best"
 	// StrategyRoundRobin spreads streams over the usable paths in turn
 	// (py-libp2p's round_robin).
@@ -71,6 +73,40 @@ const (
 	MinBusyProbeInterval = 200 * time.Millisecond
 )
 
+// RelayedPathsPolicy says what becomes of a peer's relayed paths once a
+// direct path to it is confirmed (see Config.RelayedPaths).
+type RelayedPathsPolicy string
+
+const (
+	// RelayedPathsKeep keeps relayed paths open as warm backups, as iroh
+	// and tailscale keep their relay: heartbeated at the idle interval
+	// (about 1 KiB of the circuit per 2 minutes), never selected while a
+	// direct path is healthy, selected at once when none is — a failover
+	// without a new relay dial. The relay's own limits still end a
+	// circuit (go-libp2p's default: 2 minutes, 128 KiB). The default.
+	RelayedPathsKeep RelayedPathsPolicy = "keep"
+	// RelayedPathsClose closes a peer's relayed paths once a direct path
+	// has answered UpgradeConfirmations heartbeats, each as soon as it
+	// carries no stream (streams opened on it before the upgrade end
+	// undisturbed), with ErrorCodeRelayedPathReplaced: it frees the
+	// relay's slot and data; a failover then has to dial the relay again.
+	RelayedPathsClose RelayedPathsPolicy = "close"
+)
+
+// UpgradeConfirmations is how many heartbeat answers confirm a direct path
+// that replaced a relayed one, for RelayedPathsClose: about 15 s at the
+// idle interval, less when the path is busy.
+const UpgradeConfirmations = 3
+
+// ParseRelayedPathsPolicy parses "keep" or "close".
+func ParseRelayedPathsPolicy(s string) (RelayedPathsPolicy, error) {
+	switch p := RelayedPathsPolicy(s); p {
+	case RelayedPathsKeep, RelayedPathsClose:
+		return p, nil
+	}
+	return "", fmt.Errorf("multipath: unknown relayed paths policy %q (want keep or close)", s)
+}
+
 // Config holds the multipath tunables. Zero fields take the defaults.
 type Config struct {
 	// HeartbeatInterval is the heartbeat period of an idle path (> 0).
@@ -91,10 +127,15 @@ type Config struct {
 	Select SelectFunc
 	// SwitchHysteresis is StrategyBest's switching margin (≥ 0).
 	SwitchHysteresis time.Duration
+	// RelayedPaths says what becomes of a peer's relayed paths once a
+	// direct path to it is confirmed: RelayedPathsKeep (the default) or
+	// RelayedPathsClose.
+	RelayedPaths RelayedPathsPolicy
 }
 
 // DefaultConfig returns the defaults: 5 s heartbeat, 6.5 s path idle
-// timeout, 12 paths at most, 2 desired, strategy best, 5 ms hysteresis.
+// timeout, 12 paths at most, 2 desired, strategy best, 5 ms hysteresis,
+// relayed paths kept as backups.
 func DefaultConfig() Config {
 	return Config{
 		HeartbeatInterval: DefaultHeartbeatInterval,
@@ -103,6 +144,7 @@ func DefaultConfig() Config {
 		DesiredPaths:      DefaultDesiredPaths,
 		Strategy:          StrategyBest,
 		SwitchHysteresis:  DefaultSwitchHysteresis,
+		RelayedPaths:      RelayedPathsKeep,
 	}
 }
 
@@ -128,6 +170,9 @@ func (c Config) WithDefaults() (Config, error) {
 	if c.SwitchHysteresis == 0 {
 		c.SwitchHysteresis = d.SwitchHysteresis
 	}
+	if c.RelayedPaths == "" {
+		c.RelayedPaths = d.RelayedPaths
+	}
 	return c, c.validate()
 }
 
@@ -143,6 +188,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("multipath: Config.DesiredPaths must be in [1, MaxPaths=%d], got %d", c.MaxPaths, c.DesiredPaths)
 	case c.SwitchHysteresis < 0:
 		return fmt.Errorf("multipath: Config.SwitchHysteresis must be >= 0, got %s", c.SwitchHysteresis)
+	case c.RelayedPaths != RelayedPathsKeep && c.RelayedPaths != RelayedPathsClose:
+		return fmt.Errorf("multipath: Config.RelayedPaths must be %q or %q, got %q", RelayedPathsKeep, RelayedPathsClose, c.RelayedPaths)
 	}
 	return checkStrategy(c.Strategy, c.Select)
 }

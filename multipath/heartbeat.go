@@ -14,7 +14,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
-	ma "github.com/multiformats/go-multiaddr"
 	msmux "github.com/multiformats/go-multistream"
 
 	"github.com/realmnet/realmnet/core"
@@ -256,22 +255,45 @@ func (m *Manager) idleDeadline(pa *path) time.Time {
 	return pa.lastAnswer.Add(m.cfg.PathIdleTimeout)
 }
 
-// answered records a heartbeat answer and re-ranks the peer's paths.
+// answered records a heartbeat answer and re-ranks the peer's paths. A
+// direct path's answer confirms it: under RelayedPathsClose, once it has
+// UpgradeConfirmations answers, the peer's idle relayed paths are closed.
 func (m *Manager) answered(p peer.ID, pa *path, rtt time.Duration) {
+	for _, c := range m.recordAnswer(p, pa, rtt) {
+		log.Debugw("closing relayed path: a direct path is confirmed", "peer", p, "conn", c.ID(), "direct", pa.conn.ID())
+		_ = c.CloseWithError(ErrorCodeRelayedPathReplaced)
+	}
+}
+
+// recordAnswer is answered's bookkeeping; it returns the relayed paths'
+// connections to close.
+func (m *Manager) recordAnswer(p peer.ID, pa *path, rtt time.Duration) (closeRelayed []core.Conn) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed || !pa.usable() {
-		return
+		return nil
 	}
+	pa.answers++
 	pa.lastAnswer = m.clock.Now()
 	pa.heartbeatRTT.Store(int64(rtt))
 	m.metrics.heartbeatRTT.Observe(rtt.Seconds())
 	if pa.state == core.PathValidating || pa.state == core.PathDegraded {
 		pa.state = core.PathStandby // rerank makes it active if selected
 	}
-	if pp := m.peers[p]; pp != nil {
-		m.rerank(p, pp, core.SwitchLowerRTT)
+	pp := m.peers[p]
+	if pp == nil {
+		return nil
 	}
+	m.rerank(p, pp, core.SwitchLowerRTT)
+	if m.cfg.RelayedPaths != RelayedPathsClose || pa.relayed || pa.answers < UpgradeConfirmations {
+		return nil
+	}
+	for _, other := range pp.paths {
+		if other.relayed && other.usable() && !other.conn.IsClosed() && userStreams(other.conn) == 0 {
+			closeRelayed = append(closeRelayed, other.conn)
+		}
+	}
+	return closeRelayed
 }
 
 // heard records packets from the peer on a path this end listens on (the
@@ -419,7 +441,7 @@ func (m *Manager) discover(p peer.ID) {
 		if m.ctx.Err() != nil {
 			return
 		}
-		if isRelayAddr(addr) || !m.dialer.CanDial(p, addr) {
+		if core.IsRelayAddr(addr) || !m.dialer.CanDial(p, addr) {
 			continue
 		}
 		m.mu.Lock()
@@ -492,10 +514,4 @@ func livePaths(pp *peerPaths) int {
 		}
 	}
 	return n
-}
-
-// isRelayAddr reports whether addr goes through a relay (/p2p-circuit).
-func isRelayAddr(addr ma.Multiaddr) bool {
-	_, err := addr.ValueForProtocol(ma.P_CIRCUIT)
-	return err == nil
 }

@@ -52,6 +52,9 @@ const (
 	ErrorCodePathRedundant network.ConnErrorCode = 0x52_4d_00_02
 	// ErrorCodeTooManyPaths: the peer already has MaxPaths paths.
 	ErrorCodeTooManyPaths network.ConnErrorCode = 0x52_4d_00_03
+	// ErrorCodeRelayedPathReplaced: a direct path to the peer is
+	// confirmed and Config.RelayedPaths is RelayedPathsClose.
+	ErrorCodeRelayedPathReplaced network.ConnErrorCode = 0x52_4d_00_04
 )
 
 // redundantDrain bounds how long a redundant connection that this node
@@ -807,10 +810,17 @@ func (m *Manager) rerank(p peer.ID, pp *peerPaths, reason core.SwitchReason) {
 	for _, pa := range ranked {
 		pa.rankRTT = pa.biasedRTT()
 	}
+	// Degraded paths last; then direct before relayed, whatever their
+	// health otherwise — a new direct path (a hole punch's) takes over
+	// from a relayed one at once, before its first heartbeat answer: its
+	// handshake has just proved it, and it leaves selection again if its
+	// first probe goes unanswered (degraded). Then healthy before
+	// validating, then RTT.
 	key := func(a, b *path) int {
 		return cmp.Or(
-			cmp.Compare(a.healthClass(), b.healthClass()),
+			cmp.Compare(boolInt(a.state == core.PathDegraded), boolInt(b.state == core.PathDegraded)),
 			cmp.Compare(boolInt(a.relayed), boolInt(b.relayed)),
+			cmp.Compare(a.healthClass(), b.healthClass()),
 			cmp.Compare(a.rankRTT, b.rankRTT),
 		)
 	}
@@ -842,17 +852,23 @@ func (m *Manager) rerank(p peer.ID, pp *peerPaths, reason core.SwitchReason) {
 		}
 	}
 	if old != next {
-		m.observeSwitch(old, reason, m.clock.Now())
 		evt := EvtPathSelected{Peer: p, Reason: reason}
 		if old != nil {
 			evt.Old = old.conn.ID()
 		}
 		if next != nil {
 			evt.New = next.conn.ID()
-			if reason == core.SwitchLowerRTT && old != nil && next.healthClass() < old.healthClass() {
+			switch {
+			case old == nil:
+			case old.relayed && !next.relayed:
+				evt.Reason = core.SwitchUpgrade
+			case !old.relayed && next.relayed:
+				evt.Reason = core.SwitchFailoverToRelay
+			case reason == core.SwitchLowerRTT && next.healthClass() < old.healthClass():
 				evt.Reason = core.SwitchHealthier
 			}
 		}
+		m.observeSwitch(old, reason, evt.Reason, m.clock.Now())
 		m.emit(evt)
 	}
 }

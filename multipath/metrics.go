@@ -18,7 +18,7 @@ var (
 		"Paths (connections) by state (validating, active, standby, degraded, redundant, dead) and tier (direct, relayed).",
 		[]string{"state", "tier"}, nil)
 	switchesDesc = prometheus.NewDesc("realmnet_path_switches_total",
-		"Changes of a peer's selected path, by reason (core.SwitchReason: path_added, path_removed, path_redundant, lower_rtt, healthier, path_degraded, path_dead).",
+		"Changes of a peer's selected path, by reason (core.SwitchReason: path_added, path_removed, path_redundant, lower_rtt, healthier, path_degraded, path_dead, upgrade, failover_to_relay).",
 		[]string{"reason"}, nil)
 	probesSentDesc = prometheus.NewDesc("realmnet_path_probes_sent_total",
 		"Heartbeat probes sent, by kind (datagram: a QUIC DATAGRAM frame; stream: a ping on the path's ping stream).",
@@ -132,12 +132,12 @@ func tierOf(pa *path) string {
 	return "direct"
 }
 
-// observeSwitch counts a change of the selected path and, for a failover
-// (the old path degraded or dead), observes the time since the old path's
-// last answer. Manager.mu is held.
-func (m *Manager) observeSwitch(old *path, reason core.SwitchReason, now time.Time) {
-	m.metrics.switched(reason)
-	if old != nil && (reason == core.SwitchPathDegraded || reason == core.SwitchPathDead) {
+// observeSwitch counts a change of the selected path under its reported
+// reason and, for a failover (cause: the old path degraded or died),
+// observes the time since the old path's last answer. Manager.mu is held.
+func (m *Manager) observeSwitch(old *path, cause, reported core.SwitchReason, now time.Time) {
+	m.metrics.switched(reported)
+	if old != nil && (cause == core.SwitchPathDegraded || cause == core.SwitchPathDead) {
 		m.metrics.failover.Observe(now.Sub(old.lastAnswer).Seconds())
 	}
 }

@@ -44,6 +44,9 @@ type path struct {
 
 	state      core.PathState
 	lastAnswer time.Time
+	// answers counts the path's heartbeat answers (for
+	// UpgradeConfirmations).
+	answers int
 	// rankRTT is the biased RTT the last rerank sorted by.
 	rankRTT time.Duration
 	// survivor is the connection that made this path redundant

@@ -23,7 +23,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
-	ma "github.com/multiformats/go-multiaddr"
+	"github.com/realmnet/realmnet/core"
 	"go.uber.org/fx"
 )
 
@@ -93,7 +93,7 @@ func Relays(relays ...peer.AddrInfo) Option {
 				return fmt.Errorf("node: Relays: relay %s has no address", r.ID)
 			}
 			for _, a := range r.Addrs {
-				if isCircuit(a) {
+				if core.IsRelayAddr(a) {
 					return fmt.Errorf("node: Relays: relay %s: %s is a relay address itself (a relay must be reachable directly)", r.ID, a)
 				}
 			}
@@ -117,12 +117,6 @@ func ForceReachability(r network.Reachability) Option {
 		c.ForceReachability = &r
 		return nil
 	}
-}
-
-// isCircuit reports whether a goes through a relay.
-func isCircuit(a ma.Multiaddr) bool {
-	_, err := a.ValueForProtocol(ma.P_CIRCUIT)
-	return err == nil
 }
 
 // relayUpgrader is go-libp2p's upgrader for relayed connections: Noise

@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/transport"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/realmnet/realmnet/core"
 )
 
 // The swarm implements go-libp2p's transport.TransportNetwork, so that
@@ -79,12 +80,6 @@ func protocolName(code int) string {
 	return fmt.Sprintf("unknown (%d)", code)
 }
 
-// isRelayAddr reports whether a goes through a relay (has /p2p-circuit).
-func isRelayAddr(a ma.Multiaddr) bool {
-	_, err := a.ValueForProtocol(ma.P_CIRCUIT)
-	return err == nil
-}
-
 // transportForDialing returns the transport that dials a, or nil. The
 // first transport (QUIC) is asked first without a lock: it is set once by
 // New and most addresses are its own.
@@ -92,7 +87,7 @@ func (s *Swarm) transportForDialing(a ma.Multiaddr) transport.Transport {
 	if len(a) == 0 {
 		return nil
 	}
-	relay := isRelayAddr(a)
+	relay := core.IsRelayAddr(a)
 	if !relay && s.transport.CanDial(a) {
 		return s.transport
 	}
