@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pswarm "github.com/libp2p/go-libp2p/p2p/net/swarm"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/realmnet/realmnet/core"
 )
 
 // DialError is go-libp2p's swarm.DialError: the peer, the cause, and one
@@ -229,6 +230,9 @@ func (s *Swarm) DialPeer(ctx context.Context, p peer.ID) (network.Conn, error) {
 	if err := s.checkPeerDial(p); err != nil {
 		return nil, fmt.Errorf("swarm: dial %s: %w", p, err)
 	}
+	if simConnect, _, _ := network.GetSimultaneousConnect(ctx); simConnect {
+		return s.dialSimultaneous(ctx, p)
+	}
 
 	ad, err := s.joinDial(ctx, p, forceDirect)
 	if errors.Is(err, errConnectedMeanwhile) {
@@ -255,6 +259,37 @@ func (s *Swarm) DialPeer(ctx context.Context, p peer.ID) (network.Conn, error) {
 		s.leaveDial(p, ad)
 		return nil, fmt.Errorf("swarm: dial %s: %w", p, ctx.Err())
 	}
+}
+
+// dialSimultaneous is DialPeer for a hole punch (the context carries
+// network.WithSimultaneousConnect, as go-libp2p's DCUtR sets it): one
+// attempt at every address of the peer at once (go-libp2p's
+// NoDelayDialRanker), its own and not shared with another caller's dial,
+// and outside the peer's dial backoff both ways — the punch is timed with
+// the peer over the relayed connection, so earlier unsolicited dials that
+// a NAT dropped say nothing about it, and its failure says nothing about
+// the next one. The QUIC transport does the rest: the client side dials,
+// the other sends UDP packets to open its NAT and takes the peer's
+// connection from its listener. The connection passes admission like any
+// other (a punch where both sides dialed leaves two, and the redundancy
+// rule keeps the same one on both ends).
+func (s *Swarm) dialSimultaneous(ctx context.Context, p peer.ID) (network.Conn, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrSwarmClosed
+	}
+	s.refs.Add(1)
+	s.mu.Unlock()
+	defer s.refs.Done()
+	ctx, cancel := context.WithTimeout(ctx, s.dialTimeout(ctx))
+	defer cancel()
+	defer context.AfterFunc(s.ctx, cancel)()
+	c, err := s.dialAttempt(ctx, p)
+	if err != nil {
+		return nil, fmt.Errorf("swarm: hole punch %s: %w", p, err)
+	}
+	return c, nil
 }
 
 // selectDialedConn is selectConn, but for a forced direct dial only an
@@ -534,7 +569,7 @@ func (s *Swarm) dialAttempt(ctx context.Context, p peer.ID) (*Conn, error) {
 		return nil, err
 	}
 	if forceDirect, _ := network.GetForceDirectDial(ctx); forceDirect {
-		addrs = slices.DeleteFunc(addrs, isRelayAddr)
+		addrs = slices.DeleteFunc(addrs, core.IsRelayAddr)
 		if len(addrs) == 0 {
 			return nil, &DialError{Peer: p, Cause: fmt.Errorf("%w: a direct connection was asked for and every address goes through a relay", ErrNoGoodAddresses)}
 		}
@@ -690,7 +725,20 @@ func (s *Swarm) dialAddr(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Co
 
 // dialAddrOnce is dialAddr's own dial.
 func (s *Swarm) dialAddrOnce(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Conn, error) {
-	defer s.beginDial(p)()
+	// The listening side of a hole punch dials nothing: it sends UDP
+	// packets and takes the peer's connection from its listener. Counted
+	// as a dial in flight it would hold back the admission of that peer's
+	// other inbound connections (awaitDials) for the whole punch.
+	dir := network.DirOutbound
+	if simConnect, isClient, _ := network.GetSimultaneousConnect(ctx); simConnect && !isClient {
+		// The peer dialed this connection: it is inbound here, on both
+		// ends' books alike, which multipath's redundancy rule (the
+		// dialer decides) needs. (go-libp2p's swarm records it as
+		// outbound on both ends.)
+		dir = network.DirInbound
+	} else {
+		defer s.beginDial(p)()
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.AddrDialTimeout)
 	defer cancel()
 	tctx, release := detachAfterDial(ctx)
@@ -721,7 +769,7 @@ func (s *Swarm) dialAddrOnce(ctx context.Context, p peer.ID, addr ma.Multiaddr) 
 		_ = tc.CloseWithError(network.ConnProtocolViolation)
 		return nil, fmt.Errorf("swarm: dialed %s at %s but reached %s", p, addr, tc.RemotePeer())
 	}
-	return s.addConn(ctx, tc, network.DirOutbound)
+	return s.addConn(ctx, tc, dir)
 }
 
 // DialPath opens an additional connection (path) to p at addr, even when p is

@@ -1,0 +1,81 @@
+package swarm_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/stretchr/testify/require"
+
+	"github.com/realmnet/realmnet/swarm"
+)
+
+// TestHolePunchDial runs the two halves of a QUIC hole punch as go-libp2p's
+// DCUtR asks the swarm for them (network.WithSimultaneousConnect): the
+// client dials, the other side sends UDP packets to the client's address
+// and takes the client's connection from its listener. The punch ignores
+// the peer's dial backoff (earlier unsolicited dials say nothing about a
+// coordinated punch) and records none when it fails, and the connection is
+// inbound on the side that did not dial it.
+func TestHolePunchDial(t *testing.T) {
+	retry := swarm.RetryConfig{MaxRetries: 0, InitialDelay: time.Minute, MaxDelay: time.Minute, Multiplier: 2}
+	client := newSwarm(t, swarm.Config{AddrDialTimeout: 200 * time.Millisecond, Retry: retry})
+	server := newSwarm(t, swarm.Config{AddrDialTimeout: 200 * time.Millisecond, Retry: retry})
+	ctx := context.Background()
+
+	// Back both off: a plain dial to a dead address fails and backs the
+	// peer off for a minute.
+	client.Peerstore().AddAddr(server.LocalPeer(), deadUDPAddr(t), peerstore.PermanentAddrTTL)
+	server.Peerstore().AddAddr(client.LocalPeer(), deadUDPAddr(t), peerstore.PermanentAddrTTL)
+	for _, s := range []*testSwarm{client, server} {
+		other := server
+		if s == server {
+			other = client
+		}
+		_, err := s.DialPeer(ctx, other.LocalPeer())
+		require.Error(t, err)
+		_, err = s.DialPeer(ctx, other.LocalPeer())
+		require.ErrorIs(t, err, swarm.ErrDialBackoff)
+	}
+
+	// A failed punch (nothing answers) records no backoff of its own and
+	// does not count as a dial in flight.
+	punchCtx, cancel := context.WithTimeout(network.WithSimultaneousConnect(ctx, false, "test"), 300*time.Millisecond)
+	_, err := server.DialPeer(punchCtx, client.LocalPeer())
+	cancel()
+	require.Error(t, err)
+	require.NotErrorIs(t, err, swarm.ErrDialBackoff, "a hole punch ignores the peer's backoff")
+
+	learn(client, server)
+	learn(server, client)
+	type result struct {
+		c   network.Conn
+		err error
+	}
+	served := make(chan result, 1)
+	go func() {
+		c, err := server.DialPeer(network.WithSimultaneousConnect(ctx, false, "test"), client.LocalPeer())
+		served <- result{c, err}
+	}()
+	// Either order ends the same: a client dial that lands before the
+	// server punches is accepted by the server's listener, and the punch
+	// then finds that connection.
+	dialed, err := client.DialPeer(network.WithSimultaneousConnect(ctx, true, "test"), server.LocalPeer())
+	require.NoError(t, err)
+	r := <-served
+	require.NoError(t, r.err)
+
+	require.Equal(t, network.DirOutbound, dialed.Stat().Direction)
+	require.Equal(t, network.DirInbound, r.c.Stat().Direction, "the punched connection was dialed by the peer")
+	require.True(t, dialed.LocalMultiaddr().Equal(r.c.RemoteMultiaddr()))
+	require.True(t, dialed.RemoteMultiaddr().Equal(r.c.LocalMultiaddr()))
+	require.Len(t, client.ConnsToPeer(server.LocalPeer()), 1)
+	require.Len(t, server.ConnsToPeer(client.LocalPeer()), 1)
+
+	server.SetStreamHandler(echoHandler)
+	s, err := dialed.NewStream(ctx)
+	require.NoError(t, err)
+	echo(t, s, 1024)
+}
