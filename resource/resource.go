@@ -15,16 +15,21 @@ package resource
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
+	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/x/rate"
 	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/realmnet/realmnet/core"
@@ -44,6 +49,33 @@ type RealmConfig struct {
 type Config struct {
 	rcmgr.PartialLimitConfig
 	Realms RealmConfig `json:",omitempty"`
+	// ConnRateLimiter limits the rate of new direct connections per
+	// source network; nil means go-libp2p rcmgr's default
+	// (DefaultConnRateLimiter). Relayed connections are not rate limited
+	// by IP (see Manager.OpenConnection). Not in JSON.
+	ConnRateLimiter *rate.Limiter `json:"-"`
+}
+
+// DefaultConnRateLimiter returns go-libp2p rcmgr's default connection
+// rate limiter (p2p/host/resource-manager/conn_rate_limiter.go, v0.52):
+// per IPv4 address and per IPv6 /56, a burst of 16 then 0.2 per second;
+// per IPv6 /48, a burst of 80 then 0.5 per second; loopback unlimited.
+func DefaultConnRateLimiter() *rate.Limiter {
+	const maxConcurrentConns = 8 // rcmgr's defaultMaxConcurrentConns
+	return &rate.Limiter{
+		NetworkPrefixLimits: []rate.PrefixLimit{
+			{Prefix: netip.MustParsePrefix("127.0.0.0/8"), Limit: rate.Limit{}},
+			{Prefix: netip.MustParsePrefix("::1/128"), Limit: rate.Limit{}},
+		},
+		SubnetRateLimiter: rate.SubnetLimiter{
+			IPv4SubnetLimits: []rate.SubnetLimit{{PrefixLength: 32, Limit: rate.Limit{RPS: 0.2, Burst: 2 * maxConcurrentConns}}},
+			IPv6SubnetLimits: []rate.SubnetLimit{
+				{PrefixLength: 56, Limit: rate.Limit{RPS: 0.2, Burst: 2 * maxConcurrentConns}},
+				{PrefixLength: 48, Limit: rate.Limit{RPS: 0.5, Burst: 10 * maxConcurrentConns}},
+			},
+			GracePeriod: time.Minute,
+		},
+	}
 }
 
 // maxConfigSize caps LoadConfig's input.
@@ -139,6 +171,10 @@ type Manager struct {
 	blocked     blockedCounts
 
 	negotiation negotiation
+
+	// connRate limits the rate of new direct connections (rcmgr's own
+	// limiter is off: it cannot tell a relayed connection).
+	connRate *rate.Limiter
 }
 
 // New creates the manager from cfg (unset rcmgr limits take the auto-scaled
@@ -166,7 +202,11 @@ func New(cfg Config, reg prometheus.Registerer, opts ...rcmgr.Option) (*Manager,
 	}
 	limits := cfg.PartialLimitConfig.Build(rcmgr.DefaultLimits.AutoScale())
 	m := &Manager{realms: cfg.Realms, usage: make(map[core.RealmID]*realmUsage)}
-	opts = append([]rcmgr.Option{rcmgr.WithMetricsDisabled()}, opts...)
+	m.connRate = cfg.ConnRateLimiter
+	if m.connRate == nil {
+		m.connRate = DefaultConnRateLimiter()
+	}
+	opts = append([]rcmgr.Option{rcmgr.WithMetricsDisabled(), rcmgr.WithConnRateLimiters(&rate.Limiter{})}, opts...)
 	if reg != nil {
 		opts = append(opts, rcmgr.WithMetrics(&m.blocked))
 	}
@@ -204,12 +244,53 @@ func (m *Manager) Close() error {
 
 // OpenConnection is rcmgr's OpenConnection; a refusal is counted in
 // libp2p_rcmgr_blocked_resources under the scope that refused.
+//
+// A relayed connection (endpoint a /p2p-circuit address) is charged
+// without an IP (rcmgr's OpenConnectionNoIP) and is not rate limited:
+// every circuit through a relay carries the relay's IP, so rcmgr's per-IP
+// connection count (8 at once) and rate limit (a burst of 16, then one per
+// 5 s) would hold a node's relayed connections through one relay — fresh
+// peers reaching a private node through its relay, each a hole punch's
+// start — to those of one remote host (the NAT lab's hole punching trials
+// hit it at the 17th). The relay bounds its circuits (reservations,
+// circuits per peer), and every other scope (system, transient, peer)
+// still applies. A direct connection is rate limited per source network
+// (Config.ConnRateLimiter), as rcmgr does, then charged by rcmgr.
 func (m *Manager) OpenConnection(dir network.Direction, usefd bool, endpoint ma.Multiaddr) (network.ConnManagementScope, error) {
-	s, err := m.ResourceManager.OpenConnection(dir, usefd, endpoint)
+	var s network.ConnManagementScope
+	var err error
+	noIP, ok := m.ResourceManager.(interface {
+		OpenConnectionNoIP(network.Direction, bool, ma.Multiaddr) (network.ConnManagementScope, error)
+	})
+	switch {
+	case ok && endpoint != nil && core.IsRelayAddr(endpoint):
+		s, err = noIP.OpenConnectionNoIP(dir, usefd, endpoint)
+	case !m.connRate.Allow(endpointIP(endpoint)):
+		err = errRateLimited
+	default:
+		s, err = m.ResourceManager.OpenConnection(dir, usefd, endpoint)
+	}
 	if err != nil {
 		m.blocked.openRefused(err, dir, "connection", usefd)
 	}
 	return s, err
+}
+
+// errRateLimited is rcmgr's refusal by its connection rate limiter.
+var errRateLimited = errors.New("rate limit exceeded")
+
+// endpointIP is endpoint's IP as rcmgr reads it (the zero Addr when it has
+// none).
+func endpointIP(endpoint ma.Multiaddr) netip.Addr {
+	if endpoint == nil {
+		return netip.Addr{}
+	}
+	ip, err := manet.ToIP(endpoint)
+	if err != nil {
+		return netip.Addr{}
+	}
+	addr, _ := netip.AddrFromSlice(ip)
+	return addr
 }
 
 // untrustedShare is UntrustedNegotiatingShare percent of the transient

@@ -11,6 +11,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/x/rate"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -527,4 +529,45 @@ func TestRcmgrStillEnforces(t *testing.T) {
 		s.Done()
 	}
 	require.Zero(t, m.Stat().Rcmgr.System.NumStreamsOutbound)
+}
+
+// TestConnRateLimitSparesRelayedConnections: direct connections from one
+// IPv4 address get go-libp2p's default rate limit (a burst of 16); relayed
+// ones, which all carry their relay's IP, are neither rate limited nor
+// counted per IP; Config.ConnRateLimiter replaces the limiter.
+func TestConnRateLimitSparesRelayedConnections(t *testing.T) {
+	direct := ma.StringCast("/ip4/203.0.113.10/udp/4001/quic-v1")
+	relayed := ma.StringCast("/ip4/203.0.113.10/udp/4001/quic-v1/p2p/12D3KooWJc7wEmHxRfJYgeU8YJV3HDW94yftQWj2DT3Yv4mnXJvn/p2p-circuit")
+	// open opens n connections from endpoint, keeping them open or
+	// closing each at once.
+	open := func(m *resource.Manager, endpoint ma.Multiaddr, n int, keep bool) (opened int, err error) {
+		for range n {
+			s, err := m.OpenConnection(network.DirInbound, false, endpoint)
+			if err != nil {
+				return opened, err
+			}
+			opened++
+			if keep {
+				t.Cleanup(s.Done)
+			} else {
+				s.Done()
+			}
+		}
+		return opened, nil
+	}
+
+	m := newManager(t, resource.Config{}, nil)
+	n, err := open(m, relayed, 40, true)
+	require.NoError(t, err, "relayed connection %d refused", n+1)
+	n, err = open(m, direct, 40, false)
+	require.ErrorContains(t, err, "rate limit exceeded")
+	require.Equal(t, 16, n, "go-libp2p's default burst per IPv4 address")
+	n, err = open(newManager(t, resource.Config{}, nil), direct, 40, true)
+	require.ErrorContains(t, err, "connections per ip limit exceeded")
+	require.Equal(t, 8, n, "go-libp2p's default count per IPv4 address")
+
+	m = newManager(t, resource.Config{ConnRateLimiter: &rate.Limiter{}}, nil)
+	n, err = open(m, direct, 40, false)
+	require.NoError(t, err)
+	require.Equal(t, 40, n)
 }
