@@ -1,17 +1,22 @@
-// Package natlab owns the NAT lab of realmnet's integration tests: a small
-// internet of Linux network namespaces, built by the test itself inside an
-// unprivileged user namespace, with public hosts (a relay, a bootstrap) and
-// sites whose hosts sit behind NAT routers (nftables), plus the processes
-// that tests run in those namespaces. It is for tests only.
+// Package natlab owns realmnet's NAT lab: a small internet of Linux network
+// namespaces, built inside an unprivileged user namespace, with public
+// hosts (a relay, a bootstrap) and sites whose hosts sit behind NAT routers
+// (nftables), plus the processes that run in those namespaces. Two kinds
+// of program use it: the integration tests (node's NAT tests), through New
+// and Lab.Start, which tie the lab to a test; and `realmnet demo --nat`,
+// through Build, Lab.StartRole and Lab.Close, which return errors instead.
 //
 // # The lab
 //
-// New starts one process in new user, mount, network and PID namespaces
-// (the lab's root, uid 0 mapped to the test's own uid, so nothing needs the
-// host's root) and, through it, one process per lab namespace. Nothing
-// touches the host's network: the lab has no link out, and it vanishes with
-// its root process, which the test's cleanup kills and reaps (the kernel
-// then ends every process of the lab's PID namespace).
+// New and Build start one process in new user, mount, network and PID
+// namespaces (the lab's root, uid 0 mapped to the caller's own uid, so
+// nothing needs the host's root) and, through it, one process per lab
+// namespace. Nothing touches the host's network: the lab has no link out,
+// and it vanishes with its root process, which New's test cleanup or
+// Lab.Close kills and reaps (the kernel then ends every process of the
+// lab's PID namespace), and which also dies with the process that built
+// the lab. The root has a process group of its own, so a terminal's
+// Ctrl-C reaches that process, which removes the lab, and not the lab.
 //
 // The addresses are documentation and private ranges only:
 //
@@ -31,8 +36,10 @@
 //
 // A Go process cannot move itself into another network namespace (setns
 // changes one OS thread, and goroutines move between threads), so the lab
-// runs its processes by starting the test binary again: the test package's
-// TestMain must call RunIfChild first, with the roles that its tests start.
+// runs its processes by starting the running program again: the test
+// binary, or the command that called Build. That program must call
+// RunIfChild first — a test package in its TestMain, a command at the top
+// of main, before it parses its flags — with the roles that it starts.
 //
 //	func TestMain(m *testing.M) {
 //		natlab.RunIfChild(map[string]natlab.Role{"node": nodeRole})
@@ -52,27 +59,48 @@
 //		...
 //	}
 //
-// Lab.Start runs a role in a host's namespace; its standard input and
-// output are the test's Proc, a line-based link. At the end of the test
-// every process is stopped and reaped, and New's t.Cleanup removes the lab;
-// no goroutine of the test process outlives it. Lab.Blackhole kills a path
-// mid-test (a router drops a pair of addresses' traffic); Lab.Exec runs ip
-// or nft in a namespace, to inspect or change it.
+// A command does the same with errors instead of a test:
 //
-// Every namespace is served by a process of its own, the test binary
-// again. On a two-core machine New takes about 0.2 s for a lab of five
-// namespaces and 0.8 s for thirteen, twice that under -race, where the test
-// binary starts slower; Start takes about 15 ms (70 ms under -race).
+//	func main() {
+//		natlab.RunIfChild(map[string]natlab.Role{"node": nodeRole})
+//		...
+//		lab, err := natlab.Build(topo)
+//		if errors.Is(err, natlab.ErrUnavailable) { ... explain, exit ... }
+//		defer lab.Close()
+//		relay, err := lab.StartRole("relay", "node", "-relay")
+//		...
+//	}
+//
+// A role that runs go-libp2p calls DeclareInternetPublic first: the lab's
+// internet is a documentation range, which go-libp2p otherwise treats as
+// unroutable.
+//
+// Lab.Start and Lab.StartRole run a role in a host's namespace; its
+// standard input and output are the caller's Proc, a line-based link. At
+// the end of a test every process that Start started is stopped and
+// reaped, and New's t.Cleanup removes the lab; Lab.Close does both for a
+// lab that Build built. Either way no goroutine of the calling process
+// outlives the lab. Lab.Blackhole kills a path mid-test (a router drops a
+// pair of addresses' traffic); Lab.Exec runs ip or nft in a namespace, to
+// inspect or change it.
+//
+// Every namespace is served by a process of its own, the program again. On
+// a two-core machine New takes about 0.2 s for a lab of five namespaces and
+// 0.8 s for thirteen, twice that under -race, where the test binary starts
+// slower; Start takes about 15 ms (70 ms under -race).
 //
 // Where the lab cannot be built (not Linux, no user namespaces, no ip or
-// nft, no nftables NAT in a user namespace) New skips the test, or fails it
-// when the environment variable REALMNET_REQUIRE_NATLAB is set.
+// nft, no nftables NAT in a user namespace) Build returns an error that
+// wraps ErrUnavailable and says which; New skips the test with that
+// message, or fails it when the environment variable
+// REALMNET_REQUIRE_NATLAB is set.
 package natlab
 
 import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"regexp"
@@ -82,6 +110,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	manet "github.com/multiformats/go-multiaddr/net"
 )
 
 // RequireEnv, when set to anything but the empty string, makes New fail the
@@ -92,6 +122,19 @@ const RequireEnv = "REALMNET_REQUIRE_NATLAB"
 // it holds the bridge that connects the public hosts and the routers, with
 // the address 203.0.113.1. It is not a valid host or router name.
 const Internet = "internet"
+
+// DeclareInternetPublic makes go-multiaddr, and so go-libp2p, count the
+// lab's internet (203.0.113.0/24, a documentation range that
+// manet.Unroutable4 lists) as public in this process: relay reservations
+// then carry lab addresses, and autorelay advertises circuit addresses
+// through a lab relay. It changes a global of go-multiaddr for the whole
+// process, so call it only in a role (a lab process), before the role
+// starts anything; never in the program that builds the lab. Later calls
+// do nothing.
+func DeclareInternetPublic() {
+	internet := net.IPv4(203, 0, 113, 1)
+	manet.Unroutable4 = slices.DeleteFunc(manet.Unroutable4, func(n *net.IPNet) bool { return n.Contains(internet) })
+}
 
 // NAT is how a site's router maps its LAN's outgoing flows to its public
 // address. Filtering is the same for both kinds: conntrack lets in only
@@ -134,18 +177,18 @@ type Site struct {
 	Hosts []string
 }
 
-// Role is the body of a process that Lab.Start runs in a lab namespace. It
-// gets the arguments given to Start and the link to the test's Proc: it
-// reads lines from in and writes lines to out. It must return when in
-// ends (the test closed the Proc); its process then exits with status 0,
-// or 1 when it returns an error (printed to its standard error, which the
-// test logs on failure). While a role runs, os.Stdout is its standard
-// error, so stray prints cannot corrupt the link.
+// Role is the body of a process that Lab.Start or Lab.StartRole runs in a
+// lab namespace. It gets the arguments given to Start and the link to the
+// caller's Proc: it reads lines from in and writes lines to out. It must
+// return when in ends (the caller closed the Proc); its process then exits
+// with status 0, or 1 when it returns an error (printed to its standard
+// error, which Proc.Close's error quotes). While a role runs, os.Stdout is
+// its standard error, so stray prints cannot corrupt the link.
 type Role func(args []string, in io.Reader, out io.Writer) error
 
 // Process environment of the lab's children.
 const (
-	// childEnv names the role a re-executed test binary runs.
+	// childEnv names the role a re-executed program runs.
 	childEnv = "NATLAB_CHILD"
 	// nameEnv names the namespace a lab process runs in, for its logs.
 	nameEnv = "NATLAB_NAME"
@@ -154,10 +197,13 @@ const (
 	agentRole = "natlab/agent"
 )
 
-// RunIfChild returns at once in the test process itself. In a process that
-// the lab started, it runs that process's role, registered in roles by
-// name (or the lab's own), and exits. Call it first in TestMain, before
-// anything else runs, with every role the package's tests start.
+// RunIfChild returns at once in the program itself. In a process that the
+// lab started, it runs that process's role, registered in roles by name
+// (or the lab's own), and exits. Call it first, before anything else runs
+// (flag parsing, a command line parser), with every role that the program
+// starts: a test package in its TestMain, a command in main. A role's
+// arguments are those after the first "--" of the process's arguments
+// (the lab puts them there, after a test binary's -test flags).
 func RunIfChild(roles map[string]Role) {
 	role, ok := os.LookupEnv(childEnv)
 	if !ok {
@@ -180,10 +226,10 @@ func runRole(name string, roles map[string]Role) int {
 			known = append(known, k)
 		}
 		slices.Sort(known)
-		fmt.Fprintf(os.Stderr, "natlab: this test binary has no role %q: its TestMain passes natlab.RunIfChild the roles %q\n", name, known)
+		fmt.Fprintf(os.Stderr, "natlab: this program has no role %q: it passes natlab.RunIfChild the roles %q\n", name, known)
 		return 2
 	}
-	// The arguments follow the "--" that ends the test flags.
+	// The arguments follow the first "--" (after a test binary's flags).
 	var args []string
 	if i := slices.Index(os.Args, "--"); i >= 0 {
 		args = os.Args[i+1:]
@@ -197,14 +243,16 @@ func runRole(name string, roles map[string]Role) int {
 	return 0
 }
 
-// Lab is a running NAT lab. Its methods are safe for concurrent use, but
-// those that take a testing.TB fail the test on error, so, like t.Fatal,
-// call them from the goroutine running the test.
+// Lab is a running NAT lab, built by New (for a test) or Build (for a
+// program). Its methods are safe for concurrent use, but those that take a
+// testing.TB fail the test on error, so, like t.Fatal, call them from the
+// goroutine running the test.
 type Lab struct {
-	dir   string             // the test's temporary directory: logs
-	tools tools              // absolute paths of ip and nft
-	nodes map[string]*member // hosts and routers by name
-	sys   *system            // the lab's processes; nil on other systems
+	dir    string             // logs: the test's temporary directory, or Build's own
+	ownDir bool               // Build made dir: Close removes it
+	tools  tools              // absolute paths of ip and nft
+	nodes  map[string]*member // hosts and routers by name
+	sys    *system            // the lab's processes; nil until started
 
 	closed atomic.Bool
 	mu     sync.Mutex
@@ -291,9 +339,16 @@ func plan(topo Topology) ([]*member, error) {
 	return out, nil
 }
 
-// errUnavailable marks the errors that mean this machine cannot build the
-// lab (as opposed to a bug of the lab or of the test).
-var errUnavailable = errors.New("the NAT lab cannot run here")
+// ErrUnavailable is wrapped by the errors of Build that mean this machine
+// cannot build the lab, as opposed to a bug of the lab or of its caller:
+// the system is not Linux, unprivileged user namespaces are disabled, ip
+// (iproute2) or nft (nftables) is missing, or nftables cannot NAT inside a
+// user namespace. Match it with errors.Is; the error's message says which
+// and how to fix it.
+var ErrUnavailable = errors.New("the NAT lab cannot run here")
+
+// errUnavailable is ErrUnavailable under the name the package's tests use.
+var errUnavailable = ErrUnavailable
 
 // unavailable skips the test because err says the lab cannot be built
 // here, or fails it when RequireEnv is set.
@@ -316,31 +371,85 @@ func unavailable(t testing.TB, err error) {
 // where nftables cannot NAT inside a user namespace; the message says
 // which. It fails the test when topo is invalid, when the test package's
 // TestMain does not call RunIfChild, or when a step of the build fails (the
-// message has the command and its output).
+// message has the command and its output). It is Build for a test.
 func New(t testing.TB, topo Topology) *Lab {
 	t.Helper()
+	l, err := build(topo, t.TempDir())
+	switch {
+	case errors.Is(err, ErrUnavailable):
+		unavailable(t, err)
+	case err != nil:
+		t.Fatalf("natlab: %v", err)
+	}
+	t.Cleanup(func() { l.close(t) })
+	return l
+}
+
+// Build builds the lab that topo describes and returns it once every link
+// is up, for a program rather than a test: New without a testing.TB. The
+// logs (the lab's and every process's standard error) go to a new
+// temporary directory. The caller must call Close, which stops every
+// process and removes the lab and its logs. Building takes about 0.2 s for
+// five namespaces on a two-core machine (see the package documentation).
+//
+// Errors, each starting "natlab: ": an invalid topo; errors.Is(err,
+// ErrUnavailable) where this machine cannot build the lab (the message says
+// why: not Linux, no unprivileged user namespaces, no ip or nft, no
+// nftables NAT in a user namespace); a program that does not call
+// RunIfChild first; a failed step of the build (with the command, its
+// output and the lab's log). On error nothing of the lab is left running.
+// Build may be called concurrently, for separate labs.
+func Build(topo Topology) (*Lab, error) {
+	dir, err := os.MkdirTemp("", "natlab-")
+	if err != nil {
+		return nil, fmt.Errorf("natlab: a directory for the lab's logs: %w", err)
+	}
+	l, err := build(topo, dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("natlab: %w", err)
+	}
+	l.ownDir = true
+	return l, nil
+}
+
+// build builds the lab of topo, with its logs in dir; see New and Build.
+// An error that says this machine cannot build the lab wraps
+// ErrUnavailable; any other says which step failed and, once the root
+// started, has the end of the lab's log. On error the lab is removed.
+func build(topo Topology, dir string) (*Lab, error) {
 	members, err := plan(topo)
 	if err != nil {
-		t.Fatalf("natlab: invalid topology: %v", err)
+		return nil, fmt.Errorf("invalid topology: %w", err)
 	}
-	l := &Lab{dir: t.TempDir(), nodes: map[string]*member{}, procs: map[*Proc]bool{}}
+	l := &Lab{dir: dir, nodes: map[string]*member{}, procs: map[*Proc]bool{}}
 	for _, m := range members {
 		l.nodes[m.name] = m
 	}
 	if l.tools, err = findTools(); err != nil {
-		unavailable(t, err)
+		return nil, err
 	}
-	t.Cleanup(func() { l.close(t) })
-	if err := l.start(); err != nil {
-		if errors.Is(err, errUnavailable) {
-			unavailable(t, err)
+	fail := func(step string, err error) (*Lab, error) {
+		if !errors.Is(err, ErrUnavailable) {
+			err = fmt.Errorf("%s: %w", step, err)
+			if l.sys != nil {
+				if s := logTail(l.sys.log); s != "" {
+					err = fmt.Errorf("%w\nthe lab's log (%s):\n%s", err, l.sys.log, s)
+				}
+			}
 		}
-		t.Fatalf("natlab: start the lab: %v", err)
+		if _, rmErr := l.remove(); rmErr != nil {
+			err = errors.Join(err, rmErr)
+		}
+		return nil, err
+	}
+	if err := l.start(); err != nil {
+		return fail("start the lab", err)
 	}
 	if err := l.build(members); err != nil {
-		t.Fatalf("natlab: build the lab: %v", err)
+		return fail("build the lab", err)
 	}
-	return l
+	return l, nil
 }
 
 // lookup returns the named host or router, or nil.
@@ -445,13 +554,13 @@ func (l *Lab) Blackhole(t testing.TB, router string, a, b netip.Addr) (restore f
 // capability inside the lab, none outside); its standard error goes to a
 // file in the test's temporary directory. At the end of t (t.Cleanup),
 // unless the test closed or killed it, it is closed as by Proc.Close, and a
-// failure is reported with t.Errorf and its standard error. Start fails the test when the process cannot be
-// started.
+// failure is reported with t.Errorf and its standard error. Start fails the
+// test when the process cannot be started (see StartRole).
 func (l *Lab) Start(t testing.TB, name, role string, args ...string) *Proc {
 	t.Helper()
-	p, err := l.startProc(name, role, args)
+	p, err := l.StartRole(name, role, args...)
 	if err != nil {
-		t.Fatalf("natlab: start role %q on %s: %v", role, name, err)
+		t.Fatalf("%v", err)
 	}
 	t.Cleanup(func() {
 		if p.stopped.Load() {
@@ -464,6 +573,27 @@ func (l *Lab) Start(t testing.TB, name, role string, args ...string) *Proc {
 		}
 	})
 	return p
+}
+
+// StartRole runs role (registered with RunIfChild) in the named namespace,
+// usually a host's, with args, and returns the link to it once the process
+// has started (about 15 ms; it may not have read its arguments yet). The
+// process is the running program again, as the namespace's root user (with
+// every capability inside the lab, none outside); its standard error goes
+// to a file in the lab's log directory, whose end Proc.Recv's and
+// Proc.Close's errors quote. The caller stops it with Proc.Close or
+// Proc.Kill; Lab.Close kills whatever is still running.
+//
+// Errors, each starting "natlab: start role": the lab has no namespace
+// name; role is one of the lab's own (named natlab/...); the lab is closed;
+// the process cannot be started (its agent's error). StartRole is safe for
+// concurrent use.
+func (l *Lab) StartRole(name, role string, args ...string) (*Proc, error) {
+	p, err := l.startProc(name, role, args)
+	if err != nil {
+		return nil, fmt.Errorf("natlab: start role %q on %s: %w", role, name, err)
+	}
+	return p, nil
 }
 
 // logTail returns the end of the named file, at most 8 KiB, for error

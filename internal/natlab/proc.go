@@ -15,9 +15,11 @@ import (
 	"time"
 )
 
-// Proc is a process that Lab.Start runs in a lab namespace, seen from the
-// test: a line-based link to its role's input and output. Send, Recv and
-// Close may be called concurrently; one Send and one Recv run at a time.
+// Proc is a process that Lab.Start or Lab.StartRole runs in a lab
+// namespace, seen from the process that started it (the test, or the
+// program that built the lab): a line-based link to its role's input and
+// output. Send, Recv and Close may be called concurrently; one Send and one
+// Recv run at a time.
 type Proc struct {
 	lab  *Lab
 	ns   *agent
@@ -26,7 +28,7 @@ type Proc struct {
 	role string
 	log  string // the file of its standard error
 
-	conn net.Conn // the test's end of the process's standard input and output
+	conn net.Conn // our end of the process's standard input and output
 
 	wmu sync.Mutex // serialises Send
 
@@ -118,10 +120,13 @@ func (p *Proc) stderrTail() string {
 	return "(empty)"
 }
 
-// startProc starts role in the named namespace; see Start.
+// startProc starts role in the named namespace; see StartRole.
 func (l *Lab) startProc(name, role string, args []string) (*Proc, error) {
 	if strings.HasPrefix(role, "natlab/") {
 		return nil, fmt.Errorf("roles named natlab/... are the lab's own")
+	}
+	if l.closed.Load() {
+		return nil, errClosed
 	}
 	a, err := l.namespace(name)
 	if err != nil {
@@ -210,14 +215,41 @@ func (l *Lab) stopProc(p *Proc, grace time.Duration) error {
 	return nil
 }
 
-// close removes the lab: it ends every process of the lab and reaps the
-// root, then logs the lab's log when the test failed. It runs once, at the
-// end of the test that called New.
-func (l *Lab) close(t testing.TB) {
+// Close removes a lab that Build built: it kills every process of the lab
+// still running (those that the caller did not close, as Proc.Kill would),
+// reaps the lab's root, after which nothing of the lab runs, and removes
+// the lab's log directory. No goroutine of the calling process outlives it.
+// Close a Proc first to let it exit on its own and see how it ended. After
+// Close, Proc.Close returns nil and StartRole fails. Close returns an
+// error when the root could not be killed or reaped, or the logs could not
+// be removed; later calls return nil. It is safe for concurrent use.
+//
+// On a lab that New built, Close removes the lab before the test's
+// cleanup, which then does nothing; the test's temporary directory keeps
+// the logs.
+func (l *Lab) Close() error {
+	first, err := l.remove()
+	if !first {
+		return nil
+	}
+	if err != nil {
+		err = fmt.Errorf("natlab: remove the lab: %w", err)
+	}
+	if l.ownDir {
+		if rmErr := os.RemoveAll(l.dir); rmErr != nil {
+			err = errors.Join(err, fmt.Errorf("natlab: remove the lab's logs: %w", rmErr))
+		}
+	}
+	return err
+}
+
+// remove ends every process of the lab and reaps the root. Only the first
+// call does so (first), and returns its error; later calls do nothing.
+func (l *Lab) remove() (first bool, err error) {
 	l.mu.Lock()
 	if !l.closed.CompareAndSwap(false, true) {
 		l.mu.Unlock()
-		return
+		return false, nil
 	}
 	for p := range l.procs {
 		_ = p.conn.Close()
@@ -225,12 +257,22 @@ func (l *Lab) close(t testing.TB) {
 	clear(l.procs)
 	l.mu.Unlock()
 	if l.sys == nil {
+		return true, nil
+	}
+	return true, l.sys.shutdown()
+}
+
+// close removes the lab at the end of the test that called New, unless the
+// test closed it, then logs the lab's log when the test failed.
+func (l *Lab) close(t testing.TB) {
+	first, err := l.remove()
+	if !first {
 		return
 	}
-	if err := l.sys.shutdown(); err != nil {
+	if err != nil {
 		t.Errorf("natlab: remove the lab: %v", err)
 	}
-	if t.Failed() {
+	if t.Failed() && l.sys != nil {
 		if s := logTail(l.sys.log); s != "" {
 			t.Logf("natlab: the lab's log (%s):\n%s", l.sys.log, s)
 		}

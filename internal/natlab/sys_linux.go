@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -33,7 +34,7 @@ func findTools() (tools, error) {
 		p, ok := lookTool(tool.name)
 		if !ok {
 			return tools{}, fmt.Errorf("%w: %s is not on PATH, nor in /usr/sbin or /sbin (install Debian's %s package: apt-get install %s)",
-				errUnavailable, tool.name, tool.pkg, tool.pkg)
+				ErrUnavailable, tool.name, tool.pkg, tool.pkg)
 		}
 		*tool.path = p
 	}
@@ -170,13 +171,20 @@ func parseRights(oob []byte) []*os.File {
 	return files
 }
 
-// childCmd returns the command that runs the test binary again as role in
-// the namespace name: RunIfChild picks the role from the environment. The
-// "-test.run=^$" makes a binary whose TestMain forgot RunIfChild run no
-// test and exit, which its parent reports.
+// childCmd returns the command that runs the running program again as role
+// in the namespace name: RunIfChild picks the role from the environment
+// and the arguments from after the first "--". In a test binary a
+// "-test.run=^$" comes first: a binary whose TestMain forgot RunIfChild
+// runs no test and exits, which its parent reports. Another program gets
+// no flag of the lab's (it has no -test flags); one that forgot RunIfChild
+// sees only "--" and the role's arguments.
 func childCmd(role, name string, args []string) *exec.Cmd {
 	cmd := exec.Command("/proc/self/exe")
-	cmd.Args = append([]string{os.Args[0], "-test.run=^$", "--"}, args...)
+	cmd.Args = []string{os.Args[0]}
+	if testing.Testing() {
+		cmd.Args = append(cmd.Args, "-test.run=^$")
+	}
+	cmd.Args = append(append(cmd.Args, "--"), args...)
 	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		return strings.HasPrefix(kv, childEnv+"=") || strings.HasPrefix(kv, nameEnv+"=")
 	})
@@ -206,7 +214,7 @@ delete table ip natlab_probe
 )
 
 // start starts the lab's root process and checks that it can build the
-// lab. Errors that say this machine cannot wrap errUnavailable.
+// lab. Errors that say this machine cannot wrap ErrUnavailable.
 func (l *Lab) start() error {
 	logPath := filepath.Join(l.dir, "lab.log")
 	logf, err := os.Create(logPath)
@@ -226,6 +234,10 @@ func (l *Lab) start() error {
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
 		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
 		Pdeathsig:   syscall.SIGKILL,
+		// A process group of its own: a terminal's Ctrl-C (SIGINT to the
+		// foreground group) reaches the program, which removes the lab,
+		// and not the lab's processes, which would die under its feet.
+		Setpgid: true,
 	}
 	err = cmd.Start()
 	_ = theirs.Close() // the root's now: its exit ends the socket
@@ -233,20 +245,20 @@ func (l *Lab) start() error {
 		_ = mine.Close()
 		return fmt.Errorf("%w: cannot start a process in new user, mount, network and PID namespaces: %v "+
 			"(are unprivileged user namespaces enabled? see the sysctls user.max_user_namespaces, "+
-			"kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns)", errUnavailable, err)
+			"kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns)", ErrUnavailable, err)
 	}
 	root := &agent{name: Internet, conn: mine}
 	l.sys = &system{cmd: cmd, log: logPath, root: root, agents: []*agent{root}}
 	resp, err := root.call(request{Op: opHello})
 	if err != nil {
-		return fmt.Errorf("the lab's root process did not answer (%v): does the test package's TestMain call natlab.RunIfChild first? (The lab's log follows.)", err)
+		return fmt.Errorf("the lab's root process did not answer (%v): does the program call natlab.RunIfChild first (a test package in its TestMain, a command in main)?", err)
 	}
 	root.pid = resp.PID
 	if _, err := l.exec(Internet, probeLinks, "ip", "-batch", "-"); err != nil {
-		return fmt.Errorf("%w: cannot make a bridge and a veth pair in a user namespace: %v", errUnavailable, err)
+		return fmt.Errorf("%w: cannot make a bridge and a veth pair in a user namespace: %v", ErrUnavailable, err)
 	}
 	if _, err := l.exec(Internet, probeNAT, "nft", "-f", "-"); err != nil {
-		return fmt.Errorf("%w: nftables cannot NAT in a user namespace: %v", errUnavailable, err)
+		return fmt.Errorf("%w: nftables cannot NAT in a user namespace: %v", ErrUnavailable, err)
 	}
 	return nil
 }

@@ -10,7 +10,7 @@ import (
 )
 
 // errNotLinux says why the lab cannot run on this system.
-var errNotLinux = fmt.Errorf("%w: it needs Linux network and user namespaces, and this is %s", errUnavailable, runtime.GOOS)
+var errNotLinux = fmt.Errorf("%w: it needs Linux network and user namespaces, and this is %s", ErrUnavailable, runtime.GOOS)
 
 // findTools fails: New skips the test before it starts anything.
 func findTools() (tools, error) { return tools{}, errNotLinux }
