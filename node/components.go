@@ -71,7 +71,9 @@ func components(ctx context.Context, cfg *Config, key crypto.PrivKey) fx.Option 
 			newSwarm,
 			newMultipath,
 			newRealmBackend,
+			newObservedAddrs,
 			newHost,
+			newHolePunching,
 			newNodeIdentifyTracker,
 			newDHT,
 			newRealms,
@@ -342,17 +344,23 @@ func newNodeIdentifyTracker(lc fx.Lifecycle, bus event.Bus, s *swarm.Swarm) (*id
 	return t, nil
 }
 
-// newHost is libp2p's basic host over our swarm, with identify, ping and
-// identify's observed addresses.
-func newHost(lc fx.Lifecycle, cfg *Config, s *swarm.Swarm, bus event.Bus, cm libp2pcoreconnmgr.ConnManager) (host.Host, error) {
-	// go-libp2p's observed-address manager: the addresses identify says
-	// peers see us at (a NAT's mapping) become our addresses once
-	// observedaddrs.ActivationThresh (4) peers on different IPs agree.
+// newObservedAddrs is go-libp2p's observed-address manager: the addresses
+// identify says peers see us at (a NAT's mapping) become the host's
+// addresses once observedaddrs.ActivationThresh (4) peers on different IPs
+// agree; hole punching uses them from the first observation.
+func newObservedAddrs(lc fx.Lifecycle, s *swarm.Swarm, bus event.Bus) (*observedaddrs.Manager, error) {
 	observed, err := observedaddrs.NewManager(bus, s)
 	if err != nil {
 		return nil, fmt.Errorf("node: observed addresses: %w", err)
 	}
 	observed.Start(s)
+	lc.Append(fx.StopHook(observed.Close))
+	return observed, nil
+}
+
+// newHost is libp2p's basic host over our swarm, with identify, ping and
+// identify's observed addresses.
+func newHost(lc fx.Lifecycle, cfg *Config, s *swarm.Swarm, bus event.Bus, cm libp2pcoreconnmgr.ConnManager, observed *observedaddrs.Manager) (host.Host, error) {
 	h, err := basichost.NewHost(s, &basichost.HostOpts{
 		EventBus:             bus,
 		ConnManager:          cm,
@@ -364,10 +372,8 @@ func newHost(lc fx.Lifecycle, cfg *Config, s *swarm.Swarm, bus event.Bus, cm lib
 		PrometheusRegisterer: cfg.Metrics,
 	})
 	if err != nil {
-		_ = observed.Close()
 		return nil, fmt.Errorf("node: create host: %w", err)
 	}
-	lc.Append(fx.StopHook(observed.Close))
 	// Started at once (identify's handlers, the address manager), before
 	// the components built on the host: kad-dht dials its bootstrap peers
 	// from its constructor, and a peer that identifies us over that

@@ -7,8 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,28 +17,18 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/libp2p/go-libp2p/x/rate"
 	ma "github.com/multiformats/go-multiaddr"
-	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/realmnet/realmnet/internal/natlab"
 	"github.com/realmnet/realmnet/internal/testnode"
 	"github.com/realmnet/realmnet/node"
 	"github.com/realmnet/realmnet/realm"
+	"github.com/realmnet/realmnet/resource"
 )
 
 // labNodeRole is the role of a realmnet node in the NAT lab (runLabNode).
 const labNodeRole = "node"
-
-// declareLabPublic makes the lab's internet (203.0.113.0/24, a
-// documentation range go-multiaddr counts as unroutable) public to this
-// process, so that go-libp2p puts lab addresses in relay reservations and
-// autorelay advertises circuit addresses through a lab relay. A test-only
-// knob: it runs only in lab processes, never in a node's defaults.
-func declareLabPublic() {
-	manet.Unroutable4 = slices.DeleteFunc(manet.Unroutable4, func(n *net.IPNet) bool {
-		return n.Contains(net.IPv4(203, 0, 113, 1))
-	})
-}
 
 // labRealm and labPSK are the realm the lab's nodes join.
 const labRealm = "lab"
@@ -72,10 +60,13 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 	bootstrap := flags.String("bootstrap", "", "bootstrap peer's address")
 	staticRelay := flags.String("relay", "", "static relay's address")
 	private := flags.Bool("private", false, "force private reachability")
+	port := flags.Int("port", 4001, "UDP port to listen on")
+	noHolePunch := flags.Bool("no-holepunch", false, "disable hole punching")
+	noRateLimit := flags.Bool("no-conn-rate-limit", false, "no inbound connection rate limit (a relay that all of a site's trial processes reach from one IP)")
 	if err := flags.Parse(args); err != nil {
 		return err
 	}
-	declareLabPublic()
+	natlab.DeclareInternetPublic()
 	var mu sync.Mutex
 	say := func(format string, a ...any) {
 		mu.Lock()
@@ -84,8 +75,9 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	opts := []node.Option{node.ListenAddrStrings("/ip4/" + *listen + "/udp/4001/quic-v1"),
-		node.DHTMode(node.DHTClient), node.AutoNAT(node.AutoNATConfig{PrivateAddrs: true})}
+	opts := []node.Option{node.ListenAddrStrings(fmt.Sprintf("/ip4/%s/udp/%d/quic-v1", *listen, *port)),
+		node.DHTMode(node.DHTClient), node.AutoNAT(node.AutoNATConfig{PrivateAddrs: true}),
+		node.HolePunching(node.HolePunchConfig{Disabled: *noHolePunch})}
 	if *dhtServer {
 		opts = append(opts, node.DHTMode(node.DHTServer))
 	}
@@ -105,6 +97,9 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 	}
 	if *private {
 		opts = append(opts, node.ForceReachability(network.ReachabilityPrivate))
+	}
+	if *noRateLimit {
+		opts = append(opts, node.ResourceLimits(resource.Config{ConnRateLimiter: &rate.Limiter{}}))
 	}
 	if *bootstrap != "" {
 		ai, err := peer.AddrInfoFromString(*bootstrap)
@@ -142,11 +137,14 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 		cctx, ccancel := context.WithTimeout(ctx, 60*time.Second)
 		answer, handled, err := labHostCommand(cctx, n.Host(), command, arg)
 		if !handled {
+			answer, handled, err = labNodePunchCommand(cctx, n, command, arg)
+		}
+		if !handled {
 			answer, err = labCommand(cctx, n, &joined, *realmRelay, command, arg)
 		}
 		ccancel()
 		if err != nil {
-			say("error %s: %v", command, err)
+			say("error %s: %s", command, strings.ReplaceAll(err.Error(), "\n", " | "))
 			continue
 		}
 		say("%s", answer)
@@ -401,8 +399,10 @@ func TestNATLabReachabilityAndRealmRelay(t *testing.T) {
 	pub := startLabNode(t, lab, "pub")
 	pub2 := startLabNode(t, lab, "pub2")
 	pub3 := startLabNode(t, lab, "pub3")
-	a := startLabNode(t, lab, "a")
-	b := startLabNode(t, lab, "b")
+	// Hole punching off: the relayed path is what this test is about
+	// (TestNATLabHolePunch upgrades it).
+	a := startLabNode(t, lab, "a", "-no-holepunch")
+	b := startLabNode(t, lab, "b", "-no-holepunch")
 	for _, p := range []*labProc{relay, pub, pub2, pub3} {
 		a.do(t, "connect "+p.addr, "connected")
 	}
@@ -462,8 +462,8 @@ func TestNATLabDHTAndRelayedPath(t *testing.T) {
 	})
 	relay := startLabNode(t, lab, "relay", "-relay-service", "-dht-server")
 	started := time.Now()
-	a := startLabNode(t, lab, "a", "-bootstrap", relay.addr)
-	b := startLabNode(t, lab, "b", "-bootstrap", relay.addr)
+	a := startLabNode(t, lab, "a", "-bootstrap", relay.addr, "-no-holepunch")
+	b := startLabNode(t, lab, "b", "-bootstrap", relay.addr, "-no-holepunch")
 	for _, p := range []*labProc{a, b} {
 		p.awaitReachability(t, "private", 60*time.Second)
 		took := time.Since(started)

@@ -73,6 +73,7 @@ type Node struct {
 	dht          *dht.IpfsDHT
 	realms       *realm.Service
 	reachability *reachability
+	holePunch    *holePunching
 
 	// debug is the debug endpoint (DebugAddr) and debugEvents its event
 	// recorder; nil without one.
@@ -133,7 +134,7 @@ func New(ctx context.Context, opts ...Option) (*Node, error) {
 		components(ctx, &cfg, key),
 	}
 	fxOpts = append(fxOpts, cfg.FxOptions...)
-	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.hooks, &n.gater, &n.rm, &n.dht, &n.identified, &n.realms, &n.bus, &n.reachability))
+	fxOpts = append(fxOpts, fx.Populate(&n.host, &n.swarm, &n.paths, &n.pools, &n.hooks, &n.gater, &n.rm, &n.dht, &n.identified, &n.realms, &n.bus, &n.reachability, &n.holePunch))
 	n.app = fx.New(fxOpts...)
 	if err := n.app.Err(); err != nil {
 		return nil, fmt.Errorf("node: build: %w", err)

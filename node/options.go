@@ -152,6 +152,8 @@ type Config struct {
 	ForceReachability *network.Reachability
 	// AutoNAT configures reachability measurement (AutoNAT v2).
 	AutoNAT AutoNATConfig
+	// HolePunch configures hole punching and the automatic upgrade.
+	HolePunch HolePunchConfig
 }
 
 // DefaultConfig returns the configuration of a node built with no option.
@@ -166,6 +168,7 @@ func DefaultConfig() Config {
 		AuthTimeout:      realm.DefaultAuthTimeout,
 		RealmOnlyBackoff: realm.DefaultRealmOnlyBackoff,
 		Clock:            clock.New(),
+		HolePunch:        HolePunchConfig{RetryMin: DefaultHolePunchRetryMin, RetryMax: DefaultHolePunchRetryMax},
 	}
 }
 
@@ -234,7 +237,7 @@ func ListenAddrs(addrs ...ma.Multiaddr) Option {
 			if a == nil {
 				return fmt.Errorf("node: ListenAddrs: address %d is nil", i)
 			}
-			if isCircuit(a) {
+			if core.IsRelayAddr(a) {
 				return fmt.Errorf("node: ListenAddrs: %s is a relay address; a node accepts relayed connections by itself (see Relays)", a)
 			}
 		}
