@@ -2,11 +2,14 @@ package swarm_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	libp2pswarm "github.com/libp2p/go-libp2p/p2p/net/swarm"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/stretchr/testify/require"
 
 	"github.com/realmnet/realmnet/swarm"
@@ -78,4 +81,52 @@ func TestHolePunchDial(t *testing.T) {
 	s, err := dialed.NewStream(ctx)
 	require.NoError(t, err)
 	echo(t, s, 1024)
+}
+
+// dialCounter is a swarm metrics tracer that counts failed address dials.
+type dialCounter struct {
+	libp2pswarm.MetricsTracer // nil: only the methods below are called
+	failed                    atomic.Int32
+}
+
+func (d *dialCounter) FailedDialing(ma.Multiaddr, error, error) { d.failed.Add(1) }
+func (d *dialCounter) CompletedHandshake(time.Duration, network.ConnectionState, ma.Multiaddr) {
+}
+func (d *dialCounter) DialCompleted(bool, int, time.Duration) {}
+func (d *dialCounter) ClosedConnection(network.Direction, time.Duration, network.ConnectionState, ma.Multiaddr) {
+}
+
+// TestHolePunchClientDialsAgain: the client side of a hole punch sends new
+// first packets 5, 15 and 45 ms into the punch (a lost first Initial is
+// otherwise resent only after quic-go's probe timeout, ~200 ms); a plain
+// dial does not.
+func TestHolePunchClientDialsAgain(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ctx   context.Context
+		dials int32
+	}{
+		{"hole punch client", network.WithSimultaneousConnect(context.Background(), true, "test"), 4},
+		{"plain dial", context.Background(), 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			counter := &dialCounter{}
+			client := newSwarmWith(t, func(p *swarm.Params) {
+				p.Config.Retry = swarm.RetryConfig{MaxRetries: 0, InitialDelay: time.Minute, MaxDelay: time.Minute, Multiplier: 2}
+				p.Config.AddrDialTimeout = 200 * time.Millisecond
+				p.Config.MetricsTracer = counter
+			})
+			dead := deadUDPAddr(t)
+			id := newSwarm(t, swarm.Config{}).LocalPeer()
+			client.Peerstore().AddAddr(id, dead, peerstore.PermanentAddrTTL)
+			ctx, cancel := context.WithTimeout(tc.ctx, 300*time.Millisecond)
+			defer cancel()
+			_, err := client.DialPeer(ctx, id)
+			require.Error(t, err)
+			// A plain dial outlives its caller's context (the swarm's
+			// dial ends at AddrDialTimeout).
+			require.Eventually(t, func() bool { return counter.failed.Load() >= tc.dials }, 5*time.Second, 5*time.Millisecond)
+			require.Equal(t, tc.dials, counter.failed.Load(), "QUIC dials of %s", dead)
+		})
+	}
 }
