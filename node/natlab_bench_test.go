@@ -18,8 +18,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/x/rate"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/realmnet/realmnet/internal/natlab"
@@ -115,6 +117,7 @@ func runLabStock(args []string, in io.Reader, out io.Writer) error {
 	private := flags.Bool("private", false, "force private reachability")
 	port := flags.Int("port", 4001, "UDP port to listen on")
 	holePunch := flags.Bool("holepunch", false, "enable hole punching (DCUtR)")
+	noRateLimit := flags.Bool("no-conn-rate-limit", false, "rcmgr without its connection rate limiter")
 	flags.Bool("no-holepunch", true, "hole punching off (the default here; for the realmnet role's flag set)")
 	if err := flags.Parse(args); err != nil {
 		return err
@@ -124,6 +127,13 @@ func runLabStock(args []string, in io.Reader, out io.Writer) error {
 		libp2p.ListenAddrStrings(fmt.Sprintf("/ip4/%s/udp/%d/quic-v1", *listen, *port)), libp2p.EnableRelay()}
 	if *holePunch {
 		opts = append(opts, libp2p.EnableHolePunching())
+	}
+	if *noRateLimit {
+		rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(rcmgr.DefaultLimits.AutoScale()), rcmgr.WithConnRateLimiters(&rate.Limiter{}))
+		if err != nil {
+			return err
+		}
+		opts = append(opts, libp2p.ResourceManager(rm))
 	}
 	if *relayService {
 		opts = append(opts, libp2p.EnableRelayService(relay.WithResources(benchRelayResources())), libp2p.ForceReachabilityPublic())
