@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/realmnet/realmnet/internal/natlab"
 	"github.com/realmnet/realmnet/node"
 )
 
@@ -24,6 +25,8 @@ import (
 const runMainEnv = "REALMNET_TEST_RUN_MAIN"
 
 func TestMain(m *testing.M) {
+	// demo --nat's lab, built by a test, starts the test binary again.
+	natlab.RunIfChild(labRoles())
 	if os.Getenv(runMainEnv) == "1" {
 		main()
 		os.Exit(0)

@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/realmnet/realmnet/connmgr"
+	"github.com/realmnet/realmnet/internal/natlab"
 	"github.com/realmnet/realmnet/node"
 
 	"github.com/realmnet/realmnet/core"
@@ -101,9 +102,31 @@ func newDemoCommand() *cobra.Command {
 			"only. It prints the members and sub-pools per node and realm and the realm\n" +
 			"service's counters, and exits with status 1 when a check fails.\n\n" +
 			"The whole run is bounded by --timeout; the lookups grow with the square of\n" +
-			"--nodes, so many nodes on a small machine may need a longer one.",
+			"--nodes, so many nodes on a small machine may need a longer one.\n\n" +
+			"With --nat, demo runs instead in the NAT lab, a small internet of Linux\n" +
+			"network namespaces that it builds without root: a relay (circuit relay v2\n" +
+			"service) and a bootstrap node (DHT server) on public addresses, and two\n" +
+			"nodes, a and b, each behind a router of its own with an endpoint-independent\n" +
+			"NAT that lets in only replies. a and b are private and use the relay as\n" +
+			"their static relay: a reserves a slot on it and gets a /p2p-circuit address,\n" +
+			"and b connects to a through that address only. demo prints both ends' paths\n" +
+			"as `realmnet inspect paths` does, waits for hole punching (DCUtR) to open a\n" +
+			"direct path, prints the paths again and how long the upgrade took, from the\n" +
+			"opening of the relayed connection to that of the direct one. It exits with\n" +
+			"status 1 when no direct path opened within --timeout. Where the lab cannot\n" +
+			"be built, demo --nat says why and what it needs (Linux, unprivileged user\n" +
+			"namespaces, iproute2's ip and nftables' nft; on Debian: apt-get install\n" +
+			"iproute2 nftables) and exits with status 1. --nat takes neither --nodes nor\n" +
+			"--multipath.",
 		Args: cobra.NoArgs,
 		RunE: func(command *cobra.Command, _ []string) error {
+			if options.nat {
+				for _, flag := range []string{nodesFlag, multipathFlag} {
+					if command.Flags().Changed(flag) {
+						return fmt.Errorf("--%s does not go with --nat: the NAT demo runs its own four nodes (relay, bootstrap, a, b) in the NAT lab", flag)
+					}
+				}
+			}
 			if options.nodes < minimumDemoNodes || options.nodes > maximumDemoNodes {
 				return fmt.Errorf("invalid --nodes %d: the demo runs between %d and %d nodes",
 					options.nodes, minimumDemoNodes, maximumDemoNodes)
@@ -115,17 +138,27 @@ func newDemoCommand() *cobra.Command {
 			defer stop()
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			_, err := runDemo(ctx, command.OutOrStdout(), options)
+			var err error
+			if options.nat {
+				err = runNATDemo(ctx, command.OutOrStdout())
+				if errors.Is(err, natlab.ErrUnavailable) {
+					return fmt.Errorf("demo --nat cannot run on this machine: %w\n%s", err, natLabRequirements)
+				}
+			} else {
+				_, err = runDemo(ctx, command.OutOrStdout(), options)
+			}
 			if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return fmt.Errorf("the demo did not finish within --timeout %s: %w", timeout, err)
 			}
 			return err
 		},
 	}
-	command.Flags().IntVar(&options.nodes, "nodes", defaultDemoNodes,
+	command.Flags().IntVar(&options.nodes, nodesFlag, defaultDemoNodes,
 		fmt.Sprintf("number of nodes to start (%d to %d)", minimumDemoNodes, maximumDemoNodes))
-	command.Flags().BoolVar(&options.multipath, "multipath", false,
+	command.Flags().BoolVar(&options.multipath, multipathFlag, false,
 		"give every node two listen addresses (127.0.0.1 and 127.0.0.2), so every pair has two paths")
+	command.Flags().BoolVar(&options.nat, "nat", false,
+		"run a relay, a bootstrap node and two nodes behind NATs in the NAT lab (Linux), and watch hole punching upgrade their relayed path to a direct one")
 	command.Flags().DurationVar(&timeout, "timeout", defaultDemoTimeout, "bound on the whole demo run")
 	return command
 }
@@ -136,7 +169,16 @@ type demoOptions struct {
 	nodes int
 	// multipath gives every node a second listen address.
 	multipath bool
+	// nat runs the NAT lab demo (runNATDemo) instead; it takes neither
+	// nodes nor multipath.
+	nat bool
 }
+
+// The demo's flags that --nat refuses.
+const (
+	nodesFlag     = "nodes"
+	multipathFlag = "multipath"
+)
 
 // runDemo runs the whole demo, writing progress and the summary to out, and
 // closes every node before it returns. It returns the nodes' peer IDs in

@@ -7,6 +7,11 @@
 //	                              every pair, run two realms (blue, green)
 //	                              over it, check their isolation, and print a
 //	                              summary
+//	realmnet demo --nat           build the NAT lab (Linux network namespaces),
+//	                              run a relay, a bootstrap node and two nodes
+//	                              behind NATs in it, and print their paths
+//	                              before and after hole punching upgrades
+//	                              their relayed path to a direct one
 //	realmnet run [--config FILE]  run one long-lived node until SIGINT or
 //	                              SIGTERM; its settings come from flags and a
 //	                              JSON config file (flags win)
@@ -52,10 +57,14 @@ import (
 	logging "github.com/ipfs/go-log/v2"
 	"github.com/spf13/cobra"
 
+	"github.com/realmnet/realmnet/internal/natlab"
 	"github.com/realmnet/realmnet/node"
 )
 
 func main() {
+	// A process of demo --nat's lab is this program again: it runs its
+	// role and exits here, before the command line is parsed.
+	natlab.RunIfChild(labRoles())
 	os.Exit(executeRoot(newRootCommand(), os.Stderr))
 }
 
