@@ -4,3 +4,6 @@ package realm
 // realm_test: a node does not expose its realm service, whose Collector
 // they read.
 func ServiceOf(r *Realm) *Service { return r.svc }
+
+// ReadResponse is readResponse, for the fuzz test.
+var ReadResponse = readResponse

@@ -85,6 +85,8 @@ type Config struct {
 	Handlers map[protocol.ID]network.StreamHandler
 	// Relay makes this member a relay for the realm's members (Relay).
 	Relay bool
+	// Requests are the request/response limits (Requests).
+	Requests RequestConfig
 }
 
 func defaultConfig() Config {
@@ -92,6 +94,8 @@ func defaultConfig() Config {
 		DiscoveryInterval: DefaultDiscoveryInterval,
 		ReprovideInterval: DefaultReprovideInterval,
 		ReconnectGrace:    DefaultReconnectGrace,
+		Requests: RequestConfig{MaxRequestSize: DefaultMaxRequestSize, MaxResponseSize: DefaultMaxResponseSize,
+			Timeout: DefaultRequestTimeout},
 	}
 }
 
