@@ -375,3 +375,42 @@ func BenchmarkRealmRequest(b *testing.B) {
 		}),
 		benchkit.Config{Block: 8, Warmup: 50, MinRounds: 250, Latencies: true})
 }
+
+// benchRequestProto is BenchmarkRealmRequestResponse's request protocol.
+const benchRequestProto = "/bench/request/1.0.0"
+
+// BenchmarkRealmRequestResponse measures a 1 KiB request answered with
+// itself (Realm.Request to a Realm.SetRequestHandler handler) against the
+// same 1 KiB echo on a plain realm stream (Realm.NewStream, the realm side
+// of BenchmarkRealmStreamEcho), between two members on 127.0.0.1,
+// interleaved (benchkit.Compare, blocks of 8, every op timed on its own).
+// ratio-* is request/stream per round. Target: ratio-median ≤ 1.1.
+func BenchmarkRealmRequestResponse(b *testing.B) {
+	_, rc, server := benchEchoPair(b)
+	sid := server.ID()
+	if err := server.Realm(benchRealmName).SetRequestHandler(benchRequestProto, func(_ context.Context, _ peer.ID, req []byte) ([]byte, error) {
+		return req, nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	msg := bytes.Repeat([]byte{0xab}, benchEchoSize)
+	request := func() error {
+		resp, err := rc.Request(context.Background(), sid, benchRequestProto, msg)
+		if err != nil {
+			return err
+		}
+		if len(resp) != len(msg) {
+			return fmt.Errorf("response of %d bytes, want %d", len(resp), len(msg))
+		}
+		return nil
+	}
+	if err := request(); err != nil {
+		b.Fatalf("warm-up: %v", err)
+	}
+	benchkit.Compare(b,
+		benchkit.Side{Name: "request", Op: request},
+		benchStreamSide(b, "stream", func(ctx context.Context) (network.Stream, error) {
+			return rc.NewStream(ctx, sid, benchEchoProto)
+		}),
+		benchkit.Config{Block: 8, Warmup: 50, MinRounds: 100, Allocs: true, Latencies: true})
+}

@@ -7,3 +7,6 @@ func ServiceOf(r *Realm) *Service { return r.svc }
 
 // ReadResponse is readResponse, for the fuzz test.
 var ReadResponse = readResponse
+
+// ReadSized is readSized, for the fuzz test.
+var ReadSized = readSized

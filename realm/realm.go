@@ -66,9 +66,13 @@ type Realm struct {
 	handshakes handshakes
 	candidates candidates
 	handlers   map[protocol.ID]network.StreamHandler
-	left       bool
-	leaveErr   error
-	leaveDone  chan struct{} // closed when Leave has finished
+	// requestSlots bound the requests in flight to each member (Request);
+	// an entry lives while a request to its member is in flight or
+	// waiting.
+	requestSlots map[peer.ID]*requestSlots
+	left         bool
+	leaveErr     error
+	leaveDone    chan struct{} // closed when Leave has finished
 	// leaving mirrors left for readers that must not take mu (the service,
 	// under its own lock).
 	leaving  atomic.Bool
@@ -178,8 +182,9 @@ func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
 			learnt:        newLearntCache(),
 			failed:        newFailureCache(),
 		},
-		handlers:  make(map[protocol.ID]network.StreamHandler),
-		leaveDone: make(chan struct{}),
+		handlers:     make(map[protocol.ID]network.StreamHandler),
+		requestSlots: make(map[peer.ID]*requestSlots),
+		leaveDone:    make(chan struct{}),
 	}
 	for proto, h := range cfg.Handlers {
 		r.handlers[proto] = h
