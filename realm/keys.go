@@ -29,6 +29,7 @@ const (
 	saltID         = "realmnet/realm/id/v1"
 	saltAuth       = "realmnet/realm/auth/v1"
 	saltRendezvous = "realmnet/realm/rendezvous/v1"
+	saltTopics     = "realmnet/realm/topics/v1"
 	openRealmLabel = "realmnet/realm/open/v1"
 )
 
@@ -38,6 +39,7 @@ const (
 //	id         = HKDF-SHA256(secret, salt "realmnet/realm/id/v1",         info name)[:16]
 //	auth       = HKDF-SHA256(secret, salt "realmnet/realm/auth/v1",       info name)[:32]
 //	rendezvous = HKDF-SHA256(secret, salt "realmnet/realm/rendezvous/v1", info name)[:32]
+//	topics     = HKDF-SHA256(secret, salt "realmnet/realm/topics/v1",     info name)[:32]
 //
 // Each output comes from its own HKDF extraction (RFC 5869) with its own salt,
 // so learning one (the ID from metrics, the rendezvous CID from the DHT)
@@ -47,6 +49,7 @@ type keys struct {
 	idBytes    [16]byte
 	auth       [32]byte
 	rendezvous [32]byte
+	topics     [32]byte
 }
 
 func deriveKeys(name string, psk []byte) keys {
@@ -59,6 +62,7 @@ func deriveKeys(name string, psk []byte) keys {
 	expand(secret, saltID, name, k.idBytes[:])
 	expand(secret, saltAuth, name, k.auth[:])
 	expand(secret, saltRendezvous, name, k.rendezvous[:])
+	expand(secret, saltTopics, name, k.topics[:])
 	k.id = core.RealmID(hex.EncodeToString(k.idBytes[:]))
 	return k
 }

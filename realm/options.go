@@ -87,6 +87,8 @@ type Config struct {
 	Relay bool
 	// Requests are the request/response limits (Requests).
 	Requests RequestConfig
+	// PubSub are the publish/subscribe limits (PubSub).
+	PubSub PubSubConfig
 }
 
 func defaultConfig() Config {
@@ -96,6 +98,8 @@ func defaultConfig() Config {
 		ReconnectGrace:    DefaultReconnectGrace,
 		Requests: RequestConfig{MaxRequestSize: DefaultMaxRequestSize, MaxResponseSize: DefaultMaxResponseSize,
 			Timeout: DefaultRequestTimeout},
+		PubSub: PubSubConfig{MaxMessageSize: DefaultMaxMessageSize, PublishRate: DefaultPublishRate,
+			PublishBurst: DefaultPublishBurst},
 	}
 }
 

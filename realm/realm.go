@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/benbjohnson/clock"
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/ipfs/go-cid"
@@ -70,9 +72,13 @@ type Realm struct {
 	// an entry lives while a request to its member is in flight or
 	// waiting.
 	requestSlots map[peer.ID]*requestSlots
-	left         bool
-	leaveErr     error
-	leaveDone    chan struct{} // closed when Leave has finished
+	// topics are the joined topics by name (Join); publishRate bounds
+	// what this node publishes in the realm.
+	topics      map[string]*Topic
+	publishRate *rate.Limiter
+	left        bool
+	leaveErr    error
+	leaveDone   chan struct{} // closed when Leave has finished
 	// leaving mirrors left for readers that must not take mu (the service,
 	// under its own lock).
 	leaving  atomic.Bool
@@ -184,6 +190,8 @@ func newRealm(s *Service, name string, k keys, cfg Config) (*Realm, error) {
 		},
 		handlers:     make(map[protocol.ID]network.StreamHandler),
 		requestSlots: make(map[peer.ID]*requestSlots),
+		topics:       make(map[string]*Topic),
+		publishRate:  newPublishRate(cfg.PubSub),
 		leaveDone:    make(chan struct{}),
 	}
 	for proto, h := range cfg.Handlers {
@@ -270,6 +278,9 @@ func (r *Realm) Leave(ctx context.Context) error {
 	r.left = true
 	r.leaving.Store(true)
 	r.mu.Unlock()
+	// Out of the topics' meshes at once: this node stops receiving the
+	// realm's messages before it says goodbye.
+	r.closeTopics()
 	// No new handshake can start from here on (admissions fail with
 	// ErrLeft); the ones running end (at most HandshakeTimeout) before the
 	// goodbyes go out, so a peer that admits this node in a handshake's last

@@ -12,6 +12,7 @@ import (
 	"github.com/benbjohnson/clock"
 	lru "github.com/hashicorp/golang-lru/v2"
 	logging "github.com/ipfs/go-log/v2"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -102,10 +103,15 @@ type Service struct {
 	flights   map[peer.ID]*flight
 
 	streams streamTracker
-	policy  atomic.Pointer[realmOnly]
-	stats   counters
-	sub     event.Subscription
-	notify  *network.NotifyBundle
+	// pubsubMu guards pubsub, the node's gossipsub router (made by the
+	// first Join), and topicRealms, the realm of each joined wire topic.
+	pubsubMu    sync.Mutex
+	pubsub      *pubsub.PubSub
+	topicRealms map[string]*Realm
+	policy      atomic.Pointer[realmOnly]
+	stats       counters
+	sub         event.Subscription
+	notify      *network.NotifyBundle
 	// handshakeSeconds observes completed handshakes (Collector).
 	handshakeSeconds prometheus.Histogram
 
@@ -161,15 +167,16 @@ func NewService(deps realmwire.Deps) (*Service, error) {
 		return nil, fmt.Errorf("realm: subscribe to identify: %w", err)
 	}
 	s := &Service{
-		deps:       deps,
-		events:     events,
-		realms:     make(map[string]*Realm),
-		handles:    make(map[handle]handleEntry),
-		nonces:     nonces,
-		handshakes: make(chan struct{}, maxInboundHandshakes),
-		flights:    make(map[peer.ID]*flight),
-		sub:        sub,
-		conns:      make(map[peer.ID]int),
+		deps:        deps,
+		events:      events,
+		realms:      make(map[string]*Realm),
+		handles:     make(map[handle]handleEntry),
+		topicRealms: make(map[string]*Realm),
+		nonces:      nonces,
+		handshakes:  make(chan struct{}, maxInboundHandshakes),
+		flights:     make(map[peer.ID]*flight),
+		sub:         sub,
+		conns:       make(map[peer.ID]int),
 
 		handshakeSeconds: newHandshakeHistogram(),
 	}
