@@ -1,7 +1,7 @@
 // Command chat is a terminal chat inside a realm, between processes: every
-// line typed is sent to every member of the realm over a realm stream, and
-// only members — nodes that hold the realm's pre-shared key — can send or
-// receive.
+// line typed is published on the realm's topic "chat" (publish/subscribe
+// inside the realm: only members — nodes that hold the realm's pre-shared
+// key — are in the room, can send or read).
 //
 // Make a key (at least 16 bytes; a trailing newline is ignored) and share
 // it with the members only:
@@ -17,13 +17,15 @@
 //
 //	go run ./examples/chat --realm friends --psk-file chat.psk --peer /ip4/127.0.0.1/udp/41234/quic-v1/p2p/12D3KooW…
 //
-// Both print "* …xxxxxx joined" once they have authenticated each other;
-// then each line typed in one terminal appears in the other, prefixed by
-// the sender's short peer ID. A third process needs only one member's
-// address: member exchange and the DHT introduce it to the others. On one
-// LAN, --mdns with --listen /ip4/0.0.0.0/udp/0/quic-v1 finds members without
-// --peer. Ctrl-D (end of input) or Ctrl-C leaves the realm — the other
-// members print "* …xxxxxx left (goodbye)" — and exits.
+// Both print "* …xxxxxx joined" once they have authenticated each other,
+// and "* …xxxxxx is in the room" once its subscription reached them; then
+// each line typed in one terminal appears in the other, prefixed by the
+// sender's short peer ID. "/who" lists who is in the room. A third process
+// needs only one member's address: member exchange and the DHT introduce
+// it to the others. On one LAN, --mdns with --listen
+// /ip4/0.0.0.0/udp/0/quic-v1 finds members without --peer. Ctrl-D (end of
+// input) or Ctrl-C leaves the realm — the other members print
+// "* …xxxxxx left (goodbye)" — and exits.
 package main
 
 import (
@@ -42,9 +44,7 @@ import (
 	"unicode"
 
 	"github.com/libp2p/go-libp2p/core/event"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/realmnet/realmnet/node"
@@ -52,16 +52,16 @@ import (
 )
 
 const (
-	// chatProtocol is the chat's protocol inside the realm: one message per
-	// stream, the receiver closes the stream once it has read it.
-	chatProtocol = protocol.ID("/realmnet/chat/1.0.0")
+	// chatTopic is the chat room: a topic of the realm.
+	chatTopic = "chat"
 	// maxMessageSize caps one message (one line), in bytes.
 	maxMessageSize = 4096
 	// maxPSKFileSize caps the PSK file read.
 	maxPSKFileSize = 64 << 10
-	// sendTimeout bounds the delivery of one message to one member, and the
-	// receiver's read of it.
+	// sendTimeout bounds the publication of one message.
 	sendTimeout = 5 * time.Second
+	// roomCheck is how often the chat looks at who is in the room.
+	roomCheck = 200 * time.Millisecond
 	// leaveTimeout bounds the goodbyes sent when leaving.
 	leaveTimeout = 2 * time.Second
 	// defaultListenAddr is where the chat listens without --listen.
@@ -192,14 +192,18 @@ func parsePeers(values []string) ([]peer.AddrInfo, error) {
 	return peer.AddrInfosFromP2pAddrs(addrs...)
 }
 
-// chat is one running chat: a node, in one realm.
+// chat is one running chat: a node, in one realm, in its chat room.
 type chat struct {
-	node  *node.Node
-	realm *realm.Realm
-	out   *printer
-	sub   event.Subscription
-	// events ends when sub's channel is closed.
-	events sync.WaitGroup
+	node     *node.Node
+	realm    *realm.Realm
+	room     *realm.Topic
+	messages *realm.Subscription
+	out      *printer
+	sub      event.Subscription
+	// events ends when sub's channel is closed, receiving when the
+	// room's subscription ends, watching when stopWatching is closed.
+	events, receiving, watching sync.WaitGroup
+	stopWatching                chan struct{}
 }
 
 // printer serializes the lines printed by the chat's goroutines.
@@ -230,9 +234,8 @@ func start(ctx context.Context, cfg config, out io.Writer) (*chat, error) {
 		opts = append(opts, realm.MDNS())
 	}
 	// Subscribe (on the host's bus, which carries every realm's member
-	// events) and set the handler before joining: JoinRealm starts
-	// admitting members before it returns.
-	opts = append(opts, realm.StreamHandler(chatProtocol, c.receive))
+	// events) before joining: JoinRealm starts admitting members before
+	// it returns.
 	if c.sub, err = n.Host().EventBus().Subscribe([]any{new(realm.EvtMemberJoined), new(realm.EvtMemberLeft)}); err != nil {
 		_ = n.Close()
 		return nil, fmt.Errorf("subscribe to member events: %w", err)
@@ -245,6 +248,18 @@ func start(ctx context.Context, cfg config, out io.Writer) (*chat, error) {
 	}
 	c.events.Add(1)
 	go c.printEvents()
+	if c.room, err = c.realm.Join(chatTopic); err == nil {
+		c.messages, err = c.room.Subscribe()
+	}
+	if err != nil {
+		_ = c.close()
+		return nil, fmt.Errorf("join the chat room: %w", err)
+	}
+	c.receiving.Add(1)
+	go c.receive()
+	c.stopWatching = make(chan struct{})
+	c.watching.Add(1)
+	go c.watchRoom()
 
 	ai := n.AddrInfo()
 	addrs, err := peer.AddrInfoToP2pAddrs(&ai)
@@ -260,7 +275,7 @@ func start(ctx context.Context, cfg config, out io.Writer) (*chat, error) {
 	for _, p := range c.realm.Members() {
 		c.out.printf("* %s is a member", shortID(p))
 	}
-	c.out.printf("type a line and press Enter to send it to every member; Ctrl-D or Ctrl-C leaves")
+	c.out.printf("type a line and press Enter to send it to the room, /who to see who is in it; Ctrl-D or Ctrl-C leaves")
 	return c, nil
 }
 
@@ -300,72 +315,87 @@ func (c *chat) run(ctx context.Context, in io.Reader) error {
 	}
 }
 
-// send delivers line to every member, in parallel, and prints the failures.
+// send publishes line in the room; "/who" prints who is in it.
 func (c *chat) send(ctx context.Context, line string) {
 	switch {
 	case strings.TrimSpace(line) == "":
+		return
+	case strings.TrimSpace(line) == "/who":
+		c.printWho()
 		return
 	case len(line) > maxMessageSize:
 		c.out.printf("! not sent: the line is %d bytes, the limit is %d", len(line), maxMessageSize)
 		return
 	}
-	members := c.realm.Members()
-	if len(members) == 0 {
-		c.out.printf("! not sent: no member yet")
+	if len(c.room.Peers()) == 0 {
+		c.out.printf("! not sent: nobody else is in the room yet")
 		return
 	}
-	var wg sync.WaitGroup
-	for _, p := range members {
-		wg.Go(func() {
-			if err := c.sendTo(ctx, p, line); err != nil {
-				c.out.printf("! not delivered to %s: %v", shortID(p), err)
-			}
-		})
-	}
-	wg.Wait()
-}
-
-// sendTo sends line to member p over a realm stream and waits until p has
-// read it (p closes the stream).
-func (c *chat) sendTo(ctx context.Context, p peer.ID, line string) error {
 	ctx, cancel := context.WithTimeout(ctx, sendTimeout)
 	defer cancel()
-	s, err := c.realm.NewStream(ctx, p, chatProtocol)
-	if err != nil {
-		return err
+	if err := c.room.Publish(ctx, []byte(line)); err != nil {
+		c.out.printf("! not sent: %v", err)
 	}
-	deadline, _ := ctx.Deadline()
-	_ = s.SetDeadline(deadline)
-	if _, err := io.WriteString(s, line+"\n"); err != nil {
-		_ = s.Reset()
-		return err
-	}
-	if err := s.CloseWrite(); err != nil {
-		_ = s.Reset()
-		return err
-	}
-	if _, err := io.Copy(io.Discard, io.LimitReader(s, 1)); err != nil {
-		_ = s.Reset()
-		return err
-	}
-	return s.Close()
 }
 
-// receive is the chat protocol's handler: only members of the realm reach
-// it. The sender is the stream's authenticated peer, never something the
-// message says.
-func (c *chat) receive(s network.Stream) {
-	_ = s.SetDeadline(time.Now().Add(sendTimeout))
-	message, err := io.ReadAll(io.LimitReader(s, maxMessageSize+2))
-	if err != nil || len(message) > maxMessageSize+1 {
-		_ = s.Reset()
-		return
+// printWho prints who is in the room.
+func (c *chat) printWho() {
+	peers := c.room.Peers()
+	names := make([]string, 0, len(peers)+1)
+	names = append(names, shortID(c.node.ID())+" (you)")
+	for _, p := range peers {
+		names = append(names, shortID(p))
 	}
-	from := shortID(s.Conn().RemotePeer())
-	for line := range strings.Lines(string(message)) {
-		c.out.printf("%s: %s", from, printable(strings.TrimRight(line, "\r\n")))
+	c.out.printf("* in the room: %s", strings.Join(names, ", "))
+}
+
+// receive prints the room's messages until the subscription ends. Only
+// members reach the room, and the sender is the message's signer, never
+// something the message says. Its own messages are not printed again.
+func (c *chat) receive() {
+	defer c.receiving.Done()
+	for {
+		msg, err := c.messages.Next(context.Background())
+		if err != nil {
+			return
+		}
+		if msg.From == c.node.ID() {
+			continue
+		}
+		from := shortID(msg.From)
+		for line := range strings.Lines(string(msg.Data)) {
+			c.out.printf("%s: %s", from, printable(strings.TrimRight(line, "\r\n")))
+		}
 	}
-	_ = s.Close()
+}
+
+// watchRoom prints who enters the room (whose subscription reached this
+// node) and who leaves it, until stopWatching is closed.
+func (c *chat) watchRoom() {
+	defer c.watching.Done()
+	tick := time.NewTicker(roomCheck)
+	defer tick.Stop()
+	in := map[peer.ID]bool{}
+	for {
+		select {
+		case <-tick.C:
+		case <-c.stopWatching:
+			return
+		}
+		now := map[peer.ID]bool{}
+		for _, p := range c.room.Peers() {
+			now[p] = true
+			if !in[p] {
+				c.out.printf("* %s is in the room", shortID(p))
+			}
+		}
+		for p := range in {
+			if !now[p] {
+				c.out.printf("* %s left the room", shortID(p))
+			}
+		}
+		in = now
+	}
 }
 
 // printEvents prints members joining and leaving until the subscription
@@ -391,7 +421,13 @@ func (c *chat) printEvents() {
 func (c *chat) close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), leaveTimeout)
 	defer cancel()
+	if c.stopWatching != nil {
+		close(c.stopWatching)
+		c.watching.Wait()
+	}
+	// Leave closes the room: the subscription ends.
 	leaveErr := c.realm.Leave(ctx)
+	c.receiving.Wait()
 	_ = c.sub.Close()
 	c.events.Wait()
 	c.out.printf("left realm %q", c.realm.Name())

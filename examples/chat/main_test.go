@@ -89,6 +89,13 @@ func TestTwoChatsExchangeALine(t *testing.T) {
 	if err := b.realm.WaitMembers(ctx, 1); err != nil {
 		t.Fatalf("b has no member: %v\n%s", err, outB.String())
 	}
+	// Each sees the other enter the room (its subscription arrived).
+	waitFor(t, &outA, "* "+idB+" is in the room")
+	waitFor(t, &outB, "* "+idA+" is in the room")
+	if _, err := io.WriteString(typeB, "/who\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, &outB, "* in the room: "+idB+" (you), "+idA+"\n")
 
 	if _, err := io.WriteString(typeB, "hello from b\n"); err != nil {
 		t.Fatal(err)
@@ -112,6 +119,10 @@ func TestTwoChatsExchangeALine(t *testing.T) {
 	}
 	waitFor(t, &outB, `left realm "test"`)
 	waitFor(t, &outA, "* "+idB+" left (goodbye)")
+	waitFor(t, &outA, "* "+idB+" left the room")
+	if strings.Contains(outB.String(), idB+": hello from b") {
+		t.Errorf("b printed its own message:\n%s", outB.String())
+	}
 }
 
 func TestReadPSK(t *testing.T) {
