@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pswarm "github.com/libp2p/go-libp2p/p2p/net/swarm"
+	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/realmnet/realmnet/core"
 )
@@ -271,7 +272,12 @@ func (s *Swarm) DialPeer(ctx context.Context, p peer.ID) (network.Conn, error) {
 // the NAT lab, stock go-libp2p's too). A few fresh Initials soon after
 // find the peer's NAT open; the first connection to complete wins, the
 // others are cancelled. 25 and 75 ms, tried first, halved the p99 but
-// moved the p50 to the first redial (BenchmarkNATLabHolePunch).
+// moved the p50 to the first redial (BenchmarkNATLabHolePunch). The cost:
+// on a direct path slower than 5 ms the fresh Initials are sent before
+// the first one can be answered, and when it was not dropped, some of
+// their connections may complete too — at most three more handshakes per
+// punch, redundant connections on the same pair of addresses that
+// multipath's redundancy rule closes on both ends.
 var holePunchRedials = []time.Duration{5 * time.Millisecond, 15 * time.Millisecond, 45 * time.Millisecond}
 
 // dialSimultaneous is DialPeer for a hole punch (the context carries
@@ -757,20 +763,24 @@ func (s *Swarm) dialAddr(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Co
 // dialAddrOnce is dialAddr's own dial.
 func (s *Swarm) dialAddrOnce(ctx context.Context, p peer.ID, addr ma.Multiaddr) (*Conn, error) {
 	// The listening side of a hole punch dials nothing: it sends UDP
-	// packets and takes the peer's connection from its listener. Counted
-	// as a dial in flight it would hold back the admission of that peer's
+	// packets and takes the peer's connection from its listener, for as
+	// long as the punch lasts (go-libp2p's QUIC transport bounds it,
+	// HolePunchTimeout, 5 s), not a dial's AddrDialTimeout. Counted as a
+	// dial in flight it would hold back the admission of that peer's
 	// other inbound connections (awaitDials) for the whole punch.
 	dir := network.DirOutbound
+	timeout := s.cfg.AddrDialTimeout
 	if simConnect, isClient, _ := network.GetSimultaneousConnect(ctx); simConnect && !isClient {
 		// The peer dialed this connection: it is inbound here, on both
 		// ends' books alike, which multipath's redundancy rule (the
 		// dialer decides) needs. (go-libp2p's swarm records it as
 		// outbound on both ends.)
 		dir = network.DirInbound
+		timeout = max(timeout, libp2pquic.HolePunchTimeout)
 	} else {
 		defer s.beginDial(p)()
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.AddrDialTimeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	tctx, release := detachAfterDial(ctx)
 	start := time.Now()
