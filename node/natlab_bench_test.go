@@ -71,12 +71,7 @@ func labHostCommand(ctx context.Context, h host.Host, command, arg string) (answ
 		}
 		return fmt.Sprintf("dialed limited=%t", limited), true, nil
 	case "rtt", "send":
-		id, n, _ := strings.Cut(arg, " ")
-		p, err := peer.Decode(id)
-		if err != nil {
-			return "", true, err
-		}
-		count, err := strconv.Atoi(n)
+		p, count, err := peerAndCount(arg)
 		if err != nil {
 			return "", true, err
 		}

@@ -59,16 +59,11 @@ func labPunchCommand(ctx context.Context, h host.Host, command, arg string) (ans
 		return fmt.Sprintf("upgrade direct=%t relayed_ns=%d direct_ns=%d errors=%d new=%d new_direct=%d long=%d first_error=%q",
 			u.direct, u.relayedAt, u.directAt, u.errors, u.newStreams, u.newDirect, u.longEchoes, u.firstError), true, nil
 	case "echo-loop", "await-direct":
-		id, ms, _ := strings.Cut(arg, " ")
-		p, err := peer.Decode(id)
+		p, ms, err := peerAndCount(arg)
 		if err != nil {
 			return "", true, err
 		}
-		n, err := strconv.Atoi(ms)
-		if err != nil {
-			return "", true, err
-		}
-		d := time.Duration(n) * time.Millisecond
+		d := time.Duration(ms) * time.Millisecond
 		if command == "await-direct" {
 			wctx, cancel := context.WithTimeout(ctx, d)
 			defer cancel()
@@ -88,23 +83,21 @@ func labPunchCommand(ctx context.Context, h host.Host, command, arg string) (ans
 //	await-attempts PEER N      wait until more than N hole punches with PEER ended → "attempts N"
 func labNodePunchCommand(ctx context.Context, n *node.Node, command, arg string) (string, bool, error) {
 	switch command {
-	case "hp-stats", "hp-stats-full", "await-attempts":
-		id, count, _ := strings.Cut(arg, " ")
-		p, err := peer.Decode(id)
+	case "await-attempts":
+		p, above, err := peerAndCount(arg)
 		if err != nil {
 			return "", true, err
 		}
-		if command == "await-attempts" {
-			above, err := strconv.Atoi(count)
-			if err != nil {
-				return "", true, err
-			}
-			var st node.HolePunchStats
-			err = labWait(ctx, func() bool { st, _ = n.HolePunchStats(p); return st.Attempts > above })
-			if err != nil {
-				return "", true, fmt.Errorf("%w: %+v", err, st)
-			}
-			return fmt.Sprintf("attempts %d", st.Attempts), true, nil
+		var st node.HolePunchStats
+		err = labWait(ctx, func() bool { st, _ = n.HolePunchStats(p); return st.Attempts > above })
+		if err != nil {
+			return "", true, fmt.Errorf("%w: %+v", err, st)
+		}
+		return fmt.Sprintf("attempts %d", st.Attempts), true, nil
+	case "hp-stats", "hp-stats-full":
+		p, err := peer.Decode(arg)
+		if err != nil {
+			return "", true, err
 		}
 		st, _ := n.HolePunchStats(p)
 		if command == "hp-stats-full" {
@@ -114,6 +107,20 @@ func labNodePunchCommand(ctx context.Context, n *node.Node, command, arg string)
 			st.Attempts, st.Successes, st.Failures, st.Upgrades, st.TimeToDirect), true, nil
 	}
 	return labPunchCommand(ctx, n.Host(), command, arg)
+}
+
+// peerAndCount parses a command's "PEER N" argument.
+func peerAndCount(arg string) (peer.ID, int, error) {
+	id, n, _ := strings.Cut(arg, " ")
+	p, err := peer.Decode(id)
+	if err != nil {
+		return "", 0, err
+	}
+	count, err := strconv.Atoi(n)
+	if err != nil {
+		return "", 0, fmt.Errorf("%q: %w", n, err)
+	}
+	return p, count, nil
 }
 
 // labWait polls done every 5 ms until it is true or ctx ends.
@@ -235,7 +242,15 @@ func labUpgrade(ctx context.Context, h host.Host, ai peer.AddrInfo, wait time.Du
 	select {
 	case at := <-directCh:
 		r.direct, r.directAt = true, at.Sub(start)
-		time.Sleep(300 * time.Millisecond) // new streams on the direct path
+		// Until a few new streams have run on the direct path (the
+		// caller checks new_direct), within the wait.
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		_ = labWait(wctx, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return r.newDirect >= 3 || r.errors > 0
+		})
+		cancel()
 	case <-timer.C:
 	case <-ctx.Done():
 	}

@@ -154,18 +154,7 @@ func runLabNode(args []string, in io.Reader, out io.Writer) error {
 
 // labCommand runs one command of runLabNode.
 func labCommand(ctx context.Context, n *node.Node, joined **realm.Realm, realmRelay bool, command, arg string) (string, error) {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	wait := func(done func() bool) error {
-		for !done() {
-			select {
-			case <-tick.C:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		return nil
-	}
+	wait := func(done func() bool) error { return labWait(ctx, done) }
 	switch command {
 	case "connect":
 		ai, err := peer.AddrInfoFromString(arg)

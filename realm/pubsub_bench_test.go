@@ -52,6 +52,20 @@ func (d *deliverySide) op() error {
 	return nil
 }
 
+// read passes the ids of the messages next returns to d.got (when count:
+// the publisher's own deliveries are not counted) until next fails.
+func (d *deliverySide) read(ctx context.Context, count bool, next func(context.Context) ([]byte, error)) {
+	for {
+		data, err := next(ctx)
+		if err != nil {
+			return
+		}
+		if count {
+			d.got <- string(bytes.TrimRight(data, "\x00"))
+		}
+	}
+}
+
 // BenchmarkPubSubDelivery publishes a 1 KiB message and waits until all
 // 19 other members of a 20-member group have received it: realm side,
 // realmnet nodes in one realm on 127.0.0.1 (Realm.Join, Topic.Publish,
@@ -104,15 +118,13 @@ func BenchmarkPubSubDelivery(b *testing.B) {
 			b.Fatal(err)
 		}
 		readers.Go(func() {
-			for {
+			realmSide.read(ctx, i > 0, func(ctx context.Context) ([]byte, error) {
 				msg, err := sub.Next(ctx)
 				if err != nil {
-					return
+					return nil, err
 				}
-				if i > 0 {
-					realmSide.got <- string(bytes.TrimRight(msg.Data, "\x00"))
-				}
-			}
+				return msg.Data, nil
+			})
 		})
 	}
 	for _, topic := range realmTopics {
@@ -151,15 +163,13 @@ func BenchmarkPubSubDelivery(b *testing.B) {
 			b.Fatal(err)
 		}
 		readers.Go(func() {
-			for {
+			stockSide.read(ctx, i > 0, func(ctx context.Context) ([]byte, error) {
 				msg, err := sub.Next(ctx)
 				if err != nil {
-					return
+					return nil, err
 				}
-				if i > 0 {
-					stockSide.got <- string(bytes.TrimRight(msg.Data, "\x00"))
-				}
-			}
+				return msg.Data, nil
+			})
 		})
 	}
 	for _, topic := range stockTopics {
