@@ -427,8 +427,8 @@ func kadMode(m DHTRole) dht.ModeOpt {
 // realm-only policy on when asked, exempting bootstrap and allowlisted
 // peers, and tells the resource manager who is trusted (members,
 // allowlisted and bootstrap peers) for the streams in negotiation.
-func newRealms(lc fx.Lifecycle, cfg *Config, h host.Host, backend *realmBackend, g *gater.Gater, d *dht.IpfsDHT, rm *resource.Manager) (*realm.Service, error) {
-	deps := realmwire.Deps{Host: h, Backend: backend, Routing: d, Clock: cfg.Clock, PublicRelay: cfg.RelayService != nil}
+func newRealms(lc fx.Lifecycle, cfg *Config, h host.Host, bus *eventqueue.ClosingBus, backend *realmBackend, g *gater.Gater, d *dht.IpfsDHT, rm *resource.Manager) (*realm.Service, error) {
+	deps := realmwire.Deps{Host: h, InternalBus: bus.Bus, Backend: backend, Routing: d, Clock: cfg.Clock, PublicRelay: cfg.RelayService != nil}
 	bootstrapPeers := make(map[peer.ID]bool, len(cfg.Bootstrap))
 	for _, ai := range cfg.Bootstrap {
 		bootstrapPeers[ai.ID] = true

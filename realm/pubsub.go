@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"golang.org/x/time/rate"
@@ -119,7 +121,14 @@ func (s *Service) router() (*pubsub.PubSub, error) {
 	if s.pubsub != nil {
 		return s.pubsub, nil
 	}
-	ps, err := pubsub.NewGossipSub(s.ctx, s.deps.Host,
+	if s.ctx.Err() != nil {
+		return nil, ErrLeft // the service is closing
+	}
+	h := s.deps.Host
+	if s.deps.InternalBus != nil {
+		h = internalBusHost{Host: h, bus: s.deps.InternalBus}
+	}
+	ps, err := pubsub.NewGossipSub(s.ctx, h,
 		pubsub.WithPeerFilter(s.topicPeerFilter),
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
 		pubsub.WithMaxMessageSize(MaxMessageLimit+4<<10), // data plus the message's envelope
@@ -130,6 +139,16 @@ func (s *Service) router() (*pubsub.PubSub, error) {
 	s.pubsub = ps
 	return ps, nil
 }
+
+// internalBusHost is the host with the bus of the node's own components
+// (realmwire.Deps.InternalBus), for the gossipsub router.
+type internalBusHost struct {
+	host.Host
+	bus event.Bus
+}
+
+// EventBus returns the internal bus.
+func (h internalBusHost) EventBus() event.Bus { return h.bus }
 
 // topicPeerFilter is the router's peer filter: for a realm's topic, only
 // its authenticated members (and no one for any other topic).

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/benbjohnson/clock"
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -52,6 +53,13 @@ type Backend interface {
 type Deps struct {
 	// Host is the libp2p host over realmnet's swarm; required.
 	Host host.Host
+	// InternalBus, when set, is the bus under the host's for the realm
+	// service's own long-lived components (the gossipsub router): their
+	// subscriptions are not the application's, which the node's Shutdown
+	// ends first and refuses afterwards (a router made just before
+	// Shutdown would fail to subscribe, and go-libp2p-pubsub then leaks a
+	// goroutine). Nil: the host's bus.
+	InternalBus event.Bus
 	// Backend reaches pools, resource scopes, peer policy and paths;
 	// required.
 	Backend Backend
