@@ -107,6 +107,10 @@ func PubSub(cfg PubSubConfig) Option {
 	}
 }
 
+// validateQueueSize is the router's validation queue, in messages: every
+// realm and topic of the node shares it.
+const validateQueueSize = 1024
+
 // wireTopic is the gossipsub topic of the realm's topic name.
 func (k *keys) wireTopic(name string) string {
 	mac := hmac.New(sha256.New, k.topics[:])
@@ -132,6 +136,12 @@ func (s *Service) router() (*pubsub.PubSub, error) {
 		pubsub.WithPeerFilter(s.topicPeerFilter),
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
 		pubsub.WithMaxMessageSize(MaxMessageLimit+4<<10), // data plus the message's envelope
+		// go-libp2p-pubsub drops a received message when its validation
+		// queue (32 by default, shared by every topic of the router) is
+		// full: under load a burst of messages from many members
+		// overflowed it (a CI run lost two of twenty). The realm's
+		// validator is cheap and runs inline.
+		pubsub.WithValidateQueueSize(validateQueueSize),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("realm: start gossipsub: %w", err)
@@ -214,7 +224,7 @@ func (r *Realm) Join(name string) (*Topic, error) {
 	if err != nil {
 		return nil, fmt.Errorf("realm %q: topic %q: %w", r.name, name, err)
 	}
-	if err := ps.RegisterTopicValidator(wire, r.validateMessage); err != nil {
+	if err := ps.RegisterTopicValidator(wire, r.validateMessage, pubsub.WithValidatorInline(true)); err != nil {
 		release()
 		return nil, fmt.Errorf("realm %q: topic %q: %w", r.name, name, err)
 	}
