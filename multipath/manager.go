@@ -537,9 +537,9 @@ func (m *Manager) loser(existing *path, newcomer core.Conn) core.Conn {
 	case newDialer > oldDialer:
 		return newcomer
 	}
-	oldOrder, newOrder := existing.order, pathOrder(newcomer)
-	if oldOrder != nil && newOrder != nil {
-		if bytes.Compare(newOrder, oldOrder) < 0 {
+	newOrder, ok := pathOrder(newcomer)
+	if existing.hasOrder && ok {
+		if bytes.Compare(newOrder[:], existing.order[:]) < 0 {
 			return existing.conn
 		}
 		return newcomer

@@ -16,23 +16,31 @@ import (
 
 // path is the manager's record of one connection. state and lastAnswer are
 // guarded by Manager.mu.
+//
+// Its fields are ordered so that the flags share one word: a path exists
+// per connection (memory per connection, docs/performance.md).
 type path struct {
-	conn    core.Conn
-	quic    *quic.Conn // nil when the connection is not QUIC
-	ipv6    bool
+	conn core.Conn
+	quic *quic.Conn // nil when the connection is not QUIC
+	ipv6 bool
+	// relayed is set for a connection through a relay (Stat().Limited).
 	relayed bool
-
 	// datagrams is set when quic negotiated QUIC datagrams (RFC 9221) at
 	// both ends: the path is heartbeated with datagrams, not pings.
 	datagrams bool
+	removed   bool // set when the path leaves its peer (ctx is cancelled then)
+	draining  bool // set while drainAndClose runs for the path (see survivor)
+	// heartbeatStarted is set once the path's first heartbeat started.
+	heartbeatStarted bool
+	// hasOrder is set when order holds the connection's tie-break value.
+	hasOrder bool
 
 	// ctx, made on first use (lifetime), is cancelled when the path is
 	// removed or the manager closes; it stops the path's ping heartbeat
 	// and drain goroutines. Most paths never need one (a context costs
 	// about 0.5 KiB per path).
-	ctx     context.Context
-	cancel  context.CancelFunc
-	removed bool
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	heartbeatRTT atomic.Int64 // time.Duration of the latest answer
 
@@ -53,7 +61,6 @@ type path struct {
 	// (state core.PathRedundant); draining is set while drainAndClose
 	// runs for it.
 	survivor core.Conn
-	draining bool
 	// stateBefore is the state a path had before it became redundant
 	// (restored when its survivor's admission is aborted).
 	stateBefore core.PathState
@@ -62,11 +69,9 @@ type path struct {
 	// is announced.
 	selectedBefore *path
 	pending        []any
-	// order is the connection's tie-break value for redundancy (nil
-	// without TLS state); see Manager.loser.
-	order []byte
-	// heartbeatStarted is set once the path's first heartbeat started.
-	heartbeatStarted bool
+	// order is the connection's tie-break value for redundancy (unset
+	// without TLS state: hasOrder); see Manager.loser.
+	order [pathOrderSize]byte
 	// probe is the path's entry in the probe scheduler while it is
 	// heartbeated with datagrams (nil otherwise); stopPings stops its
 	// ping-stream heartbeat goroutine otherwise.
@@ -93,7 +98,7 @@ func newPath(c core.Conn, now time.Time) *path {
 		dg := qc.ConnectionState().SupportsDatagrams
 		pa.datagrams = dg.Local && dg.Remote
 	}
-	pa.order = pathOrder(c)
+	pa.order, pa.hasOrder = pathOrder(c)
 	if _, err := c.RemoteMultiaddr().ValueForProtocol(ma.P_IP6); err == nil {
 		pa.ipv6 = true
 	}
@@ -141,19 +146,22 @@ const pathOrderLabel = "EXPORTER-realmnet-path-order"
 // pathOrder is c's tie-break value between two connections on the same pair
 // of addresses dialed by the same side: 16 bytes of the connection's TLS
 // exporter (RFC 8446 §7.5), equal on both ends and random across
-// connections; nil when c has no TLS state (not QUIC).
-func pathOrder(c network.Conn) []byte {
+// connections; ok is false when c has no TLS state (not QUIC).
+func pathOrder(c network.Conn) (order [pathOrderSize]byte, ok bool) {
 	var qc *quic.Conn
 	if !c.As(&qc) {
-		return nil
+		return order, false
 	}
 	state := qc.ConnectionState().TLS
-	out, err := state.ExportKeyingMaterial(pathOrderLabel, nil, 16)
+	out, err := state.ExportKeyingMaterial(pathOrderLabel, nil, pathOrderSize)
 	if err != nil {
-		return nil
+		return order, false
 	}
-	return out
+	return [pathOrderSize]byte(out), true
 }
+
+// pathOrderSize is the length of a path's tie-break value, in bytes.
+const pathOrderSize = 16
 
 // refusedByPeer reports whether the peer closed the path because it does
 // not want it: it has enough paths (ErrorCodeTooManyPaths), its connection
