@@ -3,7 +3,6 @@ package connmgr
 import (
 	"math"
 	"sync"
-	"time"
 )
 
 // Row flags of the connection index.
@@ -48,7 +47,7 @@ func (x *connIndex) add(ci *connInfo) {
 	x.score = append(x.score, 0)
 	x.flags = append(x.flags, 0)
 	x.active = append(x.active, math.MinInt64)
-	x.opened = append(x.opened, ci.opened.UnixNano())
+	x.opened = append(x.opened, ci.opened)
 }
 
 // remove drops ci's row, moving the last row into its place; mu is held.
@@ -87,12 +86,12 @@ func (x *connIndex) refresh(pi *peerInfo, realmWeight int) {
 		// Stat().Opened, the first of equals.
 		keep = pi.conns[0]
 		for _, ci := range pi.conns[1:] {
-			if ci.statOpened.After(keep.statOpened) {
+			if ci.statOpened > keep.statOpened {
 				keep = ci
 			}
 		}
 	}
-	active := unixNanoOrMin(pi.active)
+	active := pi.active
 	for _, ci := range pi.conns {
 		f := flags
 		if keep != nil && ci != keep {
@@ -100,14 +99,6 @@ func (x *connIndex) refresh(pi *peerInfo, realmWeight int) {
 		}
 		x.score[ci.slot], x.flags[ci.slot], x.active[ci.slot] = score, f, active
 	}
-}
-
-// unixNanoOrMin is t in unix nanoseconds, math.MinInt64 for the zero time.
-func unixNanoOrMin(t time.Time) int64 {
-	if t.IsZero() {
-		return math.MinInt64
-	}
-	return t.UnixNano()
 }
 
 // peerChangedLocked brings the index up to date after a change of pi's

@@ -61,7 +61,7 @@ func referenceVictims(m *Manager, sc scope, target *realmPool, need int, ignoreG
 			}
 			base := refCandidate{realms: pi.realms, peer: p}
 			base.score = pi.value + m.cfg.RealmWeight*len(pi.realms)
-			if pi.active.After(activeSince) {
+			if pi.active > activeSince.UnixNano() {
 				base.score += activityBonus
 			}
 			base.class = classMember
@@ -73,10 +73,10 @@ func referenceVictims(m *Manager, sc scope, target *realmPool, need int, ignoreG
 			for _, ci := range pi.conns {
 				c := base
 				c.conn = ci.conn
-				c.lastActive = ci.lastActive.UnixNano()
+				c.lastActive = ci.lastActive
 				c.throughput = ci.throughput
 				c.inbound = ci.inbound
-				c.opened = ci.opened.UnixNano()
+				c.opened = ci.opened
 				g = append(g, c)
 			}
 			if isNewcomerPeer {
@@ -227,9 +227,9 @@ func TestIndexSelectsLikeReference(t *testing.T) {
 				require.True(t, tryAdmit(m, c))
 				withConnInfo(t, m, c, func(ci *connInfo) {
 					if rng.IntN(3) > 0 {
-						ci.opened = now.Add(-time.Duration(1+rng.IntN(3)) * time.Hour)
+						ci.opened = now.Add(-time.Duration(1+rng.IntN(3)) * time.Hour).UnixNano()
 					}
-					ci.lastActive = now.Add(-time.Duration(rng.IntN(3)) * time.Minute)
+					ci.lastActive = now.Add(-time.Duration(rng.IntN(3)) * time.Minute).UnixNano()
 					ci.throughput = float64(rng.IntN(1000)) + rng.Float64() // distinct: no full ties
 				})
 			}
@@ -237,7 +237,7 @@ func TestIndexSelectsLikeReference(t *testing.T) {
 				s := m.segment(p)
 				s.Lock()
 				pi := s.peers[p]
-				pi.active = now.Add(-time.Duration(rng.IntN(20)) * time.Second)
+				pi.active = now.Add(-time.Duration(rng.IntN(20)) * time.Second).UnixNano()
 				m.peerChangedLocked(pi)
 				s.Unlock()
 			}
@@ -317,7 +317,7 @@ func checkIndex(t testing.TB, m *Manager) {
 				require.Same(t, s, ci.seg)
 				require.Less(t, int(ci.slot), len(m.index.info))
 				require.Same(t, ci, m.index.info[ci.slot], "row %d does not point back", ci.slot)
-				require.GreaterOrEqual(t, m.index.opened[ci.slot], ci.opened.UnixNano(), "opened column below the connection's")
+				require.GreaterOrEqual(t, m.index.opened[ci.slot], ci.opened, "opened column below the connection's")
 				shadow.add(ci)
 			}
 			// Recompute the rows in a shadow index (add renumbers the

@@ -23,6 +23,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -50,9 +51,13 @@ type PathSelector interface {
 	SelectedPath(p peer.ID, conns []network.Conn) network.Conn
 }
 
-// segmentCount is the number of lock shards of the peer table (go-libp2p's
-// BasicConnMgr uses 256 too).
-const segmentCount = 256
+// segmentCount is the number of lock shards of the peer table, a power of
+// two. go-libp2p's BasicConnMgr uses 256; each shard's map costs a 208-byte
+// group as soon as it holds one peer, which at 200 peers spread over 256
+// shards was 175 bytes per peer (memory per connection,
+// docs/performance.md); 64 shards hold three peers each there, and still
+// keep 16 concurrent taggers apart (BenchmarkLockContention).
+const segmentCount = 64
 
 type segment struct {
 	sync.Mutex
@@ -62,7 +67,7 @@ type segment struct {
 // peerInfo is one peer's entry; guarded by its segment's lock.
 type peerInfo struct {
 	id        peer.ID
-	firstSeen time.Time
+	firstSeen int64                                   // unix nanoseconds of the manager's clock
 	temp      bool                                    // tags only, no connection yet: expires after the grace period
 	tags      map[string]int                          // nil until tagged
 	decaying  map[*decayingTag]*connmgr.DecayingValue // nil until bumped
@@ -71,8 +76,12 @@ type peerInfo struct {
 	realms    []*realmPool
 	// authenticated is set once the peer has been assigned to a realm.
 	authenticated bool
-	// active is when one of the peer's connections last carried traffic.
-	active time.Time
+	// active is when one of the peer's connections last carried traffic,
+	// unix nanoseconds of the manager's clock; math.MinInt64 for never.
+	// The manager's times are kept as int64 (8 bytes, not a time.Time's
+	// 24): there is one peerInfo per peer and one connInfo per connection
+	// (memory per connection, docs/performance.md).
+	active int64
 	// keep and keepEpoch cache, during one trim, the path the selector
 	// keeps (trims only: trimMu and index.mu held).
 	keep      *connInfo
@@ -92,17 +101,18 @@ func (pi *peerInfo) setTag(tag string, value int) {
 type connInfo struct {
 	// opened and lastActive lead and share a cache line: a trim reads
 	// them through the index (opened for rows its column puts inside the
-	// grace period, lastActive for the candidates it orders).
-	opened time.Time
+	// grace period, lastActive for the candidates it orders). Both are
+	// unix nanoseconds of the manager's clock.
+	opened int64
 	// lastActive is when the connection last carried traffic (activity
 	// sampling, below).
-	lastActive time.Time
+	lastActive int64
 	conn       core.Conn
 	peer       *peerInfo
 	inbound    bool
-	// statOpened is conn.Stat().Opened at admission: the default path
-	// selection keeps the newest.
-	statOpened time.Time
+	// statOpened is conn.Stat().Opened at admission, unix nanoseconds: the
+	// default path selection keeps the newest.
+	statOpened int64
 	// seg is the peer's segment. slot is the connection's row in the
 	// index (index.mu); removed is set, under the segment lock, when the
 	// connection is no longer accounted (a trim reads it without).
@@ -260,7 +270,7 @@ func (m *Manager) segment(p peer.ID) *segment {
 	if p == "" {
 		return &m.segments[0]
 	}
-	return &m.segments[p[len(p)-1]]
+	return &m.segments[p[len(p)-1]%segmentCount]
 }
 
 // entry returns p's entry, creating a temporary one; the segment is locked.
@@ -269,8 +279,9 @@ func (m *Manager) entry(s *segment, p peer.ID) *peerInfo {
 	if pi == nil {
 		pi = &peerInfo{
 			id:        p,
-			firstSeen: m.clock.Now(),
+			firstSeen: m.clock.Now().UnixNano(),
 			temp:      true,
+			active:    math.MinInt64,
 		}
 		s.peers[p] = pi
 	}
@@ -334,7 +345,7 @@ func (m *Manager) GetTagInfo(p peer.ID) *connmgr.TagInfo {
 		return nil
 	}
 	out := &connmgr.TagInfo{
-		FirstSeen: pi.firstSeen,
+		FirstSeen: time.Unix(0, pi.firstSeen),
 		Value:     pi.value,
 		Tags:      make(map[string]int, len(pi.tags)+len(pi.decaying)),
 		Conns:     make(map[string]time.Time, len(pi.conns)),
@@ -346,7 +357,7 @@ func (m *Manager) GetTagInfo(p peer.ID) *connmgr.TagInfo {
 		out.Tags[t.name] = v.Value
 	}
 	for _, ci := range pi.conns {
-		out.Conns[ci.conn.RemoteMultiaddr().String()] = ci.opened
+		out.Conns[ci.conn.RemoteMultiaddr().String()] = time.Unix(0, ci.opened)
 	}
 	return out
 }
@@ -558,14 +569,14 @@ func (m *Manager) account(c core.Conn) (accountResult, bool) {
 		m.stats.refused.Add(1)
 		return refused, false
 	}
-	now := m.clock.Now()
+	now := m.clock.Now().UnixNano()
 	if pi.temp {
 		pi.temp = false
 		pi.firstSeen = now
 	}
 	stat := c.Stat()
 	ci := &connInfo{conn: c, peer: pi, seg: s, opened: now, lastActive: now,
-		inbound: stat.Direction == network.DirInbound, statOpened: stat.Opened}
+		inbound: stat.Direction == network.DirInbound, statOpened: stat.Opened.UnixNano()}
 	m.index.mu.Lock()
 	pi.conns = append(pi.conns, ci)
 	m.index.add(ci)
@@ -621,7 +632,7 @@ func (m *Manager) forgottenLocked(pi *peerInfo) {
 		// Keep the entry (tags, realms) as a temporary one: it expires
 		// after the grace period unless the peer connects again.
 		pi.temp = true
-		pi.firstSeen = m.clock.Now()
+		pi.firstSeen = m.clock.Now().UnixNano()
 	}
 }
 

@@ -237,7 +237,7 @@ func (m *Manager) selectVictimsLocked(sc scope, target *realmPool, need int, ign
 			class:         classMember,
 			score:         int(x.score[i]),
 			authenticated: flags&rowAuthenticated != 0,
-			lastActive:    ci.lastActive.UnixNano(),
+			lastActive:    ci.lastActive,
 			throughput:    ci.throughput,
 			inbound:       ci.inbound,
 		}
@@ -266,7 +266,7 @@ func (m *Manager) selectVictimsLocked(sc scope, target *realmPool, need int, ign
 				continue
 			}
 		}
-		if !ignoreGrace && x.opened[i] > graceStart && ci.opened.UnixNano() > graceStart {
+		if !ignoreGrace && x.opened[i] > graceStart && ci.opened > graceStart {
 			continue
 		}
 		// keyOf(cand(i)), without building the candidate.
@@ -314,7 +314,7 @@ func (m *Manager) selectVictimsLocked(sc scope, target *realmPool, need int, ign
 	fill := func(keys []sortKey) {
 		for j := range keys {
 			if index := keys[j].index; index != newcomerIndex {
-				keys[j].k2 = uint64(max(x.info[index].lastActive.UnixNano(), 0))
+				keys[j].k2 = uint64(max(x.info[index].lastActive, 0))
 			}
 		}
 	}
@@ -408,7 +408,7 @@ func (m *Manager) newcomerPeer(sc scope, target *realmPool, p peer.ID, activeSin
 	np.pi = pi
 	np.realms = pi.realms
 	np.base.score = pi.value + m.cfg.RealmWeight*len(pi.realms)
-	if unixNanoOrMin(pi.active) > activeSince {
+	if pi.active > activeSince {
 		np.base.score += activityBonus
 	}
 	np.base.authenticated = pi.authenticated
@@ -741,7 +741,7 @@ func (m *Manager) background() {
 // sampleActivity records, per connection, whether it carried traffic since
 // the last sample (streams opened, QUIC bytes moved) and its throughput.
 func (m *Manager) sampleActivity() {
-	now := m.clock.Now()
+	now := m.clock.Now().UnixNano()
 	period := m.cfg.SilencePeriod.Seconds()
 	for i := range m.segments {
 		s := &m.segments[i]
@@ -772,12 +772,12 @@ func (m *Manager) sampleActivity() {
 // without a connection (go-libp2p semantics). Entries that hold realm
 // assignments or decaying tags stay.
 func (m *Manager) expireTemporary() {
-	cutoff := m.clock.Now().Add(-m.cfg.GracePeriod)
+	cutoff := m.clock.Now().Add(-m.cfg.GracePeriod).UnixNano()
 	for i := range m.segments {
 		s := &m.segments[i]
 		s.Lock()
 		for p, pi := range s.peers {
-			if pi.temp && len(pi.conns) == 0 && len(pi.realms) == 0 && len(pi.decaying) == 0 && pi.firstSeen.Before(cutoff) {
+			if pi.temp && len(pi.conns) == 0 && len(pi.realms) == 0 && len(pi.decaying) == 0 && pi.firstSeen < cutoff {
 				delete(s.peers, p)
 			}
 		}
