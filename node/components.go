@@ -324,23 +324,13 @@ func newMultipath(lc fx.Lifecycle, cfg *Config, s *swarm.Swarm, bus event.Bus, g
 	return m, nil
 }
 
-// newNodeIdentifyTracker records identify outcomes for Node.Connect; it
-// forgets a peer when its last connection closes.
-func newNodeIdentifyTracker(lc fx.Lifecycle, bus event.Bus, s *swarm.Swarm) (*identifyTracker, error) {
+// newNodeIdentifyTracker records identify outcomes for Node.Connect.
+func newNodeIdentifyTracker(lc fx.Lifecycle, bus event.Bus) (*identifyTracker, error) {
 	t, err := newIdentifyTracker(bus)
 	if err != nil {
 		return nil, err
 	}
-	forget := &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
-		if n.Connectedness(c.RemotePeer()) == network.NotConnected {
-			t.forget(c.RemotePeer())
-		}
-	}}
-	s.Notify(forget)
-	lc.Append(fx.StopHook(func() {
-		s.StopNotify(forget)
-		t.close()
-	}))
+	lc.Append(fx.StopHook(t.close))
 	return t, nil
 }
 

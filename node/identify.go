@@ -15,17 +15,27 @@ import (
 // returns; this only covers the tracker's delivery).
 const identifyWaitLimit = time.Second
 
-// identifyTracker records the latest identify outcome per peer, from the
-// host's EvtPeerIdentificationCompleted / Failed events: Connect uses it to
-// tell a connection the peer accepted from one it refused right after the
-// handshake. Its goroutine is owned by the node (stopped on Close).
+// identifyTracker records identify outcomes, from the host's
+// EvtPeerIdentificationCompleted / Failed events, of the peers a Connect
+// waits on: Connect uses them to tell a connection the peer accepted from
+// one it refused right after the handshake. It keeps nothing for other
+// peers (an outcome per connected peer was about 80 bytes per connection).
+// Its goroutine is owned by the node (stopped on Close).
 type identifyTracker struct {
 	sub event.Subscription
 	wg  sync.WaitGroup
 
-	mu       sync.Mutex
-	outcomes map[peer.ID]identifyOutcome
-	changed  chan struct{} // closed and replaced on every record
+	mu      sync.Mutex
+	watched map[peer.ID]*identifyWatch
+	changed chan struct{} // closed and replaced on every record
+}
+
+// identifyWatch is a watched peer: how many Connects wait on it, and the
+// latest outcome recorded since the first of them began watching.
+type identifyWatch struct {
+	waiters int
+	found   bool
+	outcome identifyOutcome
 }
 
 type identifyOutcome struct {
@@ -38,7 +48,7 @@ func newIdentifyTracker(bus event.Bus) (*identifyTracker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: subscribe to identify events: %w", err)
 	}
-	t := &identifyTracker{sub: sub, outcomes: make(map[peer.ID]identifyOutcome), changed: make(chan struct{})}
+	t := &identifyTracker{sub: sub, watched: make(map[peer.ID]*identifyWatch), changed: make(chan struct{})}
 	t.wg.Add(1)
 	go t.run()
 	return t, nil
@@ -59,26 +69,49 @@ func (t *identifyTracker) run() {
 func (t *identifyTracker) record(p peer.ID, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.outcomes[p] = identifyOutcome{at: time.Now(), err: err}
+	w := t.watched[p]
+	if w == nil {
+		return
+	}
+	w.found, w.outcome = true, identifyOutcome{at: time.Now(), err: err}
 	close(t.changed)
 	t.changed = make(chan struct{})
 }
 
-// forget drops p's outcome (the peer disconnected) so the map stays small.
-func (t *identifyTracker) forget(p peer.ID) {
+// watch makes the tracker record p's identify outcomes until stop is
+// called. A Connect watches before it dials, so that the outcome of the
+// identify its dial triggers is recorded however soon it comes.
+func (t *identifyTracker) watch(p peer.ID) (stop func()) {
 	t.mu.Lock()
-	delete(t.outcomes, p)
+	w := t.watched[p]
+	if w == nil {
+		w = new(identifyWatch)
+		t.watched[p] = w
+	}
+	w.waiters++
 	t.mu.Unlock()
+	return func() {
+		t.mu.Lock()
+		if w.waiters--; w.waiters == 0 {
+			delete(t.watched, p)
+		}
+		t.mu.Unlock()
+	}
 }
 
 // wait returns the outcome of an identify of p that finished after since;
-// ok is false when none arrives within identifyWaitLimit or ctx.
+// ok is false when none arrives within identifyWaitLimit or ctx. p is
+// watched (watch) by the caller.
 func (t *identifyTracker) wait(ctx context.Context, p peer.ID, since time.Time) (err error, ok bool) {
 	timer := time.NewTimer(identifyWaitLimit)
 	defer timer.Stop()
 	for {
 		t.mu.Lock()
-		o, found := t.outcomes[p]
+		var o identifyOutcome
+		found := false
+		if w := t.watched[p]; w != nil {
+			o, found = w.outcome, w.found
+		}
 		changed := t.changed
 		t.mu.Unlock()
 		if found && !o.at.Before(since) {

@@ -280,6 +280,8 @@ func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error {
 // admission decides after the handshake, so a refused dial "succeeds" and
 // only identify fails. where describes the addresses in errors.
 func (n *Node) connect(ctx context.Context, ai peer.AddrInfo, where string) error {
+	stop := n.identified.watch(ai.ID)
+	defer stop()
 	start := time.Now()
 	if err := n.host.Connect(ctx, ai); err != nil {
 		return fmt.Errorf("node: connect to %s%s: %w", ai.ID, where, err)
