@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -807,7 +808,9 @@ func benchHBMeasure(b *testing.B, pp *benchPeerProc, n *node.Node, window time.D
 
 // benchHBProfileEnv names a file that receives a CPU profile of the first
 // datagram heartbeat window of BenchmarkHeartbeatCost (go test's -cpuprofile
-// would cover the setup, 1,000 handshakes, as well).
+// would cover the setup, 1,000 handshakes, as well), and, beside it,
+// allocation profiles taken after a GC at the window's start and end
+// (<file>.allocs-start, <file>.allocs-end: go tool pprof -diff_base).
 const benchHBProfileEnv = "REALMNET_BENCH_HB_CPUPROFILE"
 
 // benchHBProfile starts the CPU profile benchHBProfileEnv asks for and
@@ -821,12 +824,27 @@ func benchHBProfile(b *testing.B, round int) (stop func()) {
 	if err != nil {
 		b.Fatalf("%s: %v", benchHBProfileEnv, err)
 	}
+	writeAllocs := func(name string) {
+		runtime.GC() // the profile is as of the last GC
+		af, err := os.Create(name)
+		if err != nil {
+			b.Fatalf("%s: %v", benchHBProfileEnv, err)
+		}
+		if err := pprof.Lookup("allocs").WriteTo(af, 0); err != nil {
+			b.Errorf("%s: %v", benchHBProfileEnv, err)
+		}
+		if err := af.Close(); err != nil {
+			b.Errorf("%s: %v", benchHBProfileEnv, err)
+		}
+	}
+	writeAllocs(file + ".allocs-start")
 	if err := pprof.StartCPUProfile(f); err != nil {
 		_ = f.Close()
 		b.Fatalf("%s: %v", benchHBProfileEnv, err)
 	}
 	return func() {
 		pprof.StopCPUProfile()
+		writeAllocs(file + ".allocs-end")
 		if err := f.Close(); err != nil {
 			b.Errorf("%s: %v", benchHBProfileEnv, err)
 		}
@@ -901,7 +919,7 @@ func (s benchHBSample) perMin(d time.Duration) float64 {
 // Target: ≤ 1 % of one core for the heartbeats (hb-percent-of-core).
 //
 // REALMNET_BENCH_HB_CPUPROFILE=<file> writes a CPU profile of the first
-// datagram window alone.
+// datagram window alone, and allocation profiles of its start and end.
 //
 // The benchmark ignores b.N: it measures once (about 1.5 min with setup);
 // ns/op is not reported.
