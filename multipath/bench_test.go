@@ -789,21 +789,27 @@ type benchHBSample struct {
 	cpu, peerCPU time.Duration
 	bytes        uint64
 	window       time.Duration
+	// probes and degraded count the datagram probes sent and the paths
+	// made degraded (a probe unanswered within its timeout) in the window.
+	probes, degraded uint64
 }
 
 // benchHBMeasure measures the measured process's CPU time, the peer
 // process's CPU time and the QUIC bytes the measured node sent over window;
 // the connections must be the same at both ends of the window.
-func benchHBMeasure(b *testing.B, pp *benchPeerProc, n *node.Node, window time.Duration) benchHBSample {
+func benchHBMeasure(b *testing.B, pp *benchPeerProc, n *node.Node, m *multipath.Manager, window time.Duration) benchHBSample {
 	b0, ids0 := benchConnBytes(n.Network())
+	s0, d0 := multipath.DatagramProbesSent(m), multipath.PathsDegraded(m)
 	p0, c0, t0 := pp.cpu(b), benchCPUTime(), time.Now()
 	time.Sleep(window)
 	c1, t1, p1 := benchCPUTime(), time.Now(), pp.cpu(b)
+	s1, d1 := multipath.DatagramProbesSent(m), multipath.PathsDegraded(m)
 	b1, ids1 := benchConnBytes(n.Network())
 	if !slices.Equal(ids0, ids1) {
 		b.Fatalf("connections changed during the window: %d before, %d after", len(ids0), len(ids1))
 	}
-	return benchHBSample{cpu: c1 - c0, peerCPU: p1 - p0, bytes: b1 - b0, window: t1.Sub(t0)}
+	return benchHBSample{cpu: c1 - c0, peerCPU: p1 - p0, bytes: b1 - b0, window: t1.Sub(t0),
+		probes: s1 - s0, degraded: d1 - d0}
 }
 
 // benchHBProfileEnv names a file that receives a CPU profile of the first
@@ -853,7 +859,8 @@ func benchHBProfile(b *testing.B, round int) (stop func()) {
 
 // add sums two samples (their windows too).
 func (s benchHBSample) add(o benchHBSample) benchHBSample {
-	return benchHBSample{cpu: s.cpu + o.cpu, peerCPU: s.peerCPU + o.peerCPU, bytes: s.bytes + o.bytes, window: s.window + o.window}
+	return benchHBSample{cpu: s.cpu + o.cpu, peerCPU: s.peerCPU + o.peerCPU, bytes: s.bytes + o.bytes, window: s.window + o.window,
+		probes: s.probes + o.probes, degraded: s.degraded + o.degraded}
 }
 
 func (s benchHBSample) perMin(d time.Duration) float64 {
@@ -988,17 +995,17 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 		}
 		if !stream {
 			stopProfile := benchHBProfile(b, i/2)
-			on = on.add(benchHBMeasure(b, pp, n, benchHBWindow))
+			on = on.add(benchHBMeasure(b, pp, n, pathManager, benchHBWindow))
 			stopProfile()
 		} else {
-			streams = streams.add(benchHBMeasure(b, pp, n, benchHBWindow))
+			streams = streams.add(benchHBMeasure(b, pp, n, pathManager, benchHBWindow))
 		}
 	}
 	if err := pathManager.Close(); err != nil {
 		b.Fatal(err)
 	}
 	time.Sleep(2 * time.Second)
-	off := benchHBMeasure(b, pp, n, benchHBRefWindow)
+	off := benchHBMeasure(b, pp, n, pathManager, benchHBRefWindow)
 
 	cpuOn, cpuOff := on.perMin(on.cpu), off.perMin(off.cpu)
 	bytesOn := float64(on.bytes) * float64(time.Minute) / float64(on.window)
@@ -1029,6 +1036,12 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 	b.ReportMetric(bytesOff, "ref-bytes/min")
 	b.ReportMetric(off.perMin(off.peerCPU), "ref-peers-cpu-ms/min")
 	b.ReportMetric((cpuOn-cpuOff)/600, "hb-percent-of-core")
+	// Datagram probes per path and heartbeat interval (1 at the idle rate:
+	// coalescing sends some early, and clusters then keep the interval),
+	// and degraded paths in the datagram windows (a burst of ACKs lost to
+	// a full receive buffer would show here).
+	b.ReportMetric(float64(on.probes)/float64(paths)/(float64(on.window)/float64(multipath.DefaultHeartbeatInterval)), "probes/path/interval")
+	b.ReportMetric(float64(on.degraded), "degraded")
 	b.ReportMetric(float64(redials), "standby-redials")
 }
 
