@@ -764,8 +764,11 @@ func TestMembershipPoolsAndResources(t *testing.T) {
 	}
 	expectStreams("before", [2]int{}, [2]int{})
 
-	// Closed by the application on both ends.
+	// Closed by the application on both ends. A stream reaches the peer
+	// with its first write.
 	s, err := ra.NewStream(ctx, b.ID(), "/hold")
+	require.NoError(t, err)
+	_, err = s.Write([]byte{1})
 	require.NoError(t, err)
 	var in network.Stream
 	select {
@@ -781,6 +784,8 @@ func TestMembershipPoolsAndResources(t *testing.T) {
 
 	// Left open by the application; the connection closes.
 	s, err = ra.NewStream(ctx, b.ID(), "/hold")
+	require.NoError(t, err)
+	_, err = s.Write([]byte{1})
 	require.NoError(t, err)
 	select {
 	case in = <-inbound:

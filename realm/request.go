@@ -345,15 +345,11 @@ func noHandler(err error) error {
 // errBadResponse: a response that breaks the format.
 var errBadResponse = errors.New("bad response")
 
-// writeAll writes head then body (two writes: body is not copied).
+// writeAll writes head then body: in one write (writeJoined) when they fit
+// in coalesceLimit bytes together, so that a small request or response
+// leaves in one STREAM frame.
 func writeAll(w io.Writer, head, body []byte) error {
-	if _, err := w.Write(head); err != nil {
-		return err
-	}
-	if len(body) == 0 {
-		return nil
-	}
-	_, err := w.Write(body)
+	_, err := writeJoined(w, head, body)
 	return err
 }
 

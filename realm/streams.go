@@ -2,8 +2,10 @@ package realm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -43,6 +45,11 @@ func (r *Realm) RemoveStreamHandler(proto protocol.ID) {
 // NewStream opens a realm stream to member p for application protocol proto.
 // A member within its reconnect grace (or a connected peer not yet
 // authenticated) is first connected to and authenticated, within ctx.
+//
+// Like a go-libp2p host stream with lazy protocol negotiation, the stream
+// reaches p only with its first Write (the realm header and protocol
+// travel with the data), Read, CloseWrite or Close: p's handler runs then.
+// An error sending the header is returned by that call.
 // Errors: ErrNotMember (wrapping the reason when a handshake was tried),
 // ErrBadProtocol, ErrLeft, a *resource.LimitError when the realm's outbound
 // stream limit is reached, or the host's error opening the stream.
@@ -84,12 +91,16 @@ func (r *Realm) openStream(ctx context.Context, p peer.ID, hdr streamHeader) (ne
 		release()
 		return nil, fmt.Errorf("realm %q: stream to %s: %w", r.name, p, err)
 	}
-	if err := writeFrame(str, encodeStreamHeader(hdr)); err != nil {
+	header, err := appendFrame(nil, encodeStreamHeader(hdr))
+	if err != nil {
 		release()
 		_ = str.Reset()
-		return nil, fmt.Errorf("realm %q: stream to %s: send header: %w", r.name, p, err)
+		return nil, fmt.Errorf("realm %q: stream to %s: %w", r.name, p, err)
 	}
-	return r.svc.streams.track(str, release), nil
+	s := r.svc.streams.track(str, release)
+	s.header = header // before anyone else sees s
+	s.headerSent.Store(false)
+	return s, nil
 }
 
 // memberHandle returns the handle of member p, authenticating it first when
@@ -253,11 +264,78 @@ func (r *Realm) dispatch(str network.Stream, proto protocol.ID) {
 // stream is a realm stream as handed to applications: the host stream
 // (whose Protocol is StreamProtocol), released from the realm's resource
 // scope when it is closed or reset, or when its connection closes.
+//
+// An outbound stream's header (its kind, the member's handle and the
+// application protocol) is sent with the stream's first Write, in the
+// same stream write and so usually the same QUIC packet as the
+// application's first bytes, as go-libp2p's lazy protocol negotiation
+// sends its header; or alone before the first Read, CloseWrite or Close.
+// Sent at open, it cost a packet of its own and a wake-up of the peer's
+// reader before the data (BenchmarkRealmRequest, docs/performance.md).
+// An error sending it is returned by the call that sends it.
 type stream struct {
 	network.Stream
 	tracker *streamTracker
 	release func()
 	once    sync.Once
+
+	// headerMu orders the header before any data: held while the header
+	// is written. header is the pending header frame (nil once sent, or
+	// for an inbound stream); headerSent is set once it is gone, so that
+	// later calls take no lock.
+	headerMu   sync.Mutex
+	header     []byte
+	headerSent atomic.Bool
+}
+
+// Write writes b, after the stream's header when it is still pending.
+func (s *stream) Write(b []byte) (int, error) {
+	if s.headerSent.Load() {
+		return s.Stream.Write(b)
+	}
+	return s.writeWithHeader(b)
+}
+
+// Read reads from the stream; a pending header is sent first, so that the
+// peer's realm dispatches the stream (the protocol may wait for its
+// handler to speak first).
+func (s *stream) Read(b []byte) (int, error) {
+	if !s.headerSent.Load() {
+		if _, err := s.writeWithHeader(); err != nil {
+			return 0, err
+		}
+	}
+	return s.Stream.Read(b)
+}
+
+// CloseWrite sends a pending header, then closes the stream for writing.
+func (s *stream) CloseWrite() error {
+	if !s.headerSent.Load() {
+		if _, err := s.writeWithHeader(); err != nil {
+			return err
+		}
+	}
+	return s.Stream.CloseWrite()
+}
+
+// writeWithHeader writes the pending header (if another call has not sent
+// it meanwhile) followed by parts, joined into one stream write when they
+// fit in coalesceLimit bytes. It returns how many bytes of parts were
+// written.
+func (s *stream) writeWithHeader(parts ...[]byte) (int, error) {
+	s.headerMu.Lock()
+	defer s.headerMu.Unlock()
+	header := s.header
+	if header == nil {
+		return writeJoined(s.Stream, parts...)
+	}
+	s.header = nil
+	defer s.headerSent.Store(true)
+	n, err := writeJoined(s.Stream, append([][]byte{header}, parts...)...)
+	if n < len(header) && err != nil {
+		err = fmt.Errorf("send realm stream header: %w", err)
+	}
+	return max(0, n-len(header)), err
 }
 
 func (s *stream) done() {
@@ -267,9 +345,14 @@ func (s *stream) done() {
 	})
 }
 
-// Close closes the stream and releases its realm-scope charge.
+// Close sends a pending header, closes the stream and releases its
+// realm-scope charge.
 func (s *stream) Close() error {
-	err := s.Stream.Close()
+	var err error
+	if !s.headerSent.Load() {
+		_, err = s.writeWithHeader()
+	}
+	err = errors.Join(err, s.Stream.Close())
 	s.done()
 	return err
 }
@@ -299,8 +382,9 @@ type streamTracker struct {
 
 func (t *streamTracker) init() { t.byConn = make(map[network.Conn]map[*stream]struct{}) }
 
-func (t *streamTracker) track(str network.Stream, release func()) network.Stream {
+func (t *streamTracker) track(str network.Stream, release func()) *stream {
 	s := &stream{Stream: str, tracker: t, release: release}
+	s.headerSent.Store(true) // no header to send (an outbound stream's: openStream)
 	c := str.Conn()
 	t.mu.Lock()
 	set := t.byConn[c]

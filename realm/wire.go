@@ -1,9 +1,12 @@
 package realm
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -76,13 +79,73 @@ func (b byteReader) ReadByte() (byte, error) {
 
 // writeFrame writes b as one frame in one Write.
 func writeFrame(w io.Writer, b []byte) error {
-	if len(b) > MaxFrameSize {
-		return fmt.Errorf("%w: %d bytes to send, the limit is %d", ErrBadFrame, len(b), MaxFrameSize)
+	frame, err := appendFrame(nil, b)
+	if err != nil {
+		return err
 	}
-	frame := make([]byte, varint.MaxLenUvarint63, varint.MaxLenUvarint63+len(b))
-	frame = append(frame[:varint.PutUvarint(frame, uint64(len(b)))], b...)
-	_, err := w.Write(frame)
+	_, err = w.Write(frame)
 	return err
+}
+
+// appendFrame appends b as a frame (its uvarint length, then b) to dst.
+// It returns ErrBadFrame when b is over MaxFrameSize.
+func appendFrame(dst, b []byte) ([]byte, error) {
+	if len(b) > MaxFrameSize {
+		return dst, fmt.Errorf("%w: %d bytes to send, the limit is %d", ErrBadFrame, len(b), MaxFrameSize)
+	}
+	dst = slices.Grow(dst, varint.MaxLenUvarint63+len(b))
+	dst = binary.AppendUvarint(dst, uint64(len(b))) // the same unsigned varint (LEB128)
+	return append(dst, b...), nil
+}
+
+// coalesceLimit is the largest write that the realm layer copies into one
+// buffer, so that pieces written together leave in one QUIC STREAM frame,
+// usually one packet, instead of a frame and a wake-up of the reader each:
+// a stream's header with the application's first write, a request's or
+// response's length prefix with its body. Larger writes fill packets of
+// their own anyway. In bytes.
+const coalesceLimit = 4 << 10
+
+// coalescePool holds coalesceLimit-byte buffers for writeJoined.
+var coalescePool = sync.Pool{New: func() any {
+	b := make([]byte, 0, coalesceLimit)
+	return &b
+}}
+
+// writeJoined writes parts to w: with one Write when they fit in
+// coalesceLimit bytes together, one Write per part otherwise. It returns
+// the number of bytes written.
+func writeJoined(w io.Writer, parts ...[]byte) (int, error) {
+	total := 0
+	for _, p := range parts {
+		total += len(p)
+	}
+	if total > coalesceLimit || len(parts) == 1 {
+		n := 0
+		for _, p := range parts {
+			if len(p) == 0 {
+				continue
+			}
+			m, err := w.Write(p)
+			n += m
+			if err != nil {
+				return n, err
+			}
+		}
+		return n, nil
+	}
+	if total == 0 {
+		return 0, nil
+	}
+	bp := coalescePool.Get().(*[]byte)
+	buf := (*bp)[:0]
+	for _, p := range parts {
+		buf = append(buf, p...)
+	}
+	n, err := w.Write(buf)
+	*bp = buf[:0]
+	coalescePool.Put(bp)
+	return n, err
 }
 
 // decodeNonceMAC splits a hello (nonce_i ‖ tag) or reply (nonce_r ‖ MAC_r).
