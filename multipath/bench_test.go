@@ -587,11 +587,17 @@ func benchRaiseNoFile() {
 }
 
 func benchCPUTime() time.Duration {
+	user, sys := benchCPUTimes()
+	return user + sys
+}
+
+// benchCPUTimes returns this process's user and system CPU time.
+func benchCPUTimes() (user, sys time.Duration) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return 0, 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
 }
 
 // benchPeerProcess runs count peer nodes, each listening on 127.0.0.1 and
@@ -787,6 +793,7 @@ func benchConnBytes(s network.Network) (uint64, []string) {
 
 type benchHBSample struct {
 	cpu, peerCPU time.Duration
+	sys          time.Duration // the system-time part of cpu
 	bytes        uint64
 	window       time.Duration
 	// probes and degraded count the datagram probes sent and the paths
@@ -800,15 +807,17 @@ type benchHBSample struct {
 func benchHBMeasure(b *testing.B, pp *benchPeerProc, n *node.Node, m *multipath.Manager, window time.Duration) benchHBSample {
 	b0, ids0 := benchConnBytes(n.Network())
 	s0, d0 := multipath.DatagramProbesSent(m), multipath.PathsDegraded(m)
-	p0, c0, t0 := pp.cpu(b), benchCPUTime(), time.Now()
+	u0, sys0 := benchCPUTimes()
+	p0, t0 := pp.cpu(b), time.Now()
 	time.Sleep(window)
-	c1, t1, p1 := benchCPUTime(), time.Now(), pp.cpu(b)
+	u1, sys1 := benchCPUTimes()
+	t1, p1 := time.Now(), pp.cpu(b)
 	s1, d1 := multipath.DatagramProbesSent(m), multipath.PathsDegraded(m)
 	b1, ids1 := benchConnBytes(n.Network())
 	if !slices.Equal(ids0, ids1) {
 		b.Fatalf("connections changed during the window: %d before, %d after", len(ids0), len(ids1))
 	}
-	return benchHBSample{cpu: c1 - c0, peerCPU: p1 - p0, bytes: b1 - b0, window: t1.Sub(t0),
+	return benchHBSample{cpu: u1 - u0 + sys1 - sys0, sys: sys1 - sys0, peerCPU: p1 - p0, bytes: b1 - b0, window: t1.Sub(t0),
 		probes: s1 - s0, degraded: d1 - d0}
 }
 
@@ -859,7 +868,7 @@ func benchHBProfile(b *testing.B, round int) (stop func()) {
 
 // add sums two samples (their windows too).
 func (s benchHBSample) add(o benchHBSample) benchHBSample {
-	return benchHBSample{cpu: s.cpu + o.cpu, peerCPU: s.peerCPU + o.peerCPU, bytes: s.bytes + o.bytes, window: s.window + o.window,
+	return benchHBSample{cpu: s.cpu + o.cpu, sys: s.sys + o.sys, peerCPU: s.peerCPU + o.peerCPU, bytes: s.bytes + o.bytes, window: s.window + o.window,
 		probes: s.probes + o.probes, degraded: s.degraded + o.degraded}
 }
 
@@ -1010,14 +1019,14 @@ func BenchmarkHeartbeatCost(b *testing.B) {
 	cpuOn, cpuOff := on.perMin(on.cpu), off.perMin(off.cpu)
 	bytesOn := float64(on.bytes) * float64(time.Minute) / float64(on.window)
 	bytesOff := float64(off.bytes) * float64(time.Minute) / float64(off.window)
-	b.Logf("heartbeats on:  %.0f cpu-ms/min, %.0f bytes/min, peers %.0f cpu-ms/min (%s window)",
-		cpuOn, bytesOn, on.perMin(on.peerCPU), on.window.Round(time.Millisecond))
+	b.Logf("heartbeats on:  %.0f cpu-ms/min (system %.0f), %.0f bytes/min, peers %.0f cpu-ms/min (%s window)",
+		cpuOn, on.perMin(on.sys), bytesOn, on.perMin(on.peerCPU), on.window.Round(time.Millisecond))
 	cpuStreams := streams.perMin(streams.cpu)
 	bytesStreams := float64(streams.bytes) * float64(time.Minute) / float64(streams.window)
-	b.Logf("ping streams:   %.0f cpu-ms/min, %.0f bytes/min, peers %.0f cpu-ms/min (%s window)",
-		cpuStreams, bytesStreams, streams.perMin(streams.peerCPU), streams.window.Round(time.Millisecond))
-	b.Logf("heartbeats off: %.0f cpu-ms/min, %.0f bytes/min, peers %.0f cpu-ms/min (%s window)",
-		cpuOff, bytesOff, off.perMin(off.peerCPU), off.window.Round(time.Millisecond))
+	b.Logf("ping streams:   %.0f cpu-ms/min (system %.0f), %.0f bytes/min, peers %.0f cpu-ms/min (%s window)",
+		cpuStreams, streams.perMin(streams.sys), bytesStreams, streams.perMin(streams.peerCPU), streams.window.Round(time.Millisecond))
+	b.Logf("heartbeats off: %.0f cpu-ms/min (system %.0f), %.0f bytes/min, peers %.0f cpu-ms/min (%s window)",
+		cpuOff, off.perMin(off.sys), bytesOff, off.perMin(off.peerCPU), off.window.Round(time.Millisecond))
 	b.Logf("total wall time %s", time.Since(setupStart).Round(time.Millisecond))
 
 	for b.Loop() {
