@@ -478,8 +478,10 @@ func (hp *holePunching) connsOf(p peer.ID) (relayed, direct int, inboundRelayed 
 // no direct one, it asks DCUtR for a direct connection — after
 // go-libp2p's own first attempt (started by the relayed connection), again
 // after RetryMin doubling to RetryMax, and at once when the direct path
-// dies or either side's addresses change (checked every 5 s). It ends when
-// p has no inbound relayed connection left. Owned by hp (wg).
+// dies or either side's addresses change (checked every 5 s). An attempt
+// that finds go-libp2p's own round running asks again every
+// holePunchActivePoll, so that a failed round is followed at once. It ends
+// when p has no inbound relayed connection left. Owned by hp (wg).
 func (hp *holePunching) upgrade(p peer.ID, wake upgradeWake) {
 	defer hp.wg.Done()
 	defer func() {
@@ -539,12 +541,20 @@ func (hp *holePunching) upgrade(p peer.ID, wake upgradeWake) {
 			continue
 		}
 		lastAddrs = hp.addrsKey(p)
-		if err := hp.directConnect(p); err != nil {
+		next := time.Duration(0)
+		switch err := hp.directConnect(p); {
+		case errors.Is(err, errHolePunchActive):
+			// go-libp2p's own round is running: if it fails, the next
+			// round starts within holePunchActivePoll, not RetryMin.
+			next = holePunchActivePoll
+		case err != nil:
 			log.Debugw("upgrade attempt failed", "peer", p, "error", err)
-		} else {
-			// A direct connection, or go-libp2p's own attempt is
-			// running: check again after RetryMin.
+		default:
+			// A direct connection: check again after RetryMin.
 			retry.Reset()
+		}
+		if next == 0 {
+			next = retry.NextBackOff()
 		}
 		if !timer.Stop() {
 			select {
@@ -552,7 +562,7 @@ func (hp *holePunching) upgrade(p peer.ID, wake upgradeWake) {
 			default:
 			}
 		}
-		timer.Reset(retry.NextBackOff())
+		timer.Reset(next)
 	}
 }
 
@@ -568,10 +578,21 @@ func (hp *holePunching) directConnect(p peer.ID) error {
 	}
 	err := hp.svc.DirectConnect(p)
 	if errors.Is(err, holepunch.ErrHolePunchActive) {
-		return nil // go-libp2p's own attempt is running
+		return errHolePunchActive
 	}
 	return err
 }
+
+// errHolePunchActive: go-libp2p's own round of DCUtR with the peer is
+// running (the one its hole puncher starts on a relayed connection).
+var errHolePunchActive = errors.New("a hole punch with the peer is running")
+
+// holePunchActivePoll is how often an upgrader whose attempt found
+// go-libp2p's own round running asks again: a failed round is followed by
+// the upgrader's at most this much later instead of after RetryMin (5 s),
+// which made a first round lost to timing cost 5 s (TestDemoNATInTheLab
+// once measured 5,137 ms under a full test run's load).
+const holePunchActivePoll = 250 * time.Millisecond
 
 // addrsKey identifies the direct addresses of p and of this node that a
 // punch would use.
