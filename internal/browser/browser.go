@@ -5,6 +5,7 @@ package browser
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -46,7 +47,8 @@ var execNames = []string{"chromium", "chromium-browser", "google-chrome"}
 // PATH. When none is there it skips the test, or fails it when the
 // environment variable REALMNET_REQUIRE_BROWSER is not empty; the message
 // says to install Debian's chromium package. It fails the test when the
-// browser does not start within Timeout.
+// browser does not start within Timeout, or exits during its start
+// startAttempts times in a row (each failed start is logged).
 //
 // The browser runs headless, without GPU and without its sandbox (which
 // needs user namespaces that containers often lack, and root cannot use);
@@ -67,6 +69,35 @@ func Start(t testing.TB) context.Context {
 		chromedp.NoSandbox,
 		chromedp.WindowSize(1400, 1000),
 	)
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		var ctx context.Context
+		ctx, err = launch(t, opts)
+		if err == nil {
+			return ctx
+		}
+		if errors.Is(err, errStartTimeout) {
+			break
+		}
+		t.Logf("start the browser %s, attempt %d of %d: %v", path, attempt, startAttempts, err)
+	}
+	t.Fatalf("start the browser %s: %v", path, err)
+	return nil
+}
+
+// startAttempts is how many times Start starts the browser when it exits
+// during its start. Debian's chromium crashed at start once (crashpad's
+// "no stack mapping" in its output, "chrome failed to start") while the
+// whole test suite ran on two cores, and started at once when run again;
+// a second failure fails the test.
+const startAttempts = 2
+
+// errStartTimeout: the browser neither started nor exited within Timeout.
+var errStartTimeout = fmt.Errorf("the browser did not start within %v", Timeout)
+
+// launch starts a browser with opts and waits, at most Timeout, for its
+// first tab. On success the browser is stopped at the end of the test; on
+// failure it is stopped before launch returns.
+func launch(t testing.TB, opts []chromedp.ExecAllocatorOption) (context.Context, error) {
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelTab := chromedp.NewContext(allocCtx)
 
@@ -75,27 +106,28 @@ func Start(t testing.TB) context.Context {
 	// the wait for it is bounded here.
 	started := make(chan error, 1)
 	go func() { started <- chromedp.Do(ctx) }()
-	waited := false
-	t.Cleanup(func() {
+	stop := func(waited bool) {
 		cancelTab() // stops the browser and waits for it
 		if !waited {
 			<-started
 		}
 		cancelAlloc() // waits for the allocator's goroutines
-	})
+	}
 
 	timer := time.NewTimer(Timeout)
 	defer timer.Stop()
 	select {
 	case err := <-started:
-		waited = true
 		if err != nil {
-			t.Fatalf("start the browser %s: %v", path, err)
+			stop(true)
+			return nil, err
 		}
+		t.Cleanup(func() { stop(true) })
+		return ctx, nil
 	case <-timer.C:
-		t.Fatalf("the browser %s did not start within %v", path, Timeout)
+		t.Cleanup(func() { stop(false) })
+		return nil, errStartTimeout
 	}
-	return ctx
 }
 
 // find returns the path of the first of execNames on PATH.

@@ -100,3 +100,28 @@ func TestStartWithoutBrowser(t *testing.T) {
 		t.Errorf("with %s=1: skipped %q, failed %q; want a failure naming the chromium package", RequireEnv, r.skipped, r.failed)
 	}
 }
+
+// TestStartBrowserThatExits: a browser that exits during its start is
+// started startAttempts times, each failure logged, and then fails the
+// test with its error.
+func TestStartBrowserThatExits(t *testing.T) {
+	dir := t.TempDir()
+	starts := filepath.Join(dir, "starts")
+	script := "#!/bin/sh\necho start >> " + starts + "\necho 'no display for you' >&2\nexit 1\n"
+	if err := os.WriteFile(filepath.Join(dir, "chromium"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir)
+	r := &recorder{TB: t}
+	r.start()
+	if !strings.Contains(r.failed, "start the browser") {
+		t.Errorf("failed %q; want the start's error", r.failed)
+	}
+	got, err := os.ReadFile(starts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(got), "start"); n != startAttempts {
+		t.Errorf("the browser was started %d times, want %d", n, startAttempts)
+	}
+}
