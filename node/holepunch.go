@@ -37,8 +37,9 @@ import (
 // QUIC transport punches); the direct connection that results is a path
 // like any other, and multipath selects it at once over the relayed one
 // (an upgrade). go-libp2p tries once per relayed connection (three rounds);
-// the upgrader here tries again, with backoff (RetryMin doubling to
-// RetryMax), while the peer has only relayed connections; at once when the
+// the upgrader here tries again while the peer has only relayed
+// connections: right after that first round if it fails, then with
+// backoff (RetryMin doubling to RetryMax); at once when the
 // direct path dies or the peer starts serving DCUtR (identify's push); and
 // when either side's direct addresses change (checked every 5 s).
 
@@ -478,10 +479,11 @@ func (hp *holePunching) connsOf(p peer.ID) (relayed, direct int, inboundRelayed 
 // no direct one, it asks DCUtR for a direct connection — after
 // go-libp2p's own first attempt (started by the relayed connection), again
 // after RetryMin doubling to RetryMax, and at once when the direct path
-// dies or either side's addresses change (checked every 5 s). An attempt
-// that finds go-libp2p's own round running asks again every
-// holePunchActivePoll, so that a failed round is followed at once. It ends
-// when p has no inbound relayed connection left. Owned by hp (wg).
+// dies or either side's addresses change (checked every 5 s). It first
+// looks holePunchActivePoll after it starts; an attempt that finds
+// go-libp2p's own round running asks again every holePunchActivePoll, so
+// that a failed round is followed at once. It ends when p has no inbound
+// relayed connection left. Owned by hp (wg).
 func (hp *holePunching) upgrade(p peer.ID, wake upgradeWake) {
 	defer hp.wg.Done()
 	defer func() {
@@ -497,10 +499,14 @@ func (hp *holePunching) upgrade(p peer.ID, wake upgradeWake) {
 	check := time.NewTicker(holePunchAddrsCheck)
 	defer check.Stop()
 	// go-libp2p's hole puncher makes the first attempt when the relayed
-	// connection arrives (after identify); ours are retries.
+	// connection arrives (after identify). The upgrader looks
+	// holePunchActivePoll later: that round is usually running then, and
+	// the upgrader follows it at once if it fails (a peer that served
+	// DCUtR from its first identify announces no protocol change that
+	// would wake the upgrader sooner than RetryMin).
 	lastAddrs := hp.addrsKey(p)
 	hadDirect := false
-	timer := time.NewTimer(retry.NextBackOff())
+	timer := time.NewTimer(holePunchActivePoll)
 	defer timer.Stop()
 	for {
 		attempt := false
