@@ -58,7 +58,7 @@ import (
 // scheduler woke (BenchmarkHeartbeatCost: 1.00 probes per path and
 // interval). The cost of heartbeats is per wake-up more than per probe:
 // 1,000 idle paths cost 1.36-1.5 % of a core while each probe could
-// leave 250 ms early to join a wake-up, about 0.75-1 % on the grid (the
+// leave 250 ms early to join a wake-up, 0.83-1.01 % on the grid (the
 // machine's noise is ±0.15 %). A coarser grid costs a little less (2.5 s:
 // 0.55 % in one run) but sends and gets back larger bursts: a fifth of a
 // node's idle paths at once is a burst of 200 ACKs on one UDP socket
