@@ -318,6 +318,12 @@ func (r *Realm) requestSlot(ctx context.Context, p peer.ID) (release func(), err
 func (r *Realm) exchangeRequest(str network.Stream, req []byte, cfg RequestConfig) ([]byte, error) {
 	var prefix [binary.MaxVarintLen64]byte
 	if err := writeAll(str, prefix[:binary.PutUvarint(prefix[:], uint64(len(req)))], req); err != nil {
+		// The handler refuses a request over its MaxRequestSize by the
+		// length prefix alone, answers and closes its end, which can stop
+		// our sending before the body is out: its answer says why.
+		if code, body, readErr := readResponse(str, cfg.MaxResponseSize); readErr == nil && code != RemoteOK {
+			return nil, &RemoteError{Code: code, Message: string(body)}
+		}
 		return nil, noHandler(fmt.Errorf("send: %w", err))
 	}
 	// The error is not ours to report: the handler reads a request by its

@@ -36,3 +36,34 @@ func TestRequestAnsweredBeforeCloseWrite(t *testing.T) {
 	require.Equal(t, "yes", string(resp))
 	require.Equal(t, []byte{3, 'o', 'k', '?'}, str.sent.Bytes(), "the request as sent: length prefix and body")
 }
+
+// refusedStream is a stream whose peer refused the request by its length
+// and closed its end while the body was being sent: the body's Write
+// fails, the answer is there to read.
+type refusedStream struct {
+	answeredStream
+	writes int
+}
+
+func (s *refusedStream) Write(b []byte) (int, error) {
+	s.writes++
+	if s.writes > 1 {
+		return 0, errors.New("write on canceled stream 5")
+	}
+	return s.sent.Write(b)
+}
+
+// TestRequestRefusedWhileSending: a request over the handler's
+// MaxRequestSize, refused by its length while its body was still being
+// sent, fails with the handler's answer (RemoteRequestTooLarge), not with
+// the write's error.
+func TestRequestRefusedWhileSending(t *testing.T) {
+	msg := "request too large"
+	str := &refusedStream{answeredStream: answeredStream{response: bytes.NewReader(append([]byte{byte(RemoteRequestTooLarge), byte(len(msg))}, msg...))}}
+	big := bytes.Repeat([]byte("a"), 2*coalesceLimit) // prefix and body in two writes
+	_, err := new(Realm).exchangeRequest(str, big, RequestConfig{MaxResponseSize: 16})
+	var remote *RemoteError
+	require.ErrorAs(t, err, &remote)
+	require.Equal(t, RemoteRequestTooLarge, remote.Code)
+	require.Equal(t, msg, remote.Message)
+}
